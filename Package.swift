@@ -1,0 +1,58 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "swift-background-sync",
+    platforms: [
+        .macOS(.v13),
+        .iOS(.v16),
+        .tvOS(.v16),
+        .watchOS(.v9),
+    ],
+    products: [
+        .library(name: "BackgroundSync", targets: ["BackgroundSync"]),
+        .executable(name: "bgsync", targets: ["bgsync"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // The core: requests, queue, storage driver protocol, SQLite store, sync manager,
+        // transports. Links no NIO so that an iOS app can import it.
+        .target(
+            name: "BackgroundSync",
+            dependencies: [
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // A small HTTP/1.1 server on POSIX sockets, bound to loopback, with fault injection.
+        // Used by `bgsync demo` and the tests; not a product.
+        .target(name: "LoopbackHTTPServer"),
+        .executableTarget(
+            name: "bgsync",
+            dependencies: [
+                "BackgroundSync",
+                "LoopbackHTTPServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // A child process the crash tests start and kill with SIGKILL.
+        .executableTarget(
+            name: "BackgroundSyncTestChild",
+            dependencies: ["BackgroundSync"],
+            path: "Tests/BackgroundSyncTestChild"
+        ),
+        .testTarget(
+            name: "BackgroundSyncTests",
+            dependencies: [
+                "BackgroundSync",
+                "LoopbackHTTPServer",
+                "BackgroundSyncTestChild",
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

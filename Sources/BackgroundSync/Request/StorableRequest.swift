@@ -1,0 +1,218 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// A `URLRequest` in a form that can be written to a database and turned back into an equal request.
+///
+/// The Swift counterpart of Workbox's `StorableRequest`: `fromRequest(_:)` captures the URL, the
+/// method, the headers (names lower-cased; values of names that differ only by case are joined with
+/// ", "), the body (an `httpBodyStream` is read to the end) and the `URLRequest` settings that
+/// change how it is sent. `toRequest()` rebuilds the request.
+///
+/// Only absolute `http`/`https` URLs with a host are accepted, and a `GET` or `HEAD` request may not
+/// carry a body (it could not be sent again): both throw ``BackgroundSyncError/Code/invalidRequest``
+/// at capture time, so nothing is ever queued that cannot be replayed.
+public struct StorableRequest: Sendable, Hashable {
+    /// The plain data of a stored request.
+    public struct RequestData: Codable, Sendable, Hashable {
+        /// The absolute `http`/`https` URL.
+        public var url: String
+        /// The HTTP method, upper-cased (`POST`).
+        public var method: String
+        /// Header fields, names lower-cased.
+        public var headers: [String: String]
+        /// The body, `nil` when there is none.
+        public var body: Data?
+        /// `URLRequest.timeoutInterval` in seconds (default 60).
+        public var timeoutInterval: Double
+        /// `URLRequest.cachePolicy` raw value (default 0, `useProtocolCachePolicy`).
+        public var cachePolicy: UInt
+        /// `URLRequest.httpShouldHandleCookies` (default `true`).
+        public var httpShouldHandleCookies: Bool
+        /// `URLRequest.allowsCellularAccess` (default `true`).
+        public var allowsCellularAccess: Bool
+        /// `URLRequest.mainDocumentURL`, if set.
+        public var mainDocumentURL: String?
+
+        /// Creates request data; every setting but the URL has the `URLRequest` default.
+        public init(
+            url: String,
+            method: String = "GET",
+            headers: [String: String] = [:],
+            body: Data? = nil,
+            timeoutInterval: Double = 60,
+            cachePolicy: UInt = 0,
+            httpShouldHandleCookies: Bool = true,
+            allowsCellularAccess: Bool = true,
+            mainDocumentURL: String? = nil
+        ) {
+            self.url = url
+            self.method = method
+            self.headers = headers
+            self.body = body
+            self.timeoutInterval = timeoutInterval
+            self.cachePolicy = cachePolicy
+            self.httpShouldHandleCookies = httpShouldHandleCookies
+            self.allowsCellularAccess = allowsCellularAccess
+            self.mainDocumentURL = mainDocumentURL
+        }
+
+        private enum CodingKeys: String, CodingKey {
+            case url, method, headers, body, timeoutInterval, cachePolicy, httpShouldHandleCookies
+            case allowsCellularAccess, mainDocumentURL
+        }
+
+        /// Decodes request data; settings missing from the input take their defaults, so data
+        /// written by an older version still decodes.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            url = try c.decode(String.self, forKey: .url)
+            method = try c.decodeIfPresent(String.self, forKey: .method) ?? "GET"
+            headers = try c.decodeIfPresent([String: String].self, forKey: .headers) ?? [:]
+            body = try c.decodeIfPresent(Data.self, forKey: .body)
+            timeoutInterval = try c.decodeIfPresent(Double.self, forKey: .timeoutInterval) ?? 60
+            cachePolicy = try c.decodeIfPresent(UInt.self, forKey: .cachePolicy) ?? 0
+            httpShouldHandleCookies = try c.decodeIfPresent(Bool.self, forKey: .httpShouldHandleCookies) ?? true
+            allowsCellularAccess = try c.decodeIfPresent(Bool.self, forKey: .allowsCellularAccess) ?? true
+            mainDocumentURL = try c.decodeIfPresent(String.self, forKey: .mainDocumentURL)
+        }
+    }
+
+    private let data: RequestData
+    /// The parsed URL, checked at creation.
+    private let parsedURL: URL
+
+    /// Wraps request data after checking it (absolute http/https URL, a valid method, no body on
+    /// GET/HEAD). Header names are lower-cased and the method upper-cased.
+    public init(requestData: RequestData) throws {
+        var data = requestData
+        data.method = data.method.uppercased()
+        data.headers = Self.lowercasedHeaders(data.headers.map { ($0.key, $0.value) })
+        parsedURL = try Self.validate(&data)
+        self.data = data
+    }
+
+    /// Captures a `URLRequest`. Throws ``BackgroundSyncError/Code/invalidRequest`` for a request
+    /// that could not be replayed.
+    public static func fromRequest(_ request: URLRequest) throws -> StorableRequest {
+        guard let url = request.url else {
+            throw BackgroundSyncError(.invalidRequest, "invalid request: no URL")
+        }
+        var body = request.httpBody
+        if body == nil, let stream = request.httpBodyStream {
+            body = try readAll(stream)
+        }
+        let headers = lowercasedHeaders((request.allHTTPHeaderFields ?? [:]).map { ($0.key, $0.value) })
+        let data = RequestData(
+            url: url.absoluteString,
+            method: request.httpMethod ?? "GET",
+            headers: headers,
+            body: body,
+            timeoutInterval: request.timeoutInterval,
+            cachePolicy: request.cachePolicy.rawValue,
+            httpShouldHandleCookies: request.httpShouldHandleCookies,
+            allowsCellularAccess: request.allowsCellularAccess,
+            mainDocumentURL: request.mainDocumentURL?.absoluteString
+        )
+        return try StorableRequest(requestData: data)
+    }
+
+    /// Rebuilds a `URLRequest` equal to the captured one (header names lower-cased).
+    public func toRequest() -> URLRequest {
+        var request = URLRequest(url: parsedURL)
+        request.httpMethod = data.method
+        for (name, value) in data.headers.sorted(by: { $0.key < $1.key }) {
+            request.setValue(value, forHTTPHeaderField: name)
+        }
+        request.httpBody = data.body
+        request.timeoutInterval = data.timeoutInterval
+        request.cachePolicy = URLRequest.CachePolicy(rawValue: data.cachePolicy) ?? .useProtocolCachePolicy
+        request.httpShouldHandleCookies = data.httpShouldHandleCookies
+        request.allowsCellularAccess = data.allowsCellularAccess
+        request.mainDocumentURL = data.mainDocumentURL.flatMap(URL.init(string:))
+        return request
+    }
+
+    /// A copy of the request's plain data.
+    public func toObject() -> RequestData {
+        data
+    }
+
+    /// A copy of this request (Workbox's `clone()`; `StorableRequest` is a value type, so this is
+    /// the value itself).
+    public func clone() -> StorableRequest {
+        self
+    }
+
+    /// The HTTP method, upper-cased.
+    public var method: String { data.method }
+    /// The URL.
+    public var url: URL { parsedURL }
+
+    // MARK: - Validation
+
+    private static let allowedSchemes: Set<String> = ["http", "https"]
+
+    private static func validate(_ data: inout RequestData) throws -> URL {
+        guard let url = URL(string: data.url), let scheme = url.scheme?.lowercased() else {
+            throw BackgroundSyncError(.invalidRequest, "invalid request: '\(data.url)' is not an absolute URL")
+        }
+        guard allowedSchemes.contains(scheme) else {
+            throw BackgroundSyncError(
+                .invalidRequest, "invalid request: scheme '\(scheme)' in '\(data.url)' is not http or https")
+        }
+        guard let host = url.host, !host.isEmpty else {
+            throw BackgroundSyncError(.invalidRequest, "invalid request: '\(data.url)' has no host")
+        }
+        let tokenCharacters = CharacterSet(charactersIn: "!#$%&'*+-.^_`|~")
+            .union(CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
+        guard !data.method.isEmpty, data.method.unicodeScalars.allSatisfy(tokenCharacters.contains) else {
+            throw BackgroundSyncError(.invalidRequest, "invalid request: '\(data.method)' is not an HTTP method")
+        }
+        if data.method == "GET" || data.method == "HEAD", let body = data.body, !body.isEmpty {
+            throw BackgroundSyncError(
+                .invalidRequest,
+                "invalid request: \(data.method) \(data.url) has a body of \(body.count) bytes, which cannot be sent again")
+        }
+        for (name, value) in data.headers
+        where name.isEmpty || name.contains(where: { $0 == ":" || $0.isWhitespace || $0.isNewline })
+            || value.contains(where: \.isNewline)
+        {
+            throw BackgroundSyncError(.invalidRequest, "invalid request: header '\(name)' is not a valid header field")
+        }
+        return url
+    }
+
+    private static func lowercasedHeaders(_ fields: [(String, String)]) -> [String: String] {
+        var headers: [String: String] = [:]
+        // Sorted so that joined values come out in a stable order.
+        for (name, value) in fields.sorted(by: { $0.0 < $1.0 }) {
+            let key = name.lowercased()
+            if let existing = headers[key] {
+                headers[key] = existing + ", " + value
+            } else {
+                headers[key] = value
+            }
+        }
+        return headers
+    }
+
+    private static func readAll(_ stream: InputStream) throws -> Data {
+        var data = Data()
+        stream.open()
+        defer { stream.close() }
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = stream.read(&buffer, maxLength: buffer.count)
+            if count < 0 {
+                throw BackgroundSyncError(
+                    .invalidRequest, "invalid request: the body stream failed",
+                    underlying: stream.streamError)
+            }
+            if count == 0 { break }
+            data.append(buffer, count: count)
+        }
+        return data
+    }
+}

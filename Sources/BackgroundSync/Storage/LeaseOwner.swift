@@ -1,0 +1,64 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Who holds a replay lease: a host name, a process id and a random token.
+///
+/// The host and process id let a restarted process take over at once the leases of a process of
+/// the same host that died (killed, crashed), instead of waiting for the leases to expire. A lease
+/// from another host, or from a process that still exists, is only taken over after it expires.
+public struct LeaseOwner: Sendable, Hashable, CustomStringConvertible {
+    /// The host name.
+    public let host: String
+    /// The process id.
+    public let processID: Int32
+    /// A random token that tells replayers of one process apart.
+    public let token: String
+
+    /// A new owner for this process.
+    public static func current() -> LeaseOwner {
+        LeaseOwner(
+            host: ProcessInfo.processInfo.hostName,
+            processID: ProcessInfo.processInfo.processIdentifier,
+            token: UUID().uuidString.lowercased()
+        )
+    }
+
+    /// Creates an owner.
+    public init(host: String, processID: Int32, token: String) {
+        self.host = host
+        self.processID = processID
+        self.token = token
+    }
+
+    /// Parses the string form written to the database.
+    public init?(rawValue: String) {
+        let parts = rawValue.split(separator: "|", omittingEmptySubsequences: false)
+        guard parts.count == 3, let pid = Int32(parts[1]) else { return nil }
+        self.init(host: String(parts[0]), processID: pid, token: String(parts[2]))
+    }
+
+    /// The string form written to the database: `host|pid|token`.
+    public var rawValue: String { "\(host)|\(processID)|\(token)" }
+
+    public var description: String { rawValue }
+
+    /// Whether a lease written as `rawValue` belongs to a process of this host that no longer exists.
+    static func isAbandoned(_ rawValue: String) -> Bool {
+        guard let owner = LeaseOwner(rawValue: rawValue),
+            owner.host == ProcessInfo.processInfo.hostName,
+            owner.processID > 0
+        else { return false }
+        if owner.processID == ProcessInfo.processInfo.processIdentifier { return false }
+        #if os(Linux) || os(macOS) || os(Android) || os(FreeBSD)
+        return kill(owner.processID, 0) == -1 && errno == ESRCH
+        #else
+        return false
+        #endif
+    }
+}

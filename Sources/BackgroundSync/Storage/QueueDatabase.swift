@@ -1,0 +1,112 @@
+import Foundation
+
+/// Which end of a queue an operation works on.
+public enum QueueEnd: Sendable, Hashable {
+    /// The first entry (the next to be replayed).
+    case head
+    /// The last entry.
+    case tail
+}
+
+/// The outcome of ``QueueDatabase/claimHead(queueName:owner:leaseDuration:now:)``.
+public enum ClaimResult: Sendable {
+    /// The head entry is now leased to the caller until the lease expires.
+    case claimed(QueueStoreEntry)
+    /// The queue has no pending entry.
+    case empty
+    /// The head entry is leased by another replayer (another process, or another task) whose lease
+    /// has not expired; an ordered queue must wait rather than skip it.
+    case busy(owner: String, until: Date)
+}
+
+/// What a failed replay left on its entry.
+public struct ReplayFailure: Sendable, Hashable {
+    /// The HTTP status, when a response came back.
+    public var status: Int?
+    /// A one-line description of the failure.
+    public var error: String
+    /// The first bytes of the response body, when a response came back.
+    public var responseExcerpt: Data?
+
+    /// Creates a failure record.
+    public init(status: Int? = nil, error: String, responseExcerpt: Data? = nil) {
+        self.status = status
+        self.error = error
+        self.responseExcerpt = responseExcerpt
+    }
+}
+
+/// The storage driver behind queues: one database holds the entries of many queues and the
+/// sync registrations.
+///
+/// Implementations must make every method atomic (one transaction), durable when it returns,
+/// and safe to call from several tasks and several processes at once. Entries are ordered per
+/// queue by a position: `insertEntry(at: .tail)` goes after the queue's last entry, `at: .head`
+/// before its first, whatever other queues hold.
+///
+/// Replay never deletes an entry before the server answered: it *claims* the head entry with a
+/// lease (``claimHead(queueName:owner:leaseDuration:now:)``), sends it, then completes (deletes),
+/// releases (counts a failed attempt) or dead-letters the claim. A lease whose holder died expires,
+/// and the entry can be claimed again.
+public protocol QueueDatabase: Sendable {
+    /// A string that identifies the storage (the canonical file path for a SQLite file), so that two
+    /// live queues with one name on one storage can be refused.
+    var identity: String { get }
+
+    /// Stores a new entry at the head or the tail of a queue and returns its id.
+    func insertEntry(_ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd) async throws -> Int64
+
+    /// Removes and returns the first or last pending entry of a queue that no live replay holds,
+    /// or `nil` when there is none.
+    func removeEntry(queueName: String, from end: QueueEnd) async throws -> QueueStoreEntry?
+
+    /// The entries of a queue in a state, in queue order.
+    func entries(queueName: String, state: EntryState) async throws -> [QueueStoreEntry]
+
+    /// The entry with this id, in any queue and state.
+    func entry(id: Int64) async throws -> QueueStoreEntry?
+
+    /// How many entries of a queue are in a state. Must not scan the queue.
+    func countEntries(queueName: String, state: EntryState) async throws -> Int
+
+    /// Deletes entries by id; returns how many existed.
+    @discardableResult
+    func deleteEntries(ids: [Int64]) async throws -> Int
+
+    /// The names of the queues that hold or held entries.
+    func queueNames() async throws -> [String]
+
+    /// Leases the head pending entry of a queue to `owner` until `now + leaseDuration`.
+    ///
+    /// A head entry leased by someone else stays theirs (``ClaimResult/busy(owner:until:)``) unless
+    /// its lease expired or its owner is a process of this host that no longer exists. A head row
+    /// that cannot be decoded is dead-lettered with the reason, and the next entry is claimed.
+    func claimHead(queueName: String, owner: LeaseOwner, leaseDuration: Duration, now: Date) async throws -> ClaimResult
+
+    /// Deletes a claimed entry after the server accepted it. Does nothing if the entry is gone.
+    func completeClaim(id: Int64, owner: LeaseOwner) async throws
+
+    /// Gives a claimed entry back, counting one failed attempt, recording the failure and the
+    /// earliest time of the next attempt. The entry keeps its position.
+    func releaseClaim(id: Int64, owner: LeaseOwner, failure: ReplayFailure, nextAttemptAt: Date?) async throws
+
+    /// Moves a claimed entry to the dead-letter state, counting the attempt and recording why.
+    func deadLetterClaim(id: Int64, owner: LeaseOwner, failure: ReplayFailure) async throws
+
+    /// Records a sync registration (idempotent).
+    func registerSyncTag(_ tag: String, at date: Date) async throws
+
+    /// Removes a sync registration (idempotent).
+    func unregisterSyncTag(_ tag: String) async throws
+
+    /// The registered sync tags, oldest first.
+    func syncTags() async throws -> [String]
+}
+
+extension QueueDatabase {
+    /// Deletes one entry; returns whether it existed.
+    @discardableResult
+    public func deleteEntry(id: Int64) async throws -> Bool {
+        try await deleteEntries(ids: [id]) > 0
+    }
+}

@@ -1,0 +1,92 @@
+import Foundation
+
+/// Whether a stored entry waits for replay or was set aside.
+public enum EntryState: String, Codable, Sendable, Hashable {
+    /// Waiting to be replayed.
+    case pending
+    /// Dead-lettered: the server refused it in a way that retrying cannot fix (a 4xx other than
+    /// 401/403/408/425/429, 501, 505). Kept, with its last status and error, until requeued or deleted.
+    case dead
+}
+
+/// An entry to be written to a ``QueueStore`` (Workbox's `UnidentifiedQueueStoreEntry`).
+public struct UnidentifiedQueueStoreEntry: Sendable, Hashable {
+    /// The request.
+    public var requestData: StorableRequest.RequestData
+    /// When it was queued.
+    public var timestamp: Date
+    /// The app's metadata.
+    public var metadata: [String: String]?
+    /// The `Idempotency-Key` sent with every replay of this entry, if any.
+    public var idempotencyKey: String?
+
+    /// Creates an entry to store.
+    public init(
+        requestData: StorableRequest.RequestData,
+        timestamp: Date = Date(),
+        metadata: [String: String]? = nil,
+        idempotencyKey: String? = nil
+    ) {
+        self.requestData = requestData
+        self.timestamp = timestamp
+        self.metadata = metadata
+        self.idempotencyKey = idempotencyKey
+    }
+}
+
+/// An entry as stored in a ``QueueDatabase`` (Workbox's `QueueStoreEntry`), with its replay history.
+public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
+    /// The database id.
+    public var id: Int64
+    /// The queue it belongs to.
+    public var queueName: String
+    /// The request.
+    public var requestData: StorableRequest.RequestData
+    /// When it was queued.
+    public var timestamp: Date
+    /// The app's metadata.
+    public var metadata: [String: String]?
+    /// Pending or dead-lettered.
+    public var state: EntryState
+    /// How many replays of this entry failed so far.
+    public var attempts: Int
+    /// The earliest time the next replay may happen, when a backoff is in force.
+    public var nextAttemptAt: Date?
+    /// The HTTP status of the last failed replay, if a response came back.
+    public var lastStatus: Int?
+    /// A description of the last failure.
+    public var lastError: String?
+    /// The first bytes of the response body of the last failed replay.
+    public var lastResponseExcerpt: Data?
+    /// The `Idempotency-Key` sent with every replay, if any.
+    public var idempotencyKey: String?
+
+    /// Creates a stored entry (drivers use this when they read a row).
+    public init(
+        id: Int64,
+        queueName: String,
+        requestData: StorableRequest.RequestData,
+        timestamp: Date,
+        metadata: [String: String]? = nil,
+        state: EntryState = .pending,
+        attempts: Int = 0,
+        nextAttemptAt: Date? = nil,
+        lastStatus: Int? = nil,
+        lastError: String? = nil,
+        lastResponseExcerpt: Data? = nil,
+        idempotencyKey: String? = nil
+    ) {
+        self.id = id
+        self.queueName = queueName
+        self.requestData = requestData
+        self.timestamp = timestamp
+        self.metadata = metadata
+        self.state = state
+        self.attempts = attempts
+        self.nextAttemptAt = nextAttemptAt
+        self.lastStatus = lastStatus
+        self.lastError = lastError
+        self.lastResponseExcerpt = lastResponseExcerpt
+        self.idempotencyKey = idempotencyKey
+    }
+}

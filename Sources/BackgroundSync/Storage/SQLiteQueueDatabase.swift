@@ -1,0 +1,603 @@
+import Foundation
+import GRDB
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The embedded default ``QueueDatabase``: one SQLite file, opened with GRDB in WAL mode.
+///
+/// - Durability: every write is one transaction committed with `synchronous=FULL` (configurable),
+///   so a method that returned survives a crash or a power cut.
+/// - Several processes may open the same file: writes are serialised by SQLite, replay claims use
+///   leases, and a busy database is waited for (``Configuration/busyTimeout``).
+/// - A new file is created with mode 0600 (its `-wal` and `-shm` files inherit it), in a folder
+///   created with mode 0700 if missing.
+/// - Opening a file that is not a SQLite database, or that a newer version of this library wrote,
+///   throws ``BackgroundSyncError/Code/notADatabase`` or ``BackgroundSyncError/Code/schemaTooNew``
+///   and leaves the file untouched.
+public final class SQLiteQueueDatabase: QueueDatabase {
+    /// How a ``SQLiteQueueDatabase`` is opened.
+    public struct Configuration: Sendable {
+        /// SQLite's `synchronous` setting.
+        public enum Synchronous: String, Sendable {
+            /// `FULL`: a commit is on disk when it returns (the default).
+            case full = "FULL"
+            /// `NORMAL`: in WAL mode a power cut may lose the last commits, never corrupt the file.
+            case normal = "NORMAL"
+        }
+
+        /// `PRAGMA synchronous`. Default: `.full`.
+        public var synchronous: Synchronous
+        /// How long a write waits for another process's lock before failing. Default: 10 seconds.
+        public var busyTimeout: Duration
+
+        /// Creates a configuration; every parameter has its default.
+        public init(synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(10)) {
+            self.synchronous = synchronous
+            self.busyTimeout = busyTimeout
+        }
+    }
+
+    /// The file path, or `":memory:"`.
+    public let path: String
+    public let identity: String
+    let writer: any DatabaseWriter
+    /// A folder this instance created and removes when it goes away (``temporary()``).
+    private let ownedDirectory: URL?
+
+    /// Opens (creating if needed) the database file at `path`.
+    public convenience init(path: String, configuration: Configuration = Configuration()) throws {
+        try self.init(path: path, configuration: configuration, ownedDirectory: nil)
+    }
+
+    private init(path: String, configuration: Configuration, ownedDirectory: URL?) throws {
+        let url = URL(fileURLWithPath: path).standardizedFileURL
+        self.path = url.path
+        self.identity = "sqlite:" + url.resolvingSymlinksInPath().path
+        self.ownedDirectory = ownedDirectory
+        let config = Self.grdbConfiguration(configuration)
+        if FileManager.default.fileExists(atPath: url.path) {
+            try Self.checkExistingFile(at: url.path, configuration: config)
+        } else {
+            try Self.createFile(at: url)
+        }
+        do {
+            let pool = try DatabasePool(path: url.path, configuration: config)
+            try Self.migrator.migrate(pool)
+            writer = pool
+        } catch {
+            throw Self.mapError(error, path: url.path, action: "open")
+        }
+    }
+
+    private init(memory: Void) throws {
+        path = ":memory:"
+        identity = "memory:" + UUID().uuidString
+        ownedDirectory = nil
+        do {
+            let queue = try DatabaseQueue(configuration: Self.grdbConfiguration(Configuration()))
+            try Self.migrator.migrate(queue)
+            writer = queue
+        } catch {
+            throw Self.mapError(error, path: ":memory:", action: "open")
+        }
+    }
+
+    deinit {
+        if let ownedDirectory {
+            try? FileManager.default.removeItem(at: ownedDirectory)
+        }
+    }
+
+    /// A database that lives in memory only, for tests and previews. Nothing survives the instance.
+    public static func inMemory() throws -> SQLiteQueueDatabase {
+        try SQLiteQueueDatabase(memory: ())
+    }
+
+    /// A database in a new file of a new temporary folder, removed when the instance goes away.
+    public static func temporary(configuration: Configuration = Configuration()) throws -> SQLiteQueueDatabase {
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("background-sync-\(UUID().uuidString)", isDirectory: true)
+        try FileManager.default.createDirectory(
+            at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        return try SQLiteQueueDatabase(
+            path: directory.appendingPathComponent("queue.sqlite").path,
+            configuration: configuration,
+            ownedDirectory: directory)
+    }
+
+    /// The default database file: `background-sync.sqlite` in the application-support folder on
+    /// Apple platforms (in a folder named after the bundle id), or in `$XDG_DATA_HOME/swift-background-sync`
+    /// (default `~/.local/share/swift-background-sync`) elsewhere.
+    public static func defaultPath() -> String {
+        #if canImport(Darwin)
+        let base = (try? FileManager.default.url(
+            for: .applicationSupportDirectory, in: .userDomainMask, appropriateFor: nil, create: false))
+            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent("Library/Application Support")
+        let folder = Bundle.main.bundleIdentifier ?? "swift-background-sync"
+        return base.appendingPathComponent(folder).appendingPathComponent("background-sync.sqlite").path
+        #else
+        let environment = ProcessInfo.processInfo.environment
+        let base: URL
+        if let xdg = environment["XDG_DATA_HOME"], xdg.hasPrefix("/") {
+            base = URL(fileURLWithPath: xdg)
+        } else {
+            base = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".local/share")
+        }
+        return base.appendingPathComponent("swift-background-sync/background-sync.sqlite").path
+        #endif
+    }
+
+    private static let sharedDatabases = Locked<[String: SQLiteQueueDatabase]>([:])
+
+    /// The process-wide instance for the file at `path` (default: ``defaultPath()``), opened once.
+    public static func shared(path: String = defaultPath()) throws -> SQLiteQueueDatabase {
+        let key = URL(fileURLWithPath: path).standardizedFileURL.path
+        return try sharedDatabases.withLock { databases in
+            if let database = databases[key] { return database }
+            let database = try SQLiteQueueDatabase(path: key)
+            databases[key] = database
+            return database
+        }
+    }
+
+    // MARK: - Opening
+
+    private static func grdbConfiguration(_ configuration: Configuration) -> GRDB.Configuration {
+        var config = GRDB.Configuration()
+        config.busyMode = .timeout(configuration.busyTimeout.timeInterval)
+        config.label = "BackgroundSync"
+        let synchronous = configuration.synchronous.rawValue
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+        }
+        return config
+    }
+
+    /// Creates the folder (0700) and an empty file (0600) so that SQLite never creates it with the
+    /// process umask.
+    private static func createFile(at url: URL) throws {
+        let directory = url.deletingLastPathComponent()
+        do {
+            try FileManager.default.createDirectory(
+                at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw BackgroundSyncError(
+                .storage, "cannot create the folder '\(directory.path)' for the database", underlying: error)
+        }
+        let fd = open(url.path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
+        if fd < 0 {
+            let code = errno
+            if code == EEXIST { return }
+            throw BackgroundSyncError(
+                .storage, "cannot create the database file '\(url.path)': \(String(cString: strerror(code)))")
+        }
+        close(fd)
+    }
+
+    /// Checks, read-only, that an existing file is a SQLite database whose schema this version
+    /// knows, so that a wrong or newer file is reported without being modified.
+    private static func checkExistingFile(at path: String, configuration: GRDB.Configuration) throws {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+            throw BackgroundSyncError(.notADatabase, "'\(path)' is a directory, not a database file")
+        }
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw BackgroundSyncError(.storage, "cannot read the database file '\(path)': permission denied")
+        }
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        if size == 0 { return }  // an empty file is a new database
+        var readOnly = configuration
+        readOnly.readonly = true
+        do {
+            let queue = try DatabaseQueue(path: path, configuration: readOnly)
+            let superseded = try queue.read { db -> Bool in
+                _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM sqlite_master")
+                return try migrator.hasBeenSuperseded(db)
+            }
+            try queue.close()
+            if superseded {
+                throw BackgroundSyncError(
+                    .schemaTooNew,
+                    "'\(path)' was written by a newer version of swift-background-sync; upgrade to open it")
+            }
+        } catch let error as BackgroundSyncError {
+            throw error
+        } catch {
+            throw mapError(error, path: path, action: "open")
+        }
+    }
+
+    static func mapError(_ error: any Error, path: String, action: String) -> BackgroundSyncError {
+        if let error = error as? BackgroundSyncError { return error }
+        if let error = error as? DatabaseError {
+            switch error.resultCode {
+            case .SQLITE_NOTADB:
+                return BackgroundSyncError(.notADatabase, "'\(path)' is not a SQLite database")
+            case .SQLITE_CORRUPT:
+                return BackgroundSyncError(.storage, "'\(path)' is corrupt (\(error.message ?? "malformed"))")
+            case .SQLITE_FULL:
+                return BackgroundSyncError(.storage, "cannot \(action) '\(path)': the disk is full")
+            case .SQLITE_BUSY, .SQLITE_LOCKED:
+                return BackgroundSyncError(.storage, "cannot \(action) '\(path)': the database is locked by another process")
+            case .SQLITE_READONLY, .SQLITE_PERM, .SQLITE_CANTOPEN:
+                return BackgroundSyncError(
+                    .storage, "cannot \(action) '\(path)': \(error.message ?? "permission denied")")
+            default:
+                return BackgroundSyncError(
+                    .storage, "cannot \(action) '\(path)': \(error.message ?? "\(error.resultCode)")")
+            }
+        }
+        return BackgroundSyncError(.storage, "cannot \(action) '\(path)'", underlying: error)
+    }
+
+    // MARK: - Schema
+
+    static let migrator: DatabaseMigrator = {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE queue (
+                    name TEXT PRIMARY KEY NOT NULL,
+                    headPosition INTEGER NOT NULL DEFAULT 1,
+                    tailPosition INTEGER NOT NULL DEFAULT 0,
+                    pendingCount INTEGER NOT NULL DEFAULT 0,
+                    deadCount INTEGER NOT NULL DEFAULT 0,
+                    leaseOwner TEXT,
+                    leaseExpiresAt DOUBLE
+                );
+                CREATE TABLE entry (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    queueName TEXT NOT NULL REFERENCES queue(name),
+                    position INTEGER NOT NULL,
+                    url TEXT NOT NULL,
+                    method TEXT NOT NULL,
+                    headers TEXT NOT NULL,
+                    body BLOB,
+                    settings TEXT,
+                    timestamp DOUBLE NOT NULL,
+                    metadata TEXT,
+                    state TEXT NOT NULL DEFAULT 'pending',
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    nextAttemptAt DOUBLE,
+                    leaseOwner TEXT,
+                    leaseExpiresAt DOUBLE,
+                    lastStatus INTEGER,
+                    lastError TEXT,
+                    lastResponseExcerpt BLOB,
+                    idempotencyKey TEXT
+                );
+                CREATE INDEX entry_order ON entry(queueName, state, position);
+                CREATE TABLE syncRegistration (
+                    tag TEXT PRIMARY KEY NOT NULL,
+                    registeredAt DOUBLE NOT NULL
+                );
+                CREATE TRIGGER entry_inserted AFTER INSERT ON entry BEGIN
+                    UPDATE queue SET
+                        pendingCount = pendingCount + (NEW.state = 'pending'),
+                        deadCount = deadCount + (NEW.state = 'dead')
+                    WHERE name = NEW.queueName;
+                END;
+                CREATE TRIGGER entry_deleted AFTER DELETE ON entry BEGIN
+                    UPDATE queue SET
+                        pendingCount = pendingCount - (OLD.state = 'pending'),
+                        deadCount = deadCount - (OLD.state = 'dead')
+                    WHERE name = OLD.queueName;
+                END;
+                CREATE TRIGGER entry_state_changed AFTER UPDATE OF state ON entry
+                WHEN OLD.state <> NEW.state BEGIN
+                    UPDATE queue SET
+                        pendingCount = pendingCount + (NEW.state = 'pending') - (OLD.state = 'pending'),
+                        deadCount = deadCount + (NEW.state = 'dead') - (OLD.state = 'dead')
+                    WHERE name = NEW.queueName;
+                END;
+                """)
+        }
+        return migrator
+    }()
+
+    // MARK: - Access
+
+    private func write<T: Sendable>(_ action: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await writer.write(body)
+        } catch {
+            throw Self.mapError(error, path: path, action: action)
+        }
+    }
+
+    private func read<T: Sendable>(_ action: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await writer.read(body)
+        } catch {
+            throw Self.mapError(error, path: path, action: action)
+        }
+    }
+
+    // MARK: - QueueDatabase
+
+    public func insertEntry(_ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd) async throws -> Int64 {
+        let row = try EntryRow(entry)
+        return try await write("write to") { db in
+            try Self.insert(row, queueName: queueName, at: end, db)
+        }
+    }
+
+    static func insert(_ row: EntryRow, queueName: String, at end: QueueEnd, _ db: Database) throws -> Int64 {
+        try db.execute(sql: "INSERT INTO queue(name) VALUES (?) ON CONFLICT(name) DO NOTHING", arguments: [queueName])
+        let positionSQL = end == .tail
+            ? "UPDATE queue SET tailPosition = tailPosition + 1 WHERE name = ? RETURNING tailPosition"
+            : "UPDATE queue SET headPosition = headPosition - 1 WHERE name = ? RETURNING headPosition"
+        guard let position = try Int64.fetchOne(db, sql: positionSQL, arguments: [queueName]) else {
+            throw BackgroundSyncError(.storage, "queue row missing", queueName: queueName)
+        }
+        try db.execute(
+            sql: """
+                INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata, idempotencyKey)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                queueName, position, row.url, row.method, row.headers, row.body, row.settings, row.timestamp,
+                row.metadata, row.idempotencyKey,
+            ])
+        return db.lastInsertedRowID
+    }
+
+    public func removeEntry(queueName: String, from end: QueueEnd) async throws -> QueueStoreEntry? {
+        let now = Date().timeIntervalSince1970
+        return try await write("remove from") { db in
+            let order = end == .head ? "ASC" : "DESC"
+            guard let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT * FROM entry WHERE queueName = ? AND state = 'pending'
+                    AND (leaseExpiresAt IS NULL OR leaseExpiresAt < ?)
+                    ORDER BY position \(order) LIMIT 1
+                    """,
+                arguments: [queueName, now])
+            else { return nil }
+            let entry = try Self.decode(row)
+            try db.execute(sql: "DELETE FROM entry WHERE id = ?", arguments: [entry.id])
+            return entry
+        }
+    }
+
+    public func entries(queueName: String, state: EntryState) async throws -> [QueueStoreEntry] {
+        try await read("read") { db in
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT * FROM entry WHERE queueName = ? AND state = ? ORDER BY position",
+                arguments: [queueName, state.rawValue])
+            return try rows.map(Self.decode)
+        }
+    }
+
+    public func entry(id: Int64) async throws -> QueueStoreEntry? {
+        try await read("read") { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM entry WHERE id = ?", arguments: [id]).map(Self.decode)
+        }
+    }
+
+    public func countEntries(queueName: String, state: EntryState) async throws -> Int {
+        let column = state == .pending ? "pendingCount" : "deadCount"
+        return try await read("read") { db in
+            try Int.fetchOne(db, sql: "SELECT \(column) FROM queue WHERE name = ?", arguments: [queueName]) ?? 0
+        }
+    }
+
+    public func deleteEntries(ids: [Int64]) async throws -> Int {
+        if ids.isEmpty { return 0 }
+        return try await write("delete from") { db in
+            var deleted = 0
+            for id in ids {
+                try db.execute(sql: "DELETE FROM entry WHERE id = ?", arguments: [id])
+                deleted += db.changesCount
+            }
+            return deleted
+        }
+    }
+
+    public func queueNames() async throws -> [String] {
+        try await read("read") { db in
+            try String.fetchAll(db, sql: "SELECT name FROM queue ORDER BY name")
+        }
+    }
+
+    public func claimHead(queueName: String, owner: LeaseOwner, leaseDuration: Duration, now: Date) async throws -> ClaimResult {
+        let nowSeconds = now.timeIntervalSince1970
+        let expiry = nowSeconds + leaseDuration.timeInterval
+        let ownerValue = owner.rawValue
+        return try await write("claim from") { db in
+            while true {
+                guard let row = try Row.fetchOne(
+                    db,
+                    sql: "SELECT * FROM entry WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1",
+                    arguments: [queueName])
+                else { return .empty }
+                let id: Int64 = row["id"]
+                if let holder: String = row["leaseOwner"], holder != ownerValue,
+                    let until: Double = row["leaseExpiresAt"], until >= nowSeconds,
+                    !LeaseOwner.isAbandoned(holder)
+                {
+                    return .busy(owner: holder, until: Date(timeIntervalSince1970: until))
+                }
+                let entry: QueueStoreEntry
+                do {
+                    entry = try Self.decode(row)
+                } catch {
+                    // A row that cannot be read must not block the queue, nor vanish: set it aside.
+                    try db.execute(
+                        sql: "UPDATE entry SET state = 'dead', lastError = ?, leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ?",
+                        arguments: ["unreadable entry: \(error)", id])
+                    continue
+                }
+                try db.execute(
+                    sql: "UPDATE entry SET leaseOwner = ?, leaseExpiresAt = ? WHERE id = ?",
+                    arguments: [ownerValue, expiry, id])
+                return .claimed(entry)
+            }
+        }
+    }
+
+    public func completeClaim(id: Int64, owner: LeaseOwner) async throws {
+        try await write("delete from") { db in
+            try db.execute(sql: "DELETE FROM entry WHERE id = ?", arguments: [id])
+        }
+    }
+
+    public func releaseClaim(id: Int64, owner: LeaseOwner, failure: ReplayFailure, nextAttemptAt: Date?) async throws {
+        let next = nextAttemptAt?.timeIntervalSince1970
+        let ownerValue = owner.rawValue
+        try await write("update") { db in
+            try db.execute(
+                sql: """
+                    UPDATE entry SET attempts = attempts + 1, nextAttemptAt = ?, lastStatus = ?, lastError = ?,
+                    lastResponseExcerpt = ?, leaseOwner = NULL, leaseExpiresAt = NULL
+                    WHERE id = ? AND (leaseOwner IS NULL OR leaseOwner = ?)
+                    """,
+                arguments: [next, failure.status, failure.error, failure.responseExcerpt, id, ownerValue])
+        }
+    }
+
+    public func deadLetterClaim(id: Int64, owner: LeaseOwner, failure: ReplayFailure) async throws {
+        let ownerValue = owner.rawValue
+        try await write("update") { db in
+            try db.execute(
+                sql: """
+                    UPDATE entry SET state = 'dead', attempts = attempts + 1, nextAttemptAt = NULL, lastStatus = ?,
+                    lastError = ?, lastResponseExcerpt = ?, leaseOwner = NULL, leaseExpiresAt = NULL
+                    WHERE id = ? AND (leaseOwner IS NULL OR leaseOwner = ?)
+                    """,
+                arguments: [failure.status, failure.error, failure.responseExcerpt, id, ownerValue])
+        }
+    }
+
+    public func registerSyncTag(_ tag: String, at date: Date) async throws {
+        let seconds = date.timeIntervalSince1970
+        try await write("write to") { db in
+            try db.execute(
+                sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING",
+                arguments: [tag, seconds])
+        }
+    }
+
+    public func unregisterSyncTag(_ tag: String) async throws {
+        try await write("write to") { db in
+            try db.execute(sql: "DELETE FROM syncRegistration WHERE tag = ?", arguments: [tag])
+        }
+    }
+
+    public func syncTags() async throws -> [String] {
+        try await read("read") { db in
+            try String.fetchAll(db, sql: "SELECT tag FROM syncRegistration ORDER BY registeredAt, tag")
+        }
+    }
+
+    // MARK: - Rows
+
+    /// An entry encoded for its row.
+    struct EntryRow: Sendable {
+        var url: String
+        var method: String
+        var headers: String
+        var body: Data?
+        var settings: String?
+        var timestamp: Double
+        var metadata: String?
+        var idempotencyKey: String?
+
+        init(_ entry: UnidentifiedQueueStoreEntry) throws {
+            let data = entry.requestData
+            url = data.url
+            method = data.method
+            headers = try Self.json(data.headers)
+            body = data.body
+            let settings = RequestSettings(data)
+            self.settings = settings == RequestSettings.defaults ? nil : try Self.json(settings)
+            timestamp = entry.timestamp.timeIntervalSince1970
+            metadata = try entry.metadata.map(Self.json)
+            idempotencyKey = entry.idempotencyKey
+        }
+
+        private static func json(_ value: some Encodable) throws -> String {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            return String(decoding: try encoder.encode(value), as: UTF8.self)
+        }
+    }
+
+    /// The `URLRequest` settings kept with a request; `NULL` in the row when all are defaults.
+    struct RequestSettings: Codable, Equatable {
+        var timeoutInterval: Double
+        var cachePolicy: UInt
+        var httpShouldHandleCookies: Bool
+        var allowsCellularAccess: Bool
+        var mainDocumentURL: String?
+
+        static let defaults = RequestSettings(StorableRequest.RequestData(url: ""))
+
+        init(_ data: StorableRequest.RequestData) {
+            timeoutInterval = data.timeoutInterval
+            cachePolicy = data.cachePolicy
+            httpShouldHandleCookies = data.httpShouldHandleCookies
+            allowsCellularAccess = data.allowsCellularAccess
+            mainDocumentURL = data.mainDocumentURL
+        }
+    }
+
+    static func decode(_ row: Row) throws -> QueueStoreEntry {
+        let id: Int64 = row["id"]
+        do {
+            let decoder = JSONDecoder()
+            let headersText: String = row["headers"]
+            let headers = try decoder.decode([String: String].self, from: Data(headersText.utf8))
+            let settingsText: String? = row["settings"]
+            let settings = try settingsText.map { try decoder.decode(RequestSettings.self, from: Data($0.utf8)) }
+                ?? RequestSettings.defaults
+            let metadataText: String? = row["metadata"]
+            let metadata = try metadataText.map { try decoder.decode([String: String].self, from: Data($0.utf8)) }
+            let stateText: String = row["state"]
+            guard let state = EntryState(rawValue: stateText) else {
+                throw BackgroundSyncError(.storage, "unknown state '\(stateText)'")
+            }
+            let data = StorableRequest.RequestData(
+                url: row["url"],
+                method: row["method"],
+                headers: headers,
+                body: row["body"],
+                timeoutInterval: settings.timeoutInterval,
+                cachePolicy: settings.cachePolicy,
+                httpShouldHandleCookies: settings.httpShouldHandleCookies,
+                allowsCellularAccess: settings.allowsCellularAccess,
+                mainDocumentURL: settings.mainDocumentURL)
+            let nextAttemptAt: Double? = row["nextAttemptAt"]
+            return QueueStoreEntry(
+                id: id,
+                queueName: row["queueName"],
+                requestData: data,
+                timestamp: Date(timeIntervalSince1970: row["timestamp"]),
+                metadata: metadata,
+                state: state,
+                attempts: row["attempts"],
+                nextAttemptAt: nextAttemptAt.map(Date.init(timeIntervalSince1970:)),
+                lastStatus: row["lastStatus"],
+                lastError: row["lastError"],
+                lastResponseExcerpt: row["lastResponseExcerpt"],
+                idempotencyKey: row["idempotencyKey"])
+        } catch {
+            throw BackgroundSyncError(.storage, "entry \(id) cannot be read: \(error)", entryID: id)
+        }
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, as a `TimeInterval`.
+    var timeInterval: TimeInterval {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,139 @@
+import Foundation
+
+/// Keeps sync registrations and runs the sync of a tag when an event is dispatched: the
+/// counterpart of the browser's `SyncManager` plus the `sync` event dispatch.
+///
+/// Registrations are persisted in the ``QueueDatabase`` when the manager has one, so that a
+/// restarted process, or another process on the same file, sees them. Queues add themselves as the
+/// handlers of their tag.
+///
+/// Rules (the Background Sync spec's, which Workbox relies on):
+/// - a sync that succeeds consumes its registration;
+/// - a sync that fails keeps it for a retry, unless the event was the `lastChance`;
+/// - a tag registered again *while* its sync runs stays registered whatever the outcome.
+public final class SyncManager: Sendable {
+    /// A handler for the events of one tag.
+    typealias Handler = @Sendable (SyncEvent) async throws -> Void
+
+    private struct State {
+        var memoryTags: [String] = []
+        var handlers: [String: (token: UUID, handler: Handler)] = [:]
+        /// Tags whose sync runs now, and whether they were registered again meanwhile.
+        var firing: [String: Bool] = [:]
+    }
+
+    /// Where registrations are persisted; `nil` keeps them in memory.
+    public let database: (any QueueDatabase)?
+    private let state = Locked(State())
+
+    /// Creates a manager that persists registrations in `database` (in memory when `nil`).
+    public init(database: (any QueueDatabase)? = nil) {
+        self.database = database
+    }
+
+    private static let sharedManagers = Locked<[String: SyncManager]>([:])
+
+    /// The process-wide manager of a database: queues that are not given a manager use it, so one
+    /// `dispatch` reaches every queue of the database.
+    public static func shared(for database: any QueueDatabase) -> SyncManager {
+        sharedManagers.withLock { managers in
+            if let manager = managers[database.identity] { return manager }
+            let manager = SyncManager(database: database)
+            managers[database.identity] = manager
+            return manager
+        }
+    }
+
+    /// Registers `tag` for a sync. Registering a registered tag does nothing.
+    public func register(_ tag: String) async throws {
+        state.withLock { state in
+            if state.firing[tag] != nil { state.firing[tag] = true }
+        }
+        if let database {
+            try await database.registerSyncTag(tag, at: Date())
+        } else {
+            state.withLock { state in
+                if !state.memoryTags.contains(tag) { state.memoryTags.append(tag) }
+            }
+        }
+    }
+
+    /// The registered tags, oldest first.
+    public func getTags() async throws -> [String] {
+        if let database {
+            return try await database.syncTags()
+        }
+        return state.withLock { $0.memoryTags }
+    }
+
+    /// Whether a live handler (a queue) handles `tag` in this process.
+    public func hasHandler(for tag: String) -> Bool {
+        state.withLock { $0.handlers[tag] != nil }
+    }
+
+    /// Runs the sync of `event.tag` now (what DevTools' "Sync" button does) and applies the
+    /// registration rules to the outcome. Throws the handler's error, or
+    /// ``BackgroundSyncError/Code/unknownSyncTag`` when no live queue handles the tag.
+    public func dispatch(_ event: SyncEvent) async throws {
+        guard let handler = state.withLock({ $0.handlers[event.tag]?.handler }) else {
+            throw BackgroundSyncError(.unknownSyncTag, "no queue handles the sync tag '\(event.tag)'")
+        }
+        state.withLock { $0.firing[event.tag] = false }
+        let outcome: Result<Void, any Error>
+        do {
+            try await handler(event)
+            outcome = .success(())
+        } catch {
+            outcome = .failure(error)
+        }
+        let registeredAgain = state.withLock { $0.firing.removeValue(forKey: event.tag) ?? false }
+        switch outcome {
+        case .success:
+            if !registeredAgain { try await unregister(event.tag) }
+        case .failure(let error):
+            if event.lastChance && !registeredAgain { try await unregister(event.tag) }
+            throw error
+        }
+    }
+
+    /// Dispatches an event for every registered tag that has a handler in this process, in
+    /// registration order (what a browser does at start-up). Returns the tags whose sync failed,
+    /// with the errors.
+    @discardableResult
+    public func dispatchRegistered(lastChance: Bool = false) async throws -> [String: any Error] {
+        var failures: [String: any Error] = [:]
+        for tag in try await getTags() where hasHandler(for: tag) {
+            do {
+                try await dispatch(SyncEvent(tag: tag, lastChance: lastChance))
+            } catch {
+                failures[tag] = error
+            }
+        }
+        return failures
+    }
+
+    private func unregister(_ tag: String) async throws {
+        if let database {
+            try await database.unregisterSyncTag(tag)
+        } else {
+            state.withLock { $0.memoryTags.removeAll { $0 == tag } }
+        }
+    }
+
+    /// Installs the handler of a tag; fails if another live handler has it.
+    func addHandler(tag: String, token: UUID, _ handler: @escaping Handler) throws {
+        try state.withLock { state in
+            if state.handlers[tag] != nil {
+                throw BackgroundSyncError(.duplicateQueueName, "another live queue handles the sync tag '\(tag)'")
+            }
+            state.handlers[tag] = (token, handler)
+        }
+    }
+
+    /// Removes the handler of a tag if it is still the one installed with `token`.
+    func removeHandler(tag: String, token: UUID) {
+        state.withLock { state in
+            if state.handlers[tag]?.token == token { state.handlers[tag] = nil }
+        }
+    }
+}
