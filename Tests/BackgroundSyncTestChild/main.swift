@@ -1,1 +1,35 @@
-print("x")
+// A child process for the crash tests: it pushes or replays on a database file given on the
+// command line, and the test kills it with SIGKILL part-way.
+//
+//   BackgroundSyncTestChild push DB QUEUE COUNT URL   pushes COUNT POSTs, printing each id once committed
+//   BackgroundSyncTestChild replay DB QUEUE           replays the queue, then prints the summary
+import BackgroundSync
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+let arguments = CommandLine.arguments
+guard arguments.count >= 4 else {
+    FileHandle.standardError.write(Data("usage: BackgroundSyncTestChild push|replay DB QUEUE [COUNT URL]\n".utf8))
+    exit(2)
+}
+let database = try SQLiteQueueDatabase(path: arguments[2])
+let queue = try Queue(name: arguments[3], database: database)
+switch arguments[1] {
+case "push":
+    let count = Int(arguments[4])!
+    let url = URL(string: arguments[5])!
+    for index in 0..<count {
+        var request = URLRequest(url: url)
+        request.httpMethod = "POST"
+        request.httpBody = Data("post-\(index)".utf8)
+        let id = try await queue.pushRequest(request)
+        FileHandle.standardOutput.write(Data("pushed \(id)\n".utf8))
+    }
+case "replay":
+    let summary = try await queue.replayRequests()
+    print("delivered \(summary.delivered)")
+default:
+    exit(2)
+}

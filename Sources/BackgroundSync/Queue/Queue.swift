@@ -301,7 +301,7 @@ public actor Queue {
             switch claim {
             case .empty:
                 if summary != ReplaySummary() {
-                    logger.info(
+                    logger.debug(
                         "replay finished",
                         metadata: [
                             "background-sync.delivered": "\(summary.delivered)",

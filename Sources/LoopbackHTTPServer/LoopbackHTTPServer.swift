@@ -1,0 +1,375 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A small HTTP/1.1 server bound to 127.0.0.1, for the demo and the tests.
+///
+/// It speaks real HTTP over real sockets (keep-alive, `Content-Length` and chunked bodies,
+/// `Expect: 100-continue`), and its handler can answer, reset the connection, close it without an
+/// answer, or hang, so that clients meet the faults of real networks. Each connection is served by
+/// its own thread; the handler is called on that thread.
+///
+/// `@unchecked Sendable`: the mutable state (sockets, open connections, the running flag) is only
+/// touched under `lock`.
+public final class LoopbackHTTPServer: @unchecked Sendable {
+    /// A request as received.
+    public struct Request: Sendable {
+        /// The method (`POST`).
+        public var method: String
+        /// The request target: path and query (`/api/posts?x=1`).
+        public var target: String
+        /// Header fields, names lower-cased, repeated fields joined with ", ".
+        public var headers: [String: String]
+        /// The body (empty when there is none).
+        public var body: Data
+
+        /// The path without the query.
+        public var path: String { String(target.split(separator: "?", maxSplits: 1).first ?? "") }
+    }
+
+    /// A response to send.
+    public struct Response: Sendable {
+        /// The status code.
+        public var status: Int
+        /// Extra header fields (`Content-Length` is added).
+        public var headers: [String: String]
+        /// The body.
+        public var body: Data
+
+        /// Creates a response.
+        public init(status: Int = 200, headers: [String: String] = [:], body: Data = Data()) {
+            self.status = status
+            self.headers = headers
+            self.body = body
+        }
+
+        /// A response with a UTF-8 text body.
+        public static func text(_ text: String, status: Int = 200, headers: [String: String] = [:]) -> Response {
+            var headers = headers
+            headers["Content-Type"] = headers["Content-Type"] ?? "text/plain; charset=utf-8"
+            return Response(status: status, headers: headers, body: Data(text.utf8))
+        }
+    }
+
+    /// What the server does with a request.
+    public enum Action: Sendable {
+        /// Send this response (after `delay`, if any) and keep the connection open.
+        case respond(Response, delay: Duration? = nil)
+        /// Reset the connection (TCP RST) without answering.
+        case reset
+        /// Close the connection without answering.
+        case close
+        /// Keep the connection open without answering for `duration` (or until the server stops), then close it.
+        case hang(Duration)
+    }
+
+    /// Decides what to do with each request; called on the connection's thread.
+    public typealias Handler = @Sendable (Request) -> Action
+
+    private let handler: Handler
+    private let lock = NSLock()
+    private var listenSocket: Int32 = -1
+    private var connections: Set<Int32> = []
+    private var running = false
+    private var acceptDone: DispatchSemaphore?
+    private let stopSignal = DispatchSemaphore(value: 0)
+    private var boundPort: UInt16 = 0
+
+    /// Creates a stopped server.
+    public init(handler: @escaping Handler) {
+        self.handler = handler
+    }
+
+    deinit {
+        stop()
+    }
+
+    /// The port the server listens on (the last one, once stopped).
+    public var port: UInt16 {
+        lock.withLock { boundPort }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    public var baseURL: URL {
+        URL(string: "http://127.0.0.1:\(port)")!
+    }
+
+    /// Starts listening on 127.0.0.1 at `port` (0: a free port chosen by the system) and returns the
+    /// port. Starting a running server does nothing.
+    @discardableResult
+    public func start(port: UInt16 = 0) throws -> UInt16 {
+        try lock.withLock {
+            if running { return boundPort }
+            let fd = socket(AF_INET, Self.streamType, 0)
+            guard fd >= 0 else { throw Self.posixError("socket") }
+            var yes: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            guard bound == 0, listen(fd, 128) == 0 else {
+                let error = Self.posixError("bind 127.0.0.1:\(port)")
+                _ = closeSocket(fd)
+                throw error
+            }
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+            }
+            boundPort = UInt16(bigEndian: address.sin_port)
+            listenSocket = fd
+            running = true
+            let done = DispatchSemaphore(value: 0)
+            acceptDone = done
+            let thread = Thread { [self] in
+                acceptLoop(fd)
+                done.signal()
+            }
+            thread.name = "LoopbackHTTPServer.accept"
+            thread.start()
+            return boundPort
+        }
+    }
+
+    /// Stops listening and drops every open connection; returns once no new connection can be
+    /// accepted. Requests in a handler finish on their own threads.
+    public func stop() {
+        let done: DispatchSemaphore? = lock.withLock {
+            guard running else { return nil }
+            running = false
+            shutdown(listenSocket, Int32(SHUT_RDWR))
+            for connection in connections {
+                shutdown(connection, Int32(SHUT_RDWR))
+            }
+            return acceptDone
+        }
+        guard let done else { return }
+        // Wake the threads that hang.
+        for _ in 0..<64 { stopSignal.signal() }
+        done.wait()
+        lock.withLock {
+            _ = closeSocket(listenSocket)
+            listenSocket = -1
+        }
+    }
+
+    private func acceptLoop(_ fd: Int32) {
+        while true {
+            let client = accept(fd, nil, nil)
+            if client < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            let accepted = lock.withLock { () -> Bool in
+                guard running else { return false }
+                connections.insert(client)
+                return true
+            }
+            guard accepted else {
+                _ = closeSocket(client)
+                return
+            }
+            #if canImport(Darwin)
+            var yes: Int32 = 1
+            setsockopt(client, SOL_SOCKET, SO_NOSIGPIPE, &yes, socklen_t(MemoryLayout<Int32>.size))
+            #endif
+            let thread = Thread { [self] in
+                serve(client)
+                lock.withLock { _ = connections.remove(client) }
+                _ = closeSocket(client)
+            }
+            thread.name = "LoopbackHTTPServer.connection"
+            thread.start()
+        }
+    }
+
+    // MARK: - One connection
+
+    private func serve(_ fd: Int32) {
+        var buffer = Data()
+        while true {
+            guard let request = readRequest(fd, &buffer) else { return }
+            switch handler(request) {
+            case .respond(let response, let delay):
+                if let delay, wait(delay) { return }
+                guard write(fd, Self.encode(response, keepAlive: true)) else { return }
+                if request.headers["connection"]?.lowercased() == "close" { return }
+            case .reset:
+                var linger = SocketLinger(l_onoff: 1, l_linger: 0)
+                setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<SocketLinger>.size))
+                return
+            case .close:
+                return
+            case .hang(let duration):
+                _ = wait(duration)
+                return
+            }
+        }
+    }
+
+    /// Waits for `duration`; returns `true` if the server stopped meanwhile.
+    private func wait(_ duration: Duration) -> Bool {
+        let (seconds, attoseconds) = duration.components
+        let nanoseconds = Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)
+        if stopSignal.wait(timeout: .now() + .nanoseconds(nanoseconds)) == .success {
+            stopSignal.signal()
+            return true
+        }
+        return !lock.withLock { running }
+    }
+
+    private func readRequest(_ fd: Int32, _ buffer: inout Data) -> Request? {
+        let separator = Data("\r\n\r\n".utf8)
+        var headEnd: Range<Data.Index>?
+        while true {
+            headEnd = buffer.range(of: separator)
+            if headEnd != nil { break }
+            if buffer.count > 1 << 20 { return nil }
+            guard read(fd, into: &buffer) else { return nil }
+        }
+        guard let headEnd else { return nil }
+        let head = String(decoding: buffer[buffer.startIndex..<headEnd.lowerBound], as: UTF8.self)
+        buffer.removeSubrange(buffer.startIndex..<headEnd.upperBound)
+        var lines = head.components(separatedBy: "\r\n")
+        let requestLine = lines.removeFirst().split(separator: " ")
+        guard requestLine.count == 3 else { return nil }
+        var headers: [String: String] = [:]
+        for line in lines {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let name = line[..<colon].trimmingCharacters(in: .whitespaces).lowercased()
+            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            headers[name] = headers[name].map { $0 + ", " + value } ?? value
+        }
+        if headers["expect"]?.lowercased() == "100-continue" {
+            guard write(fd, Data("HTTP/1.1 100 Continue\r\n\r\n".utf8)) else { return nil }
+        }
+        var body = Data()
+        if headers["transfer-encoding"]?.lowercased().contains("chunked") == true {
+            guard let chunked = readChunked(fd, &buffer) else { return nil }
+            body = chunked
+        } else if let length = headers["content-length"].flatMap({ Int($0) }), length > 0 {
+            while buffer.count < length {
+                guard read(fd, into: &buffer) else { return nil }
+            }
+            body = Data(buffer.prefix(length))
+            buffer.removeFirst(length)
+        }
+        return Request(method: String(requestLine[0]), target: String(requestLine[1]), headers: headers, body: body)
+    }
+
+    private func readChunked(_ fd: Int32, _ buffer: inout Data) -> Data? {
+        var body = Data()
+        let crlf = Data("\r\n".utf8)
+        while true {
+            var lineEnd = buffer.range(of: crlf)
+            while lineEnd == nil {
+                guard read(fd, into: &buffer) else { return nil }
+                lineEnd = buffer.range(of: crlf)
+            }
+            let sizeText = String(decoding: buffer[buffer.startIndex..<lineEnd!.lowerBound], as: UTF8.self)
+            buffer.removeSubrange(buffer.startIndex..<lineEnd!.upperBound)
+            guard let size = Int(sizeText.split(separator: ";").first ?? "", radix: 16) else { return nil }
+            while buffer.count < size + 2 {
+                guard read(fd, into: &buffer) else { return nil }
+            }
+            if size == 0 {
+                buffer.removeFirst(2)
+                return body
+            }
+            body.append(buffer.prefix(size))
+            buffer.removeFirst(size + 2)
+        }
+    }
+
+    private func read(_ fd: Int32, into buffer: inout Data) -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count > 0 {
+                buffer.append(chunk, count: count)
+                return true
+            }
+            if count < 0 && errno == EINTR { continue }
+            return false
+        }
+    }
+
+    private func write(_ fd: Int32, _ data: Data) -> Bool {
+        data.withUnsafeBytes { raw -> Bool in
+            var offset = 0
+            while offset < raw.count {
+                let sent = send(fd, raw.baseAddress! + offset, raw.count - offset, Self.sendFlags)
+                if sent < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                offset += sent
+            }
+            return true
+        }
+    }
+
+    private static func encode(_ response: Response, keepAlive: Bool) -> Data {
+        var head = "HTTP/1.1 \(response.status) \(reason(response.status))\r\n"
+        for (name, value) in response.headers.sorted(by: { $0.key < $1.key })
+        where name.lowercased() != "content-length" {
+            head += "\(name): \(value)\r\n"
+        }
+        head += "Content-Length: \(response.body.count)\r\n"
+        head += keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n"
+        return Data(head.utf8) + response.body
+    }
+
+    private static func reason(_ status: Int) -> String {
+        switch status {
+        case 200: "OK"
+        case 201: "Created"
+        case 204: "No Content"
+        case 400: "Bad Request"
+        case 401: "Unauthorized"
+        case 403: "Forbidden"
+        case 404: "Not Found"
+        case 408: "Request Timeout"
+        case 409: "Conflict"
+        case 422: "Unprocessable Content"
+        case 429: "Too Many Requests"
+        case 500: "Internal Server Error"
+        case 502: "Bad Gateway"
+        case 503: "Service Unavailable"
+        case 504: "Gateway Timeout"
+        default: "Status"
+        }
+    }
+
+    private static func posixError(_ what: String) -> POSIXError {
+        POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO, userInfo: [NSLocalizedDescriptionKey: what])
+    }
+
+    #if canImport(Darwin)
+    private static let streamType = SOCK_STREAM
+    private static let sendFlags: Int32 = 0
+    #else
+    private static let streamType = Int32(SOCK_STREAM.rawValue)
+    private static let sendFlags = Int32(MSG_NOSIGNAL)
+    #endif
+}
+
+#if canImport(Darwin)
+private func closeSocket(_ fd: Int32) -> Int32 { Darwin.close(fd) }
+private typealias SocketLinger = Darwin.linger
+#else
+private func closeSocket(_ fd: Int32) -> Int32 { Glibc.close(fd) }
+private typealias SocketLinger = Glibc.linger
+#endif

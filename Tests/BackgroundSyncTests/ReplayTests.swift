@@ -1,0 +1,152 @@
+import BackgroundSync
+import Foundation
+import LoopbackHTTPServer
+import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+@Suite("Replay against a loopback server")
+struct ReplayTests {
+    private func makeQueue(
+        _ server: RecordingServer, transport: (any HTTPTransport)? = nil, options: QueueOptions = QueueOptions()
+    ) throws -> (Queue, SQLiteQueueDatabase) {
+        let database = try SQLiteQueueDatabase.temporary()
+        let queue = try Queue(
+            name: uniqueQueueName(), options: options, database: database, transport: transport ?? URLSessionTransport())
+        return (queue, database)
+    }
+
+    @Test func deliversEveryEntryInOrderThenTheQueueIsEmpty() async throws {
+        let server = try RecordingServer()
+        let (queue, _) = try makeQueue(server)
+        for index in 0..<5 {
+            try await queue.pushRequest(postRequest(server.url, body: "post-\(index)", headers: ["Content-Type": "text/plain"]))
+        }
+        let summary = try await queue.replayRequests()
+        #expect(summary.delivered == 5)
+        #expect(server.bodies == (0..<5).map { "post-\($0)" })
+        let first = try #require(server.received.current.first)
+        #expect(first.method == "POST")
+        #expect(first.path == "/api/posts")
+        #expect(first.headers["content-type"] == "text/plain")
+        #expect(try await queue.size() == 0)
+        #expect(try await queue.replayRequests() == ReplaySummary())
+    }
+
+    @Test func aTransportErrorStopsReplayAndKeepsTheEntryAtTheHead() async throws {
+        let server = try RecordingServer()
+        let transport = FaultInjectingTransport()
+        transport.failures.withLock { $0 = [nil, URLError(.notConnectedToInternet)] }
+        let (queue, database) = try makeQueue(server, transport: transport)
+        for body in ["a", "b", "c"] { try await queue.pushRequest(postRequest(server.url, body: body)) }
+
+        let error = try await #require(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
+        #expect(error.code == .queueReplayFailed)
+        #expect(error.underlying is URLError)
+        #expect(error.queueName == queue.name)
+        #expect(server.bodies == ["a"])
+        let left = try await database.entries(queueName: queue.name, state: .pending)
+        #expect(left.map { String(decoding: $0.requestData.body!, as: UTF8.self) } == ["b", "c"])
+        #expect(left.map(\.attempts) == [1, 0])
+        #expect(left[0].lastError?.isEmpty == false)
+
+        #expect(try await queue.replayRequests().delivered == 2)
+        #expect(server.bodies == ["a", "b", "c"])
+    }
+
+    @Test func aStoppedServerIsARetryableFailure() async throws {
+        let server = try RecordingServer()
+        let (queue, _) = try makeQueue(server)
+        try await queue.pushRequest(postRequest(server.url, body: "x"))
+        let port = server.server.port
+        server.server.stop()
+        let error = try await #require(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
+        #expect(error.code == .queueReplayFailed)
+        #expect(try await queue.size() == 1)
+        try server.server.start(port: port)
+        #expect(try await queue.replayRequests().delivered == 1)
+        #expect(server.bodies == ["x"])
+    }
+
+    @Test(arguments: [500, 502, 503, 504, 408, 425, 429, 401, 403])
+    func retryableAndAuthStatusesKeepTheEntry(status: Int) async throws {
+        let server = try RecordingServer()
+        server.respond { _, index in index == 0 ? .respond(.text("busy", status: status)) : .respond(.text("ok")) }
+        let (queue, database) = try makeQueue(server)
+        try await queue.pushRequest(postRequest(server.url, body: "first"))
+        try await queue.pushRequest(postRequest(server.url, body: "second"))
+
+        let error = try await #require(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
+        #expect(error.code == .queueReplayFailed)
+        #expect(error.status == status)
+        #expect(server.bodies == ["first"])
+        let head = try #require(try await database.entries(queueName: queue.name, state: .pending).first)
+        #expect(head.lastStatus == status)
+        #expect(head.attempts == 1)
+        #expect(head.lastResponseExcerpt == Data("busy".utf8))
+
+        #expect(try await queue.replayRequests().delivered == 2)
+        #expect(server.bodies == ["first", "first", "second"])
+    }
+
+    @Test(arguments: [400, 404, 409, 410, 422, 501, 505])
+    func refusedRequestsAreDeadLetteredAndReplayGoesOn(status: Int) async throws {
+        let server = try RecordingServer()
+        server.respond { request, _ in
+            String(decoding: request.body, as: UTF8.self) == "bad"
+                ? .respond(.text("no such thing", status: status)) : .respond(.text("ok", status: 201))
+        }
+        let (queue, _) = try makeQueue(server)
+        for body in ["a", "bad", "c"] { try await queue.pushRequest(postRequest(server.url, body: body)) }
+
+        let summary = try await queue.replayRequests()
+        #expect(summary.delivered == 2)
+        #expect(summary.deadLettered == 1)
+        #expect(server.bodies == ["a", "bad", "c"])
+        #expect(try await queue.size() == 0)
+        let dead = try await queue.deadLetters()
+        #expect(dead.count == 1)
+        #expect(dead[0].requestData.body == Data("bad".utf8))
+        #expect(dead[0].lastStatus == status)
+        #expect(dead[0].state == .dead)
+        #expect(dead[0].lastResponseExcerpt == Data("no such thing".utf8))
+    }
+
+    @Test func theIdempotencyKeyIsTheSameOnEveryReplay() async throws {
+        let server = try RecordingServer()
+        server.respond { _, index in index < 2 ? .respond(.text("down", status: 503)) : .respond(.text("ok")) }
+        let (queue, _) = try makeQueue(server)
+        try await queue.pushRequest(postRequest(server.url, body: "once"))
+        for _ in 0..<2 {
+            await #expect(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
+        }
+        try await queue.replayRequests()
+        let keys = server.received.current.map { $0.headers["idempotency-key"] }
+        #expect(keys.count == 3)
+        #expect(keys[0] != nil)
+        #expect(Set(keys).count == 1)
+    }
+
+    @Test func expiredEntriesAreRemovedNotSent() async throws {
+        let server = try RecordingServer()
+        let (queue, _) = try makeQueue(server, options: QueueOptions(maxRetentionTime: .seconds(60)))
+        try await queue.pushRequest(QueueEntry(request: postRequest(server.url, body: "stale"), timestamp: Date(timeIntervalSinceNow: -120)))
+        try await queue.pushRequest(postRequest(server.url, body: "fresh"))
+        let summary = try await queue.replayRequests()
+        #expect(summary.expired == 1)
+        #expect(summary.delivered == 1)
+        #expect(server.bodies == ["fresh"])
+    }
+
+    @Test func concurrentReplayCallsSendEachEntryOnce() async throws {
+        let server = try RecordingServer()
+        let (queue, _) = try makeQueue(server)
+        for index in 0..<20 { try await queue.pushRequest(postRequest(server.url, body: "\(index)")) }
+        try await withThrowingTaskGroup(of: ReplaySummary.self) { group in
+            for _ in 0..<4 { group.addTask { try await queue.replayRequests() } }
+            try await group.waitForAll()
+        }
+        #expect(server.bodies == (0..<20).map { "\($0)" })
+    }
+}

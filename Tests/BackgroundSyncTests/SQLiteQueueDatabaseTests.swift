@@ -1,0 +1,102 @@
+import BackgroundSync
+import Foundation
+import Testing
+
+@Suite("SQLiteQueueDatabase")
+struct SQLiteQueueDatabaseTests {
+    private func temporaryFolder() throws -> URL {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        return folder
+    }
+
+    private func sqlite(_ path: String, _ sql: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["sqlite3", path, sql]
+        try process.run()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+    }
+
+    @Test func aNewFileIsPrivateToItsOwner() async throws {
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("nested/queue.sqlite").path
+        let database = try SQLiteQueueDatabase(path: path)
+        try await QueueStore(queueName: "q", database: database).pushEntry(
+            UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/", method: "POST")))
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        let walMode = try FileManager.default.attributesOfItem(atPath: path + "-wal")[.posixPermissions] as? Int
+        #expect(walMode == 0o600)
+    }
+
+    @Test func aFileThatIsNotADatabaseIsReportedAndLeftUntouched() throws {
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("notes.txt").path
+        let content = Data(String(repeating: "these are not the bytes of a database\n", count: 200).utf8)
+        try content.write(to: URL(fileURLWithPath: path))
+        let error = try #require(throws: BackgroundSyncError.self) { try SQLiteQueueDatabase(path: path) }
+        #expect(error.code == .notADatabase)
+        #expect(error.description.contains(path))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == content)
+    }
+
+    @Test func aDirectoryIsReported() throws {
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let error = try #require(throws: BackgroundSyncError.self) { try SQLiteQueueDatabase(path: folder.path) }
+        #expect(error.code == .notADatabase)
+        #expect(error.description.contains("directory"))
+    }
+
+    @Test func aDatabaseFromANewerSchemaIsReportedAndLeftUntouched() async throws {
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("q.sqlite").path
+        do {
+            let database = try SQLiteQueueDatabase(path: path)
+            try await QueueStore(queueName: "q", database: database).pushEntry(
+                UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/", method: "POST")))
+        }
+        try sqlite(path, "INSERT INTO grdb_migrations VALUES ('v99-from-the-future')")
+        let before = try Data(contentsOf: URL(fileURLWithPath: path))
+        let error = try #require(throws: BackgroundSyncError.self) { try SQLiteQueueDatabase(path: path) }
+        #expect(error.code == .schemaTooNew)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before)
+    }
+
+    @Test func aCorruptRowIsSetAsideByReplayNotLostAndNotBlocking() async throws {
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("q.sqlite").path
+        let server = try RecordingServer()
+        do {
+            let store = QueueStore(queueName: "q", database: try SQLiteQueueDatabase(path: path))
+            for body in ["a", "b"] {
+                try await store.pushEntry(UnidentifiedQueueStoreEntry(
+                    requestData: .init(url: server.url.absoluteString, method: "POST", body: Data(body.utf8))))
+            }
+        }
+        try sqlite(path, "UPDATE entry SET headers = 'not json' WHERE id = (SELECT min(id) FROM entry)")
+        let database = try SQLiteQueueDatabase(path: path)
+        let queue = try Queue(name: "q", database: database)
+        let summary = try await queue.replayRequests()
+        #expect(summary.delivered == 1)
+        #expect(server.bodies == ["b"])
+        #expect(try await database.countEntries(queueName: "q", state: .dead) == 1)
+        let error = try await #require(throws: BackgroundSyncError.self) { try await queue.deadLetters() }
+        #expect(error.code == .storage)
+        #expect(error.entryID != nil)
+        #expect(error.description.contains("cannot be read"))
+    }
+
+    @Test func inMemoryDatabasesWork() async throws {
+        let database = try SQLiteQueueDatabase.inMemory()
+        let store = QueueStore(queueName: "q", database: database)
+        try await store.pushEntry(UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/", method: "POST")))
+        #expect(try await store.size() == 1)
+    }
+}

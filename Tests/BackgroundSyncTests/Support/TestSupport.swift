@@ -1,0 +1,104 @@
+import BackgroundSync
+import Foundation
+import LoopbackHTTPServer
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// A queue name no other test uses.
+func uniqueQueueName(_ prefix: String = "q") -> String {
+    "\(prefix)-\(UUID().uuidString.prefix(8))"
+}
+
+/// A POST request with a text body.
+func postRequest(_ url: URL, body: String, headers: [String: String] = [:]) -> URLRequest {
+    var request = URLRequest(url: url)
+    request.httpMethod = "POST"
+    request.httpBody = Data(body.utf8)
+    for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
+    return request
+}
+
+/// Thread-safe storage for tests (the server handler runs on its own threads).
+final class Box<Value>: @unchecked Sendable {
+    // Safe: every access goes through `lock`.
+    private let lock = NSLock()
+    private var value: Value
+
+    init(_ value: Value) { self.value = value }
+
+    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
+    }
+
+    var current: Value { withLock { $0 } }
+}
+
+/// A loopback server that records every request and answers according to a rule the test can change.
+final class RecordingServer: Sendable {
+    let server: LoopbackHTTPServer
+    let received = Box<[LoopbackHTTPServer.Request]>([])
+    let rule = Box<@Sendable (LoopbackHTTPServer.Request, Int) -> LoopbackHTTPServer.Action>({ _, _ in
+        .respond(.text("ok"))
+    })
+
+    init() throws {
+        let received = self.received
+        let rule = self.rule
+        server = LoopbackHTTPServer { request in
+            let index = received.withLock { list -> Int in
+                list.append(request)
+                return list.count - 1
+            }
+            return rule.current(request, index)
+        }
+        try server.start()
+    }
+
+    var url: URL { server.baseURL.appendingPathComponent("api/posts") }
+
+    /// The bodies received, as text, in order.
+    var bodies: [String] { received.current.map { String(decoding: $0.body, as: UTF8.self) } }
+
+    func respond(_ rule: @escaping @Sendable (LoopbackHTTPServer.Request, Int) -> LoopbackHTTPServer.Action) {
+        self.rule.withLock { $0 = rule }
+    }
+
+    deinit { server.stop() }
+}
+
+/// A transport that injects faults in front of a real one: the test scripts, call by call, whether
+/// the request fails with an error before reaching the network.
+final class FaultInjectingTransport: HTTPTransport {
+    let base: any HTTPTransport
+    let failures = Box<[(any Error)?]>([])
+    let calls = Box(0)
+
+    init(base: any HTTPTransport = URLSessionTransport()) {
+        self.base = base
+    }
+
+    func send(_ request: URLRequest) async throws -> (Data, HTTPURLResponse) {
+        calls.withLock { $0 += 1 }
+        if let failure = failures.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+            throw failure
+        }
+        return try await base.send(request)
+    }
+}
+
+/// The folder of the test binary, where SwiftPM also puts the executables the tests depend on.
+func builtProductURL(_ name: String) -> URL {
+    let candidates = [
+        Bundle.main.bundleURL,
+        Bundle.main.bundleURL.deletingLastPathComponent(),
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
+    ]
+    for folder in candidates {
+        let url = folder.appendingPathComponent(name)
+        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+    }
+    return candidates[0].appendingPathComponent(name)
+}
