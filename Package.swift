@@ -51,6 +51,7 @@ let package = Package(
                 "BackgroundSync",
                 "LoopbackHTTPServer",
                 "BackgroundSyncTestChild",
+                "bgsync",
             ]
         ),
     ],
