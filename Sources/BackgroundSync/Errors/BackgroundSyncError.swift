@@ -17,6 +17,7 @@ public struct BackgroundSyncError: Error, CustomStringConvertible, Sendable {
             case schemaTooNew
             case unknownSyncTag
             case entryNotFound
+            case queuePaused
         }
 
         fileprivate let base: Base
@@ -41,6 +42,8 @@ public struct BackgroundSyncError: Error, CustomStringConvertible, Sendable {
         public static let unknownSyncTag = Code(.unknownSyncTag)
         /// No entry has the given id.
         public static let entryNotFound = Code(.entryNotFound)
+        /// The server asked for credentials (401/403); replay waits for ``Queue/resume()``.
+        public static let queuePaused = Code(.queuePaused)
 
         public var description: String { base.rawValue }
     }

@@ -39,10 +39,18 @@ public actor Queue {
     private nonisolated let handlerToken = UUID()
     private nonisolated let fallbackSync = Locked<Task<Void, Never>?>(nil)
     private nonisolated let owner = LeaseOwner.current()
+    private nonisolated let subscribers = Locked<[UUID: AsyncStream<QueueEvent>.Continuation]>([:])
+    private nonisolated let metrics: QueueMetrics
     private var logger: Logger
     private var syncInProgress = false
     private var requestsAddedDuringSync = false
     private var runningReplay: Task<ReplaySummary, any Error>?
+    /// The status that paused the queue (401/403), until ``resume()``.
+    private var pausedStatus: Int?
+    /// Set by a graceful shutdown: the replay finishes the sends in flight and claims nothing more.
+    private var stopRequested = false
+    private var warnedAboutStrippedSecrets = false
+    private var random = SystemRandomNumberGenerator()
 
     /// Creates a queue.
     ///
@@ -74,6 +82,7 @@ public actor Queue {
         self.transport = transport
         self.syncManager = syncManager ?? SyncManager.shared(for: database)
         self.store = QueueStore(queueName: name, database: database)
+        self.metrics = QueueMetrics(queueName: name)
         self.reservation = try QueueNameRegistry.reserve(name, on: database)
         var logger = options.logger
         logger[metadataKey: "background-sync.queue"] = .string(name)
@@ -96,6 +105,29 @@ public actor Queue {
     deinit {
         syncManager.removeHandler(tag: syncTag, token: handlerToken)
         reservation.release()
+        subscribers.withLock { $0.values.forEach { $0.finish() } }
+    }
+
+    /// A stream of the queue's events (enqueued, replayed with the response, retry scheduled,
+    /// dead-lettered, expired, paused, resumed), each with the queue size after it. Each call
+    /// returns a new stream; it ends when the queue is released. Up to 1,000 unread events are kept.
+    public nonisolated func events() -> AsyncStream<QueueEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(of: QueueEvent.self, bufferingPolicy: .bufferingNewest(1000))
+        let id = UUID()
+        subscribers.withLock { $0[id] = continuation }
+        continuation.onTermination = { [subscribers] _ in
+            _ = subscribers.withLock { $0.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    private func emit(_ kind: QueueEvent.Kind, entryID: Int64?) async {
+        let size = (try? await store.size()) ?? 0
+        metrics.size.record(size)
+        let listeners = subscribers.withLock { Array($0.values) }
+        guard !listeners.isEmpty else { return }
+        let event = QueueEvent(kind: kind, queueName: name, entryID: entryID, size: size)
+        for listener in listeners { listener.yield(event) }
     }
 
     /// Waits for the sync that ``QueueOptions/forceSyncFallback`` started at creation, if any.
@@ -129,13 +161,16 @@ public actor Queue {
     private func add(_ entry: QueueEntry, at end: QueueEnd) async throws -> Int64 {
         var requestData = try StorableRequest.fromRequest(entry.request).toObject()
         let idempotencyKey = idempotencyKey(for: &requestData)
+        let sealedSecrets = try protectSecrets(&requestData)
         let stored = UnidentifiedQueueStoreEntry(
             requestData: requestData, timestamp: entry.timestamp, metadata: entry.metadata,
-            idempotencyKey: idempotencyKey)
+            idempotencyKey: idempotencyKey, sealedSecrets: sealedSecrets)
         let id = try await database.insertEntry(stored, queueName: name, at: end)
         logger.debug(
             "request queued",
             metadata: ["background-sync.entry": "\(id)", "http.method": "\(requestData.method)"])
+        metrics.enqueued.increment()
+        await emit(.enqueued, entryID: id)
         if syncInProgress {
             requestsAddedDuringSync = true
         } else {
@@ -154,6 +189,29 @@ public actor Queue {
         return key
     }
 
+    /// Applies ``QueueOptions/secretHeaders`` to the request's headers; returns the sealed secrets
+    /// to store, if any.
+    private func protectSecrets(_ data: inout StorableRequest.RequestData) throws -> Data? {
+        if case .plain = options.secretHeaders { return nil }
+        let (kept, secrets) = SecretSealer.split(data.headers, names: options.secretHeaderNames)
+        guard !secrets.isEmpty else { return nil }
+        data.headers = kept
+        switch options.secretHeaders {
+        case .plain:
+            return nil
+        case .strip:
+            if options.requestWillReplay == nil && !warnedAboutStrippedSecrets {
+                warnedAboutStrippedSecrets = true
+                logger.warning(
+                    "secret headers are not stored and no requestWillReplay hook adds them back: replays go without them",
+                    metadata: ["background-sync.headers": "\(secrets.keys.sorted().joined(separator: ","))"])
+            }
+            return nil
+        case .encrypted(let key):
+            return try SecretSealer.seal(secrets, key: key)
+        }
+    }
+
     // MARK: - Removing and reading
 
     /// Removes and returns the last entry, skipping (and deleting) expired ones; `nil` when empty.
@@ -168,8 +226,8 @@ public actor Queue {
 
     private func removeUnexpired(_ remove: (QueueStore) async throws -> QueueStoreEntry?) async throws -> QueueEntry? {
         while let stored = try await remove(store) {
-            if isExpired(stored, now: Date()) {
-                reportExpired(stored)
+            if isExpired(stored, now: options.clock.now) {
+                await reportExpired(stored)
                 continue
             }
             return try queueEntry(stored)
@@ -179,12 +237,12 @@ public actor Queue {
 
     /// Every unexpired entry in replay order, without removing any; expired entries are deleted.
     public func getAll() async throws -> [QueueEntry] {
-        let now = Date()
+        let now = options.clock.now
         let stored = try await store.getAll()
         let expired = stored.filter { isExpired($0, now: now) }
         if !expired.isEmpty {
             try await database.deleteEntries(ids: expired.map(\.id))
-            expired.forEach(reportExpired)
+            for entry in expired { await reportExpired(entry) }
         }
         return try stored.filter { !isExpired($0, now: now) }.map(queueEntry)
     }
@@ -195,16 +253,54 @@ public actor Queue {
         try await store.size()
     }
 
+    // MARK: - Dead letters
+
     /// The entries set aside as dead letters, in queue order, with their last status and error.
     public func deadLetters() async throws -> [QueueStoreEntry] {
         try await store.getDeadLetters()
+    }
+
+    /// Puts a dead letter back in the queue, at its old position with its attempts reset, and
+    /// registers a sync. Throws ``BackgroundSyncError/Code/entryNotFound`` if this queue has no
+    /// dead letter with that id.
+    public func requeueDeadLetter(id: Int64) async throws {
+        guard try await database.requeueDeadEntries(queueName: name, ids: [id]) == 1 else {
+            throw BackgroundSyncError(.entryNotFound, "no dead letter with id \(id)", queueName: name, entryID: id)
+        }
+        await registerSync()
+    }
+
+    /// Puts every dead letter back in the queue and registers a sync; returns how many.
+    @discardableResult
+    public func requeueAllDeadLetters() async throws -> Int {
+        let count = try await database.requeueDeadEntries(queueName: name, ids: nil)
+        if count > 0 { await registerSync() }
+        return count
+    }
+
+    /// Deletes a dead letter. Throws ``BackgroundSyncError/Code/entryNotFound`` if this queue has
+    /// no dead letter with that id.
+    public func deleteDeadLetter(id: Int64) async throws {
+        guard let entry = try await database.entry(id: id), entry.queueName == name, entry.state == .dead,
+            try await database.deleteEntry(id: id)
+        else {
+            throw BackgroundSyncError(.entryNotFound, "no dead letter with id \(id)", queueName: name, entryID: id)
+        }
+    }
+
+    /// Deletes every dead letter; returns how many.
+    @discardableResult
+    public func deleteAllDeadLetters() async throws -> Int {
+        try await database.deleteEntries(ids: try await store.getDeadLetters().map(\.id))
     }
 
     private func isExpired(_ entry: QueueStoreEntry, now: Date) -> Bool {
         now.timeIntervalSince(entry.timestamp) > options.maxRetentionTime.timeInterval
     }
 
-    private func reportExpired(_ entry: QueueStoreEntry) {
+    private func reportExpired(_ entry: QueueStoreEntry) async {
+        metrics.expired.increment()
+        await emit(.expired, entryID: entry.id)
         logger.info(
             "expired request removed: older than the queue's maxRetentionTime",
             metadata: [
@@ -265,116 +361,292 @@ public actor Queue {
         }
     }
 
+    // MARK: - Pause
+
+    /// Whether replay is paused because the server asked for credentials (401/403).
+    public var isPaused: Bool { pausedStatus != nil }
+
+    /// Resumes a queue paused by a 401/403 (once the app has fresh credentials, which
+    /// ``QueueOptions/requestWillReplay`` adds) and registers a sync.
+    public func resume() async {
+        guard pausedStatus != nil else { return }
+        pausedStatus = nil
+        logger.info("replay resumed")
+        await emit(.resumed, entryID: nil)
+        await registerSync()
+    }
+
+    /// The replay state of the head entry, for schedulers (``SyncService``).
+    func headState() async throws -> HeadState? {
+        try await database.headState(queueName: name)
+    }
+
+    /// Asks a running replay to finish the sends in flight and claim nothing more (graceful shutdown).
+    func requestStop() {
+        stopRequested = true
+    }
+
     // MARK: - Replay
 
     /// Sends the queue's entries in order and deletes each one once the server accepted it.
     ///
-    /// For each entry, from the head: the entry is leased (so no other replayer sends it too), sent,
-    /// then — by ``ReplayDecision/forStatus(_:)`` —
-    /// - delivered (1xx–3xx): deleted;
-    /// - dead letter (4xx but 401/403/408/425/429, 501, 505): set aside with the status and a body
-    ///   excerpt, and replay goes on;
-    /// - retry (no response, 408, 425, 429, 5xx) or credentials needed (401, 403): the entry stays at
-    ///   the head with one more attempt counted, replay stops, and
-    ///   ``BackgroundSyncError/Code/queueReplayFailed`` is thrown with the cause.
+    /// For each entry, from the head: the entry is leased (so no other replayer sends it too), passed
+    /// to ``QueueOptions/requestWillReplay``, sent, then classified by ``QueueOptions/classifier``:
+    /// - delivered (default: 1xx–3xx): deleted, ``QueueOptions/requestDidReplay`` gets the response;
+    /// - dead letter (default: 4xx but 401/403/408/425/429, 501, 505): set aside with the status and
+    ///   a body excerpt, and replay goes on;
+    /// - retry (no response, 408, 425, 429, 5xx): the entry stays at the head with one more attempt
+    ///   counted and its next attempt due after ``QueueOptions/retryPolicy``'s backoff (at least the
+    ///   server's `Retry-After`); replay stops and ``BackgroundSyncError/Code/queueReplayFailed`` is
+    ///   thrown with the cause. An entry out of attempts (``RetryPolicy/maxAttempts``) becomes a
+    ///   dead letter instead, and replay goes on;
+    /// - credentials needed (401, 403): ``QueueOptions/onAuthenticationRequired`` may provide them
+    ///   and the entry is sent again; otherwise the queue pauses and
+    ///   ``BackgroundSyncError/Code/queuePaused`` is thrown.
     ///
-    /// Expired entries are deleted and reported instead of sent. A call made while a replay of this
-    /// queue runs waits for that replay and returns its summary.
+    /// A manual replay sends the head even if it is in backoff. Expired entries are deleted and
+    /// reported instead of sent. A call made while a replay of this queue runs waits for that
+    /// replay and returns its summary. With ``QueueOptions/maxConcurrentReplays`` above 1, up to that
+    /// many entries are in flight, entries in backoff are skipped, and a failure stops new claims.
     @discardableResult
     public func replayRequests() async throws -> ReplaySummary {
+        if let pausedStatus {
+            throw pausedError(status: pausedStatus)
+        }
         if let runningReplay {
             return try await runningReplay.value
         }
+        stopRequested = false
         let task = Task { try await self.drain() }
         runningReplay = task
         defer { runningReplay = nil }
         return try await task.value
     }
 
+    private func pausedError(status: Int) -> BackgroundSyncError {
+        BackgroundSyncError(
+            .queuePaused, "replay is paused: the server answered \(status) and wants credentials; call resume()",
+            queueName: name, status: status)
+    }
+
+    /// What became of one claimed entry.
+    private enum Outcome {
+        case delivered
+        case deadLettered
+        case expired
+        /// Must be retried (or the queue paused): replay stops with this error.
+        case stop(BackgroundSyncError)
+    }
+
     private func drain() async throws -> ReplaySummary {
         var summary = ReplaySummary()
-        while true {
+        let result: Result<Void, any Error>
+        do {
+            if options.maxConcurrentReplays > 1 {
+                try await drainConcurrently(&summary)
+            } else {
+                try await drainInOrder(&summary)
+            }
+            result = .success(())
+        } catch {
+            result = .failure(error)
+        }
+        if summary != ReplaySummary() {
+            logger.debug(
+                "replay finished",
+                metadata: [
+                    "background-sync.delivered": "\(summary.delivered)",
+                    "background-sync.dead-lettered": "\(summary.deadLettered)",
+                    "background-sync.expired": "\(summary.expired)",
+                ])
+        }
+        try result.get()
+        return summary
+    }
+
+    private func tally(_ outcome: Outcome, into summary: inout ReplaySummary) {
+        switch outcome {
+        case .delivered: summary.delivered += 1
+        case .deadLettered: summary.deadLettered += 1
+        case .expired: summary.expired += 1
+        case .stop: break
+        }
+    }
+
+    private func drainInOrder(_ summary: inout ReplaySummary) async throws {
+        while !stopRequested {
             try Task.checkCancellation()
             let claim = try await database.claimHead(
-                queueName: name, owner: owner, leaseDuration: options.leaseDuration, now: Date())
-            let entry: QueueStoreEntry
+                queueName: name, owner: owner, leaseDuration: options.leaseDuration, now: options.clock.now)
             switch claim {
             case .empty:
-                if summary != ReplaySummary() {
-                    logger.debug(
-                        "replay finished",
-                        metadata: [
-                            "background-sync.delivered": "\(summary.delivered)",
-                            "background-sync.dead-lettered": "\(summary.deadLettered)",
-                            "background-sync.expired": "\(summary.expired)",
-                        ])
-                }
-                return summary
+                return
             case .busy(let holder, let until):
                 throw BackgroundSyncError(
                     .queueReplayFailed,
                     "the head entry is being replayed by \(holder) (lease until \(until))", queueName: name)
-            case .claimed(let claimed):
-                entry = claimed
-            }
-            if isExpired(entry, now: Date()) {
-                try await database.completeClaim(id: entry.id, owner: owner)
-                reportExpired(entry)
-                summary.expired += 1
-                continue
-            }
-            if try await replay(entry) {
-                summary.delivered += 1
-            } else {
-                summary.deadLettered += 1
+            case .claimed(let entry):
+                let outcome = try await process(entry)
+                if case .stop(let error) = outcome { throw error }
+                tally(outcome, into: &summary)
             }
         }
     }
 
-    /// Sends one claimed entry; returns `true` when delivered, `false` when dead-lettered, and
-    /// throws `queueReplayFailed` when the entry must be retried.
-    private func replay(_ entry: QueueStoreEntry) async throws -> Bool {
-        let request: URLRequest
+    private func drainConcurrently(_ summary: inout ReplaySummary) async throws {
+        let limit = options.maxConcurrentReplays
+        let (outcomes, failure) = try await withThrowingTaskGroup(of: Outcome.self) {
+            group -> ([Outcome], BackgroundSyncError?) in
+            var outcomes: [Outcome] = []
+            var failure: BackgroundSyncError?
+            var inFlight = 0
+            while true {
+                if failure == nil, !stopRequested, inFlight < limit {
+                    try Task.checkCancellation()
+                    let entries = try await database.claimEntries(
+                        queueName: name, owner: owner, limit: limit - inFlight,
+                        leaseDuration: options.leaseDuration, now: options.clock.now)
+                    for entry in entries {
+                        inFlight += 1
+                        group.addTask { try await self.process(entry) }
+                    }
+                }
+                guard let outcome = try await group.next() else { break }
+                inFlight -= 1
+                if case .stop(let error) = outcome, failure == nil { failure = error }
+                outcomes.append(outcome)
+            }
+            return (outcomes, failure)
+        }
+        for outcome in outcomes { tally(outcome, into: &summary) }
+        if let failure { throw failure }
+    }
+
+    /// Sends one claimed entry and records the outcome in the database. Throws only when the
+    /// database fails (the entry then keeps its lease until it expires; nothing is lost).
+    private func process(_ entry: QueueStoreEntry, credentialsRefreshed: Bool = false) async throws -> Outcome {
+        if isExpired(entry, now: options.clock.now) {
+            try await database.completeClaim(id: entry.id, owner: owner)
+            await reportExpired(entry)
+            return .expired
+        }
+        var request: URLRequest
         do {
             request = try StorableRequest(requestData: entry.requestData).toRequest()
+            if let sealed = entry.sealedSecrets {
+                guard case .encrypted(let key) = options.secretHeaders else {
+                    throw BackgroundSyncError(
+                        .invalidRequest, "the entry has encrypted secret headers but the queue has no key")
+                }
+                for (field, value) in try SecretSealer.open(sealed, key: key) {
+                    request.setValue(value, forHTTPHeaderField: field)
+                }
+            }
         } catch {
-            try await database.deadLetterClaim(
-                id: entry.id, owner: owner, failure: ReplayFailure(error: "cannot rebuild the request: \(error)"))
-            logger.info("stored request cannot be rebuilt; dead-lettered", metadata: ["background-sync.entry": "\(entry.id)"])
-            return false
+            return try await deadLetter(entry, ReplayFailure(error: "cannot rebuild the request: \(error)"))
         }
-        let describe = "entry \(entry.id) (\(entry.requestData.method) \(entry.requestData.url))"
+        let target = "entry \(entry.id) (\(entry.requestData.method) \(entry.requestData.url))"
+        if let hook = options.requestWillReplay {
+            do {
+                request = try await hook(request, entry)
+            } catch {
+                return try await retry(
+                    entry, ReplayFailure(error: "requestWillReplay failed: \(error)"), retryAfter: nil,
+                    message: "requestWillReplay failed for \(target)", underlying: error)
+            }
+        }
         let body: Data
-        let response: HTTPURLResponse
+        let http: HTTPURLResponse
         do {
-            (body, response) = try await transport.send(request)
+            (body, http) = try await transport.send(request)
         } catch {
-            try await database.releaseClaim(
-                id: entry.id, owner: owner, failure: ReplayFailure(error: "\(error)"), nextAttemptAt: nil)
-            throw BackgroundSyncError(
-                .queueReplayFailed, "replay of \(describe) got no response; it stays at the head of the queue",
-                queueName: name, entryID: entry.id, underlying: error)
+            return try await retry(
+                entry, ReplayFailure(error: "\(error)"), retryAfter: nil,
+                message: "replay of \(target) got no response", underlying: error)
         }
-        let status = response.statusCode
+        var headers: [String: String] = [:]
+        for (field, value) in http.allHeaderFields {
+            if let field = field as? String, let value = value as? String { headers[field.lowercased()] = value }
+        }
+        let response = ReplayResponse(status: http.statusCode, headers: headers, body: body)
         let failure = ReplayFailure(
-            status: status, error: "HTTP \(status)", responseExcerpt: body.isEmpty ? nil : Data(body.prefix(1024)))
-        switch ReplayDecision.forStatus(status) {
+            status: response.status, error: "HTTP \(response.status)",
+            responseExcerpt: body.isEmpty ? nil : Data(body.prefix(1024)))
+        switch options.classifier(response) {
         case .delivered:
             try await database.completeClaim(id: entry.id, owner: owner)
-            logger.debug("request replayed", metadata: ["background-sync.entry": "\(entry.id)", "http.status": "\(status)"])
-            return true
+            metrics.replayed.increment()
+            logger.debug("request replayed", metadata: ["background-sync.entry": "\(entry.id)", "http.status": "\(response.status)"])
+            await emit(.replayed(response), entryID: entry.id)
+            await options.requestDidReplay?(entry, response)
+            return .delivered
         case .deadLetter:
-            try await database.deadLetterClaim(id: entry.id, owner: owner, failure: failure)
-            logger.info(
-                "request refused by the server; kept as a dead letter",
-                metadata: ["background-sync.entry": "\(entry.id)", "http.status": "\(status)"])
-            return false
-        case .retry, .pauseForAuthentication:
+            return try await deadLetter(entry, failure)
+        case .retry:
+            let retryAfter = headers["retry-after"].flatMap { RetryPolicy.parseRetryAfter($0, now: options.clock.now) }
+            return try await retry(
+                entry, failure, retryAfter: retryAfter, message: "replay of \(target) got HTTP \(response.status)",
+                underlying: nil)
+        case .pauseForAuthentication:
+            if !credentialsRefreshed, let hook = options.onAuthenticationRequired, await hook(entry, response) {
+                return try await process(entry, credentialsRefreshed: true)
+            }
             try await database.releaseClaim(id: entry.id, owner: owner, failure: failure, nextAttemptAt: nil)
-            let reason = status == 401 || status == 403 ? "needs new credentials" : "must be retried"
-            throw BackgroundSyncError(
-                .queueReplayFailed, "replay of \(describe) got HTTP \(status) and \(reason); it stays at the head of the queue",
-                queueName: name, entryID: entry.id, status: status)
+            pausedStatus = response.status
+            logger.info(
+                "replay paused: the server wants credentials",
+                metadata: ["background-sync.entry": "\(entry.id)", "http.status": "\(response.status)"])
+            await emit(.paused(status: response.status), entryID: entry.id)
+            var error = pausedError(status: response.status)
+            error.entryID = entry.id
+            return .stop(error)
         }
+    }
+
+    /// Gives the entry back for a later attempt (or dead-letters it when it is out of attempts).
+    private func retry(
+        _ entry: QueueStoreEntry, _ failure: ReplayFailure, retryAfter: Duration?, message: String,
+        underlying: (any Error)?
+    ) async throws -> Outcome {
+        let attempts = entry.attempts + 1
+        guard options.retryPolicy.allowsAnotherAttempt(afterAttempts: attempts) else {
+            var final = failure
+            final.error = "gave up after \(attempts) attempts: \(failure.error)"
+            return try await deadLetter(entry, final)
+        }
+        let delay = options.retryPolicy.delay(afterAttempts: attempts, retryAfter: retryAfter, using: &random)
+        let next = options.clock.now.addingTimeInterval(delay.timeInterval)
+        try await database.releaseClaim(id: entry.id, owner: owner, failure: failure, nextAttemptAt: next)
+        metrics.retried.increment()
+        logger.debug(
+            "replay failed; retry scheduled",
+            metadata: ["background-sync.entry": "\(entry.id)", "background-sync.delay": "\(delay)", "error": "\(failure.error)"])
+        await emit(
+            .retryScheduled(delay: delay, attempts: attempts, status: failure.status, error: failure.error),
+            entryID: entry.id)
+        return .stop(
+            BackgroundSyncError(
+                .queueReplayFailed, "\(message); it stays queued (attempt \(attempts), next in \(delay))",
+                queueName: name, entryID: entry.id, status: failure.status, underlying: underlying))
+    }
+
+    private func deadLetter(_ entry: QueueStoreEntry, _ failure: ReplayFailure) async throws -> Outcome {
+        try await database.deadLetterClaim(id: entry.id, owner: owner, failure: failure)
+        metrics.deadLettered.increment()
+        logger.info(
+            "request set aside as a dead letter",
+            metadata: ["background-sync.entry": "\(entry.id)", "reason": "\(failure.error)"])
+        await emit(.deadLettered(status: failure.status, reason: failure.error), entryID: entry.id)
+        if let hook = options.onDeadLetter {
+            var dead = entry
+            dead.state = .dead
+            dead.attempts += 1
+            dead.lastStatus = failure.status
+            dead.lastError = failure.error
+            dead.lastResponseExcerpt = failure.responseExcerpt
+            dead.nextAttemptAt = nil
+            await hook(dead)
+        }
+        return .deadLettered
     }
 }

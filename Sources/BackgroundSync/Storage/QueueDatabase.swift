@@ -19,6 +19,29 @@ public enum ClaimResult: Sendable {
     case busy(owner: String, until: Date)
 }
 
+/// The replay state of a queue's head entry.
+public struct HeadState: Sendable, Hashable {
+    /// The head entry's id.
+    public var id: Int64
+    /// Its failed attempts so far.
+    public var attempts: Int
+    /// When its next attempt is due, if it is in backoff.
+    public var nextAttemptAt: Date?
+    /// The HTTP status of its last failure; `nil` when it never failed or got no response.
+    public var lastStatus: Int?
+    /// Whether its last failure was a missing response (offline, refused, reset, timeout).
+    public var lastFailureWasTransport: Bool
+
+    /// Creates a head state.
+    public init(id: Int64, attempts: Int, nextAttemptAt: Date?, lastStatus: Int?, lastFailureWasTransport: Bool) {
+        self.id = id
+        self.attempts = attempts
+        self.nextAttemptAt = nextAttemptAt
+        self.lastStatus = lastStatus
+        self.lastFailureWasTransport = lastFailureWasTransport
+    }
+}
+
 /// What a failed replay left on its entry.
 public struct ReplayFailure: Sendable, Hashable {
     /// The HTTP status, when a response came back.
@@ -82,6 +105,22 @@ public protocol QueueDatabase: Sendable {
     /// its lease expired or its owner is a process of this host that no longer exists. A head row
     /// that cannot be decoded is dead-lettered with the reason, and the next entry is claimed.
     func claimHead(queueName: String, owner: LeaseOwner, leaseDuration: Duration, now: Date) async throws -> ClaimResult
+
+    /// Leases up to `limit` pending entries of a queue, in order, that no live replay holds and
+    /// whose next attempt is due (`nextAttemptAt` unset or not after `now`): the concurrent mode,
+    /// where entries are independent and one in backoff must not hold the others back.
+    func claimEntries(
+        queueName: String, owner: LeaseOwner, limit: Int, leaseDuration: Duration, now: Date
+    ) async throws -> [QueueStoreEntry]
+
+    /// The replay state of a queue's head entry (the next to send), or `nil` when the queue has
+    /// no pending entry. A scheduler uses it to decide when the queue's sync is due.
+    func headState(queueName: String) async throws -> HeadState?
+
+    /// Moves dead-lettered entries of a queue back to pending, at their old positions, with their
+    /// attempt count reset. `ids == nil` requeues them all. Returns how many moved.
+    @discardableResult
+    func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int
 
     /// Deletes a claimed entry after the server accepted it. Does nothing if the entry is gone.
     func completeClaim(id: Int64, owner: LeaseOwner) async throws

@@ -19,18 +19,22 @@ public struct UnidentifiedQueueStoreEntry: Sendable, Hashable {
     public var metadata: [String: String]?
     /// The `Idempotency-Key` sent with every replay of this entry, if any.
     public var idempotencyKey: String?
+    /// Secret header fields sealed with AES-GCM (``SecretHeaderStorage/encrypted(_:)``), if any.
+    public var sealedSecrets: Data?
 
     /// Creates an entry to store.
     public init(
         requestData: StorableRequest.RequestData,
         timestamp: Date = Date(),
         metadata: [String: String]? = nil,
-        idempotencyKey: String? = nil
+        idempotencyKey: String? = nil,
+        sealedSecrets: Data? = nil
     ) {
         self.requestData = requestData
         self.timestamp = timestamp
         self.metadata = metadata
         self.idempotencyKey = idempotencyKey
+        self.sealedSecrets = sealedSecrets
     }
 }
 
@@ -60,6 +64,8 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
     public var lastResponseExcerpt: Data?
     /// The `Idempotency-Key` sent with every replay, if any.
     public var idempotencyKey: String?
+    /// Secret header fields sealed with AES-GCM, if any.
+    public var sealedSecrets: Data?
 
     /// Creates a stored entry (drivers use this when they read a row).
     public init(
@@ -74,7 +80,8 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
         lastStatus: Int? = nil,
         lastError: String? = nil,
         lastResponseExcerpt: Data? = nil,
-        idempotencyKey: String? = nil
+        idempotencyKey: String? = nil,
+        sealedSecrets: Data? = nil
     ) {
         self.id = id
         self.queueName = queueName
@@ -88,5 +95,6 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
         self.lastError = lastError
         self.lastResponseExcerpt = lastResponseExcerpt
         self.idempotencyKey = idempotencyKey
+        self.sealedSecrets = sealedSecrets
     }
 }

@@ -47,6 +47,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     public let path: String
     public let identity: String
     let writer: any DatabaseWriter
+    /// Concurrent inserts share transactions (group commit).
+    private let inserts: GroupCommit<PendingInsert, Int64>
     /// A folder this instance created and removes when it goes away (``temporary()``).
     private let ownedDirectory: URL?
 
@@ -73,6 +75,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         } catch {
             throw Self.mapError(error, path: url.path, action: "open")
         }
+        inserts = Self.makeGroupCommit(writer: writer, path: self.path)
     }
 
     private init(memory: Void) throws {
@@ -85,6 +88,26 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             writer = queue
         } catch {
             throw Self.mapError(error, path: ":memory:", action: "open")
+        }
+        inserts = Self.makeGroupCommit(writer: writer, path: path)
+    }
+
+    /// One insert waiting for its group commit.
+    struct PendingInsert: Sendable {
+        var row: EntryRow
+        var queueName: String
+        var end: QueueEnd
+    }
+
+    private static func makeGroupCommit(writer: any DatabaseWriter, path: String) -> GroupCommit<PendingInsert, Int64> {
+        GroupCommit { batch in
+            do {
+                return try await writer.write { db in
+                    try batch.map { try insert($0.row, queueName: $0.queueName, at: $0.end, db) }
+                }
+            } catch {
+                throw mapError(error, path: path, action: "write to")
+            }
         }
     }
 
@@ -298,6 +321,9 @@ public final class SQLiteQueueDatabase: QueueDatabase {
                 END;
                 """)
         }
+        migrator.registerMigration("v2-sealed-secrets") { db in
+            try db.execute(sql: "ALTER TABLE entry ADD COLUMN sealedSecrets BLOB")
+        }
         return migrator
     }()
 
@@ -322,10 +348,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     // MARK: - QueueDatabase
 
     public func insertEntry(_ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd) async throws -> Int64 {
-        let row = try EntryRow(entry)
-        return try await write("write to") { db in
-            try Self.insert(row, queueName: queueName, at: end, db)
-        }
+        try await inserts.submit(PendingInsert(row: try EntryRow(entry), queueName: queueName, end: end))
     }
 
     static func insert(_ row: EntryRow, queueName: String, at end: QueueEnd, _ db: Database) throws -> Int64 {
@@ -338,12 +361,13 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         }
         try db.execute(
             sql: """
-                INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata, idempotencyKey)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata,
+                    idempotencyKey, sealedSecrets)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
             arguments: [
                 queueName, position, row.url, row.method, row.headers, row.body, row.settings, row.timestamp,
-                row.metadata, row.idempotencyKey,
+                row.metadata, row.idempotencyKey, row.sealedSecrets,
             ])
         return db.lastInsertedRowID
     }
@@ -443,6 +467,87 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         }
     }
 
+    public func claimEntries(
+        queueName: String, owner: LeaseOwner, limit: Int, leaseDuration: Duration, now: Date
+    ) async throws -> [QueueStoreEntry] {
+        let nowSeconds = now.timeIntervalSince1970
+        let expiry = nowSeconds + leaseDuration.timeInterval
+        let ownerValue = owner.rawValue
+        return try await write("claim from") { db in
+            var claimed: [QueueStoreEntry] = []
+            // Entries leased by a live holder are skipped; scan a bounded window past them.
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT * FROM entry WHERE queueName = ? AND state = 'pending'
+                    AND (nextAttemptAt IS NULL OR nextAttemptAt <= ?)
+                    ORDER BY position LIMIT ?
+                    """,
+                arguments: [queueName, nowSeconds, limit * 4 + 64])
+            for row in rows where claimed.count < limit {
+                let id: Int64 = row["id"]
+                // Our own live leases are skipped too: those entries are in flight.
+                if let holder: String = row["leaseOwner"],
+                    let until: Double = row["leaseExpiresAt"], until >= nowSeconds,
+                    !LeaseOwner.isAbandoned(holder)
+                {
+                    continue
+                }
+                do {
+                    claimed.append(try Self.decode(row))
+                } catch {
+                    try db.execute(
+                        sql: "UPDATE entry SET state = 'dead', lastError = ?, leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ?",
+                        arguments: ["unreadable entry: \(error)", id])
+                    continue
+                }
+                try db.execute(
+                    sql: "UPDATE entry SET leaseOwner = ?, leaseExpiresAt = ? WHERE id = ?",
+                    arguments: [ownerValue, expiry, id])
+            }
+            return claimed
+        }
+    }
+
+    public func headState(queueName: String) async throws -> HeadState? {
+        try await read("read") { db in
+            guard let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT id, attempts, nextAttemptAt, lastStatus, lastError FROM entry
+                    WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1
+                    """,
+                arguments: [queueName])
+            else { return nil }
+            let next: Double? = row["nextAttemptAt"]
+            let status: Int? = row["lastStatus"]
+            let error: String? = row["lastError"]
+            return HeadState(
+                id: row["id"], attempts: row["attempts"],
+                nextAttemptAt: next.map(Date.init(timeIntervalSince1970:)),
+                lastStatus: status, lastFailureWasTransport: status == nil && error != nil)
+        }
+    }
+
+    public func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int {
+        try await write("update") { db in
+            let reset = """
+                UPDATE entry SET state = 'pending', attempts = 0, nextAttemptAt = NULL,
+                leaseOwner = NULL, leaseExpiresAt = NULL
+                """
+            guard let ids else {
+                try db.execute(sql: reset + " WHERE queueName = ? AND state = 'dead'", arguments: [queueName])
+                return db.changesCount
+            }
+            var moved = 0
+            for id in ids {
+                try db.execute(sql: reset + " WHERE queueName = ? AND state = 'dead' AND id = ?", arguments: [queueName, id])
+                moved += db.changesCount
+            }
+            return moved
+        }
+    }
+
     public func completeClaim(id: Int64, owner: LeaseOwner) async throws {
         try await write("delete from") { db in
             try db.execute(sql: "DELETE FROM entry WHERE id = ?", arguments: [id])
@@ -509,6 +614,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         var timestamp: Double
         var metadata: String?
         var idempotencyKey: String?
+        var sealedSecrets: Data?
 
         init(_ entry: UnidentifiedQueueStoreEntry) throws {
             let data = entry.requestData
@@ -521,6 +627,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             timestamp = entry.timestamp.timeIntervalSince1970
             metadata = try entry.metadata.map(Self.json)
             idempotencyKey = entry.idempotencyKey
+            sealedSecrets = entry.sealedSecrets
         }
 
         private static func json(_ value: some Encodable) throws -> String {
@@ -587,7 +694,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
                 lastStatus: row["lastStatus"],
                 lastError: row["lastError"],
                 lastResponseExcerpt: row["lastResponseExcerpt"],
-                idempotencyKey: row["idempotencyKey"])
+                idempotencyKey: row["idempotencyKey"],
+                sealedSecrets: row["sealedSecrets"])
         } catch {
             throw BackgroundSyncError(.storage, "entry \(id) cannot be read: \(error)", entryID: id)
         }

@@ -1,0 +1,49 @@
+import Foundation
+
+/// A response received by a replay, as handed to the app.
+public struct ReplayResponse: Sendable, Hashable {
+    /// The HTTP status.
+    public var status: Int
+    /// Header fields, names lower-cased.
+    public var headers: [String: String]
+    /// The body.
+    public var body: Data
+
+    /// Creates a response.
+    public init(status: Int, headers: [String: String] = [:], body: Data = Data()) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// Something that happened to a queue, for a UI ("3 posts waiting", a toast on delivery) or a log.
+public struct QueueEvent: Sendable {
+    /// What happened.
+    public enum Kind: Sendable {
+        /// A request was stored.
+        case enqueued
+        /// A request was delivered; the server's response.
+        case replayed(ReplayResponse)
+        /// A replay failed and the entry will be tried again after `delay` (its `attempts` so far,
+        /// the status if a response came back, the error).
+        case retryScheduled(delay: Duration, attempts: Int, status: Int?, error: String)
+        /// The entry was set aside as a dead letter.
+        case deadLettered(status: Int?, reason: String)
+        /// The entry was older than `maxRetentionTime` and was removed.
+        case expired
+        /// The server asked for credentials (401/403): replay is paused until ``Queue/resume()``.
+        case paused(status: Int)
+        /// Replay was resumed.
+        case resumed
+    }
+
+    /// What happened.
+    public var kind: Kind
+    /// The queue.
+    public var queueName: String
+    /// The entry concerned, if any.
+    public var entryID: Int64?
+    /// The number of entries waiting in the queue after the event.
+    public var size: Int
+}
