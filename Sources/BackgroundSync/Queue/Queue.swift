@@ -48,7 +48,8 @@ public actor Queue {
     /// The status that paused the queue (401/403), until ``resume()``.
     private var pausedStatus: Int?
     /// Set by a graceful shutdown: the replay finishes the sends in flight and claims nothing more.
-    private var stopRequested = false
+    private nonisolated let stopFlag = Locked(false)
+    private var stopRequested: Bool { stopFlag.withLock { $0 } }
     private var warnedAboutStrippedSecrets = false
     private var random = SystemRandomNumberGenerator()
 
@@ -382,8 +383,8 @@ public actor Queue {
     }
 
     /// Asks a running replay to finish the sends in flight and claim nothing more (graceful shutdown).
-    func requestStop() {
-        stopRequested = true
+    nonisolated func requestStop() {
+        stopFlag.withLock { $0 = true }
     }
 
     // MARK: - Replay
@@ -416,7 +417,7 @@ public actor Queue {
         if let runningReplay {
             return try await runningReplay.value
         }
-        stopRequested = false
+        stopFlag.withLock { $0 = false }
         let task = Task { try await self.drain() }
         runningReplay = task
         defer { runningReplay = nil }

@@ -20,6 +20,7 @@ public final class SyncManager: Sendable {
         var handlers: [String: (token: UUID, handler: Handler)] = [:]
         /// Tags whose sync runs now, and whether they were registered again meanwhile.
         var firing: [String: Bool] = [:]
+        var watchers: [UUID: AsyncStream<String>.Continuation] = [:]
     }
 
     /// Where registrations are persisted; `nil` keeps them in memory.
@@ -56,6 +57,20 @@ public final class SyncManager: Sendable {
                 if !state.memoryTags.contains(tag) { state.memoryTags.append(tag) }
             }
         }
+        let watchers = state.withLock { Array($0.watchers.values) }
+        watchers.forEach { $0.yield(tag) }
+    }
+
+    /// A stream of the tags registered from now on in this process (a ``SyncService`` uses it to
+    /// run a sync as soon as one is registered while online, as browsers do).
+    public func registrations() -> AsyncStream<String> {
+        let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(256))
+        let id = UUID()
+        state.withLock { $0.watchers[id] = continuation }
+        continuation.onTermination = { [state] _ in
+            _ = state.withLock { $0.watchers.removeValue(forKey: id) }
+        }
+        return stream
     }
 
     /// The registered tags, oldest first.

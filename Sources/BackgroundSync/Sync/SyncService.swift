@@ -1,0 +1,207 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Runs the syncs of a set of queues automatically: the role the browser plays for Workbox.
+///
+/// A `ServiceLifecycle.Service`: run it in a `ServiceGroup` (or call ``run()``). It dispatches a
+/// ``SyncEvent`` for a queue's registered tag
+/// - at start (the fallback path: whatever a previous run left registered),
+/// - as soon as a tag is registered while online (a push while the network is up),
+/// - when connectivity returns (``ConnectivityMonitor``): queues whose head failed for lack of a
+///   response are tried at once; those the server asked to wait (`Retry-After`, 5xx backoff) keep
+///   their schedule,
+/// - when the head entry's backoff ends (the retry timer).
+///
+/// `lastChance` is set when the head entry's next attempt is its last (``RetryPolicy/maxAttempts``).
+/// Registrations live in the database, so a restarted service resumes them. On graceful shutdown it
+/// stops starting syncs, lets the sends in flight finish (their entries are deleted or released),
+/// and returns.
+public final class SyncService: Service {
+    /// How the service runs. Every parameter has a default.
+    public struct Configuration: Sendable {
+        /// The connectivity source; `nil` assumes the network is always up. Default:
+        /// ``ConnectivityMonitors/system()`` (netlink on Linux, `NWPathMonitor` on Apple platforms).
+        public var connectivity: (any ConnectivityMonitor)?
+        /// The clock of the retry timer. Default: ``SystemWallClock``.
+        public var clock: any WallClock
+        /// Where the service logs. Default: a logger labelled `background-sync.service`.
+        public var logger: Logger
+
+        /// Creates a configuration; every parameter has its default.
+        public init(
+            connectivity: (any ConnectivityMonitor)? = ConnectivityMonitors.system(),
+            clock: any WallClock = SystemWallClock(),
+            logger: Logger = Logger(label: "background-sync.service")
+        ) {
+            self.connectivity = connectivity
+            self.clock = clock
+            self.logger = logger
+        }
+    }
+
+    /// Why a round of syncs runs.
+    enum Trigger: Sendable {
+        case start
+        case registered
+        case connectivity(ConnectivityStatus)
+        case timer
+        case shutdown
+    }
+
+    /// The queues whose syncs the service runs.
+    public let queues: [Queue]
+    /// The configuration.
+    public let configuration: Configuration
+    /// Backoff of syncs that failed without an entry to carry the schedule (custom `onSync`).
+    private let tagRetries = Locked<[String: (failures: Int, next: Date)]>([:])
+    private let shuttingDown = Locked(false)
+
+    /// Creates a service for `queues`, which must share one ``SyncManager`` (they do when they
+    /// share a database and were not given managers).
+    public init(queues: [Queue], configuration: Configuration = Configuration()) {
+        self.queues = queues
+        self.configuration = configuration
+    }
+
+    public func run() async throws {
+        guard let manager = queues.first?.syncManager else { return }
+        guard queues.allSatisfy({ $0.syncManager === manager }) else {
+            throw BackgroundSyncError(.invalidRequest, "the queues of a SyncService must share one SyncManager")
+        }
+        // Entries left without a registration (a sync dropped on its last chance, a crash between
+        // commit and registration) are synced too: nothing waits for a push that may never come.
+        for queue in queues where try await queue.size() > 0 {
+            await queue.registerSync()
+        }
+        let (triggers, trigger) = AsyncStream.makeStream(of: Trigger.self)
+        try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                if let connectivity = configuration.connectivity {
+                    group.addTask {
+                        for await status in connectivity.statusUpdates() {
+                            trigger.yield(.connectivity(status))
+                        }
+                    }
+                }
+                group.addTask {
+                    for await _ in manager.registrations() {
+                        trigger.yield(.registered)
+                    }
+                }
+                try await loop(triggers: triggers, trigger: trigger, manager: manager)
+                group.cancelAll()
+            }
+        } onGracefulShutdown: { [queues, shuttingDown] in
+            shuttingDown.withLock { $0 = true }
+            queues.forEach { $0.requestStop() }
+            trigger.yield(.shutdown)
+        }
+        configuration.logger.info("sync service stopped")
+    }
+
+    private func loop(
+        triggers: AsyncStream<Trigger>, trigger: AsyncStream<Trigger>.Continuation, manager: SyncManager
+    ) async throws {
+        let clock = configuration.clock
+        // Unknown until the monitor speaks; without a monitor, assume online.
+        var online = configuration.connectivity == nil
+        var iterator = triggers.makeAsyncIterator()
+        var next: Trigger? = .start
+        while let current = next {
+            if shuttingDown.withLock({ $0 }) { return }
+            switch current {
+            case .shutdown:
+                return
+            case .connectivity(let status):
+                let regained = status == .online && !online
+                online = status == .online
+                configuration.logger.debug("connectivity changed", metadata: ["status": "\(status)"])
+                if regained { await syncDue(.connectivity(.online), manager: manager) }
+            case .start, .registered, .timer:
+                if online { await syncDue(current, manager: manager) }
+            }
+            // Wait for the next trigger, or for the earliest backoff deadline.
+            let deadline = online ? try? await nextDeadline(manager: manager) : nil
+            let timer: Task<Void, Never>? = deadline.map { deadline in
+                Task {
+                    do {
+                        try await clock.sleep(until: deadline)
+                        trigger.yield(.timer)
+                    } catch {}
+                }
+            }
+            next = await iterator.next()
+            timer?.cancel()
+        }
+    }
+
+    /// The earliest time a registered queue's sync becomes due, if one is waiting on a backoff.
+    private func nextDeadline(manager: SyncManager) async throws -> Date? {
+        let tags = Set(try await manager.getTags())
+        var earliest: Date?
+        for queue in queues where tags.contains(queue.syncTag) {
+            if await queue.isPaused { continue }
+            let due = dueDate(queue, head: try await queue.headState())
+            if let due, earliest.map({ due < $0 }) ?? true { earliest = due }
+        }
+        return earliest
+    }
+
+    /// When the queue's sync is due: its head entry's next attempt, else the tag's own backoff
+    /// after a failed sync; `nil` when nothing holds it back.
+    private func dueDate(_ queue: Queue, head: HeadState?) -> Date? {
+        head?.nextAttemptAt ?? tagRetries.withLock { $0[queue.syncTag]?.next }
+    }
+
+    /// Dispatches the sync of every registered queue that is due, concurrently.
+    private func syncDue(_ trigger: Trigger, manager: SyncManager) async {
+        let now = configuration.clock.now
+        let tags: Set<String>
+        do {
+            tags = Set(try await manager.getTags())
+        } catch {
+            configuration.logger.info("cannot read sync registrations", metadata: ["error": "\(error)"])
+            return
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for queue in queues where tags.contains(queue.syncTag) {
+                if await queue.isPaused { continue }
+                let head: HeadState?
+                do {
+                    head = try await queue.headState()
+                } catch {
+                    configuration.logger.info("cannot read queue", metadata: ["queue": "\(queue.name)", "error": "\(error)"])
+                    continue
+                }
+                let due = dueDate(queue, head: head)
+                var isDue = due.map { $0 <= now } ?? true
+                if case .connectivity = trigger, head?.lastFailureWasTransport == true { isDue = true }
+                guard isDue, !shuttingDown.withLock({ $0 }) else { continue }
+                let lastChance = queue.options.retryPolicy.isLastAttempt(afterAttempts: head?.attempts ?? 0)
+                group.addTask {
+                    await self.dispatch(queue, lastChance: lastChance, manager: manager)
+                }
+            }
+        }
+    }
+
+    private func dispatch(_ queue: Queue, lastChance: Bool, manager: SyncManager) async {
+        let event = SyncEvent(tag: queue.syncTag, lastChance: lastChance)
+        do {
+            try await manager.dispatch(event)
+            tagRetries.withLock { $0[queue.syncTag] = nil }
+        } catch {
+            let now = configuration.clock.now
+            tagRetries.withLock { retries in
+                let failures = (retries[queue.syncTag]?.failures ?? 0) + 1
+                var random = SystemRandomNumberGenerator()
+                let delay = queue.options.retryPolicy.delay(afterAttempts: failures, using: &random)
+                retries[queue.syncTag] = (failures, now.addingTimeInterval(delay.timeInterval))
+            }
+            configuration.logger.debug(
+                "sync failed; it stays registered",
+                metadata: ["tag": "\(event.tag)", "last-chance": "\(lastChance)", "error": "\(error)"])
+        }
+    }
+}
