@@ -67,6 +67,8 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
         case close
         /// Keep the connection open without answering for `duration` (or until the server stops), then close it.
         case hang(Duration)
+        /// Send the head at once, then the body in `chunks` pieces `interval` apart (a slow body).
+        case trickle(Response, chunks: Int, interval: Duration)
     }
 
     /// Decides what to do with each request; called on the connection's thread.
@@ -215,6 +217,19 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
             case .hang(let duration):
                 _ = wait(duration)
                 return
+            case .trickle(let response, let chunks, let interval):
+                let encoded = Self.encode(response, keepAlive: true)
+                let headLength = encoded.count - response.body.count
+                guard write(fd, encoded.prefix(headLength)) else { return }
+                let size = max(1, (response.body.count + max(chunks, 1) - 1) / max(chunks, 1))
+                var offset = 0
+                while offset < response.body.count {
+                    if wait(interval) { return }
+                    let end = min(offset + size, response.body.count)
+                    guard write(fd, response.body[response.body.startIndex + offset..<response.body.startIndex + end]) else { return }
+                    offset = end
+                }
+                if request.headers["connection"]?.lowercased() == "close" { return }
             }
         }
     }

@@ -149,7 +149,7 @@ public actor Queue {
     /// Stores a request with the current time and `metadata` at the end of the queue.
     @discardableResult
     public func pushRequest(_ request: URLRequest, metadata: [String: String]? = nil) async throws -> Int64 {
-        try await add(QueueEntry(request: request, metadata: metadata), at: .tail)
+        try await add(QueueEntry(request: request, timestamp: options.clock.now, metadata: metadata), at: .tail)
     }
 
     /// Stores a request at the head of the queue (before every entry of this queue only) and

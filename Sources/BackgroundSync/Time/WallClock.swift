@@ -39,8 +39,8 @@ public final class ManualWallClock: WallClock, @unchecked Sendable {
     private var waiting: [UUID: (deadline: Date, continuation: CheckedContinuation<Void, any Error>)] = [:]
     private var sleeperWatchers: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
 
-    /// Creates a clock showing `start`.
-    public init(start: Date = Date(timeIntervalSince1970: 1_800_000_000)) {
+    /// Creates a clock showing `start` (default: the current time, after which it stands still).
+    public init(start: Date = Date()) {
         current = start
     }
 
