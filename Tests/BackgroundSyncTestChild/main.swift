@@ -3,6 +3,9 @@
 //
 //   BackgroundSyncTestChild push DB QUEUE COUNT URL   pushes COUNT POSTs, printing each id once committed
 //   BackgroundSyncTestChild replay DB QUEUE           replays the queue, then prints the summary
+//   BackgroundSyncTestChild drain DB QUEUE [CONCURRENCY]  replays until the queue is empty, waiting out
+//                                                     another process's lease
+//   BackgroundSyncTestChild connectivity              prints each status of the netlink monitor
 import BackgroundSync
 import Foundation
 #if canImport(FoundationNetworking)
@@ -10,12 +13,22 @@ import FoundationNetworking
 #endif
 
 let arguments = CommandLine.arguments
+#if os(Linux)
+if arguments.count == 2 && arguments[1] == "connectivity" {
+    for await status in NetlinkConnectivityMonitor().statusUpdates() {
+        FileHandle.standardOutput.write(Data("\(status)\n".utf8))
+    }
+    exit(0)
+}
+#endif
 guard arguments.count >= 4 else {
     FileHandle.standardError.write(Data("usage: BackgroundSyncTestChild push|replay DB QUEUE [COUNT URL]\n".utf8))
     exit(2)
 }
 let database = try SQLiteQueueDatabase(path: arguments[2])
-let queue = try Queue(name: arguments[3], database: database)
+let concurrency = arguments.count > 4 && arguments[1] == "drain" ? Int(arguments[4]) ?? 1 : 1
+let queue = try Queue(
+    name: arguments[3], options: QueueOptions(maxConcurrentReplays: concurrency), database: database)
 switch arguments[1] {
 case "push":
     let count = Int(arguments[4])!
@@ -30,6 +43,17 @@ case "push":
 case "replay":
     let summary = try await queue.replayRequests()
     print("delivered \(summary.delivered)")
+case "drain":
+    var delivered = 0
+    while try await queue.size() > 0 {
+        do {
+            delivered += try await queue.replayRequests().delivered
+        } catch let error as BackgroundSyncError where error.code == .queueReplayFailed {
+            // The other process holds the head: let it work, then look again.
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+    print("delivered \(delivered)")
 default:
     exit(2)
 }

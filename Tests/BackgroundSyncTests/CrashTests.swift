@@ -13,7 +13,7 @@ import Darwin
 
 /// A child process is killed with SIGKILL in the middle of a replay or of a stream of pushes; the
 /// database must still hold every entry that was not delivered.
-@Suite("Crash safety with a killed child process", .serialized)
+@Suite("Crash safety with a killed child process", .serialized, .timeLimit(.minutes(2)))
 struct CrashTests {
     let child = builtProductURL("BackgroundSyncTestChild")
 
@@ -155,5 +155,30 @@ struct CrashTests {
         #expect(acknowledged.allSatisfy(storedIDs.contains), "every push that returned is on disk")
         #expect(stored.count >= acknowledged.count)
         #expect(try await database.countEntries(queueName: "crash-push", state: .pending) == stored.count)
+    }
+
+    @Test(arguments: [1, 4])
+    func twoProcessesReplayingOneFileSendEachEntryOnce(concurrency: Int) async throws {
+        let (folder, path) = try temporaryDatabasePath()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let server = try RecordingServer()
+        server.respond { _, _ in .respond(.text("ok", status: 201), delay: .milliseconds(1)) }
+        let queueName = "two-processes"
+        let count = 200
+        try await fill(path: path, queueName: queueName, url: server.url, count: count)
+
+        let first = try startChild(["drain", path, queueName, "\(concurrency)"])
+        let second = try startChild(["drain", path, queueName, "\(concurrency)"])
+        first.waitUntilExit()
+        second.waitUntilExit()
+        #expect(first.terminationStatus == 0 && second.terminationStatus == 0)
+
+        let bodies = server.bodies
+        #expect(bodies.count == count, "none sent twice")
+        #expect(Set(bodies) == Set((0..<count).map { "post-\($0)" }), "every entry delivered")
+        if concurrency == 1 {
+            #expect(bodies == (0..<count).map { "post-\($0)" }, "an ordered queue stays in order across processes")
+        }
+        #expect(try await SQLiteQueueDatabase(path: path).countEntries(queueName: queueName, state: .pending) == 0)
     }
 }

@@ -75,17 +75,20 @@ public final class SyncService: Service {
             await queue.registerSync()
         }
         let (triggers, trigger) = AsyncStream.makeStream(of: Trigger.self)
+        // Subscribe before the start-up round, so that no registration falls between the two.
+        let registrations = manager.registrations()
+        let statuses = configuration.connectivity?.statusUpdates()
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
-                if let connectivity = configuration.connectivity {
+                if let statuses {
                     group.addTask {
-                        for await status in connectivity.statusUpdates() {
+                        for await status in statuses {
                             trigger.yield(.connectivity(status))
                         }
                     }
                 }
                 group.addTask {
-                    for await _ in manager.registrations() {
+                    for await _ in registrations {
                         trigger.yield(.registered)
                     }
                 }
@@ -175,7 +178,8 @@ public final class SyncService: Service {
                     continue
                 }
                 let due = dueDate(queue, head: head)
-                var isDue = due.map { $0 <= now } ?? true
+                // Times make a round trip through the database as seconds since 1970; allow for the rounding.
+                var isDue = due.map { $0.timeIntervalSince(now) <= 0.001 } ?? true
                 if case .connectivity = trigger, head?.lastFailureWasTransport == true { isDue = true }
                 guard isDue, !shuttingDown.withLock({ $0 }) else { continue }
                 let lastChance = queue.options.retryPolicy.isLastAttempt(afterAttempts: head?.attempts ?? 0)

@@ -1,0 +1,120 @@
+@testable import BackgroundSync
+import Foundation
+import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+@Suite("Connectivity monitors", .timeLimit(.minutes(1)))
+struct ConnectivityTests {
+    @Test func theManualMonitorStartsWithTheCurrentStatusAndReportsChanges() async {
+        let monitor = ManualConnectivityMonitor(.offline)
+        var updates = monitor.statusUpdates().makeAsyncIterator()
+        #expect(await updates.next() == .offline)
+        monitor.set(.offline)
+        monitor.set(.online)
+        #expect(await updates.next() == .online)
+    }
+
+    @Test func theProbeMonitorTellsAServerThatAnswersFromOneThatDoesNot() async throws {
+        let server = try RecordingServer()
+        let port = server.server.port
+        server.server.stop()
+        let clock = ManualWallClock()
+        let monitor = ProbeConnectivityMonitor(url: server.server.baseURL.appendingPathComponent("health"), clock: clock)
+        var updates = monitor.statusUpdates().makeAsyncIterator()
+        #expect(await updates.next() == .offline)
+        // Offline: it probes again after 1 s, 2 s, 4 s...
+        await clock.waitForSleepers(1)
+        #expect(abs(clock.nextDeadline!.timeIntervalSince(clock.now) - 1) < 0.01)
+        try server.server.start(port: port)
+        clock.advance(by: .seconds(1))
+        #expect(await updates.next() == .online)
+        #expect(server.received.current.first?.method == "HEAD")
+    }
+
+    #if os(Linux)
+    @Test func routeTablesAreReadAsTheKernelWritesThem() {
+        let ipv4 = """
+            Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+            eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+            """
+        #expect(NetlinkConnectivityMonitor.hasIPv4DefaultRoute(ipv4))
+        let noDefault = """
+            Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+            """
+        #expect(!NetlinkConnectivityMonitor.hasIPv4DefaultRoute(noDefault))
+        let ipv6 = """
+            fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000002 00000000 00000001     eth0
+            00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000002 00000000 00000003     eth0
+            """
+        #expect(NetlinkConnectivityMonitor.hasIPv6DefaultRoute(ipv6))
+        let unreachable = """
+            00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+            """
+        #expect(!NetlinkConnectivityMonitor.hasIPv6DefaultRoute(unreachable))
+    }
+
+    /// Whether this machine lets us make a network namespace (root, or unprivileged user namespaces).
+    static let canCreateNetworkNamespace: Bool = {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        process.arguments = ["-n", "true"]
+        guard (try? process.run()) != nil else { return false }
+        process.waitUntilExit()
+        return process.terminationStatus == 0
+    }()
+
+    private func run(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: arguments[0])
+        process.arguments = Array(arguments.dropFirst())
+        try process.run()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(arguments.joined(separator: " "))")
+    }
+
+    /// The netlink monitor runs in a child process inside a new network namespace (no route), and
+    /// the test adds and removes a default route there with iproute2: the monitor must see both.
+    @Test(.enabled(if: canCreateNetworkNamespace, "needs permission to create a network namespace"))
+    func theNetlinkMonitorSeesADefaultRouteAppearAndGo() async throws {
+        let output = Pipe()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        process.arguments = ["-n", builtProductURL("BackgroundSyncTestChild").path, "connectivity"]
+        process.standardOutput = output
+        try process.run()
+        defer {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        let (lines, continuation) = AsyncStream.makeStream(of: String.self)
+        Thread {
+            var buffer = Data()
+            while true {
+                let chunk = output.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                buffer.append(chunk)
+                while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                    continuation.yield(String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self))
+                    buffer.removeSubrange(buffer.startIndex...newline)
+                }
+            }
+            continuation.finish()
+        }.start()
+        var statuses = lines.makeAsyncIterator()
+        #expect(await statuses.next() == "offline")
+
+        let inNamespace = ["/usr/bin/nsenter", "-t", "\(process.processIdentifier)", "-n"]
+        try run(inNamespace + ["/usr/sbin/ip", "link", "add", "bgs0", "type", "veth", "peer", "name", "bgs1"])
+        try run(inNamespace + ["/usr/sbin/ip", "link", "set", "bgs0", "up"])
+        try run(inNamespace + ["/usr/sbin/ip", "link", "set", "bgs1", "up"])
+        try run(inNamespace + ["/usr/sbin/ip", "route", "add", "default", "dev", "bgs0"])
+        #expect(await statuses.next() == "online")
+        try run(inNamespace + ["/usr/sbin/ip", "route", "del", "default"])
+        #expect(await statuses.next() == "offline")
+    }
+    #endif
+}
