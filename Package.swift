@@ -58,6 +58,7 @@ let package = Package(
                 "LoopbackHTTPServer",
                 "BackgroundSyncTestChild",
                 "bgsync",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
     ],

@@ -83,7 +83,7 @@ public actor Queue {
         self.transport = transport
         self.syncManager = syncManager ?? SyncManager.shared(for: database)
         self.store = QueueStore(queueName: name, database: database)
-        self.metrics = QueueMetrics(queueName: name)
+        self.metrics = QueueMetrics(queueName: name, factory: options.metricsFactory)
         self.reservation = try QueueNameRegistry.reserve(name, on: database)
         var logger = options.logger
         logger[metadataKey: "background-sync.queue"] = .string(name)

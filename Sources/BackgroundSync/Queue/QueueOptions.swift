@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -52,6 +53,11 @@ public struct QueueOptions: Sendable {
     public var leaseDuration: Duration
     /// The clock for timestamps, expiry and backoff. Default: ``SystemWallClock``.
     public var clock: any WallClock
+    /// Where the queue's metrics go (`background_sync_enqueued_total`, `…_replayed_total`,
+    /// `…_retried_total`, `…_dead_lettered_total`, `…_expired_total` counters and the
+    /// `background_sync_queue_size` gauge, dimension `queue`). Default: `nil`, the factory the app
+    /// bootstrapped with `MetricsSystem.bootstrap`.
+    public var metricsFactory: (any MetricsFactory)?
     /// Where the queue logs; never bootstrapped by the library. Default: a logger labelled
     /// `background-sync`.
     public var logger: Logger
@@ -73,6 +79,7 @@ public struct QueueOptions: Sendable {
         onAuthenticationRequired: (@Sendable (QueueStoreEntry, ReplayResponse) async -> Bool)? = nil,
         leaseDuration: Duration = .seconds(300),
         clock: any WallClock = SystemWallClock(),
+        metricsFactory: (any MetricsFactory)? = nil,
         logger: Logger = Logger(label: "background-sync")
     ) {
         self.maxRetentionTime = maxRetentionTime
@@ -90,6 +97,7 @@ public struct QueueOptions: Sendable {
         self.onAuthenticationRequired = onAuthenticationRequired
         self.leaseDuration = leaseDuration
         self.clock = clock
+        self.metricsFactory = metricsFactory
         self.logger = logger
     }
 }

@@ -1,0 +1,69 @@
+import BackgroundSync
+import Foundation
+import Logging
+import MetricsTestKit
+import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// A log handler that keeps what it is given.
+struct CapturingLogHandler: LogHandler {
+    let lines: Box<[(Logger.Level, String)]>
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        lines.withLock { $0.append((event.level, event.message.description)) }
+    }
+}
+
+@Suite("Metrics and logs")
+struct ObservabilityTests {
+    @Test func countersAndTheSizeGaugeFollowTheQueue() async throws {
+        let metrics = TestMetrics()
+        let server = try RecordingServer()
+        server.respond { request, index in
+            switch String(decoding: request.body, as: UTF8.self) {
+            case "bad": .respond(.text("", status: 400))
+            case "later" where index == 2: .respond(.text("", status: 503))
+            default: .respond(.text("ok"))
+            }
+        }
+        let queue = try Queue(
+            name: uniqueQueueName(), options: QueueOptions(metricsFactory: metrics),
+            database: try SQLiteQueueDatabase.temporary())
+        for body in ["ok", "bad", "later"] { try await queue.pushRequest(postRequest(server.url, body: body)) }
+        await #expect(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
+        try await queue.replayRequests()
+
+        let dimensions = [("queue", queue.name)]
+        #expect(metrics.counterTotal(label: "background_sync_enqueued_total", dimensions: dimensions) == 3)
+        #expect(metrics.counterTotal(label: "background_sync_replayed_total", dimensions: dimensions) == 2)
+        #expect(metrics.counterTotal(label: "background_sync_retried_total", dimensions: dimensions) == 1)
+        #expect(metrics.counterTotal(label: "background_sync_dead_lettered_total", dimensions: dimensions) == 1)
+        let gauge = try metrics.expectGauge("background_sync_queue_size", dimensions)
+        #expect(gauge.lastValue == 0)
+        #expect(gauge.values.max() == 3)
+    }
+
+    @Test func strippingSecretsWithoutAHookWarnsOnce() async throws {
+        let lines = Box<[(Logger.Level, String)]>([])
+        let logger = Logger(label: "test") { _ in CapturingLogHandler(lines: lines) }
+        let queue = try Queue(
+            name: uniqueQueueName(), options: QueueOptions(logger: logger), database: try SQLiteQueueDatabase.temporary())
+        let url = URL(string: "https://example.com/x")!
+        for _ in 0..<3 {
+            try await queue.pushRequest(postRequest(url, body: "a", headers: ["Authorization": "Bearer t"]))
+        }
+        let warnings = lines.current.filter { $0.0 == .warning }
+        #expect(warnings.count == 1)
+        #expect(warnings.first?.1.contains("requestWillReplay") == true)
+        #expect(lines.current.allSatisfy { $0.0 <= .warning })
+    }
+}
