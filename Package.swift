@@ -45,6 +45,16 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // `swift run -c release bgsync-bench`: figures as ratios against baselines in one run.
+        .executableTarget(
+            name: "bgsync-bench",
+            dependencies: [
+                "BackgroundSync",
+                "LoopbackHTTPServer",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Benchmarks/bgsync-bench"
+        ),
         // A child process the crash tests start and kill with SIGKILL.
         .executableTarget(
             name: "BackgroundSyncTestChild",

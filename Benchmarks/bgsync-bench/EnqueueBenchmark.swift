@@ -1,0 +1,91 @@
+import BackgroundSync
+import Foundation
+import GRDB
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// Durable enqueue: the queue against a raw GRDB insert (one row per transaction, same WAL and
+/// `synchronous=FULL`), and 16 concurrent producers against one.
+struct EnqueueBenchmark {
+    let quick: Bool
+    let freshPath: (String) -> String
+
+    static let url = URL(string: "https://api.example.com/posts")!
+    static let body = Data(#"{"title":"A post written offline","content":"Lorem ipsum dolor sit amet, consectetur."}"#.utf8)
+
+    static func request(_ index: Int) -> URLRequest {
+        var request = URLRequest(url: url)
+        request.httpMethod = "POST"
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.httpBody = body
+        return request
+    }
+
+    func run(log: (String) -> Void) async throws -> [(String, Double)] {
+        let count = quick ? 400 : 3000
+        let raw = try await rawInsertRate(count: count)
+        log(String(format: "raw GRDB insert, 1 row per transaction: %.0f rows/s", raw))
+        let single = try await queueRate(count: count, producers: 1)
+        log(String(format: "pushRequest, 1 producer:              %.0f entries/s", single))
+        let sixteen = try await queueRate(count: count * 4, producers: 16)
+        log(String(format: "pushRequest, 16 producers:            %.0f entries/s", sixteen))
+        return [
+            ("raw_insert_per_s", raw),
+            ("enqueue_1_producer_per_s", single),
+            ("enqueue_16_producers_per_s", sixteen),
+            ("enqueue_ratio_vs_raw_insert", single / raw),
+            ("group_commit_speedup", sixteen / single),
+        ]
+    }
+
+    /// The bare baseline: GRDB, WAL, `synchronous=FULL`, one INSERT of the same columns per transaction.
+    func rawInsertRate(count: Int) async throws -> Double {
+        var config = Configuration()
+        config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
+        let pool = try DatabasePool(path: freshPath("raw"), configuration: config)
+        try await pool.write { db in
+            try db.execute(sql: """
+                CREATE TABLE entry (id INTEGER PRIMARY KEY AUTOINCREMENT, queueName TEXT NOT NULL,
+                position INTEGER NOT NULL, url TEXT NOT NULL, method TEXT NOT NULL, headers TEXT NOT NULL,
+                body BLOB, timestamp DOUBLE NOT NULL)
+                """)
+        }
+        let headers = #"{"content-type":"application/json","idempotency-key":"00000000-0000-0000-0000-000000000000"}"#
+        let url = Self.url.absoluteString
+        let body = Self.body
+        let start = ContinuousClock.now
+        for index in 0..<count {
+            try await pool.write { db in
+                try db.execute(
+                    sql: "INSERT INTO entry(queueName, position, url, method, headers, body, timestamp) VALUES (?,?,?,?,?,?,?)",
+                    arguments: ["bench", index, url, "POST", headers, body, Date().timeIntervalSince1970])
+            }
+        }
+        return Double(count) / (ContinuousClock.now - start).seconds
+    }
+
+    func queueRate(count: Int, producers: Int) async throws -> Double {
+        let database = try SQLiteQueueDatabase(path: freshPath("queue-\(producers)"))
+        let queue = try Queue(name: "bench", database: database, syncManager: SyncManager())
+        let perProducer = count / producers
+        let start = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<producers {
+                group.addTask {
+                    for index in 0..<perProducer {
+                        try await queue.pushRequest(Self.request(index))
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        return Double(perProducer * producers) / (ContinuousClock.now - start).seconds
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}

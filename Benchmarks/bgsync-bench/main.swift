@@ -1,0 +1,45 @@
+// bgsync-bench: each figure is measured against its bare baseline in the same run, so a noisy
+// machine moves both sides and the ratio stays meaningful.
+//
+//   swift run -c release bgsync-bench            full run
+//   swift run -c release bgsync-bench --quick    reduced sizes, under a minute
+//   swift run -c release bgsync-bench --json     one JSON object on one line
+import BackgroundSync
+import Foundation
+import GRDB
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+let arguments = Set(CommandLine.arguments.dropFirst())
+let quick = arguments.contains("--quick")
+let json = arguments.contains("--json")
+
+func log(_ line: String) {
+    if !json { print(line) }
+    else { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+}
+
+var results: [(key: String, value: Double)] = []
+
+let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-bench-\(UUID().uuidString)")
+try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+defer { try? FileManager.default.removeItem(at: scratch) }
+func freshPath(_ name: String) -> String { scratch.appendingPathComponent("\(name)-\(UUID().uuidString).sqlite").path }
+
+let cores = ProcessInfo.processInfo.activeProcessorCount
+log("bgsync-bench (\(quick ? "quick" : "full")) on \(cores) cores")
+
+let enqueueFigures = try await EnqueueBenchmark(quick: quick, freshPath: freshPath).run(log: log)
+results += enqueueFigures.map { (key: $0.0, value: $0.1) }
+
+if json {
+    let body = results.map { "\"\($0.key)\":\(String(format: "%.4f", $0.value))" }.joined(separator: ",")
+    print("{" + body + "}")
+} else {
+    print("")
+    print("figure".padding(toLength: 40, withPad: " ", startingAt: 0) + "value")
+    for (key, value) in results {
+        print(key.padding(toLength: 40, withPad: " ", startingAt: 0) + String(format: "%.3f", value))
+    }
+}
