@@ -122,12 +122,19 @@ public actor Queue {
         return stream
     }
 
-    private func emit(_ kind: QueueEvent.Kind, entryID: Int64?) async {
-        let size = (try? await store.size()) ?? 0
-        metrics.size.record(size)
+    /// Publishes an event to the subscribers and the size gauge. `size` is read from the database
+    /// when not given, and only when someone listens; a replay records the gauge once at its end.
+    private func emit(_ kind: QueueEvent.Kind, entryID: Int64?, size: Int? = nil) async {
+        if let size { metrics.size.record(size) }
         let listeners = subscribers.withLock { Array($0.values) }
         guard !listeners.isEmpty else { return }
-        let event = QueueEvent(kind: kind, queueName: name, entryID: entryID, size: size)
+        let currentSize: Int
+        if let size {
+            currentSize = size
+        } else {
+            currentSize = (try? await store.size()) ?? 0
+        }
+        let event = QueueEvent(kind: kind, queueName: name, entryID: entryID, size: currentSize)
         for listener in listeners { listener.yield(event) }
     }
 
@@ -166,18 +173,24 @@ public actor Queue {
         let stored = UnidentifiedQueueStoreEntry(
             requestData: requestData, timestamp: entry.timestamp, metadata: entry.metadata,
             idempotencyKey: idempotencyKey, sealedSecrets: sealedSecrets)
-        let id = try await database.insertEntry(stored, queueName: name, at: end)
+        // Outside a sync, the registration is written with the entry when the manager keeps its
+        // registrations in the same database: one transaction, one fsync.
+        let registersWithEntry = !syncInProgress && syncManager.persists(in: database)
+        let inserted = try await database.insertEntry(
+            stored, queueName: name, at: end, registeringSyncTag: registersWithEntry ? syncTag : nil)
         logger.debug(
             "request queued",
-            metadata: ["background-sync.entry": "\(id)", "http.method": "\(requestData.method)"])
+            metadata: ["background-sync.entry": "\(inserted.id)", "http.method": "\(requestData.method)"])
         metrics.enqueued.increment()
-        await emit(.enqueued, entryID: id)
+        await emit(.enqueued, entryID: inserted.id, size: inserted.queueSize)
         if syncInProgress {
             requestsAddedDuringSync = true
+        } else if registersWithEntry {
+            syncManager.noteRegistered(syncTag)
         } else {
             await registerSync()
         }
-        return id
+        return inserted.id
     }
 
     /// The key sent in the `Idempotency-Key` header: the request's own, or a new one for POST and
@@ -453,6 +466,7 @@ public actor Queue {
             result = .failure(error)
         }
         if summary != ReplaySummary() {
+            if let size = try? await store.size() { metrics.size.record(size) }
             logger.debug(
                 "replay finished",
                 metadata: [

@@ -154,6 +154,15 @@ public struct StorableRequest: Sendable, Hashable {
 
     private static let allowedSchemes: Set<String> = ["http", "https"]
 
+    /// Whether a byte may appear in an (upper-cased) HTTP method token (RFC 9110 `tchar`).
+    private static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+        case UInt8(ascii: "a")...UInt8(ascii: "z"): true
+        default: "!#$%&'*+-.^_`|~".utf8.contains(byte)
+        }
+    }
+
     private static func validate(_ data: inout RequestData) throws -> URL {
         guard let url = URL(string: data.url), let scheme = url.scheme?.lowercased() else {
             throw BackgroundSyncError(.invalidRequest, "invalid request: '\(data.url)' is not an absolute URL")
@@ -165,9 +174,7 @@ public struct StorableRequest: Sendable, Hashable {
         guard let host = url.host, !host.isEmpty else {
             throw BackgroundSyncError(.invalidRequest, "invalid request: '\(data.url)' has no host")
         }
-        let tokenCharacters = CharacterSet(charactersIn: "!#$%&'*+-.^_`|~")
-            .union(CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
-        guard !data.method.isEmpty, data.method.unicodeScalars.allSatisfy(tokenCharacters.contains) else {
+        guard !data.method.isEmpty, data.method.utf8.allSatisfy(isTokenByte) else {
             throw BackgroundSyncError(.invalidRequest, "invalid request: '\(data.method)' is not an HTTP method")
         }
         if data.method == "GET" || data.method == "HEAD", let body = data.body, !body.isEmpty {

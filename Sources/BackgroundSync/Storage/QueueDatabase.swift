@@ -8,6 +8,20 @@ public enum QueueEnd: Sendable, Hashable {
     case tail
 }
 
+/// What ``QueueDatabase/insertEntry(_:queueName:at:registeringSyncTag:)`` stored.
+public struct InsertedEntry: Sendable, Hashable {
+    /// The new entry's id.
+    public var id: Int64
+    /// The queue's pending entries after the insert.
+    public var queueSize: Int
+
+    /// Creates an insert result.
+    public init(id: Int64, queueSize: Int) {
+        self.id = id
+        self.queueSize = queueSize
+    }
+}
+
 /// The outcome of ``QueueDatabase/claimHead(queueName:owner:leaseDuration:now:)``.
 public enum ClaimResult: Sendable {
     /// The head entry is now leased to the caller until the lease expires.
@@ -76,8 +90,12 @@ public protocol QueueDatabase: Sendable {
     /// live queues with one name on one storage can be refused.
     var identity: String { get }
 
-    /// Stores a new entry at the head or the tail of a queue and returns its id.
-    func insertEntry(_ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd) async throws -> Int64
+    /// Stores a new entry at the head or the tail of a queue, and, when `syncTag` is given, registers
+    /// that sync tag in the same transaction (so no entry is ever stored without its registration).
+    /// Returns the entry's id and the queue's pending count after the insert.
+    func insertEntry(
+        _ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd, registeringSyncTag syncTag: String?
+    ) async throws -> InsertedEntry
 
     /// Removes and returns the first or last pending entry of a queue that no live replay holds,
     /// or `nil` when there is none.

@@ -18,13 +18,13 @@ public struct QueueStore: Sendable {
     /// Stores an entry after the queue's last one; returns its id.
     @discardableResult
     public func pushEntry(_ entry: UnidentifiedQueueStoreEntry) async throws -> Int64 {
-        try await database.insertEntry(entry, queueName: queueName, at: .tail)
+        try await database.insertEntry(entry, queueName: queueName, at: .tail, registeringSyncTag: nil).id
     }
 
     /// Stores an entry before the queue's first one (other queues are not affected); returns its id.
     @discardableResult
     public func unshiftEntry(_ entry: UnidentifiedQueueStoreEntry) async throws -> Int64 {
-        try await database.insertEntry(entry, queueName: queueName, at: .head)
+        try await database.insertEntry(entry, queueName: queueName, at: .head, registeringSyncTag: nil).id
     }
 
     /// Removes and returns the last pending entry, or `nil`.

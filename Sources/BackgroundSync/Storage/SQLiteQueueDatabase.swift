@@ -48,7 +48,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     public let identity: String
     let writer: any DatabaseWriter
     /// Concurrent inserts share transactions (group commit).
-    private let inserts: GroupCommit<PendingInsert, Int64>
+    private let inserts: GroupCommit<PendingInsert, InsertedEntry>
     /// A folder this instance created and removes when it goes away (``temporary()``).
     private let ownedDirectory: URL?
 
@@ -97,13 +97,26 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         var row: EntryRow
         var queueName: String
         var end: QueueEnd
+        var syncTag: String?
     }
 
-    private static func makeGroupCommit(writer: any DatabaseWriter, path: String) -> GroupCommit<PendingInsert, Int64> {
+    private static func makeGroupCommit(writer: any DatabaseWriter, path: String) -> GroupCommit<PendingInsert, InsertedEntry> {
         GroupCommit { batch in
             do {
                 return try await writer.write { db in
-                    try batch.map { try insert($0.row, queueName: $0.queueName, at: $0.end, db) }
+                    let registeredAt = Date().timeIntervalSince1970
+                    let ids = try batch.map { try insert($0.row, queueName: $0.queueName, at: $0.end, db) }
+                    for tag in Set(batch.compactMap(\.syncTag)) {
+                        try db.execute(
+                            sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING",
+                            arguments: [tag, registeredAt])
+                    }
+                    var sizes: [String: Int] = [:]
+                    for name in Set(batch.map(\.queueName)) {
+                        sizes[name] = try Int.fetchOne(
+                            db, sql: "SELECT pendingCount FROM queue WHERE name = ?", arguments: [name]) ?? 0
+                    }
+                    return zip(batch, ids).map { InsertedEntry(id: $1, queueSize: sizes[$0.queueName] ?? 0) }
                 }
             } catch {
                 throw mapError(error, path: path, action: "write to")
@@ -347,8 +360,10 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     // MARK: - QueueDatabase
 
-    public func insertEntry(_ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd) async throws -> Int64 {
-        try await inserts.submit(PendingInsert(row: try EntryRow(entry), queueName: queueName, end: end))
+    public func insertEntry(
+        _ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd, registeringSyncTag syncTag: String?
+    ) async throws -> InsertedEntry {
+        try await inserts.submit(PendingInsert(row: try EntryRow(entry), queueName: queueName, end: end, syncTag: syncTag))
     }
 
     static func insert(_ row: EntryRow, queueName: String, at end: QueueEnd, _ db: Database) throws -> Int64 {
@@ -442,26 +457,10 @@ public final class SQLiteQueueDatabase: QueueDatabase {
                     sql: "SELECT * FROM entry WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1",
                     arguments: [queueName])
                 else { return .empty }
-                let id: Int64 = row["id"]
-                if let holder: String = row["leaseOwner"], holder != ownerValue,
-                    let until: Double = row["leaseExpiresAt"], until >= nowSeconds,
-                    !LeaseOwner.isAbandoned(holder)
-                {
-                    return .busy(owner: holder, until: Date(timeIntervalSince1970: until))
+                if let lease = Self.liveLease(row, now: nowSeconds), lease.holder != ownerValue {
+                    return .busy(owner: lease.holder, until: Date(timeIntervalSince1970: lease.until))
                 }
-                let entry: QueueStoreEntry
-                do {
-                    entry = try Self.decode(row)
-                } catch {
-                    // A row that cannot be read must not block the queue, nor vanish: set it aside.
-                    try db.execute(
-                        sql: "UPDATE entry SET state = 'dead', lastError = ?, leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ?",
-                        arguments: ["unreadable entry: \(error)", id])
-                    continue
-                }
-                try db.execute(
-                    sql: "UPDATE entry SET leaseOwner = ?, leaseExpiresAt = ? WHERE id = ?",
-                    arguments: [ownerValue, expiry, id])
+                guard let entry = try Self.lease(row, to: ownerValue, until: expiry, db) else { continue }
                 return .claimed(entry)
             }
         }
@@ -484,29 +483,40 @@ public final class SQLiteQueueDatabase: QueueDatabase {
                     ORDER BY position LIMIT ?
                     """,
                 arguments: [queueName, nowSeconds, limit * 4 + 64])
-            for row in rows where claimed.count < limit {
-                let id: Int64 = row["id"]
-                // Our own live leases are skipped too: those entries are in flight.
-                if let holder: String = row["leaseOwner"],
-                    let until: Double = row["leaseExpiresAt"], until >= nowSeconds,
-                    !LeaseOwner.isAbandoned(holder)
-                {
-                    continue
+            // Our own live leases are skipped too: those entries are in flight.
+            for row in rows where claimed.count < limit && Self.liveLease(row, now: nowSeconds) == nil {
+                if let entry = try Self.lease(row, to: ownerValue, until: expiry, db) {
+                    claimed.append(entry)
                 }
-                do {
-                    claimed.append(try Self.decode(row))
-                } catch {
-                    try db.execute(
-                        sql: "UPDATE entry SET state = 'dead', lastError = ?, leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ?",
-                        arguments: ["unreadable entry: \(error)", id])
-                    continue
-                }
-                try db.execute(
-                    sql: "UPDATE entry SET leaseOwner = ?, leaseExpiresAt = ? WHERE id = ?",
-                    arguments: [ownerValue, expiry, id])
             }
             return claimed
         }
+    }
+
+    /// The lease on a row, unless it expired or its holder is a dead process of this host.
+    private static func liveLease(_ row: Row, now: Double) -> (holder: String, until: Double)? {
+        guard let holder: String = row["leaseOwner"], let until: Double = row["leaseExpiresAt"], until >= now,
+            !LeaseOwner.isAbandoned(holder)
+        else { return nil }
+        return (holder, until)
+    }
+
+    /// Leases a row's entry to `owner` and returns it. A row that cannot be decoded must neither
+    /// block the queue nor vanish: it is set aside as a dead letter with the reason, and `nil` returned.
+    private static func lease(_ row: Row, to owner: String, until expiry: Double, _ db: Database) throws -> QueueStoreEntry? {
+        let id: Int64 = row["id"]
+        let entry: QueueStoreEntry
+        do {
+            entry = try decode(row)
+        } catch {
+            try db.execute(
+                sql: "UPDATE entry SET state = 'dead', lastError = ?, leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ?",
+                arguments: ["unreadable entry: \(error)", id])
+            return nil
+        }
+        try db.execute(
+            sql: "UPDATE entry SET leaseOwner = ?, leaseExpiresAt = ? WHERE id = ?", arguments: [owner, expiry, id])
+        return entry
     }
 
     public func headState(queueName: String) async throws -> HeadState? {

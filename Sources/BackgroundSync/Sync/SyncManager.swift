@@ -47,9 +47,6 @@ public final class SyncManager: Sendable {
 
     /// Registers `tag` for a sync. Registering a registered tag does nothing.
     public func register(_ tag: String) async throws {
-        state.withLock { state in
-            if state.firing[tag] != nil { state.firing[tag] = true }
-        }
         if let database {
             try await database.registerSyncTag(tag, at: Date())
         } else {
@@ -57,7 +54,22 @@ public final class SyncManager: Sendable {
                 if !state.memoryTags.contains(tag) { state.memoryTags.append(tag) }
             }
         }
-        let watchers = state.withLock { Array($0.watchers.values) }
+        noteRegistered(tag)
+    }
+
+    /// Whether registrations are kept in `database` (then a queue registers its tag in the same
+    /// transaction as the entry it stores).
+    func persists(in database: any QueueDatabase) -> Bool {
+        self.database?.identity == database.identity
+    }
+
+    /// Records that `tag` was registered (by ``register(_:)`` or with an entry's insert): a sync
+    /// running for it must not consume the new registration, and watchers learn about it.
+    func noteRegistered(_ tag: String) {
+        let watchers = state.withLock { state -> [AsyncStream<String>.Continuation] in
+            if state.firing[tag] != nil { state.firing[tag] = true }
+            return Array(state.watchers.values)
+        }
         watchers.forEach { $0.yield(tag) }
     }
 
