@@ -41,16 +41,17 @@ public actor Queue {
     private nonisolated let owner = LeaseOwner.current()
     private nonisolated let subscribers = Locked<[UUID: AsyncStream<QueueEvent>.Continuation]>([:])
     private nonisolated let metrics: QueueMetrics
-    private var logger: Logger
-    private var syncInProgress = false
-    private var requestsAddedDuringSync = false
+    private nonisolated let logger: Logger
+    /// Read and written by `pushRequest` without entering the actor, so that producers never queue
+    /// behind a replay (and pay no actor hop on the hot path).
+    private nonisolated let syncState = Locked((inProgress: false, requestsAdded: false))
     private var runningReplay: Task<ReplaySummary, any Error>?
     /// The status that paused the queue (401/403), until ``resume()``.
     private var pausedStatus: Int?
     /// Set by a graceful shutdown: the replay finishes the sends in flight and claims nothing more.
     private nonisolated let stopFlag = Locked(false)
     private var stopRequested: Bool { stopFlag.withLock { $0 } }
-    private var warnedAboutStrippedSecrets = false
+    private nonisolated let warnedAboutStrippedSecrets = Locked(false)
     private var random = SystemRandomNumberGenerator()
 
     /// Creates a queue.
@@ -124,7 +125,7 @@ public actor Queue {
 
     /// Publishes an event to the subscribers and the size gauge. `size` is read from the database
     /// when not given, and only when someone listens; a replay records the gauge once at its end.
-    private func emit(_ kind: QueueEvent.Kind, entryID: Int64?, size: Int? = nil) async {
+    private nonisolated func emit(_ kind: QueueEvent.Kind, entryID: Int64?, size: Int? = nil) async {
         if let size { metrics.size.record(size) }
         let listeners = subscribers.withLock { Array($0.values) }
         guard !listeners.isEmpty else { return }
@@ -149,24 +150,24 @@ public actor Queue {
     /// that one must be registered again afterwards). Returns once the entry is committed; returns
     /// its id.
     @discardableResult
-    public func pushRequest(_ entry: QueueEntry) async throws -> Int64 {
+    public nonisolated func pushRequest(_ entry: QueueEntry) async throws -> Int64 {
         try await add(entry, at: .tail)
     }
 
     /// Stores a request with the current time and `metadata` at the end of the queue.
     @discardableResult
-    public func pushRequest(_ request: URLRequest, metadata: [String: String]? = nil) async throws -> Int64 {
+    public nonisolated func pushRequest(_ request: URLRequest, metadata: [String: String]? = nil) async throws -> Int64 {
         try await add(QueueEntry(request: request, timestamp: options.clock.now, metadata: metadata), at: .tail)
     }
 
     /// Stores a request at the head of the queue (before every entry of this queue only) and
     /// registers a sync. Returns its id.
     @discardableResult
-    public func unshiftRequest(_ entry: QueueEntry) async throws -> Int64 {
+    public nonisolated func unshiftRequest(_ entry: QueueEntry) async throws -> Int64 {
         try await add(entry, at: .head)
     }
 
-    private func add(_ entry: QueueEntry, at end: QueueEnd) async throws -> Int64 {
+    private nonisolated func add(_ entry: QueueEntry, at end: QueueEnd) async throws -> Int64 {
         var requestData = try StorableRequest.fromRequest(entry.request).toObject()
         let idempotencyKey = idempotencyKey(for: &requestData)
         let sealedSecrets = try protectSecrets(&requestData)
@@ -175,7 +176,7 @@ public actor Queue {
             idempotencyKey: idempotencyKey, sealedSecrets: sealedSecrets)
         // Outside a sync, the registration is written with the entry when the manager keeps its
         // registrations in the same database: one transaction, one fsync.
-        let registersWithEntry = !syncInProgress && syncManager.persists(in: database)
+        let registersWithEntry = !syncState.withLock { $0.inProgress } && syncManager.persists(in: database)
         let inserted = try await database.insertEntry(
             stored, queueName: name, at: end, registeringSyncTag: registersWithEntry ? syncTag : nil)
         logger.debug(
@@ -183,11 +184,13 @@ public actor Queue {
             metadata: ["background-sync.entry": "\(inserted.id)", "http.method": "\(requestData.method)"])
         metrics.enqueued.increment()
         await emit(.enqueued, entryID: inserted.id, size: inserted.queueSize)
-        if syncInProgress {
-            requestsAddedDuringSync = true
-        } else if registersWithEntry {
+        let duringSync = syncState.withLock { state -> Bool in
+            if state.inProgress { state.requestsAdded = true }
+            return state.inProgress
+        }
+        if registersWithEntry {
             syncManager.noteRegistered(syncTag)
-        } else {
+        } else if !duringSync {
             await registerSync()
         }
         return inserted.id
@@ -195,7 +198,7 @@ public actor Queue {
 
     /// The key sent in the `Idempotency-Key` header: the request's own, or a new one for POST and
     /// PATCH when ``QueueOptions/addsIdempotencyKey`` is on.
-    private func idempotencyKey(for data: inout StorableRequest.RequestData) -> String? {
+    private nonisolated func idempotencyKey(for data: inout StorableRequest.RequestData) -> String? {
         if let existing = data.headers["idempotency-key"] { return existing }
         guard options.addsIdempotencyKey, data.method == "POST" || data.method == "PATCH" else { return nil }
         let key = UUID().uuidString.lowercased()
@@ -205,7 +208,7 @@ public actor Queue {
 
     /// Applies ``QueueOptions/secretHeaders`` to the request's headers; returns the sealed secrets
     /// to store, if any.
-    private func protectSecrets(_ data: inout StorableRequest.RequestData) throws -> Data? {
+    private nonisolated func protectSecrets(_ data: inout StorableRequest.RequestData) throws -> Data? {
         if case .plain = options.secretHeaders { return nil }
         let (kept, secrets) = SecretSealer.split(data.headers, names: options.secretHeaderNames)
         guard !secrets.isEmpty else { return nil }
@@ -214,8 +217,11 @@ public actor Queue {
         case .plain:
             return nil
         case .strip:
-            if options.requestWillReplay == nil && !warnedAboutStrippedSecrets {
-                warnedAboutStrippedSecrets = true
+            let firstTime = warnedAboutStrippedSecrets.withLock { warned -> Bool in
+                defer { warned = true }
+                return !warned
+            }
+            if options.requestWillReplay == nil && firstTime {
                 logger.warning(
                     "secret headers are not stored and no requestWillReplay hook adds them back: replays go without them",
                     metadata: ["background-sync.headers": "\(secrets.keys.sorted().joined(separator: ","))"])
@@ -336,7 +342,7 @@ public actor Queue {
 
     /// Registers the queue's sync tag. Never throws: a registration that cannot be written is
     /// logged (the entries themselves are already stored, and the next sync replays them).
-    public func registerSync() async {
+    public nonisolated func registerSync() async {
         do {
             try await syncManager.register(syncTag)
         } catch {
@@ -355,9 +361,15 @@ public actor Queue {
     /// Runs `onSync` for an event of the queue's tag, then registers again if entries were added
     /// meanwhile and the sync succeeded, or failed on its last chance (Workbox's rules).
     func handleSync(_ event: SyncEvent) async throws {
-        syncInProgress = true
-        requestsAddedDuringSync = false
-        defer { syncInProgress = false }
+        syncState.withLock { $0 = (inProgress: true, requestsAdded: false) }
+        // Ends the sync and tells whether entries were added during it, atomically: a push after
+        // this point registers the tag itself.
+        let finish = { [syncState] () -> Bool in
+            syncState.withLock { state in
+                state.inProgress = false
+                return state.requestsAdded
+            }
+        }
         do {
             if let onSync = options.onSync {
                 try await onSync(self)
@@ -365,12 +377,12 @@ public actor Queue {
                 try await replayRequests()
             }
         } catch {
-            if requestsAddedDuringSync && event.lastChance {
+            if finish() && event.lastChance {
                 await registerSync()
             }
             throw error
         }
-        if requestsAddedDuringSync {
+        if finish() {
             await registerSync()
         }
     }
