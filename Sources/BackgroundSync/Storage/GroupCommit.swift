@@ -5,18 +5,27 @@ import Foundation
 /// still returns only after *its* write is committed, so durability is unchanged, but N
 /// concurrent producers pay for far fewer than N fsyncs.
 ///
+/// The first writer to arrive when none is committing becomes the leader and commits in its own
+/// task (no task is spawned, no thread hop is added for a lone producer). When its own write is
+/// committed and others are waiting, it hands the lead to the oldest waiter and returns.
 /// A batch that fails is retried one write per transaction, so one bad write fails alone.
 final class GroupCommit<Item: Sendable, Output: Sendable>: Sendable {
     typealias Commit = @Sendable ([Item]) async throws -> [Output]
 
+    /// What a waiting writer is woken with.
+    private enum Wake {
+        case committed(Output)
+        case lead
+    }
+
     private struct Waiter {
         var item: Item
-        var continuation: CheckedContinuation<Output, any Error>
+        var continuation: CheckedContinuation<Wake, any Error>
     }
 
     private struct State {
         var waiting: [Waiter] = []
-        var flushing = false
+        var leading = false
     }
 
     private let state = Locked(State())
@@ -33,47 +42,79 @@ final class GroupCommit<Item: Sendable, Output: Sendable>: Sendable {
 
     /// Writes `item` in the next transaction and returns its output once committed.
     func submit(_ item: Item) async throws -> Output {
-        try await withCheckedThrowingContinuation { continuation in
-            let lead = state.withLock { state -> Bool in
+        let becameLeader = state.withLock { state -> Bool in
+            if state.leading { return false }
+            state.leading = true
+            return true
+        }
+        if becameLeader {
+            return try await lead(with: item)
+        }
+        let wake = try await withCheckedThrowingContinuation { continuation in
+            let leadNow = state.withLock { state -> Bool in
+                // The leader may have finished between the two checks.
+                if !state.leading {
+                    state.leading = true
+                    return true
+                }
                 state.waiting.append(Waiter(item: item, continuation: continuation))
-                if state.flushing { return false }
-                state.flushing = true
-                return true
+                return false
             }
-            if lead {
-                Task { await self.flush() }
-            }
+            if leadNow { continuation.resume(returning: .lead) }
+        }
+        switch wake {
+        case .committed(let output):
+            return output
+        case .lead:
+            return try await lead(with: item)
         }
     }
 
-    private func flush() async {
-        while true {
-            let batch = state.withLock { state -> [Waiter] in
-                let batch = Array(state.waiting.prefix(maxBatch))
-                state.waiting.removeFirst(batch.count)
-                if batch.isEmpty { state.flushing = false }
-                return batch
+    /// Commits `item` with the writes waiting now, then passes the lead on (or gives it up).
+    private func lead(with item: Item) async throws -> Output {
+        let others = state.withLock { state -> [Waiter] in
+            let batch = Array(state.waiting.prefix(maxBatch - 1))
+            state.waiting.removeFirst(batch.count)
+            return batch
+        }
+        let result: Result<Output, any Error>
+        do {
+            let outputs = try await commit([item] + others.map(\.item))
+            result = .success(outputs[0])
+            for (waiter, output) in zip(others, outputs.dropFirst()) {
+                waiter.continuation.resume(returning: .committed(output))
             }
-            if batch.isEmpty { return }
-            do {
-                let outputs = try await commit(batch.map(\.item))
-                for (waiter, output) in zip(batch, outputs) {
-                    waiter.continuation.resume(returning: output)
-                }
-            } catch {
-                if batch.count == 1 {
-                    batch[0].continuation.resume(throwing: error)
-                    continue
-                }
-                for waiter in batch {
-                    do {
-                        let output = try await commit([waiter.item])
-                        waiter.continuation.resume(returning: output[0])
-                    } catch {
-                        waiter.continuation.resume(throwing: error)
-                    }
+        } catch {
+            // Retry each write alone so that one bad write fails alone.
+            result = await Result(catching: { try await commit([item])[0] })
+            for waiter in others {
+                do {
+                    waiter.continuation.resume(returning: .committed(try await commit([waiter.item])[0]))
+                } catch {
+                    waiter.continuation.resume(throwing: error)
                 }
             }
+        }
+        let next = state.withLock { state -> Waiter? in
+            if state.waiting.isEmpty {
+                state.leading = false
+                return nil
+            }
+            return state.waiting.removeFirst()
+        }
+        // The next leader commits its own write with whatever queued up meanwhile.
+        next?.continuation.resume(returning: .lead)
+        return try result.get()
+    }
+}
+
+extension Result where Failure == any Error {
+    /// Captures the outcome of an async throwing body.
+    fileprivate init(catching body: () async throws -> Success) async {
+        do {
+            self = .success(try await body())
+        } catch {
+            self = .failure(error)
         }
     }
 }

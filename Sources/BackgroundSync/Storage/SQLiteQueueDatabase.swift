@@ -107,14 +107,12 @@ public final class SQLiteQueueDatabase: QueueDatabase {
                     let registeredAt = Date().timeIntervalSince1970
                     let ids = try batch.map { try insert($0.row, queueName: $0.queueName, at: $0.end, db) }
                     for tag in Set(batch.compactMap(\.syncTag)) {
-                        try db.execute(
-                            sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING",
+                        try db.cachedStatement(sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING").execute(
                             arguments: [tag, registeredAt])
                     }
                     var sizes: [String: Int] = [:]
                     for name in Set(batch.map(\.queueName)) {
-                        sizes[name] = try Int.fetchOne(
-                            db, sql: "SELECT pendingCount FROM queue WHERE name = ?", arguments: [name]) ?? 0
+                        sizes[name] = try Int.fetchOne(try db.cachedStatement(sql: "SELECT pendingCount FROM queue WHERE name = ?"), arguments: [name]) ?? 0
                     }
                     return zip(batch, ids).map { InsertedEntry(id: $1, queueSize: sizes[$0.queueName] ?? 0) }
                 }
@@ -367,19 +365,18 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     }
 
     static func insert(_ row: EntryRow, queueName: String, at end: QueueEnd, _ db: Database) throws -> Int64 {
-        try db.execute(sql: "INSERT INTO queue(name) VALUES (?) ON CONFLICT(name) DO NOTHING", arguments: [queueName])
+        try db.cachedStatement(sql: "INSERT INTO queue(name) VALUES (?) ON CONFLICT(name) DO NOTHING").execute( arguments: [queueName])
         let positionSQL = end == .tail
             ? "UPDATE queue SET tailPosition = tailPosition + 1 WHERE name = ? RETURNING tailPosition"
             : "UPDATE queue SET headPosition = headPosition - 1 WHERE name = ? RETURNING headPosition"
-        guard let position = try Int64.fetchOne(db, sql: positionSQL, arguments: [queueName]) else {
+        guard let position = try Int64.fetchOne(try db.cachedStatement(sql: positionSQL), arguments: [queueName]) else {
             throw BackgroundSyncError(.storage, "queue row missing", queueName: queueName)
         }
-        try db.execute(
-            sql: """
+        try db.cachedStatement(sql: """
                 INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata,
                     idempotencyKey, sealedSecrets)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
+                """).execute(
             arguments: [
                 queueName, position, row.url, row.method, row.headers, row.body, row.settings, row.timestamp,
                 row.metadata, row.idempotencyKey, row.sealedSecrets,
@@ -391,25 +388,22 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         let now = Date().timeIntervalSince1970
         return try await write("remove from") { db in
             let order = end == .head ? "ASC" : "DESC"
-            guard let row = try Row.fetchOne(
-                db,
-                sql: """
+            guard let row = try Row.fetchOne(try db.cachedStatement(sql: """
                     SELECT * FROM entry WHERE queueName = ? AND state = 'pending'
                     AND (leaseExpiresAt IS NULL OR leaseExpiresAt < ?)
                     ORDER BY position \(order) LIMIT 1
-                    """,
+                    """),
                 arguments: [queueName, now])
             else { return nil }
             let entry = try Self.decode(row)
-            try db.execute(sql: "DELETE FROM entry WHERE id = ?", arguments: [entry.id])
+            try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?").execute( arguments: [entry.id])
             return entry
         }
     }
 
     public func entries(queueName: String, state: EntryState) async throws -> [QueueStoreEntry] {
         try await read("read") { db in
-            let rows = try Row.fetchAll(
-                db, sql: "SELECT * FROM entry WHERE queueName = ? AND state = ? ORDER BY position",
+            let rows = try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM entry WHERE queueName = ? AND state = ? ORDER BY position"),
                 arguments: [queueName, state.rawValue])
             return try rows.map(Self.decode)
         }
@@ -417,14 +411,14 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     public func entry(id: Int64) async throws -> QueueStoreEntry? {
         try await read("read") { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM entry WHERE id = ?", arguments: [id]).map(Self.decode)
+            try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM entry WHERE id = ?"), arguments: [id]).map(Self.decode)
         }
     }
 
     public func countEntries(queueName: String, state: EntryState) async throws -> Int {
         let column = state == .pending ? "pendingCount" : "deadCount"
         return try await read("read") { db in
-            try Int.fetchOne(db, sql: "SELECT \(column) FROM queue WHERE name = ?", arguments: [queueName]) ?? 0
+            try Int.fetchOne(try db.cachedStatement(sql: "SELECT \(column) FROM queue WHERE name = ?"), arguments: [queueName]) ?? 0
         }
     }
 
@@ -433,7 +427,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         return try await write("delete from") { db in
             var deleted = 0
             for id in ids {
-                try db.execute(sql: "DELETE FROM entry WHERE id = ?", arguments: [id])
+                try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?").execute( arguments: [id])
                 deleted += db.changesCount
             }
             return deleted
@@ -452,9 +446,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         let ownerValue = owner.rawValue
         return try await write("claim from") { db in
             while true {
-                guard let row = try Row.fetchOne(
-                    db,
-                    sql: "SELECT * FROM entry WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1",
+                guard let row = try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM entry WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1"),
                     arguments: [queueName])
                 else { return .empty }
                 if let lease = Self.liveLease(row, now: nowSeconds), lease.holder != ownerValue {
@@ -475,13 +467,11 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         return try await write("claim from") { db in
             var claimed: [QueueStoreEntry] = []
             // Entries leased by a live holder are skipped; scan a bounded window past them.
-            let rows = try Row.fetchAll(
-                db,
-                sql: """
+            let rows = try Row.fetchAll(try db.cachedStatement(sql: """
                     SELECT * FROM entry WHERE queueName = ? AND state = 'pending'
                     AND (nextAttemptAt IS NULL OR nextAttemptAt <= ?)
                     ORDER BY position LIMIT ?
-                    """,
+                    """),
                 arguments: [queueName, nowSeconds, limit * 4 + 64])
             // Our own live leases are skipped too: those entries are in flight.
             for row in rows where claimed.count < limit && Self.liveLease(row, now: nowSeconds) == nil {
@@ -509,24 +499,20 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         do {
             entry = try decode(row)
         } catch {
-            try db.execute(
-                sql: "UPDATE entry SET state = 'dead', lastError = ?, leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ?",
+            try db.cachedStatement(sql: "UPDATE entry SET state = 'dead', lastError = ?, leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ?").execute(
                 arguments: ["unreadable entry: \(error)", id])
             return nil
         }
-        try db.execute(
-            sql: "UPDATE entry SET leaseOwner = ?, leaseExpiresAt = ? WHERE id = ?", arguments: [owner, expiry, id])
+        try db.cachedStatement(sql: "UPDATE entry SET leaseOwner = ?, leaseExpiresAt = ? WHERE id = ?").execute( arguments: [owner, expiry, id])
         return entry
     }
 
     public func headState(queueName: String) async throws -> HeadState? {
         try await read("read") { db in
-            guard let row = try Row.fetchOne(
-                db,
-                sql: """
+            guard let row = try Row.fetchOne(try db.cachedStatement(sql: """
                     SELECT id, attempts, nextAttemptAt, lastStatus, lastError FROM entry
                     WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1
-                    """,
+                    """),
                 arguments: [queueName])
             else { return nil }
             let next: Double? = row["nextAttemptAt"]
@@ -546,12 +532,12 @@ public final class SQLiteQueueDatabase: QueueDatabase {
                 leaseOwner = NULL, leaseExpiresAt = NULL
                 """
             guard let ids else {
-                try db.execute(sql: reset + " WHERE queueName = ? AND state = 'dead'", arguments: [queueName])
+                try db.cachedStatement(sql: reset + " WHERE queueName = ? AND state = 'dead'").execute( arguments: [queueName])
                 return db.changesCount
             }
             var moved = 0
             for id in ids {
-                try db.execute(sql: reset + " WHERE queueName = ? AND state = 'dead' AND id = ?", arguments: [queueName, id])
+                try db.cachedStatement(sql: reset + " WHERE queueName = ? AND state = 'dead' AND id = ?").execute( arguments: [queueName, id])
                 moved += db.changesCount
             }
             return moved
@@ -560,7 +546,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     public func completeClaim(id: Int64, owner: LeaseOwner) async throws {
         try await write("delete from") { db in
-            try db.execute(sql: "DELETE FROM entry WHERE id = ?", arguments: [id])
+            try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?").execute( arguments: [id])
         }
     }
 
@@ -568,12 +554,11 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         let next = nextAttemptAt?.timeIntervalSince1970
         let ownerValue = owner.rawValue
         try await write("update") { db in
-            try db.execute(
-                sql: """
+            try db.cachedStatement(sql: """
                     UPDATE entry SET attempts = attempts + 1, nextAttemptAt = ?, lastStatus = ?, lastError = ?,
                     lastResponseExcerpt = ?, leaseOwner = NULL, leaseExpiresAt = NULL
                     WHERE id = ? AND (leaseOwner IS NULL OR leaseOwner = ?)
-                    """,
+                    """).execute(
                 arguments: [next, failure.status, failure.error, failure.responseExcerpt, id, ownerValue])
         }
     }
@@ -581,12 +566,11 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     public func deadLetterClaim(id: Int64, owner: LeaseOwner, failure: ReplayFailure) async throws {
         let ownerValue = owner.rawValue
         try await write("update") { db in
-            try db.execute(
-                sql: """
+            try db.cachedStatement(sql: """
                     UPDATE entry SET state = 'dead', attempts = attempts + 1, nextAttemptAt = NULL, lastStatus = ?,
                     lastError = ?, lastResponseExcerpt = ?, leaseOwner = NULL, leaseExpiresAt = NULL
                     WHERE id = ? AND (leaseOwner IS NULL OR leaseOwner = ?)
-                    """,
+                    """).execute(
                 arguments: [failure.status, failure.error, failure.responseExcerpt, id, ownerValue])
         }
     }
@@ -594,15 +578,14 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     public func registerSyncTag(_ tag: String, at date: Date) async throws {
         let seconds = date.timeIntervalSince1970
         try await write("write to") { db in
-            try db.execute(
-                sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING",
+            try db.cachedStatement(sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING").execute(
                 arguments: [tag, seconds])
         }
     }
 
     public func unregisterSyncTag(_ tag: String) async throws {
         try await write("write to") { db in
-            try db.execute(sql: "DELETE FROM syncRegistration WHERE tag = ?", arguments: [tag])
+            try db.cachedStatement(sql: "DELETE FROM syncRegistration WHERE tag = ?").execute( arguments: [tag])
         }
     }
 
