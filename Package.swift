@@ -43,6 +43,8 @@ let package = Package(
                 "BackgroundSync",
                 "LoopbackHTTPServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // `swift run -c release bgsync-bench`: figures as ratios against baselines in one run.

@@ -7,10 +7,17 @@ struct BGSync: AsyncParsableCommand {
         commandName: "bgsync",
         abstract: "Store HTTP requests that failed and replay them later, durably.",
         discussion: """
-            bgsync works on the SQLite database of swift-background-sync queues. \
-            Start with `bgsync demo` to watch a request go offline → queued → online → delivered.
+            bgsync works on the SQLite database of swift-background-sync queues: the file given \
+            with --db, else $BGSYNC_DB, else the library's default file. Start with `bgsync demo` \
+            to watch requests go offline → queued → online → delivered.
+
+            Exit status: 0 done, 1 a retryable failure stopped the work, 2 bad input (one line on \
+            stderr, the database untouched), 3 `send --fail-on-queue` queued the request.
             """,
         version: "0.1.0",
-        subcommands: [Demo.self]
+        subcommands: [
+            Enqueue.self, Send.self, Queues.self, List.self, Show.self, Replay.self, Sync.self,
+            Requeue.self, Purge.self, Run.self, Demo.self,
+        ]
     )
 }

@@ -8,6 +8,26 @@ public enum QueueEnd: Sendable, Hashable {
     case tail
 }
 
+/// A queue as listed by ``QueueDatabase/queueSummaries()``.
+public struct QueueSummary: Sendable, Hashable, Codable {
+    /// The queue's name.
+    public var name: String
+    /// Entries waiting for replay.
+    public var pending: Int
+    /// Dead letters.
+    public var dead: Int
+    /// When the oldest pending entry was queued, if there is one.
+    public var oldestPendingTimestamp: Date?
+
+    /// Creates a summary.
+    public init(name: String, pending: Int, dead: Int, oldestPendingTimestamp: Date?) {
+        self.name = name
+        self.pending = pending
+        self.dead = dead
+        self.oldestPendingTimestamp = oldestPendingTimestamp
+    }
+}
+
 /// What ``QueueDatabase/insertEntry(_:queueName:at:registeringSyncTag:)`` stored.
 public struct InsertedEntry: Sendable, Hashable {
     /// The new entry's id.
@@ -116,6 +136,14 @@ public protocol QueueDatabase: Sendable {
 
     /// The names of the queues that hold or held entries.
     func queueNames() async throws -> [String]
+
+    /// Every queue with its pending and dead-lettered counts and its oldest pending entry's time.
+    func queueSummaries() async throws -> [QueueSummary]
+
+    /// Deletes the entries of a queue (every queue when `queueName` is `nil`) in a state (any state
+    /// when `state` is `nil`); returns how many.
+    @discardableResult
+    func deleteEntries(queueName: String?, state: EntryState?) async throws -> Int
 
     /// Leases the head pending entry of a queue to `owner` until `now + leaseDuration`.
     ///

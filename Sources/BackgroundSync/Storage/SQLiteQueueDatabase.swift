@@ -422,6 +422,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         }
     }
 
+    @discardableResult
     public func deleteEntries(ids: [Int64]) async throws -> Int {
         if ids.isEmpty { return 0 }
         return try await write("delete from") { db in
@@ -437,6 +438,43 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     public func queueNames() async throws -> [String] {
         try await read("read") { db in
             try String.fetchAll(db, sql: "SELECT name FROM queue ORDER BY name")
+        }
+    }
+
+    public func queueSummaries() async throws -> [QueueSummary] {
+        try await read("read") { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT name, pendingCount, deadCount,
+                        (SELECT MIN(timestamp) FROM entry WHERE queueName = queue.name AND state = 'pending') AS oldest
+                    FROM queue ORDER BY name
+                    """)
+            return rows.map { row in
+                let oldest: Double? = row["oldest"]
+                return QueueSummary(
+                    name: row["name"], pending: row["pendingCount"], dead: row["deadCount"],
+                    oldestPendingTimestamp: oldest.map(Date.init(timeIntervalSince1970:)))
+            }
+        }
+    }
+
+    @discardableResult
+    public func deleteEntries(queueName: String?, state: EntryState?) async throws -> Int {
+        var conditions: [String] = []
+        var arguments: StatementArguments = []
+        if let queueName {
+            conditions.append("queueName = ?")
+            arguments += [queueName]
+        }
+        if let state {
+            conditions.append("state = ?")
+            arguments += [state.rawValue]
+        }
+        let filter = conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND ")
+        return try await write("delete from") { [arguments] db in
+            try db.execute(sql: "DELETE FROM entry" + filter, arguments: arguments)
+            return db.changesCount
         }
     }
 
@@ -525,6 +563,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         }
     }
 
+    @discardableResult
     public func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int {
         try await write("update") { db in
             let reset = """

@@ -27,16 +27,22 @@ public final class SyncService: Service {
         public var clock: any WallClock
         /// Where the service logs. Default: a logger labelled `background-sync.service`.
         public var logger: Logger
+        /// How often to look at the database for work other processes left (new queues, new
+        /// registrations); `nil` never looks, which suits a process that is the only writer.
+        /// Default: `nil`. `bgsync run` uses 1 second.
+        public var pollInterval: Duration?
 
         /// Creates a configuration; every parameter has its default.
         public init(
             connectivity: (any ConnectivityMonitor)? = ConnectivityMonitors.system(),
             clock: any WallClock = SystemWallClock(),
-            logger: Logger = Logger(label: "background-sync.service")
+            logger: Logger = Logger(label: "background-sync.service"),
+            pollInterval: Duration? = nil
         ) {
             self.connectivity = connectivity
             self.clock = clock
             self.logger = logger
+            self.pollInterval = pollInterval
         }
     }
 
@@ -46,11 +52,22 @@ public final class SyncService: Service {
         case registered
         case connectivity(ConnectivityStatus)
         case timer
+        case poll
         case shutdown
     }
 
-    /// The queues whose syncs the service runs.
-    public let queues: [Queue]
+    /// Where queues come from: a fixed list, or every queue of a database.
+    private enum Source {
+        case fixed(SyncManager?)
+        case discovered(database: any QueueDatabase, options: QueueOptions, manager: SyncManager)
+    }
+
+    private let source: Source
+    private let queueList: Locked<[Queue]>
+
+    /// The queues whose syncs the service runs (with ``init(database:options:configuration:)``,
+    /// those found so far).
+    public var queues: [Queue] { queueList.withLock { $0 } }
     /// The configuration.
     public let configuration: Configuration
     /// Backoff of syncs that failed without an entry to carry the schedule (custom `onSync`).
@@ -60,12 +77,41 @@ public final class SyncService: Service {
     /// Creates a service for `queues`, which must share one ``SyncManager`` (they do when they
     /// share a database and were not given managers).
     public init(queues: [Queue], configuration: Configuration = Configuration()) {
-        self.queues = queues
+        self.source = .fixed(queues.first?.syncManager)
+        self.queueList = Locked(queues)
         self.configuration = configuration
     }
 
+    /// Creates a service for every queue of `database`, those there at start and those other
+    /// processes create later (seen at each ``Configuration/pollInterval``), each opened with
+    /// `options`: what `bgsync run` does.
+    public init(database: any QueueDatabase, options: QueueOptions = QueueOptions(), configuration: Configuration = Configuration()) {
+        self.source = .discovered(database: database, options: options, manager: SyncManager.shared(for: database))
+        self.queueList = Locked([])
+        self.configuration = configuration
+    }
+
+    /// Opens the queues of the database that the service does not run yet.
+    private func discoverQueues() async throws {
+        guard case .discovered(let database, let options, let manager) = source else { return }
+        let known = Set(queues.map(\.name))
+        for name in try await database.queueNames() where !known.contains(name) {
+            let queue = try Queue(name: name, options: options, database: database, syncManager: manager)
+            queueList.withLock { $0.append(queue) }
+            configuration.logger.info("replaying queue", metadata: ["queue": "\(name)"])
+        }
+    }
+
     public func run() async throws {
-        guard let manager = queues.first?.syncManager else { return }
+        let manager: SyncManager
+        switch source {
+        case .fixed(let first):
+            guard let first else { return }
+            manager = first
+        case .discovered(_, _, let shared):
+            manager = shared
+            try await discoverQueues()
+        }
         guard queues.allSatisfy({ $0.syncManager === manager }) else {
             throw BackgroundSyncError(.invalidRequest, "the queues of a SyncService must share one SyncManager")
         }
@@ -92,12 +138,21 @@ public final class SyncService: Service {
                         trigger.yield(.registered)
                     }
                 }
+                if let interval = configuration.pollInterval {
+                    let clock = configuration.clock
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try await clock.sleep(until: clock.now.addingTimeInterval(interval.timeInterval))
+                            trigger.yield(.poll)
+                        }
+                    }
+                }
                 try await loop(triggers: triggers, trigger: trigger, manager: manager)
                 group.cancelAll()
             }
-        } onGracefulShutdown: { [queues, shuttingDown] in
+        } onGracefulShutdown: { [queueList, shuttingDown] in
             shuttingDown.withLock { $0 = true }
-            queues.forEach { $0.requestStop() }
+            queueList.withLock { $0.forEach { $0.requestStop() } }
             trigger.yield(.shutdown)
         }
         configuration.logger.info("sync service stopped")
@@ -122,6 +177,13 @@ public final class SyncService: Service {
                 configuration.logger.debug("connectivity changed", metadata: ["status": "\(status)"])
                 if regained { await syncDue(.connectivity(.online), manager: manager) }
             case .start, .registered, .timer:
+                if online { await syncDue(current, manager: manager) }
+            case .poll:
+                do {
+                    try await discoverQueues()
+                } catch {
+                    configuration.logger.info("cannot list the queues", metadata: ["error": "\(error)"])
+                }
                 if online { await syncDue(current, manager: manager) }
             }
             // Wait for the next trigger, or for the earliest backoff deadline.

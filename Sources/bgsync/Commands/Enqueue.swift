@@ -1,0 +1,29 @@
+import ArgumentParser
+import BackgroundSync
+import Foundation
+
+/// `bgsync enqueue URL ...`: stores a request without trying the network.
+struct Enqueue: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Store a request in a queue without trying the network; print its id.",
+        discussion: """
+            Example:
+              bgsync enqueue https://api.example.com/posts --queue posts \\
+                -H 'Content-Type: application/json' -d '{"title":"Hello"}'
+            """)
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var request: RequestOptions
+
+    func run() async throws {
+        try await reportingErrors {
+            let urlRequest = try request.request()
+            let queue = try Queue(
+                name: request.queue, options: request.queueOptions, database: try database.open(create: true))
+            if request.dropsSecrets {
+                printError("warning: secret headers are not stored; pass --store-secrets to keep them")
+            }
+            print(try await queue.pushRequest(urlRequest))
+        }
+    }
+}

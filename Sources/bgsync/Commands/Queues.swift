@@ -1,0 +1,52 @@
+import ArgumentParser
+import BackgroundSync
+import Foundation
+
+/// `bgsync queues`: every queue with its counts.
+struct Queues: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List every queue with its pending and dead-lettered entries and the oldest entry's age.",
+        discussion: "Example:\n  bgsync queues --db /var/lib/app/queue.sqlite")
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var output: OutputOptions
+
+    struct View: Encodable {
+        var name: String
+        var pending: Int
+        var dead: Int
+        var oldestQueuedAt: Date?
+        var oldestAgeSeconds: Int?
+
+        /// Every field is written, `null` when there is no pending entry.
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(name, forKey: .name)
+            try c.encode(pending, forKey: .pending)
+            try c.encode(dead, forKey: .dead)
+            try c.encode(oldestQueuedAt, forKey: .oldestQueuedAt)
+            try c.encode(oldestAgeSeconds, forKey: .oldestAgeSeconds)
+        }
+
+        private enum CodingKeys: String, CodingKey {
+            case name, pending, dead, oldestQueuedAt, oldestAgeSeconds
+        }
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            let now = Date()
+            let views = try await database.open(create: false).queueSummaries().map { summary in
+                View(
+                    name: summary.name, pending: summary.pending, dead: summary.dead,
+                    oldestQueuedAt: summary.oldestPendingTimestamp,
+                    oldestAgeSeconds: summary.oldestPendingTimestamp.map { Int(now.timeIntervalSince($0)) })
+            }
+            if output.json { return try printJSON(views) }
+            if views.isEmpty { return print("no queues") }
+            print(table(
+                ["QUEUE", "PENDING", "DEAD", "OLDEST"],
+                views.map { ["\($0.name)", "\($0.pending)", "\($0.dead)", $0.oldestAgeSeconds.map { formatAge(Double($0)) } ?? "-"] }))
+        }
+    }
+}

@@ -1,0 +1,49 @@
+import ArgumentParser
+import BackgroundSync
+import Foundation
+
+/// `bgsync requeue ID | --all-dead`.
+struct Requeue: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Put dead letters back in their queue, at their old place, with attempts reset.",
+        discussion: "Examples:\n  bgsync requeue 42\n  bgsync requeue --all-dead --queue posts")
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Argument(help: "The dead letter's id.")
+    var id: Int64?
+
+    @Flag(help: "Requeue every dead letter (of --queue, or of every queue).")
+    var allDead = false
+
+    @Option(help: "With --all-dead: only this queue.")
+    var queue: String?
+
+    func validate() throws {
+        if (id == nil) == !allDead {
+            throw ValidationError("give either an entry id or --all-dead")
+        }
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            let db = try database.open(create: false)
+            if let id {
+                guard let entry = try await db.entry(id: id) else { throw CLIError("no entry with id \(id)") }
+                guard entry.state == .dead else { throw CLIError("entry \(id) is not a dead letter") }
+                try await db.requeueDeadEntries(queueName: entry.queueName, ids: [id])
+                try await SyncManager(database: db).register("background-sync:" + entry.queueName)
+                return print("requeued entry \(id) in '\(entry.queueName)'")
+            }
+            let known = try await db.queueNames()
+            if let queue, !known.contains(queue) { throw CLIError("no queue named '\(queue)'") }
+            var total = 0
+            for name in queue.map({ [$0] }) ?? known {
+                let moved = try await db.requeueDeadEntries(queueName: name, ids: nil)
+                if moved > 0 { try await SyncManager(database: db).register("background-sync:" + name) }
+                total += moved
+            }
+            print("requeued \(total) dead letters")
+        }
+    }
+}

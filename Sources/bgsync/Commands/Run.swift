@@ -1,0 +1,72 @@
+import ArgumentParser
+import BackgroundSync
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// `bgsync run`: the daemon.
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Replay every queue of the database automatically, as a daemon.",
+        discussion: """
+            Runs a SyncService over the database: at start, when a request is queued (by any \
+            process: the database is polled), when connectivity returns (netlink on Linux) and when \
+            a backoff ends. Logs to stderr. SIGTERM or SIGINT stops it gracefully: sends in flight \
+            finish, their entries are deleted or stay queued, nothing is lost.
+
+            Example:
+              bgsync run --db /var/lib/app/queue.sqlite
+            """)
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: "Seconds between looks at the database for work other processes queued.")
+    var pollInterval: Double = 1
+
+    @Option(help: "Also probe this URL to tell a reachable server from a mere network route.")
+    var probeURL: String?
+
+    @Flag(help: "Do not watch connectivity: assume the network is always up.")
+    var noConnectivityMonitor = false
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("unknown log level '\(logLevel)'")
+        }
+        guard pollInterval > 0 else { throw ValidationError("--poll-interval must be positive") }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "bgsync")
+        var service: SyncService?
+        try await reportingErrors {
+            let db = try database.open(create: true)
+            var connectivity: (any ConnectivityMonitor)? = noConnectivityMonitor ? nil : ConnectivityMonitors.system()
+            if let probeURL {
+                guard let url = URL(string: probeURL), url.scheme == "http" || url.scheme == "https" else {
+                    throw CLIError("invalid --probe-url '\(probeURL)'")
+                }
+                connectivity = ProbeConnectivityMonitor(url: url, base: connectivity)
+            }
+            service = SyncService(
+                database: db, options: QueueOptions(logger: logger),
+                configuration: .init(
+                    connectivity: connectivity, logger: logger,
+                    pollInterval: .milliseconds(Int64(pollInterval * 1000))))
+            logger.info("bgsync run: replaying the queues of \(db.path)")
+        }
+        guard let service else { return }
+        let group = ServiceGroup(
+            services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
+    }
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+import BackgroundSync
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// `bgsync send URL ...`: tries now, queues on failure.
+struct Send: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send a request now; if it cannot be delivered, store it in a queue for later.",
+        discussion: """
+            Prints what happened. Exit status: 0 when sent or queued, 3 when queued and \
+            --fail-on-queue is given, 1 when the server refused it (a 4xx other than \
+            401/403/408/425/429: retrying would not help, so it is not queued), 2 for bad input.
+
+            Example:
+              bgsync send https://api.example.com/posts --queue posts -d '{"title":"Hello"}'
+            """)
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var request: RequestOptions
+
+    @Flag(help: "Exit with status 3 when the request was queued instead of sent.")
+    var failOnQueue = false
+
+    @Option(help: "Seconds to wait for the server before queueing.")
+    var timeout: Double = 30
+
+    func run() async throws {
+        try await reportingErrors {
+            var urlRequest = try request.request()
+            urlRequest.timeoutInterval = timeout
+            let reason: String
+            do {
+                let (_, response) = try await URLSessionTransport().send(urlRequest)
+                switch ReplayDecision.forStatus(response.statusCode) {
+                case .delivered:
+                    print("sent: HTTP \(response.statusCode)")
+                    return
+                case .deadLetter:
+                    print("refused by the server: HTTP \(response.statusCode) (not queued)")
+                    throw ExitStatus.retryableFailure
+                case .retry, .pauseForAuthentication:
+                    reason = "HTTP \(response.statusCode)"
+                }
+            } catch let error as URLError {
+                reason = error.localizedDescription
+            }
+            let queue = try Queue(
+                name: request.queue, options: request.queueOptions, database: try database.open(create: true))
+            let id = try await queue.pushRequest(urlRequest)
+            print("queued as entry \(id) in '\(request.queue)' (\(reason))")
+            if failOnQueue { throw ExitStatus.queued }
+        }
+    }
+}

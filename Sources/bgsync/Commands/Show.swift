@@ -1,0 +1,51 @@
+import ArgumentParser
+import BackgroundSync
+import Foundation
+
+/// `bgsync show ID`: one entry in full, secrets masked.
+struct Show: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show one entry: its request with headers (secrets masked) and body, and its replay history.",
+        discussion: "Example:\n  bgsync show 42")
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var output: OutputOptions
+
+    @Argument(help: "The entry id.")
+    var id: Int64
+
+    func run() async throws {
+        try await reportingErrors {
+            guard let entry = try await database.open(create: false).entry(id: id) else {
+                throw CLIError("no entry with id \(id)")
+            }
+            let view = EntryView(entry, now: Date(), details: true)
+            if output.json { return try printJSON(view) }
+            var lines = [
+                "entry \(view.id) in '\(view.queue)' (\(view.state))",
+                "\(view.method) \(view.url)",
+            ]
+            for (name, value) in (view.headers ?? [:]).sorted(by: { $0.key < $1.key }) {
+                lines.append("\(name): \(value)")
+            }
+            lines.append("")
+            if let body = view.body {
+                lines.append(body)
+            } else if let bytes = view.bodyBytes {
+                lines.append("(\(bytes) bytes of binary body)")
+            } else {
+                lines.append("(no body)")
+            }
+            lines.append("")
+            lines.append("queued \(formatAge(Double(view.ageSeconds))) ago, \(view.attempts) failed attempts")
+            if let next = view.nextAttemptAt { lines.append("next attempt at \(next)") }
+            if let status = view.lastStatus { lines.append("last status: HTTP \(status)") }
+            if let error = view.lastError { lines.append("last error: \(error)") }
+            if let key = view.idempotencyKey { lines.append("idempotency key: \(key)") }
+            if let metadata = view.metadata, !metadata.isEmpty {
+                lines.append("metadata: " + metadata.sorted(by: { $0.key < $1.key }).map { "\($0)=\($1)" }.joined(separator: ", "))
+            }
+            print(lines.joined(separator: "\n"))
+        }
+    }
+}

@@ -1,0 +1,120 @@
+import BackgroundSync
+import Foundation
+import Logging
+
+/// A logger that drops everything: commands report on stdout/stderr themselves.
+let quietLogger = Logger(label: "bgsync") { _ in SwiftLogNoOpLogHandler() }
+
+/// "3s", "5m", "2h", "4d".
+func formatAge(_ seconds: TimeInterval) -> String {
+    let value = max(0, Int(seconds))
+    switch value {
+    case ..<60: return "\(value)s"
+    case ..<3600: return "\(value / 60)m"
+    case ..<86400: return "\(value / 3600)h"
+    default: return "\(value / 86400)d"
+    }
+}
+
+/// Left-aligned columns.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    let all = [header] + rows
+    let widths = header.indices.map { column in all.map { $0[column].count }.max() ?? 0 }
+    return all.map { row in
+        row.enumerated().map { index, cell in
+            index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+        }.joined(separator: "  ")
+    }.joined(separator: "\n")
+}
+
+/// Encodes a value as the JSON the read commands print (sorted keys, ISO 8601 dates).
+func printJSON(_ value: some Encodable) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+    encoder.dateEncodingStrategy = .iso8601
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// Whether a file descriptor is a terminal.
+func isTerminal(_ fd: Int32) -> Bool {
+    isatty(fd) == 1
+}
+
+/// An entry as listed and shown, with stable JSON field names.
+struct EntryView: Encodable {
+    var id: Int64
+    var queue: String
+    var state: String
+    var method: String
+    var url: String
+    var queuedAt: Date
+    var ageSeconds: Int
+    var attempts: Int
+    var nextAttemptAt: Date?
+    var lastStatus: Int?
+    var lastError: String?
+    var idempotencyKey: String?
+    var metadata: [String: String]?
+    var headers: [String: String]?
+    var body: String?
+    var bodyBase64: String?
+    var bodyBytes: Int?
+
+    private enum CodingKeys: String, CodingKey {
+        case id, queue, state, method, url, queuedAt, ageSeconds, attempts, nextAttemptAt, lastStatus, lastError
+        case idempotencyKey, metadata, headers, body, bodyBase64, bodyBytes
+    }
+
+    /// Every field is written, `null` when empty, so that scripts always find the same keys
+    /// (`headers` and the body fields only in `show`).
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(queue, forKey: .queue)
+        try c.encode(state, forKey: .state)
+        try c.encode(method, forKey: .method)
+        try c.encode(url, forKey: .url)
+        try c.encode(queuedAt, forKey: .queuedAt)
+        try c.encode(ageSeconds, forKey: .ageSeconds)
+        try c.encode(attempts, forKey: .attempts)
+        try c.encode(nextAttemptAt, forKey: .nextAttemptAt)
+        try c.encode(lastStatus, forKey: .lastStatus)
+        try c.encode(lastError, forKey: .lastError)
+        try c.encode(idempotencyKey, forKey: .idempotencyKey)
+        try c.encode(metadata, forKey: .metadata)
+        if let headers {
+            try c.encode(headers, forKey: .headers)
+            try c.encode(body, forKey: .body)
+            try c.encode(bodyBase64, forKey: .bodyBase64)
+            try c.encode(bodyBytes ?? 0, forKey: .bodyBytes)
+        }
+    }
+
+    /// Header values that are never printed.
+    static let masked: Set<String> = ["authorization", "cookie", "proxy-authorization"]
+
+    init(_ entry: QueueStoreEntry, now: Date, details: Bool) {
+        id = entry.id
+        queue = entry.queueName
+        state = entry.state.rawValue
+        method = entry.requestData.method
+        url = entry.requestData.url
+        queuedAt = entry.timestamp
+        ageSeconds = Int(now.timeIntervalSince(entry.timestamp))
+        attempts = entry.attempts
+        nextAttemptAt = entry.nextAttemptAt
+        lastStatus = entry.lastStatus
+        lastError = entry.lastError
+        idempotencyKey = entry.idempotencyKey
+        metadata = entry.metadata
+        guard details else { return }
+        var headers = entry.requestData.headers
+        for name in headers.keys where Self.masked.contains(name) { headers[name] = "(masked)" }
+        if entry.sealedSecrets != nil { headers["(encrypted secret headers)"] = "(masked)" }
+        self.headers = headers
+        if let data = entry.requestData.body {
+            bodyBytes = data.count
+            if let text = String(data: data, encoding: .utf8) { body = text } else { bodyBase64 = data.base64EncodedString() }
+        }
+    }
+}
