@@ -90,21 +90,7 @@ struct ConnectivityTests {
             process.terminate()
             process.waitUntilExit()
         }
-        let (lines, continuation) = AsyncStream.makeStream(of: String.self)
-        Thread {
-            var buffer = Data()
-            while true {
-                let chunk = output.fileHandleForReading.availableData
-                if chunk.isEmpty { break }
-                buffer.append(chunk)
-                while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
-                    continuation.yield(String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self))
-                    buffer.removeSubrange(buffer.startIndex...newline)
-                }
-            }
-            continuation.finish()
-        }.start()
-        var statuses = lines.makeAsyncIterator()
+        var statuses = lines(of: output).makeAsyncIterator()
         #expect(await statuses.next() == "offline")
 
         let inNamespace = ["/usr/bin/nsenter", "-t", "\(process.processIdentifier)", "-n"]

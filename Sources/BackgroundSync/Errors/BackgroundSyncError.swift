@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 
 /// The one error type thrown by the `BackgroundSync` module.
 ///
@@ -81,7 +84,16 @@ public struct BackgroundSyncError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         var text = message
         if let queueName { text += " (queue '\(queueName)')" }
-        if let underlying { text += ": \(String(describing: underlying))" }
+        if let underlying { text += ": " + describeError(underlying) }
         return text
     }
+}
+
+/// A one-line description of an error: Foundation's URL errors by their message (their default
+/// description dumps the whole `userInfo`), others as they describe themselves.
+func describeError(_ error: any Error) -> String {
+    if let error = error as? URLError {
+        return "\(error.localizedDescription) (URLError \(error.code.rawValue))"
+    }
+    return String(describing: error)
 }

@@ -578,7 +578,7 @@ public actor Queue {
                 request = try await hook(request, entry)
             } catch {
                 return try await retry(
-                    entry, ReplayFailure(error: "requestWillReplay failed: \(error)"), retryAfter: nil,
+                    entry, ReplayFailure(error: "requestWillReplay failed: " + describeError(error)), retryAfter: nil,
                     message: "requestWillReplay failed for \(target)", underlying: error)
             }
         }
@@ -588,7 +588,7 @@ public actor Queue {
             (body, http) = try await transport.send(request)
         } catch {
             return try await retry(
-                entry, ReplayFailure(error: "\(error)"), retryAfter: nil,
+                entry, ReplayFailure(error: describeError(error)), retryAfter: nil,
                 message: "replay of \(target) got no response", underlying: error)
         }
         var headers: [String: String] = [:]

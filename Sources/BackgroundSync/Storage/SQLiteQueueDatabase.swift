@@ -35,11 +35,15 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         public var synchronous: Synchronous
         /// How long a write waits for another process's lock before failing. Default: 10 seconds.
         public var busyTimeout: Duration
+        /// Open without ever writing to the file (for inspection tools): the file must exist and be
+        /// up to date; every write throws. Default: `false`.
+        public var readOnly: Bool
 
         /// Creates a configuration; every parameter has its default.
-        public init(synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(10)) {
+        public init(synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(10), readOnly: Bool = false) {
             self.synchronous = synchronous
             self.busyTimeout = busyTimeout
+            self.readOnly = readOnly
         }
     }
 
@@ -62,15 +66,25 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         self.path = url.path
         self.identity = "sqlite:" + url.resolvingSymlinksInPath().path
         self.ownedDirectory = ownedDirectory
-        let config = Self.grdbConfiguration(configuration)
+        var config = Self.grdbConfiguration(configuration)
         if FileManager.default.fileExists(atPath: url.path) {
             try Self.checkExistingFile(at: url.path, configuration: config)
+        } else if configuration.readOnly {
+            throw BackgroundSyncError(.storage, "no database at '\(url.path)'")
         } else {
             try Self.createFile(at: url)
         }
+        config.readonly = configuration.readOnly
         do {
             let pool = try DatabasePool(path: url.path, configuration: config)
-            try Self.migrator.migrate(pool)
+            if configuration.readOnly {
+                guard try pool.read(Self.migrator.hasCompletedMigrations) else {
+                    throw BackgroundSyncError(
+                        .storage, "'\(url.path)' needs an upgrade to this version's schema; open it once for writing")
+                }
+            } else {
+                try Self.migrator.migrate(pool)
+            }
             writer = pool
         } catch {
             throw Self.mapError(error, path: url.path, action: "open")

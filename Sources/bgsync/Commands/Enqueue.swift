@@ -19,7 +19,7 @@ struct Enqueue: AsyncParsableCommand {
         try await reportingErrors {
             let urlRequest = try request.request()
             let queue = try Queue(
-                name: request.queue, options: request.queueOptions, database: try database.open(create: true))
+                name: request.queue, options: request.queueOptions, database: try database.open(.create))
             if request.dropsSecrets {
                 printError("warning: secret headers are not stored; pass --store-secrets to keep them")
             }

@@ -19,7 +19,7 @@ struct List: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let db = try database.open(create: false)
+            let db = try database.open(.read)
             let known = try await db.queueNames()
             if let queue, !known.contains(queue) {
                 throw CLIError("no queue named '\(queue)'")

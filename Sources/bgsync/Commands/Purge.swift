@@ -27,7 +27,7 @@ struct Purge: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let db = try database.open(create: false)
+            let db = try database.open(.write)
             let summaries = try await db.queueSummaries().filter { queue == nil || $0.name == queue }
             if let queue, summaries.isEmpty { throw CLIError("no queue named '\(queue)'") }
             let count = summaries.reduce(0) { $0 + $1.dead + (dead ? 0 : $1.pending) }

@@ -36,7 +36,7 @@ struct Queues: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let now = Date()
-            let views = try await database.open(create: false).queueSummaries().map { summary in
+            let views = try await database.open(.read).queueSummaries().map { summary in
                 View(
                     name: summary.name, pending: summary.pending, dead: summary.dead,
                     oldestQueuedAt: summary.oldestPendingTimestamp,

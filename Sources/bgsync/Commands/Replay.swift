@@ -23,7 +23,7 @@ struct Replay: AsyncParsableCommand {
     func run() async throws {
         var stopped = false
         try await reportingErrors {
-            let db = try database.open(create: false)
+            let db = try database.open(.write)
             let known = try await db.queueNames()
             if let queue, !known.contains(queue) {
                 throw CLIError("no queue named '\(queue)'")

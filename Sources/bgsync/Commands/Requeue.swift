@@ -27,7 +27,7 @@ struct Requeue: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let db = try database.open(create: false)
+            let db = try database.open(.write)
             if let id {
                 guard let entry = try await db.entry(id: id) else { throw CLIError("no entry with id \(id)") }
                 guard entry.state == .dead else { throw CLIError("entry \(id) is not a dead letter") }

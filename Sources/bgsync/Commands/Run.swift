@@ -49,7 +49,7 @@ struct Run: AsyncParsableCommand {
         let logger = Logger(label: "bgsync")
         var service: SyncService?
         try await reportingErrors {
-            let db = try database.open(create: true)
+            let db = try database.open(.create)
             var connectivity: (any ConnectivityMonitor)? = noConnectivityMonitor ? nil : ConnectivityMonitors.system()
             if let probeURL {
                 guard let url = URL(string: probeURL), url.scheme == "http" || url.scheme == "https" else {

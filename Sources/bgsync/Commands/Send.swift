@@ -48,7 +48,7 @@ struct Send: AsyncParsableCommand {
                 reason = error.localizedDescription
             }
             let queue = try Queue(
-                name: request.queue, options: request.queueOptions, database: try database.open(create: true))
+                name: request.queue, options: request.queueOptions, database: try database.open(.create))
             let id = try await queue.pushRequest(urlRequest)
             print("queued as entry \(id) in '\(request.queue)' (\(reason))")
             if failOnQueue { throw ExitStatus.queued }

@@ -25,7 +25,7 @@ struct Sync: AsyncParsableCommand {
     func run() async throws {
         var failed = false
         try await reportingErrors {
-            let db = try database.open(create: false)
+            let db = try database.open(.write)
             let prefix = "background-sync:"
             let name = tag.hasPrefix(prefix) ? String(tag.dropFirst(prefix.count)) : ""
             guard !name.isEmpty, try await db.queueNames().contains(name) else {

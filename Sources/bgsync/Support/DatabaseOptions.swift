@@ -19,14 +19,24 @@ struct DatabaseOptions: ParsableArguments {
         return SQLiteQueueDatabase.defaultPath()
     }
 
-    /// Opens the database. Read-only commands pass `create: false`, so that a mistyped path is
-    /// reported instead of creating an empty database there.
-    func open(create: Bool) throws -> SQLiteQueueDatabase {
+    /// How a command uses the database.
+    enum Access {
+        /// Creates the file if missing (enqueue, send, run).
+        case create
+        /// Changes an existing database (replay, sync, requeue, purge).
+        case write
+        /// Only reads, and never writes a byte to the file (queues, list, show).
+        case read
+    }
+
+    /// Opens the database. Commands that do not create report a missing file instead of creating
+    /// an empty database at a mistyped path.
+    func open(_ access: Access) throws -> SQLiteQueueDatabase {
         let path = resolvedPath
-        if !create && !FileManager.default.fileExists(atPath: path) {
+        if access != .create && !FileManager.default.fileExists(atPath: path) {
             throw CLIError("no database at '\(path)'")
         }
-        return try SQLiteQueueDatabase(path: path)
+        return try SQLiteQueueDatabase(path: path, configuration: .init(readOnly: access == .read))
     }
 }
 

@@ -102,3 +102,22 @@ func builtProductURL(_ name: String) -> URL {
     }
     return candidates[0].appendingPathComponent(name)
 }
+
+/// The lines a child process writes to `pipe`, as they come (read on a thread of their own).
+func lines(of pipe: Pipe) -> AsyncStream<String> {
+    let (stream, continuation) = AsyncStream.makeStream(of: String.self)
+    Thread {
+        var buffer = Data()
+        while true {
+            let chunk = pipe.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            buffer.append(chunk)
+            while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                continuation.yield(String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self))
+                buffer.removeSubrange(buffer.startIndex...newline)
+            }
+        }
+        continuation.finish()
+    }.start()
+    return stream
+}

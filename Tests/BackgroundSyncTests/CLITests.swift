@@ -1,0 +1,292 @@
+import BackgroundSync
+import Foundation
+import LoopbackHTTPServer
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The output of one run of the built `bgsync` binary.
+struct CLIRun {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs the built `bgsync` with `arguments` (stdin is /dev/null: not a terminal).
+func bgsync(_ arguments: [String], environment: [String: String] = [:]) throws -> CLIRun {
+    let process = Process()
+    process.executableURL = builtProductURL("bgsync")
+    process.arguments = arguments
+    var env = ProcessInfo.processInfo.environment
+    env["BGSYNC_DB"] = nil
+    env.merge(environment) { $1 }
+    process.environment = env
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    // Read both pipes while the child runs, so neither fills up.
+    let errData = Box(Data())
+    let reader = Thread { errData.withLock { $0 = err.fileHandleForReading.readDataToEndOfFile() } }
+    reader.start()
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    while reader.isExecuting || !reader.isFinished { usleep(1000) }
+    return CLIRun(
+        status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+        stderr: String(decoding: errData.current, as: UTF8.self))
+}
+
+@Suite("bgsync commands, run as a binary", .timeLimit(.minutes(2)))
+struct CLITests {
+    let folder: URL
+    let db: String
+
+    init() throws {
+        folder = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        db = folder.appendingPathComponent("queue.sqlite").path
+    }
+
+    private func run(_ arguments: [String]) throws -> CLIRun {
+        try bgsync(arguments + ["--db", db])
+    }
+
+    @Test func enqueueListShowAndQueues() throws {
+        let first = try run(["enqueue", "https://api.example.com/posts", "--queue", "posts",
+                             "-H", "Content-Type: application/json", "-H", "Authorization: Bearer secret-token",
+                             "--store-secrets", "-d", #"{"title":"Hello"}"#])
+        #expect(first.status == 0, "\(first.stderr)")
+        #expect(first.stdout == "1\n")
+        let second = try run(["enqueue", "https://api.example.com/comments", "-X", "PUT", "-d", "x"])
+        #expect(second.stdout == "2\n")
+
+        let list = try run(["list"])
+        #expect(list.status == 0)
+        #expect(list.stdout.contains("POST    https://api.example.com/posts"))
+        #expect(list.stdout.contains("PUT     https://api.example.com/comments"))
+
+        let show = try run(["show", "1"])
+        #expect(show.stdout.contains("POST https://api.example.com/posts"))
+        #expect(show.stdout.contains("authorization: (masked)"))
+        #expect(!show.stdout.contains("secret-token"))
+        #expect(show.stdout.contains(#"{"title":"Hello"}"#))
+
+        let queues = try run(["queues", "--json"])
+        let parsed = try JSONSerialization.jsonObject(with: Data(queues.stdout.utf8)) as? [[String: Any]]
+        #expect(parsed?.map { $0["name"] as? String } == ["default", "posts"])
+        #expect(parsed?.allSatisfy { $0["pending"] as? Int == 1 && $0["dead"] as? Int == 0 && $0.keys.contains("oldestAgeSeconds") } == true)
+
+        let listed = try JSONSerialization.jsonObject(with: Data(try run(["list", "--json"]).stdout.utf8)) as? [[String: Any]]
+        #expect(Set(listed?.first?.keys.map { $0 } ?? []) == [
+            "id", "queue", "state", "method", "url", "queuedAt", "ageSeconds", "attempts", "nextAttemptAt",
+            "lastStatus", "lastError", "idempotencyKey", "metadata",
+        ])
+        let shown = try JSONSerialization.jsonObject(with: Data(try run(["show", "1", "--json"]).stdout.utf8)) as? [String: Any]
+        #expect((shown?["headers"] as? [String: String])?["authorization"] == "(masked)")
+        #expect(shown?["body"] as? String == #"{"title":"Hello"}"#)
+    }
+
+    @Test func sendDeliversOrQueues() throws {
+        let server = try RecordingServer()
+        server.respond { request, _ in
+            request.path == "/missing" ? .respond(.text("no", status: 404)) : .respond(.text("ok", status: 201))
+        }
+        let sent = try run(["send", server.url.absoluteString, "-d", "now"])
+        #expect(sent.status == 0)
+        #expect(sent.stdout == "sent: HTTP 201\n")
+
+        let refused = try run(["send", server.server.baseURL.appendingPathComponent("missing").absoluteString, "-d", "x"])
+        #expect(refused.status == 1)
+        #expect(refused.stdout.contains("HTTP 404 (not queued)"))
+
+        let port = server.server.port
+        server.server.stop()
+        let queued = try run(["send", server.url.absoluteString, "-d", "later", "--queue", "posts"])
+        #expect(queued.status == 0)
+        #expect(queued.stdout.hasPrefix("queued as entry"))
+        let strict = try run(["send", server.url.absoluteString, "-d", "later2", "--queue", "posts", "--fail-on-queue"])
+        #expect(strict.status == 3)
+
+        try server.server.start(port: port)
+        let replay = try run(["replay"])
+        #expect(replay.status == 0, "\(replay.stdout)\(replay.stderr)")
+        #expect(replay.stdout.contains("posts: delivered #1"))
+        #expect(replay.stdout.contains("posts: drained, 2 delivered"))
+        #expect(server.bodies == ["now", "x", "later", "later2"])
+    }
+
+    @Test func replayStopsOnARetryableFailureWithStatusOne() throws {
+        let server = try RecordingServer()
+        server.respond { _, _ in .respond(.text("down", status: 503)) }
+        _ = try run(["enqueue", server.url.absoluteString, "-d", "a", "--queue", "q"])
+        let replay = try run(["replay", "--queue", "q"])
+        #expect(replay.status == 1)
+        #expect(replay.stdout.contains("q: stopped, 1 left"))
+        let list = try run(["list", "--queue", "q"])
+        #expect(list.stdout.contains("HTTP 503"))
+    }
+
+    @Test func syncDispatchesTheTagOfAQueue() throws {
+        let server = try RecordingServer()
+        _ = try run(["enqueue", server.url.absoluteString, "-d", "synced", "--queue", "posts"])
+        let sync = try run(["sync", "--tag", "background-sync:posts"])
+        #expect(sync.status == 0, "\(sync.stderr)")
+        #expect(sync.stdout.contains("succeeded; 0 entries left"))
+        #expect(server.bodies == ["synced"])
+    }
+
+    @Test func deadLettersCanBeRequeuedAndPurged() throws {
+        let server = try RecordingServer()
+        let accept = Box(false)
+        server.respond { _, _ in accept.current ? .respond(.text("ok")) : .respond(.text("bad", status: 422)) }
+        for body in ["a", "b", "c"] {
+            _ = try run(["enqueue", server.url.absoluteString, "-d", body, "--queue", "q"])
+        }
+        #expect(try run(["replay"]).stdout.contains("3 dead-lettered"))
+        let dead = try run(["list", "--dead"])
+        #expect(dead.stdout.contains("HTTP 422"))
+
+        #expect(try run(["requeue", "2"]).stdout == "requeued entry 2 in 'q'\n")
+        #expect(try run(["requeue", "2"]).status == 2, "no longer a dead letter")
+        #expect(try run(["purge", "--dead", "--yes"]).stdout == "deleted 2 dead letters\n")
+        accept.withLock { $0 = true }
+        #expect(try run(["replay"]).status == 0)
+        #expect(server.bodies.suffix(1) == ["b"])
+
+        for body in ["d", "e"] { _ = try run(["enqueue", "http://127.0.0.1:9/x", "-d", body, "--queue", "q"]) }
+        #expect(try run(["purge", "--queue", "q"]).stdout == "deleted 2 entries\n", "no terminal: no question")
+        #expect(try run(["requeue", "--all-dead"]).stdout == "requeued 0 dead letters\n")
+    }
+
+    @Test func runStopsOnSIGTERMOnlyAfterTheSendInFlightAndLosesNothing() async throws {
+        let server = try RecordingServer()
+        let (arrived, arrival) = AsyncStream.makeStream(of: Int.self)
+        let release = DispatchSemaphore(value: 0)
+        server.respond { _, index in
+            if index == 0 {
+                arrival.yield(index)
+                _ = release.wait(timeout: .now() + 20)
+            }
+            return .respond(.text("ok", status: 201))
+        }
+        for body in ["a", "b", "c"] {
+            _ = try run(["enqueue", server.url.absoluteString, "-d", body, "--queue", "q"])
+        }
+        let daemon = Process()
+        daemon.executableURL = builtProductURL("bgsync")
+        daemon.arguments = ["run", "--db", db, "--no-connectivity-monitor", "--poll-interval", "0.2", "--log-level", "debug"]
+        let stderr = Pipe()
+        daemon.standardError = stderr
+        daemon.standardOutput = FileHandle.nullDevice
+        try daemon.run()
+        var log = lines(of: stderr).makeAsyncIterator()
+
+        var arrivals = arrived.makeAsyncIterator()
+        #expect(await arrivals.next() == 0, "the daemon sends the first entry; the server holds it")
+        kill(daemon.processIdentifier, SIGTERM)
+        // Release the held request only once the daemon is shutting down: it must wait for it.
+        while let line = await log.next(), !line.contains("Shutting down") {}
+        release.signal()
+        daemon.waitUntilExit()
+        #expect(daemon.terminationStatus == 0)
+
+        let delivered = Set(server.bodies)
+        #expect(delivered.contains("a"), "the send in flight finished")
+        let left = try await SQLiteQueueDatabase(path: db).entries(queueName: "q", state: .pending)
+        let queued = Set(left.map { String(decoding: $0.requestData.body ?? Data(), as: UTF8.self) })
+        #expect(delivered.union(queued) == ["a", "b", "c"], "every entry delivered or still queued")
+        #expect(delivered.isDisjoint(with: queued), "a delivered entry is not left queued")
+    }
+
+    @Test func helpReadsLikeAWellKeptTool() throws {
+        let help = try bgsync(["--help"])
+        #expect(help.status == 0)
+        for command in ["enqueue", "send", "queues", "list", "show", "replay", "sync", "requeue", "purge", "run", "demo"] {
+            #expect(help.stdout.contains("  \(command) "), "\(command) is listed")
+            let page = try bgsync(["help", command])
+            #expect(page.status == 0)
+            #expect(page.stdout.contains("OVERVIEW:"))
+            if command != "demo" {
+                #expect(page.stdout.contains("Example"), "\(command) help shows an example")
+            }
+        }
+    }
+}
+
+/// Bad input: one line on stderr naming the problem, exit status 2, no stack trace, the database untouched.
+@Suite("bgsync bad input", .timeLimit(.minutes(2)))
+struct CLIBadInputTests {
+    enum FileSetup: Sendable { case none, directory, text, corrupt, newerSchema, valid }
+
+    struct Case: Sendable, CustomTestStringConvertible {
+        var name: String
+        var setup: FileSetup
+        var arguments: [String]
+        var message: String
+        var testDescription: String { name }
+    }
+
+    static let cases: [Case] = [
+        Case(name: "invalid URL", setup: .valid, arguments: ["enqueue", "not a url"], message: "invalid URL 'not a url'"),
+        Case(name: "non-http URL", setup: .valid, arguments: ["enqueue", "ftp://example.com/x"], message: "scheme 'ftp'"),
+        Case(name: "missing data file", setup: .valid, arguments: ["enqueue", "https://a.example/", "--data-file", "/nonexistent/body.json"], message: "cannot read the data file '/nonexistent/body.json'"),
+        Case(name: "bad header", setup: .valid, arguments: ["enqueue", "https://a.example/", "-H", "NoColon"], message: "invalid header 'NoColon'"),
+        Case(name: "unknown entry id", setup: .valid, arguments: ["show", "424242"], message: "no entry with id 424242"),
+        Case(name: "unknown queue", setup: .valid, arguments: ["list", "--queue", "ghost"], message: "no queue named 'ghost'"),
+        Case(name: "database is a directory", setup: .directory, arguments: ["list"], message: "is a directory, not a database file"),
+        Case(name: "not a database", setup: .text, arguments: ["list"], message: "is not a SQLite database"),
+        Case(name: "corrupt database", setup: .corrupt, arguments: ["queues"], message: "corrupt"),
+        Case(name: "newer schema", setup: .newerSchema, arguments: ["enqueue", "https://a.example/", "-d", "x"], message: "newer version of swift-background-sync"),
+        Case(name: "missing database", setup: .none, arguments: ["list"], message: "no database at"),
+    ]
+
+    @Test(arguments: cases)
+    func badInputIsOneLineAndExitTwo(_ test: Case) async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-bad-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        var path = folder.appendingPathComponent("queue.sqlite").path
+        switch test.setup {
+        case .none:
+            break
+        case .directory:
+            path = folder.path
+        case .text:
+            try Data(String(repeating: "plain text, not SQLite\n", count: 300).utf8).write(to: URL(fileURLWithPath: path))
+        case .valid, .corrupt, .newerSchema:
+            do {
+                let database = try SQLiteQueueDatabase(path: path)
+                try await QueueStore(queueName: "q", database: database).pushEntry(
+                    UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/", method: "POST")))
+            }
+            // Move the WAL into the main file, so that the file's bytes are the whole database.
+            let newer = test.setup == .newerSchema ? " INSERT INTO grdb_migrations VALUES ('v99');" : ""
+            let sqlite = Process()
+            sqlite.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            sqlite.arguments = ["sqlite3", path, "PRAGMA wal_checkpoint(TRUNCATE);" + newer]
+            sqlite.standardOutput = FileHandle.nullDevice
+            try sqlite.run()
+            sqlite.waitUntilExit()
+            if test.setup == .corrupt {
+                // Keep the 100-byte header, scramble the rest of the first page (the schema).
+                let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+                try handle.seek(toOffset: 100)
+                handle.write(Data((0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }))
+                try handle.close()
+            }
+        }
+        let before = FileManager.default.contents(atPath: path)
+        let result = try bgsync(test.arguments + ["--db", path])
+        #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+        let lines = result.stderr.split(separator: "\n")
+        #expect(lines.count == 1, "one line: \(result.stderr)")
+        #expect(result.stderr.hasPrefix("bgsync: "))
+        #expect(result.stderr.contains(test.message), "\(result.stderr)")
+        #expect(!result.stderr.contains("Fatal error") && !result.stderr.contains("Stack dump"))
+        #expect(FileManager.default.contents(atPath: path) == before, "the database is untouched")
+    }
+}
