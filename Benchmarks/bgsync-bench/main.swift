@@ -11,6 +11,11 @@ import GRDB
 import FoundationNetworking
 #endif
 
+if CommandLine.arguments.count == 4 && CommandLine.arguments[1] == "--drain-child" {
+    try await MemoryBenchmark.drainChild(path: CommandLine.arguments[2], count: Int(CommandLine.arguments[3]) ?? 0)
+    exit(0)
+}
+
 let arguments = Set(CommandLine.arguments.dropFirst())
 let quick = arguments.contains("--quick")
 let json = arguments.contains("--json")
@@ -32,6 +37,13 @@ log("bgsync-bench (\(quick ? "quick" : "full")) on \(cores) cores")
 
 let enqueueFigures = try await EnqueueBenchmark(quick: quick, freshPath: freshPath).run(log: log)
 results += enqueueFigures.map { (key: $0.0, value: $0.1) }
+let replayFigures = try await ReplayBenchmark(quick: quick, freshPath: freshPath).run(log: log)
+results += replayFigures.map { (key: $0.0, value: $0.1) }
+let scaleFigures = try await ScaleBenchmark(quick: quick, freshPath: freshPath).run(log: log)
+results += scaleFigures.map { (key: $0.0, value: $0.1) }
+let memoryFigures = try await MemoryBenchmark(quick: quick, freshPath: freshPath).run(log: log)
+results += memoryFigures.map { (key: $0.0, value: $0.1) }
+results.append((key: "cores", value: Double(cores)))
 
 if json {
     let body = results.map { "\"\($0.key)\":\(String(format: "%.4f", $0.value))" }.joined(separator: ",")

@@ -1,0 +1,85 @@
+import BackgroundSync
+import Foundation
+import LoopbackHTTPServer
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// Replay drain against a loopback server: the queue against a bare loop that sends the same
+/// requests through the same transport, one at a time and 16 in flight.
+struct ReplayBenchmark {
+    let quick: Bool
+    let freshPath: (String) -> String
+
+    func run(log: (String) -> Void) async throws -> [(String, Double)] {
+        let count = quick ? 1000 : 10_000
+        let server = try Fixtures.server()
+        defer { server.stop() }
+        let url = server.baseURL.appendingPathComponent("api/posts")
+        let transport = URLSessionTransport()
+        // Warm the connection pool so neither side pays for it.
+        _ = try await bare(url: url, count: 50, inFlight: 16, transport: transport)
+
+        let bareOrdered = try await bare(url: url, count: count, inFlight: 1, transport: transport)
+        let queueOrdered = try await drain(url: url, count: count, concurrency: 1, transport: transport)
+        let bareConcurrent = try await bare(url: url, count: count, inFlight: 16, transport: transport)
+        let queueConcurrent = try await drain(url: url, count: count, concurrency: 16, transport: transport)
+        log(String(format: "bare loop, 1 in flight:         %.0f requests/s", bareOrdered))
+        log(String(format: "replay, ordered:                %.0f entries/s", queueOrdered))
+        log(String(format: "bare loop, 16 in flight:        %.0f requests/s", bareConcurrent))
+        log(String(format: "replay, concurrent (16):        %.0f entries/s", queueConcurrent))
+        return [
+            ("bare_ordered_per_s", bareOrdered),
+            ("replay_ordered_per_s", queueOrdered),
+            ("bare_concurrent_per_s", bareConcurrent),
+            ("replay_concurrent_per_s", queueConcurrent),
+            ("replay_ratio_vs_bare_ordered", queueOrdered / bareOrdered),
+            ("replay_ratio_vs_bare_concurrent", queueConcurrent / bareConcurrent),
+        ]
+    }
+
+    static func request(_ url: URL, _ index: Int) -> URLRequest {
+        var request = URLRequest(url: url)
+        request.httpMethod = "POST"
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.setValue(UUID().uuidString.lowercased(), forHTTPHeaderField: "Idempotency-Key")
+        request.httpBody = Data(#"{"title":"post \#(index)","content":"Lorem ipsum dolor sit amet"}"#.utf8)
+        return request
+    }
+
+    /// The baseline: the same requests through the same transport, `inFlight` at a time.
+    func bare(url: URL, count: Int, inFlight: Int, transport: URLSessionTransport) async throws -> Double {
+        let requests = (0..<count).map { Self.request(url, $0) }
+        let start = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var next = 0
+            while next < min(inFlight, count) {
+                let request = requests[next]
+                group.addTask { _ = try await transport.send(request) }
+                next += 1
+            }
+            while try await group.next() != nil {
+                if next < count {
+                    let request = requests[next]
+                    group.addTask { _ = try await transport.send(request) }
+                    next += 1
+                }
+            }
+        }
+        return Double(count) / (ContinuousClock.now - start).seconds
+    }
+
+    /// The queue: `count` entries stored beforehand, then one `replayRequests()` timed.
+    func drain(url: URL, count: Int, concurrency: Int, transport: URLSessionTransport) async throws -> Double {
+        let path = freshPath("drain-\(concurrency)")
+        try Fixtures.fill(path: path, queue: "bench", url: url.absoluteString, count: count)
+        let queue = try Queue(
+            name: "bench", options: QueueOptions(maxConcurrentReplays: concurrency),
+            database: try SQLiteQueueDatabase(path: path), transport: transport, syncManager: SyncManager())
+        let start = ContinuousClock.now
+        let summary = try await queue.replayRequests()
+        let elapsed = (ContinuousClock.now - start).seconds
+        precondition(summary.delivered == count, "drained \(summary.delivered) of \(count)")
+        return Double(count) / elapsed
+    }
+}

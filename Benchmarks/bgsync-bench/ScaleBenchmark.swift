@@ -1,0 +1,58 @@
+import BackgroundSync
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// What a large queue costs: enqueue rate with a million entries waiting against an empty
+/// database, and the time of `size()`.
+struct ScaleBenchmark {
+    let quick: Bool
+    let freshPath: (String) -> String
+
+    func run(log: (String) -> Void) async throws -> [(String, Double)] {
+        let backlog = quick ? 100_000 : 1_000_000
+        let pushes = quick ? 300 : 2000
+        let fullPath = freshPath("backlog")
+        try Fixtures.fill(path: fullPath, queue: "bench", url: "https://api.example.com/posts", count: backlog)
+        let full = try Queue(name: "bench", database: try SQLiteQueueDatabase(path: fullPath), syncManager: SyncManager())
+        let empty = try Queue(
+            name: "bench", database: try SQLiteQueueDatabase(path: freshPath("empty")), syncManager: SyncManager())
+
+        // Alternate the two, three rounds each, and keep each side's median: drift in the
+        // machine's fsync speed then hits both sides alike.
+        var fullRates: [Double] = []
+        var emptyRates: [Double] = []
+        for _ in 0..<3 {
+            emptyRates.append(try await rate(empty, pushes: pushes))
+            fullRates.append(try await rate(full, pushes: pushes))
+        }
+        let emptyRate = emptyRates.sorted()[1]
+        let fullRate = fullRates.sorted()[1]
+
+        let sizeCalls = 200
+        var size = 0
+        let start = ContinuousClock.now
+        for _ in 0..<sizeCalls { size = try await full.size() }
+        let sizeMilliseconds = (ContinuousClock.now - start).seconds * 1000 / Double(sizeCalls)
+        precondition(size >= backlog)
+        log(String(format: "enqueue, empty database:        %.0f entries/s", emptyRate))
+        log(String(format: "enqueue, %d queued:        %.0f entries/s", backlog, fullRate))
+        log(String(format: "size() with %d queued:     %.3f ms", backlog, sizeMilliseconds))
+        return [
+            ("enqueue_empty_per_s", emptyRate),
+            ("enqueue_at_1m_per_s", fullRate),
+            ("enqueue_ratio_at_1m", fullRate / emptyRate),
+            ("size_ms_at_1m", sizeMilliseconds),
+            ("backlog_entries", Double(backlog)),
+        ]
+    }
+
+    private func rate(_ queue: Queue, pushes: Int) async throws -> Double {
+        let start = ContinuousClock.now
+        for index in 0..<pushes {
+            try await queue.pushRequest(EnqueueBenchmark.request(index))
+        }
+        return Double(pushes) / (ContinuousClock.now - start).seconds
+    }
+}
