@@ -457,7 +457,8 @@ public actor Queue {
 
     /// What became of one claimed entry.
     private enum Outcome {
-        case delivered
+        /// The server accepted it; the caller deletes the entry (with the next claim, in order).
+        case delivered(ReplayResponse)
         case deadLettered
         case expired
         /// Must be retried (or the queue paused): replay stops with this error.
@@ -501,10 +502,10 @@ public actor Queue {
     }
 
     private func drainInOrder(_ summary: inout ReplaySummary) async throws {
-        while !stopRequested {
-            try Task.checkCancellation()
-            let claim = try await database.claimHead(
-                queueName: name, owner: owner, leaseDuration: options.leaseDuration, now: options.clock.now)
+        var claim = try await database.claimHead(
+            queueName: name, owner: owner, leaseDuration: options.leaseDuration, now: options.clock.now)
+        while true {
+            let entry: QueueStoreEntry
             switch claim {
             case .empty:
                 return
@@ -512,12 +513,44 @@ public actor Queue {
                 throw BackgroundSyncError(
                     .queueReplayFailed,
                     "the head entry is being replayed by \(holder) (lease until \(until))", queueName: name)
-            case .claimed(let entry):
-                let outcome = try await process(entry)
-                if case .stop(let error) = outcome { throw error }
-                tally(outcome, into: &summary)
+            case .claimed(let claimed):
+                entry = claimed
+            }
+            let outcome = try await process(entry)
+            if case .stop(let error) = outcome { throw error }
+            tally(outcome, into: &summary)
+            let goOn = !stopRequested && !Task.isCancelled
+            if case .delivered(let response) = outcome {
+                if goOn {
+                    // One commit deletes this entry and leases the next.
+                    claim = try await database.completeClaimAndClaimHead(
+                        id: entry.id, owner: owner, queueName: name, leaseDuration: options.leaseDuration,
+                        now: options.clock.now)
+                } else {
+                    try await database.completeClaim(id: entry.id, owner: owner)
+                }
+                await delivered(entry, response)
+            } else if goOn {
+                claim = try await database.claimHead(
+                    queueName: name, owner: owner, leaseDuration: options.leaseDuration, now: options.clock.now)
+            }
+            guard goOn, !stopRequested else {
+                // A stop that came during the last commit: give back the entry just leased.
+                if goOn, case .claimed(let next) = claim {
+                    try await database.abandonClaim(id: next.id, owner: owner)
+                }
+                try Task.checkCancellation()
+                return
             }
         }
+    }
+
+    /// What follows a delivery, once the entry is deleted: metrics, event, the app's hook.
+    private func delivered(_ entry: QueueStoreEntry, _ response: ReplayResponse) async {
+        metrics.replayed.increment()
+        logger.debug("request replayed", metadata: ["background-sync.entry": "\(entry.id)", "http.status": "\(response.status)"])
+        await emit(.replayed(response), entryID: entry.id)
+        await options.requestDidReplay?(entry, response)
     }
 
     private func drainConcurrently(_ summary: inout ReplaySummary) async throws {
@@ -528,14 +561,23 @@ public actor Queue {
             var failure: BackgroundSyncError?
             var inFlight = 0
             while true {
-                if failure == nil, !stopRequested, inFlight < limit {
+                // Claim in batches (when half the slots are free), not one transaction per slot.
+                if failure == nil, !stopRequested, inFlight <= limit / 2 {
                     try Task.checkCancellation()
                     let entries = try await database.claimEntries(
                         queueName: name, owner: owner, limit: limit - inFlight,
                         leaseDuration: options.leaseDuration, now: options.clock.now)
                     for entry in entries {
                         inFlight += 1
-                        group.addTask { try await self.process(entry) }
+                        group.addTask {
+                            let outcome = try await self.process(entry)
+                            if case .delivered(let response) = outcome {
+                                // Concurrent deletes share commits (group commit in the driver).
+                                try await self.database.completeClaim(id: entry.id, owner: self.owner)
+                                await self.delivered(entry, response)
+                            }
+                            return outcome
+                        }
                     }
                 }
                 guard let outcome = try await group.next() else { break }
@@ -549,8 +591,9 @@ public actor Queue {
         if let failure { throw failure }
     }
 
-    /// Sends one claimed entry and records the outcome in the database. Throws only when the
-    /// database fails (the entry then keeps its lease until it expires; nothing is lost).
+    /// Sends one claimed entry and records the outcome in the database, except a delivery, which
+    /// the caller records (so that, in order, it shares a commit with the next claim). Throws only
+    /// when the database fails (the entry then keeps its lease until it expires; nothing is lost).
     private func process(_ entry: QueueStoreEntry, credentialsRefreshed: Bool = false) async throws -> Outcome {
         if isExpired(entry, now: options.clock.now) {
             try await database.completeClaim(id: entry.id, owner: owner)
@@ -601,12 +644,7 @@ public actor Queue {
             responseExcerpt: body.isEmpty ? nil : Data(body.prefix(1024)))
         switch options.classifier(response) {
         case .delivered:
-            try await database.completeClaim(id: entry.id, owner: owner)
-            metrics.replayed.increment()
-            logger.debug("request replayed", metadata: ["background-sync.entry": "\(entry.id)", "http.status": "\(response.status)"])
-            await emit(.replayed(response), entryID: entry.id)
-            await options.requestDidReplay?(entry, response)
-            return .delivered
+            return .delivered(response)
         case .deadLetter:
             return try await deadLetter(entry, failure)
         case .retry:

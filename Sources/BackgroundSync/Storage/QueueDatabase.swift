@@ -168,6 +168,15 @@ public protocol QueueDatabase: Sendable {
     @discardableResult
     func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int
 
+    /// Deletes a delivered entry and leases the queue's new head in the same transaction, so that
+    /// an ordered replay pays one commit per entry.
+    func completeClaimAndClaimHead(
+        id: Int64, owner: LeaseOwner, queueName: String, leaseDuration: Duration, now: Date
+    ) async throws -> ClaimResult
+
+    /// Gives back a claimed entry untouched (no attempt counted): a replay that stops before sending it.
+    func abandonClaim(id: Int64, owner: LeaseOwner) async throws
+
     /// Deletes a claimed entry after the server accepted it. Does nothing if the entry is gone.
     func completeClaim(id: Int64, owner: LeaseOwner) async throws
 

@@ -53,6 +53,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     let writer: any DatabaseWriter
     /// Concurrent inserts share transactions (group commit).
     private let inserts: GroupCommit<PendingInsert, InsertedEntry>
+    /// Concurrent deletions of delivered entries share transactions too.
+    private let deletes: GroupCommit<Int64, Void>
     /// A folder this instance created and removes when it goes away (``temporary()``).
     private let ownedDirectory: URL?
 
@@ -90,6 +92,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             throw Self.mapError(error, path: url.path, action: "open")
         }
         inserts = Self.makeGroupCommit(writer: writer, path: self.path)
+        deletes = Self.makeDeleteGroupCommit(writer: writer, path: self.path)
     }
 
     private init(memory: Void) throws {
@@ -104,6 +107,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             throw Self.mapError(error, path: ":memory:", action: "open")
         }
         inserts = Self.makeGroupCommit(writer: writer, path: path)
+        deletes = Self.makeDeleteGroupCommit(writer: writer, path: path)
     }
 
     /// One insert waiting for its group commit.
@@ -112,6 +116,20 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         var queueName: String
         var end: QueueEnd
         var syncTag: String?
+    }
+
+    private static func makeDeleteGroupCommit(writer: any DatabaseWriter, path: String) -> GroupCommit<Int64, Void> {
+        GroupCommit { ids in
+            do {
+                return try await writer.write { db in
+                    let statement = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
+                    for id in ids { try statement.execute(arguments: [id]) }
+                    return ids.map { _ in () }
+                }
+            } catch {
+                throw mapError(error, path: path, action: "delete from")
+            }
+        }
     }
 
     private static func makeGroupCommit(writer: any DatabaseWriter, path: String) -> GroupCommit<PendingInsert, InsertedEntry> {
@@ -493,20 +511,42 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     }
 
     public func claimHead(queueName: String, owner: LeaseOwner, leaseDuration: Duration, now: Date) async throws -> ClaimResult {
-        let nowSeconds = now.timeIntervalSince1970
-        let expiry = nowSeconds + leaseDuration.timeInterval
-        let ownerValue = owner.rawValue
+        let (nowSeconds, expiry, ownerValue) = (now.timeIntervalSince1970, now.timeIntervalSince1970 + leaseDuration.timeInterval, owner.rawValue)
         return try await write("claim from") { db in
-            while true {
-                guard let row = try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM entry WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1"),
-                    arguments: [queueName])
-                else { return .empty }
-                if let lease = Self.liveLease(row, now: nowSeconds), lease.holder != ownerValue {
-                    return .busy(owner: lease.holder, until: Date(timeIntervalSince1970: lease.until))
-                }
-                guard let entry = try Self.lease(row, to: ownerValue, until: expiry, db) else { continue }
-                return .claimed(entry)
+            try Self.claimHead(queueName, owner: ownerValue, now: nowSeconds, until: expiry, db)
+        }
+    }
+
+    public func completeClaimAndClaimHead(
+        id: Int64, owner: LeaseOwner, queueName: String, leaseDuration: Duration, now: Date
+    ) async throws -> ClaimResult {
+        let (nowSeconds, expiry, ownerValue) = (now.timeIntervalSince1970, now.timeIntervalSince1970 + leaseDuration.timeInterval, owner.rawValue)
+        return try await write("claim from") { db in
+            try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?").execute(arguments: [id])
+            return try Self.claimHead(queueName, owner: ownerValue, now: nowSeconds, until: expiry, db)
+        }
+    }
+
+    public func abandonClaim(id: Int64, owner: LeaseOwner) async throws {
+        let ownerValue = owner.rawValue
+        try await write("update") { db in
+            try db.cachedStatement(sql: "UPDATE entry SET leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ? AND leaseOwner = ?")
+                .execute(arguments: [id, ownerValue])
+        }
+    }
+
+    /// Leases the head pending entry of a queue (see ``claimHead(queueName:owner:leaseDuration:now:)``).
+    private static func claimHead(_ queueName: String, owner: String, now: Double, until expiry: Double, _ db: Database) throws -> ClaimResult {
+        while true {
+            guard let row = try Row.fetchOne(
+                try db.cachedStatement(sql: "SELECT * FROM entry WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1"),
+                arguments: [queueName])
+            else { return .empty }
+            if let lease = liveLease(row, now: now), lease.holder != owner {
+                return .busy(owner: lease.holder, until: Date(timeIntervalSince1970: lease.until))
             }
+            guard let entry = try lease(row, to: owner, until: expiry, db) else { continue }
+            return .claimed(entry)
         }
     }
 
@@ -598,9 +638,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     }
 
     public func completeClaim(id: Int64, owner: LeaseOwner) async throws {
-        try await write("delete from") { db in
-            try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?").execute( arguments: [id])
-        }
+        try await deletes.submit(id)
     }
 
     public func releaseClaim(id: Int64, owner: LeaseOwner, failure: ReplayFailure, nextAttemptAt: Date?) async throws {
