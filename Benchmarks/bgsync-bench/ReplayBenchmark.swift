@@ -12,7 +12,7 @@ struct ReplayBenchmark {
     let freshPath: (String) -> String
 
     func run(log: (String) -> Void) async throws -> [(String, Double)] {
-        let count = quick ? 1000 : 10_000
+        let count = quick ? 500 : 10_000
         let server = try Fixtures.server()
         defer { server.stop() }
         let url = server.baseURL.appendingPathComponent("api/posts")
@@ -20,10 +20,16 @@ struct ReplayBenchmark {
         // Warm the connection pool so neither side pays for it.
         _ = try await bare(url: url, count: 50, inFlight: 16, transport: transport)
 
-        let bareOrdered = try await bare(url: url, count: count, inFlight: 1, transport: transport)
-        let queueOrdered = try await drain(url: url, count: count, concurrency: 1, transport: transport)
-        let bareConcurrent = try await bare(url: url, count: count, inFlight: 16, transport: transport)
-        let queueConcurrent = try await drain(url: url, count: count, concurrency: 16, transport: transport)
+        // Alternate baseline and queue, three rounds each, medians (see EnqueueBenchmark).
+        var rounds: [[Double]] = [[], [], [], []]
+        for _ in 0..<3 {
+            rounds[0].append(try await bare(url: url, count: count, inFlight: 1, transport: transport))
+            rounds[1].append(try await drain(url: url, count: count, concurrency: 1, transport: transport))
+            rounds[2].append(try await bare(url: url, count: count, inFlight: 16, transport: transport))
+            rounds[3].append(try await drain(url: url, count: count, concurrency: 16, transport: transport))
+        }
+        let (bareOrdered, queueOrdered, bareConcurrent, queueConcurrent) =
+            (median(rounds[0]), median(rounds[1]), median(rounds[2]), median(rounds[3]))
         log(String(format: "bare loop, 1 in flight:         %.0f requests/s", bareOrdered))
         log(String(format: "replay, ordered:                %.0f entries/s", queueOrdered))
         log(String(format: "bare loop, 16 in flight:        %.0f requests/s", bareConcurrent))

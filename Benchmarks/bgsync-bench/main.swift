@@ -17,7 +17,16 @@ if CommandLine.arguments.count == 4 && CommandLine.arguments[1] == "--drain-chil
 }
 
 let arguments = Set(CommandLine.arguments.dropFirst())
+let known: Set<String> = ["--quick", "--json"]
+if let unknown = arguments.first(where: { !known.contains($0) && !$0.hasPrefix("--only=") }) {
+    FileHandle.standardError.write(Data("bgsync-bench: unknown option '\(unknown)' (use --quick, --json, --only=enqueue,replay,scale,memory)\n".utf8))
+    exit(2)
+}
 let quick = arguments.contains("--quick")
+// `--only=enqueue,replay,scale,memory` runs some groups (for profiling); default: all.
+let only = CommandLine.arguments.first { $0.hasPrefix("--only=") }
+    .map { Set($0.dropFirst("--only=".count).split(separator: ",").map(String.init)) }
+func runs(_ group: String) -> Bool { only?.contains(group) ?? true }
 let json = arguments.contains("--json")
 
 func log(_ line: String) {
@@ -35,14 +44,18 @@ func freshPath(_ name: String) -> String { scratch.appendingPathComponent("\(nam
 let cores = ProcessInfo.processInfo.activeProcessorCount
 log("bgsync-bench (\(quick ? "quick" : "full")) on \(cores) cores")
 
-let enqueueFigures = try await EnqueueBenchmark(quick: quick, freshPath: freshPath).run(log: log)
-results += enqueueFigures.map { (key: $0.0, value: $0.1) }
-let replayFigures = try await ReplayBenchmark(quick: quick, freshPath: freshPath).run(log: log)
-results += replayFigures.map { (key: $0.0, value: $0.1) }
-let scaleFigures = try await ScaleBenchmark(quick: quick, freshPath: freshPath).run(log: log)
-results += scaleFigures.map { (key: $0.0, value: $0.1) }
-let memoryFigures = try await MemoryBenchmark(quick: quick, freshPath: freshPath).run(log: log)
-results += memoryFigures.map { (key: $0.0, value: $0.1) }
+if runs("enqueue") {
+    results += try await EnqueueBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
+}
+if runs("replay") {
+    results += try await ReplayBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
+}
+if runs("scale") {
+    results += try await ScaleBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
+}
+if runs("memory") {
+    results += try await MemoryBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
+}
 results.append((key: "cores", value: Double(cores)))
 
 if json {
