@@ -704,12 +704,12 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             let data = entry.requestData
             url = data.url
             method = data.method
-            headers = try Self.json(data.headers)
+            headers = FlatJSON.encode(data.headers)
             body = data.body
             let settings = RequestSettings(data)
             self.settings = settings == RequestSettings.defaults ? nil : try Self.json(settings)
             timestamp = entry.timestamp.timeIntervalSince1970
-            metadata = try entry.metadata.map(Self.json)
+            metadata = entry.metadata.map(FlatJSON.encode)
             idempotencyKey = entry.idempotencyKey
             sealedSecrets = entry.sealedSecrets
         }
