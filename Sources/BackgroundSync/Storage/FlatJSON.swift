@@ -16,6 +16,12 @@ enum FlatJSON {
 
     private static func appendString(_ text: String, to out: inout String) {
         out += "\""
+        // Most header values need no escaping: copy them whole.
+        if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out += text
+            out += "\""
+            return
+        }
         for scalar in text.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""

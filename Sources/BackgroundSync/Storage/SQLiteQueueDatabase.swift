@@ -137,16 +137,13 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             do {
                 return try await writer.write { db in
                     let registeredAt = Date().timeIntervalSince1970
-                    let ids = try batch.map { try insert($0.row, queueName: $0.queueName, at: $0.end, db) }
+                    let inserted = try batch.map { try insert($0.row, queueName: $0.queueName, at: $0.end, db) }
                     for tag in Set(batch.compactMap(\.syncTag)) {
-                        try db.cachedStatement(sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING").execute(
-                            arguments: [tag, registeredAt])
+                        try db.cachedStatement(
+                            sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING"
+                        ).execute(arguments: [tag, registeredAt])
                     }
-                    var sizes: [String: Int] = [:]
-                    for name in Set(batch.map(\.queueName)) {
-                        sizes[name] = try Int.fetchOne(try db.cachedStatement(sql: "SELECT pendingCount FROM queue WHERE name = ?"), arguments: [name]) ?? 0
-                    }
-                    return zip(batch, ids).map { InsertedEntry(id: $1, queueSize: sizes[$0.queueName] ?? 0) }
+                    return inserted.map { InsertedEntry(id: $0.id, queueSize: $0.queueSize) }
                 }
             } catch {
                 throw mapError(error, path: path, action: "write to")
@@ -396,24 +393,35 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         try await inserts.submit(PendingInsert(row: try EntryRow(entry), queueName: queueName, end: end, syncTag: syncTag))
     }
 
-    static func insert(_ row: EntryRow, queueName: String, at end: QueueEnd, _ db: Database) throws -> Int64 {
-        try db.cachedStatement(sql: "INSERT INTO queue(name) VALUES (?) ON CONFLICT(name) DO NOTHING").execute( arguments: [queueName])
+    /// Inserts one entry; returns its id and the queue's pending count once it is in.
+    static func insert(_ row: EntryRow, queueName: String, at end: QueueEnd, _ db: Database) throws -> (id: Int64, queueSize: Int) {
+        // One statement creates the queue row if needed and takes the next position at that end;
+        // the pending count it returns is the one before this entry (the insert trigger adds it).
         let positionSQL = end == .tail
-            ? "UPDATE queue SET tailPosition = tailPosition + 1 WHERE name = ? RETURNING tailPosition"
-            : "UPDATE queue SET headPosition = headPosition - 1 WHERE name = ? RETURNING headPosition"
-        guard let position = try Int64.fetchOne(try db.cachedStatement(sql: positionSQL), arguments: [queueName]) else {
+            ? """
+                INSERT INTO queue(name, tailPosition) VALUES (?, 1)
+                ON CONFLICT(name) DO UPDATE SET tailPosition = tailPosition + 1
+                RETURNING tailPosition, pendingCount
+                """
+            : """
+                INSERT INTO queue(name, headPosition) VALUES (?, 0)
+                ON CONFLICT(name) DO UPDATE SET headPosition = headPosition - 1
+                RETURNING headPosition, pendingCount
+                """
+        guard let slot = try Row.fetchOne(try db.cachedStatement(sql: positionSQL), arguments: [queueName]) else {
             throw BackgroundSyncError(.storage, "queue row missing", queueName: queueName)
         }
+        let position: Int64 = slot[0]
+        let pendingBefore: Int = slot[1]
         try db.cachedStatement(sql: """
                 INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata,
                     idempotencyKey, sealedSecrets)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """).execute(
-            arguments: [
+                """).execute(arguments: [
                 queueName, position, row.url, row.method, row.headers, row.body, row.settings, row.timestamp,
                 row.metadata, row.idempotencyKey, row.sealedSecrets,
             ])
-        return db.lastInsertedRowID
+        return (db.lastInsertedRowID, pendingBefore + 1)
     }
 
     public func removeEntry(queueName: String, from end: QueueEnd) async throws -> QueueStoreEntry? {
