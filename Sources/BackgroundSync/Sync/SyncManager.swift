@@ -32,15 +32,22 @@ public final class SyncManager: Sendable {
         self.database = database
     }
 
-    private static let sharedManagers = Locked<[String: SyncManager]>([:])
+    /// Held weakly: the queues hold their manager, and a manager no queue uses may go (its
+    /// registrations stay in the database), taking its database with it.
+    private struct WeakManager {
+        weak var manager: SyncManager?
+    }
+
+    private static let sharedManagers = Locked<[String: WeakManager]>([:])
 
     /// The process-wide manager of a database: queues that are not given a manager use it, so one
     /// `dispatch` reaches every queue of the database.
     public static func shared(for database: any QueueDatabase) -> SyncManager {
         sharedManagers.withLock { managers in
-            if let manager = managers[database.identity] { return manager }
+            if let manager = managers[database.identity]?.manager { return manager }
+            managers = managers.filter { $0.value.manager != nil }
             let manager = SyncManager(database: database)
-            managers[database.identity] = manager
+            managers[database.identity] = WeakManager(manager: manager)
             return manager
         }
     }
