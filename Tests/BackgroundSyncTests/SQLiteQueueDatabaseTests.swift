@@ -93,6 +93,30 @@ struct SQLiteQueueDatabaseTests {
         #expect(error.description.contains("cannot be read"))
     }
 
+    @Test func aRowWithAWrongColumnTypeIsAnErrorNotACrash() async throws {
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("q.sqlite").path
+        let server = try RecordingServer()
+        do {
+            let store = QueueStore(queueName: "q", database: try SQLiteQueueDatabase(path: path))
+            for body in ["a", "b"] {
+                try await store.pushEntry(UnidentifiedQueueStoreEntry(
+                    requestData: .init(url: server.url.absoluteString, method: "POST", body: Data(body.utf8))))
+            }
+        }
+        try sqlite(path, "UPDATE entry SET attempts = 'many', timestamp = 'yesterday' WHERE id = (SELECT min(id) FROM entry)")
+        let database = try SQLiteQueueDatabase(path: path)
+        let error = try await #require(throws: BackgroundSyncError.self) {
+            try await database.entries(queueName: "q", state: .pending)
+        }
+        #expect(error.entryID == 1)
+        let queue = try Queue(name: "q", database: database)
+        #expect(try await queue.replayRequests().delivered == 1)
+        #expect(server.bodies == ["b"])
+        #expect(try await database.countEntries(queueName: "q", state: .dead) == 1, "set aside, not lost")
+    }
+
     @Test func inMemoryDatabasesWork() async throws {
         let database = try SQLiteQueueDatabase.inMemory()
         let store = QueueStore(queueName: "q", database: database)

@@ -585,7 +585,10 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     /// The lease on a row, unless it expired or its holder is a dead process of this host.
     private static func liveLease(_ row: Row, now: Double) -> (holder: String, until: Double)? {
-        guard let holder: String = row["leaseOwner"], let until: Double = row["leaseExpiresAt"], until >= now,
+        // A lease that cannot be read is no lease: the entry is claimable (and set aside by
+        // `lease(_:to:until:_:)` if the rest of the row is damaged too).
+        guard let holder: String = try? row.decode(forColumn: "leaseOwner"),
+            let until: Double = try? row.decode(forColumn: "leaseExpiresAt"), until >= now,
             !LeaseOwner.isAbandoned(holder)
         else { return nil }
         return (holder, until)
@@ -615,11 +618,11 @@ public final class SQLiteQueueDatabase: QueueDatabase {
                     """),
                 arguments: [queueName])
             else { return nil }
-            let next: Double? = row["nextAttemptAt"]
-            let status: Int? = row["lastStatus"]
-            let error: String? = row["lastError"]
+            let next: Double? = try? row.decode(forColumn: "nextAttemptAt")
+            let status: Int? = try? row.decode(forColumn: "lastStatus")
+            let error: String? = try? row.decode(forColumn: "lastError")
             return HeadState(
-                id: row["id"], attempts: row["attempts"],
+                id: try row.decode(forColumn: "id"), attempts: (try? row.decode(forColumn: "attempts")) ?? 0,
                 nextAttemptAt: next.map(Date.init(timeIntervalSince1970:)),
                 lastStatus: status, lastFailureWasTransport: status == nil && error != nil)
         }
@@ -748,46 +751,50 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         }
     }
 
+    /// Reads an entry from its row. Every column goes through GRDB's throwing accessors, so a
+    /// damaged row (a wrong type written by hand or by corruption) is an error that names the
+    /// entry, never a crash.
     static func decode(_ row: Row) throws -> QueueStoreEntry {
-        let id: Int64 = row["id"]
+        let id: Int64 = try row.decode(forColumn: "id")
         do {
             let decoder = JSONDecoder()
-            let headersText: String = row["headers"]
+            let headersText: String = try row.decode(forColumn: "headers")
             let headers = try decoder.decode([String: String].self, from: Data(headersText.utf8))
-            let settingsText: String? = row["settings"]
+            let settingsText: String? = try row.decode(forColumn: "settings")
             let settings = try settingsText.map { try decoder.decode(RequestSettings.self, from: Data($0.utf8)) }
                 ?? RequestSettings.defaults
-            let metadataText: String? = row["metadata"]
+            let metadataText: String? = try row.decode(forColumn: "metadata")
             let metadata = try metadataText.map { try decoder.decode([String: String].self, from: Data($0.utf8)) }
-            let stateText: String = row["state"]
+            let stateText: String = try row.decode(forColumn: "state")
             guard let state = EntryState(rawValue: stateText) else {
                 throw BackgroundSyncError(.storage, "unknown state '\(stateText)'")
             }
             let data = StorableRequest.RequestData(
-                url: row["url"],
-                method: row["method"],
+                url: try row.decode(forColumn: "url"),
+                method: try row.decode(forColumn: "method"),
                 headers: headers,
-                body: row["body"],
+                body: try row.decode(forColumn: "body"),
                 timeoutInterval: settings.timeoutInterval,
                 cachePolicy: settings.cachePolicy,
                 httpShouldHandleCookies: settings.httpShouldHandleCookies,
                 allowsCellularAccess: settings.allowsCellularAccess,
                 mainDocumentURL: settings.mainDocumentURL)
-            let nextAttemptAt: Double? = row["nextAttemptAt"]
+            let timestamp: Double = try row.decode(forColumn: "timestamp")
+            let nextAttemptAt: Double? = try row.decode(forColumn: "nextAttemptAt")
             return QueueStoreEntry(
                 id: id,
-                queueName: row["queueName"],
+                queueName: try row.decode(forColumn: "queueName"),
                 requestData: data,
-                timestamp: Date(timeIntervalSince1970: row["timestamp"]),
+                timestamp: Date(timeIntervalSince1970: timestamp),
                 metadata: metadata,
                 state: state,
-                attempts: row["attempts"],
+                attempts: try row.decode(forColumn: "attempts"),
                 nextAttemptAt: nextAttemptAt.map(Date.init(timeIntervalSince1970:)),
-                lastStatus: row["lastStatus"],
-                lastError: row["lastError"],
-                lastResponseExcerpt: row["lastResponseExcerpt"],
-                idempotencyKey: row["idempotencyKey"],
-                sealedSecrets: row["sealedSecrets"])
+                lastStatus: try row.decode(forColumn: "lastStatus"),
+                lastError: try row.decode(forColumn: "lastError"),
+                lastResponseExcerpt: try row.decode(forColumn: "lastResponseExcerpt"),
+                idempotencyKey: try row.decode(forColumn: "idempotencyKey"),
+                sealedSecrets: try row.decode(forColumn: "sealedSecrets"))
         } catch {
             throw BackgroundSyncError(.storage, "entry \(id) cannot be read: \(error)", entryID: id)
         }
