@@ -311,7 +311,7 @@ public actor Queue {
     /// Deletes every dead letter; returns how many.
     @discardableResult
     public func deleteAllDeadLetters() async throws -> Int {
-        try await database.deleteEntries(ids: try await store.getDeadLetters().map(\.id))
+        try await database.deleteEntries(queueName: name, state: .dead)
     }
 
     private func isExpired(_ entry: QueueStoreEntry, now: Date) -> Bool {

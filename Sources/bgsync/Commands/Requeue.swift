@@ -28,20 +28,21 @@ struct Requeue: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let db = try database.open(.write)
+            // The queue's own requeue: moves the entries back and registers the queue's sync.
+            func open(_ name: String) throws -> Queue {
+                try Queue(name: name, options: QueueOptions(logger: quietLogger), database: db)
+            }
             if let id {
                 guard let entry = try await db.entry(id: id) else { throw CLIError("no entry with id \(id)") }
                 guard entry.state == .dead else { throw CLIError("entry \(id) is not a dead letter") }
-                try await db.requeueDeadEntries(queueName: entry.queueName, ids: [id])
-                try await SyncManager(database: db).register("background-sync:" + entry.queueName)
+                try await open(entry.queueName).requeueDeadLetter(id: id)
                 return print("requeued entry \(id) in '\(entry.queueName)'")
             }
             let known = try await db.queueNames()
             if let queue, !known.contains(queue) { throw CLIError("no queue named '\(queue)'") }
             var total = 0
             for name in queue.map({ [$0] }) ?? known {
-                let moved = try await db.requeueDeadEntries(queueName: name, ids: nil)
-                if moved > 0 { try await SyncManager(database: db).register("background-sync:" + name) }
-                total += moved
+                total += try await open(name).requeueAllDeadLetters()
             }
             print("requeued \(total) dead letters")
         }
