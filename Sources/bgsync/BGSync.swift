@@ -12,7 +12,8 @@ struct BGSync: AsyncParsableCommand {
             to watch requests go offline → queued → online → delivered.
 
             Exit status: 0 done, 1 a retryable failure stopped the work, 2 bad input (one line on \
-            stderr, the database untouched), 3 `send --fail-on-queue` queued the request.
+            stderr, the database untouched), 3 `send --fail-on-queue` queued the request, 64 a usage \
+            error (unknown option, missing or out-of-range value).
             """,
         version: "0.1.0",
         subcommands: [

@@ -45,6 +45,9 @@ public actor Queue {
     /// Read and written by `pushRequest` without entering the actor, so that producers never queue
     /// behind a replay (and pay no actor hop on the hot path).
     private nonisolated let syncState = Locked((inProgress: false, requestsAdded: false))
+    /// Whether the sync manager keeps its registrations in this queue's database, so that a push
+    /// can register the tag in the entry's own transaction (fixed at creation).
+    private nonisolated let registersWithEntries: Bool
     private var runningReplay: Task<ReplaySummary, any Error>?
     /// The status that paused the queue (401/403), until ``resume()``.
     private var pausedStatus: Int?
@@ -83,6 +86,7 @@ public actor Queue {
         self.database = database
         self.transport = transport
         self.syncManager = syncManager ?? SyncManager.shared(for: database)
+        self.registersWithEntries = self.syncManager.persists(in: database)
         self.store = QueueStore(queueName: name, database: database)
         self.metrics = QueueMetrics(queueName: name, factory: options.metricsFactory)
         self.reservation = try QueueNameRegistry.reserve(name, on: database)
@@ -176,7 +180,7 @@ public actor Queue {
             idempotencyKey: idempotencyKey, sealedSecrets: sealedSecrets)
         // Outside a sync, the registration is written with the entry when the manager keeps its
         // registrations in the same database: one transaction, one fsync.
-        let registersWithEntry = !syncState.withLock { $0.inProgress } && syncManager.persists(in: database)
+        let registersWithEntry = registersWithEntries && !syncState.withLock { $0.inProgress }
         let inserted = try await database.insertEntry(
             stored, queueName: name, at: end, registeringSyncTag: registersWithEntry ? syncTag : nil)
         logger.debug(
@@ -403,7 +407,7 @@ public actor Queue {
     }
 
     /// The replay state of the head entry, for schedulers (``SyncService``).
-    func headState() async throws -> HeadState? {
+    nonisolated func headState() async throws -> HeadState? {
         try await database.headState(queueName: name)
     }
 

@@ -124,6 +124,9 @@ public final class SyncService: Service {
         // Subscribe before the start-up round, so that no registration falls between the two.
         let registrations = manager.registrations()
         let statuses = configuration.connectivity?.statusUpdates()
+        // A burst of pushes (one registration each) makes one sync round, not one round per push:
+        // a `.registered` trigger is queued only when none is waiting.
+        let registrationQueued = Locked(false)
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 if let statuses {
@@ -135,7 +138,11 @@ public final class SyncService: Service {
                 }
                 group.addTask {
                     for await _ in registrations {
-                        trigger.yield(.registered)
+                        let first = registrationQueued.withLock { queued -> Bool in
+                            defer { queued = true }
+                            return !queued
+                        }
+                        if first { trigger.yield(.registered) }
                     }
                 }
                 if let interval = configuration.pollInterval {
@@ -147,7 +154,8 @@ public final class SyncService: Service {
                         }
                     }
                 }
-                try await loop(triggers: triggers, trigger: trigger, manager: manager)
+                try await loop(
+                    triggers: triggers, trigger: trigger, manager: manager, registrationQueued: registrationQueued)
                 group.cancelAll()
             }
         } onGracefulShutdown: { [queueList, shuttingDown] in
@@ -159,7 +167,8 @@ public final class SyncService: Service {
     }
 
     private func loop(
-        triggers: AsyncStream<Trigger>, trigger: AsyncStream<Trigger>.Continuation, manager: SyncManager
+        triggers: AsyncStream<Trigger>, trigger: AsyncStream<Trigger>.Continuation, manager: SyncManager,
+        registrationQueued: Locked<Bool>
     ) async throws {
         let clock = configuration.clock
         // Unknown until the monitor speaks; without a monitor, assume online.
@@ -176,7 +185,11 @@ public final class SyncService: Service {
                 online = status == .online
                 configuration.logger.debug("connectivity changed", metadata: ["status": "\(status)"])
                 if regained { await syncDue(.connectivity(.online), manager: manager) }
-            case .start, .registered, .timer:
+            case .registered:
+                // Registrations from now on need a new round.
+                registrationQueued.withLock { $0 = false }
+                if online { await syncDue(current, manager: manager) }
+            case .start, .timer:
                 if online { await syncDue(current, manager: manager) }
             case .poll:
                 do {

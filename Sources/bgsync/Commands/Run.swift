@@ -36,7 +36,9 @@ struct Run: AsyncParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("unknown log level '\(logLevel)'")
         }
-        guard pollInterval > 0 else { throw ValidationError("--poll-interval must be positive") }
+        guard pollInterval >= 0.01, pollInterval <= 3600 else {
+            throw ValidationError("--poll-interval must be between 0.01 and 3600 seconds")
+        }
     }
 
     func run() async throws {

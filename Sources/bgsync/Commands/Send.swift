@@ -27,6 +27,12 @@ struct Send: AsyncParsableCommand {
     @Option(help: "Seconds to wait for the server before queueing.")
     var timeout: Double = 30
 
+    func validate() throws {
+        guard timeout > 0, timeout <= 3600 else {
+            throw ValidationError("--timeout must be between 0 and 3600 seconds")
+        }
+    }
+
     func run() async throws {
         try await reportingErrors {
             var urlRequest = try request.request()
