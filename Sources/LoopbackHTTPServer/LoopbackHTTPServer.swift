@@ -80,7 +80,8 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
     private var connections: Set<Int32> = []
     private var running = false
     private var acceptDone: DispatchSemaphore?
-    private let stopSignal = DispatchSemaphore(value: 0)
+    /// Wakes the threads that hang or delay a response when the server stops.
+    private let stopCondition = NSCondition()
     private var boundPort: UInt16 = 0
 
     /// Creates a stopped server.
@@ -158,8 +159,9 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
             return acceptDone
         }
         guard let done else { return }
-        // Wake the threads that hang.
-        for _ in 0..<64 { stopSignal.signal() }
+        stopCondition.lock()
+        stopCondition.broadcast()
+        stopCondition.unlock()
         done.wait()
         lock.withLock {
             _ = closeSocket(listenSocket)
@@ -234,13 +236,15 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
         }
     }
 
-    /// Waits for `duration`; returns `true` if the server stopped meanwhile.
+    /// Waits for `duration`; returns `true` if the server stopped meanwhile (or had stopped).
     private func wait(_ duration: Duration) -> Bool {
         let (seconds, attoseconds) = duration.components
-        let nanoseconds = Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)
-        if stopSignal.wait(timeout: .now() + .nanoseconds(nanoseconds)) == .success {
-            stopSignal.signal()
-            return true
+        let deadline = Date().addingTimeInterval(Double(seconds) + Double(attoseconds) / 1e18)
+        stopCondition.lock()
+        defer { stopCondition.unlock() }
+        // `stop()` clears `running` before it broadcasts under `stopCondition`, so no wake-up is lost.
+        while lock.withLock({ running }) && Date() < deadline {
+            _ = stopCondition.wait(until: deadline)
         }
         return !lock.withLock { running }
     }
