@@ -40,6 +40,9 @@ final class GroupCommit<Item: Sendable, Output: Sendable>: Sendable {
         self.commit = commit
     }
 
+    /// The writes waiting for the next transaction (for tests).
+    var waitingCount: Int { state.withLock { $0.waiting.count } }
+
     /// Writes `item` in the next transaction and returns its output once committed.
     func submit(_ item: Item) async throws -> Output {
         let becameLeader = state.withLock { state -> Bool in
@@ -79,17 +82,27 @@ final class GroupCommit<Item: Sendable, Output: Sendable>: Sendable {
         }
         let result: Result<Output, any Error>
         do {
-            let outputs = try await commit([item] + others.map(\.item))
+            let items = [item] + others.map(\.item)
+            let outputs: [Output]
+            if others.isEmpty {
+                outputs = try await commit(items)
+            } else {
+                // The leader carries other callers' writes: its own cancellation must not fail
+                // them, so the shared commit runs in a task of its own.
+                outputs = try await Task { try await commit(items) }.value
+            }
             result = .success(outputs[0])
             for (waiter, output) in zip(others, outputs.dropFirst()) {
                 waiter.continuation.resume(returning: .committed(output))
             }
         } catch {
-            // Retry each write alone so that one bad write fails alone.
+            // Retry each write alone so that one bad write fails alone (the others' in tasks of
+            // their own, for the same reason as above).
             result = await Result(catching: { try await commit([item])[0] })
             for waiter in others {
                 do {
-                    waiter.continuation.resume(returning: .committed(try await commit([waiter.item])[0]))
+                    let output = try await Task { try await commit([waiter.item])[0] }.value
+                    waiter.continuation.resume(returning: .committed(output))
                 } catch {
                     waiter.continuation.resume(throwing: error)
                 }
