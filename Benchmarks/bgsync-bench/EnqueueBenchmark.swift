@@ -49,9 +49,7 @@ struct EnqueueBenchmark {
 
     /// The bare baseline: GRDB, WAL, `synchronous=FULL`, one INSERT of the same columns per transaction.
     func rawInsertRate(count: Int) async throws -> Double {
-        var config = Configuration()
-        config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
-        let pool = try DatabasePool(path: freshPath("raw"), configuration: config)
+        let pool = try Self.fullSyncPool(path: freshPath("raw"))
         try await pool.write { db in
             try db.execute(sql: """
                 CREATE TABLE entry (id INTEGER PRIMARY KEY AUTOINCREMENT, queueName TEXT NOT NULL,
@@ -71,6 +69,14 @@ struct EnqueueBenchmark {
             }
         }
         return Double(count) / (ContinuousClock.now - start).seconds
+    }
+
+    /// A GRDB pool whose writer commits with `synchronous=FULL`, like the queue's. It must be set
+    /// after opening: GRDB sets `NORMAL` when it enables WAL, after `prepareDatabase` ran.
+    static func fullSyncPool(path: String) throws -> DatabasePool {
+        let pool = try DatabasePool(path: path)
+        try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
+        return pool
     }
 
     func queueRate(count: Int, producers: Int) async throws -> Double {

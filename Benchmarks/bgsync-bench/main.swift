@@ -47,6 +47,9 @@ log("bgsync-bench (\(quick ? "quick" : "full")) on \(cores) cores")
 if runs("enqueue") {
     results += try await EnqueueBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
 }
+if only?.contains("split") == true {  // a diagnostic, only when asked for
+    results += try await SplitBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
+}
 if runs("replay") {
     results += try await ReplayBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
 }

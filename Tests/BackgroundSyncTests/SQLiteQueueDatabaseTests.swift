@@ -1,5 +1,6 @@
-import BackgroundSync
+@testable import BackgroundSync
 import Foundation
+import GRDB
 import Testing
 
 @Suite("SQLiteQueueDatabase")
@@ -17,6 +18,20 @@ struct SQLiteQueueDatabaseTests {
         try process.run()
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)
+    }
+
+    /// GRDB sets a pool's writer to `synchronous=NORMAL` when it enables WAL; the configured mode
+    /// must be the one commits actually run with (FULL: every commit synced before it returns).
+    @Test(arguments: [(SQLiteQueueDatabase.Configuration.Synchronous.full, 2), (.normal, 1)])
+    func commitsRunWithTheConfiguredSynchronousMode(mode: SQLiteQueueDatabase.Configuration.Synchronous, expected: Int)
+        async throws
+    {
+        let database = try SQLiteQueueDatabase.temporary(configuration: .init(synchronous: mode))
+        _ = try await database.insertEntry(
+            UnidentifiedQueueStoreEntry(requestData: .init(url: "https://example.com/a", method: "POST")),
+            queueName: "q", at: .tail, registeringSyncTag: nil)
+        let setting = try await database.writer.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") }
+        #expect(setting == expected)
     }
 
     @Test func aNewFileIsPrivateToItsOwner() async throws {

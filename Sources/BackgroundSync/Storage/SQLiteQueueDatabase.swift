@@ -79,6 +79,14 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         config.readonly = configuration.readOnly
         do {
             let pool = try DatabasePool(path: url.path, configuration: config)
+            if !configuration.readOnly {
+                // GRDB turns a pool's writer to `synchronous=NORMAL` when it enables WAL, after
+                // `prepareDatabase` ran: set the configured mode again on the (only) writer
+                // connection, or commits would not be synced and a power cut could lose them.
+                try pool.writeWithoutTransaction { db in
+                    try db.execute(sql: "PRAGMA synchronous = \(configuration.synchronous.rawValue)")
+                }
+            }
             if configuration.readOnly {
                 guard try pool.read(Self.migrator.hasCompletedMigrations) else {
                     throw BackgroundSyncError(

@@ -1,0 +1,79 @@
+import BackgroundSync
+import Foundation
+import GRDB
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// A diagnostic, not a figure (`--only=split`): one durable push taken apart, layer by layer, each
+/// against the raw insert in the same run, to show where the enqueue gap is.
+struct SplitBenchmark {
+    let quick: Bool
+    let freshPath: (String) -> String
+
+    func run(log: (String) -> Void) async throws -> [(String, Double)] {
+        let count = quick ? 300 : 1500
+        let enqueue = EnqueueBenchmark(quick: quick, freshPath: freshPath)
+        var rates: [String: [Double]] = [:]
+        for _ in 0..<3 {
+            rates["split_raw_insert_per_s", default: []].append(try await enqueue.rawInsertRate(count: count))
+            rates["split_queue_schema_sql_per_s", default: []].append(try await schemaSQLRate(count: count))
+            rates["split_insert_entry_per_s", default: []].append(try await insertEntryRate(count: count))
+            rates["split_push_request_per_s", default: []].append(try await enqueue.queueRate(count: count, producers: 1))
+        }
+        let keys = ["split_raw_insert_per_s", "split_queue_schema_sql_per_s", "split_insert_entry_per_s", "split_push_request_per_s"]
+        let raw = median(rates[keys[0]]!)
+        for key in keys {
+            log(String(format: "%-34@ %7.0f /s  ratio %.2f", key as NSString, median(rates[key]!), median(rates[key]!) / raw))
+        }
+        return keys.map { ($0, median(rates[$0]!)) }
+    }
+
+    /// The statements a push runs, on the queue's own schema, straight through GRDB.
+    func schemaSQLRate(count: Int) async throws -> Double {
+        let path = freshPath("schema")
+        _ = try SQLiteQueueDatabase(path: path)
+        let pool = try EnqueueBenchmark.fullSyncPool(path: path)
+        let headers = #"{"content-type":"application/json","idempotency-key":"00000000-0000-0000-0000-000000000000"}"#
+        let url = EnqueueBenchmark.url.absoluteString
+        let body = EnqueueBenchmark.body
+        let start = ContinuousClock.now
+        for _ in 0..<count {
+            try await pool.write { db in
+                let row = try Row.fetchOne(db.cachedStatement(sql: """
+                    INSERT INTO queue(name, tailPosition) VALUES (?, 1)
+                    ON CONFLICT(name) DO UPDATE SET tailPosition = tailPosition + 1
+                    RETURNING tailPosition, pendingCount
+                    """), arguments: ["bench"])!
+                let position: Int64 = row[0]
+                try db.cachedStatement(sql: """
+                    INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata,
+                        idempotencyKey, sealedSecrets)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """).execute(arguments: [
+                        "bench", position, url, "POST", headers, body, nil, Date().timeIntervalSince1970, nil,
+                        UUID().uuidString, nil,
+                    ])
+                try db.cachedStatement(
+                    sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING"
+                ).execute(arguments: ["bench", Date().timeIntervalSince1970])
+            }
+        }
+        return Double(count) / (ContinuousClock.now - start).seconds
+    }
+
+    /// `SQLiteQueueDatabase.insertEntry` alone, with an already captured request.
+    func insertEntryRate(count: Int) async throws -> Double {
+        let database = try SQLiteQueueDatabase(path: freshPath("insert"))
+        let data = StorableRequest.RequestData(
+            url: EnqueueBenchmark.url.absoluteString, method: "POST",
+            headers: ["content-type": "application/json"], body: EnqueueBenchmark.body)
+        let start = ContinuousClock.now
+        for _ in 0..<count {
+            _ = try await database.insertEntry(
+                UnidentifiedQueueStoreEntry(requestData: data, idempotencyKey: UUID().uuidString),
+                queueName: "bench", at: .tail, registeringSyncTag: "bench")
+        }
+        return Double(count) / (ContinuousClock.now - start).seconds
+    }
+}
