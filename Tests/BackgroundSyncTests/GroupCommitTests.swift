@@ -1,4 +1,5 @@
 @testable import BackgroundSync
+import Dispatch
 import Foundation
 import Testing
 
@@ -9,50 +10,108 @@ struct GroupCommitTests {
         while !condition() { await Task.yield() }
     }
 
-    @Test func aCancelledLeaderDoesNotFailTheWritesItCarries() async throws {
-        let (gate, open) = AsyncStream.makeStream(of: Void.self)
-        let entered = Box(false)
+    /// A serial queue standing in for the database's writer; commits record their batches, and
+    /// the batches whose first item is in `holding` wait for `release()` before committing.
+    private final class Writer: Sendable {
+        let queue = DispatchQueue(label: "test-writer")
         let batches = Box<[[Int]]>([])
-        let commit = GroupCommit<Int, Int> { items in
-            let first = batches.withLock { list -> Bool in
-                list.append(items)
-                return list.count == 1
-            }
-            if first {
-                entered.withLock { $0 = true }
-                for await _ in gate { break }
-            }
-            // As GRDB does: a cancelled task's write does not run.
-            try Task.checkCancellation()
-            return items.map { $0 * 10 }
+        let holding: Set<Int>
+        private let gate = DispatchSemaphore(value: 0)
+
+        init(holding: Set<Int>) { self.holding = holding }
+
+        func groupCommit(gatherDelay: Duration = .seconds(60), fail: Int? = nil) -> GroupCommit<Void, Int, Int> {
+            GroupCommit(
+                gatherDelay: { _ in gatherDelay },
+                schedule: { [queue] work in queue.async { work(()) } },
+                commit: { [self] _, items in
+                    batches.withLock { $0.append(items) }
+                    if let first = items.first, holding.contains(first) { gate.wait() }
+                    if let fail, items.contains(fail) { throw CancellationError() }
+                    return items.map { $0 * 10 }
+                })
         }
-        let leader = Task { try await commit.submit(0) }
-        await until { entered.current }
-        let carrier = Task { try await commit.submit(1) }
+
+        var held: Int { batches.withLock { $0.filter { holding.contains($0.first ?? -1) }.count } }
+        func release() { gate.signal() }
+    }
+
+    @Test func writesWaitingDuringACommitShareTheNextOneEvenIfTheirTaskIsCancelled() async throws {
+        let writer = Writer(holding: [0])
+        let commit = writer.groupCommit()
+        let first = Task { try await commit.submit(0) }
+        await until { writer.held == 1 }
+        let cancelled = Task { try await commit.submit(1) }
         await until { commit.waitingCount == 1 }
         let second = Task { try await commit.submit(2) }
         let third = Task { try await commit.submit(3) }
         await until { commit.waitingCount == 3 }
-        carrier.cancel()
-        open.yield()
+        cancelled.cancel()
+        writer.release()
 
-        #expect(try await leader.value == 0)
-        #expect(try await second.value == 20, "written although the task that carried it was cancelled")
+        #expect(try await first.value == 0)
+        #expect(try await cancelled.value == 10, "a submitted write is committed and reported, cancelled or not")
+        #expect(try await second.value == 20)
         #expect(try await third.value == 30)
-        _ = try? await carrier.value
-        #expect(batches.current.first == [0])
-        #expect(batches.current.dropFirst().first == [1, 2, 3], "the three waiting writes shared one commit")
+        #expect(writer.batches.current == [[0], [1, 2, 3]])
+    }
+
+    @Test func afterABatchOfNTheNextCommitGathersNWrites() async throws {
+        let writer = Writer(holding: [0, 1])
+        let commit = writer.groupCommit()
+        let first = Task { try await commit.submit(0) }
+        await until { writer.held == 1 }
+        let batch = [1, 2, 3].map { item in Task { try await commit.submit(item) } }
+        await until { commit.waitingCount == 3 }
+        writer.release()
+        await until { writer.held == 2 }  // [1, 2, 3] is committing
+        let early = Task { try await commit.submit(4) }
+        await until { commit.waitingCount == 1 }
+        writer.release()
+        for task in batch { _ = try await task.value }
+        // The three callers of the last batch are the likely next writers: 4 waits for them.
+        let late = [5, 6].map { item in Task { try await commit.submit(item) } }
+        #expect(try await early.value == 40)
+        for task in late { _ = try await task.value }
+        _ = try await first.value
+        #expect(writer.batches.current == [[0], [1, 2, 3], [4, 5, 6]])
+    }
+
+    @Test func aGatheringThatDoesNotFillCommitsAfterTheDelay() async throws {
+        let writer = Writer(holding: [0, 1])
+        let commit = writer.groupCommit(gatherDelay: .milliseconds(1))
+        let first = Task { try await commit.submit(0) }
+        await until { writer.held == 1 }
+        let batch = [1, 2].map { item in Task { try await commit.submit(item) } }
+        await until { commit.waitingCount == 2 }
+        writer.release()
+        await until { writer.held == 2 }
+        let alone = Task { try await commit.submit(3) }
+        await until { commit.waitingCount == 1 }
+        writer.release()
+        // Nobody else comes: 3 is committed once the delay has passed.
+        #expect(try await alone.value == 30)
+        for task in batch { _ = try await task.value }
+        _ = try await first.value
+        #expect(writer.batches.current == [[0], [1, 2], [3]])
+    }
+
+    @Test func aLoneWriterNeverWaits() async throws {
+        let writer = Writer(holding: [])
+        // A delay no test could wait out: a lone writer must not gather.
+        let commit = writer.groupCommit(gatherDelay: .seconds(3600))
+        for item in 0..<20 {
+            #expect(try await commit.submit(item) == item * 10)
+        }
+        #expect(writer.batches.current == (0..<20).map { [$0] })
     }
 
     @Test func aFailingWriteFailsAlone() async throws {
-        struct Bad: Error {}
-        let commit = GroupCommit<Int, Int> { items in
-            if items.contains(13) { throw Bad() }
-            return items
-        }
+        let writer = Writer(holding: [])
+        let commit = writer.groupCommit(fail: 13)
         try await withThrowingTaskGroup(of: (Int, Bool).self) { group in
             for item in 10..<16 {
-                group.addTask { ((item), (try? await commit.submit(item)) != nil) }
+                group.addTask { (item, (try? await commit.submit(item)) != nil) }
             }
             for try await (item, succeeded) in group {
                 #expect(succeeded == (item != 13))

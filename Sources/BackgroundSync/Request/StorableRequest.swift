@@ -88,8 +88,8 @@ public struct StorableRequest: Sendable, Hashable {
     public init(requestData: RequestData) throws {
         var data = requestData
         data.method = data.method.uppercased()
-        data.headers = Self.lowercasedHeaders(data.headers.map { ($0.key, $0.value) })
-        parsedURL = try Self.validate(&data)
+        data.headers = Self.lowercasedHeaders(data.headers)
+        parsedURL = try Self.validate(data, url: URL(string: data.url))
         self.data = data
     }
 
@@ -103,11 +103,10 @@ public struct StorableRequest: Sendable, Hashable {
         if body == nil, let stream = request.httpBodyStream {
             body = try readAll(stream)
         }
-        let headers = lowercasedHeaders((request.allHTTPHeaderFields ?? [:]).map { ($0.key, $0.value) })
         let data = RequestData(
             url: url.absoluteString,
-            method: request.httpMethod ?? "GET",
-            headers: headers,
+            method: (request.httpMethod ?? "GET").uppercased(),
+            headers: lowercasedHeaders(request.allHTTPHeaderFields ?? [:]),
             body: body,
             timeoutInterval: request.timeoutInterval,
             cachePolicy: request.cachePolicy.rawValue,
@@ -115,7 +114,13 @@ public struct StorableRequest: Sendable, Hashable {
             allowsCellularAccess: request.allowsCellularAccess,
             mainDocumentURL: request.mainDocumentURL?.absoluteString
         )
-        return try StorableRequest(requestData: data)
+        // The URL is checked as parsed already; the data is normalised already.
+        return StorableRequest(checked: data, url: try validate(data, url: url))
+    }
+
+    private init(checked data: RequestData, url: URL) {
+        self.data = data
+        self.parsedURL = url
     }
 
     /// Rebuilds a `URLRequest` equal to the captured one (header names lower-cased).
@@ -163,8 +168,9 @@ public struct StorableRequest: Sendable, Hashable {
         }
     }
 
-    private static func validate(_ data: inout RequestData) throws -> URL {
-        guard let url = URL(string: data.url), let scheme = url.scheme?.lowercased() else {
+    /// Checks normalised request data; `url` is `data.url` parsed (`nil` if it did not parse).
+    private static func validate(_ data: RequestData, url: URL?) throws -> URL {
+        guard let url, let scheme = url.scheme?.lowercased() else {
             throw BackgroundSyncError(.invalidRequest, "invalid request: '\(data.url)' is not an absolute URL")
         }
         guard allowedSchemes.contains(scheme) else {
@@ -182,19 +188,38 @@ public struct StorableRequest: Sendable, Hashable {
                 .invalidRequest,
                 "invalid request: \(data.method) \(data.url) has a body of \(body.count) bytes, which cannot be sent again")
         }
-        for (name, value) in data.headers
-        where name.isEmpty || name.contains(where: { $0 == ":" || $0.isWhitespace || $0.isNewline })
-            || value.contains(where: \.isNewline)
-        {
+        for (name, value) in data.headers where !isFieldName(name) || !isFieldValue(value) {
             throw BackgroundSyncError(.invalidRequest, "invalid request: header '\(name)' is not a valid header field")
         }
         return url
     }
 
-    private static func lowercasedHeaders(_ fields: [(String, String)]) -> [String: String] {
+    /// A header name is an RFC 9110 token: no colon, whitespace or control character.
+    private static func isFieldName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.allSatisfy(isTokenByte)
+    }
+
+    /// A header value holds no CR, LF or NUL (they would split or end the header).
+    private static func isFieldValue(_ value: String) -> Bool {
+        !value.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 }
+    }
+
+    /// Header names lower-cased; fields whose names differ only in case are joined with ", ", in
+    /// the order of their original names (stable whatever the dictionary's order).
+    private static func lowercasedHeaders(_ fields: [String: String]) -> [String: String] {
         var headers: [String: String] = [:]
-        // Sorted so that joined values come out in a stable order.
-        for (name, value) in fields.sorted(by: { $0.0 < $1.0 }) {
+        headers.reserveCapacity(fields.count)
+        for (name, value) in fields {
+            guard headers.updateValue(value, forKey: name.lowercased()) == nil else {
+                return joinedLowercasedHeaders(fields)
+            }
+        }
+        return headers
+    }
+
+    private static func joinedLowercasedHeaders(_ fields: [String: String]) -> [String: String] {
+        var headers: [String: String] = [:]
+        for (name, value) in fields.sorted(by: { $0.key < $1.key }) {
             let key = name.lowercased()
             if let existing = headers[key] {
                 headers[key] = existing + ", " + value

@@ -25,7 +25,7 @@ public struct LeaseOwner: Sendable, Hashable, CustomStringConvertible {
         LeaseOwner(
             host: ProcessInfo.processInfo.hostName,
             processID: ProcessInfo.processInfo.processIdentifier,
-            token: UUID().uuidString.lowercased()
+            token: UUID().lowercasedString
         )
     }
 

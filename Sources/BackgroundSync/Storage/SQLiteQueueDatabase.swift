@@ -52,9 +52,9 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     public let identity: String
     let writer: any DatabaseWriter
     /// Concurrent inserts share transactions (group commit).
-    private let inserts: GroupCommit<PendingInsert, InsertedEntry>
+    private let inserts: GroupCommit<Database, PendingInsert, InsertedEntry>
     /// Concurrent deletions of delivered entries share transactions too.
-    private let deletes: GroupCommit<Int64, Void>
+    private let deletes: GroupCommit<Database, Int64, Void>
     /// A folder this instance created and removes when it goes away (``temporary()``).
     private let ownedDirectory: URL?
 
@@ -126,37 +126,46 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         var syncTag: String?
     }
 
-    private static func makeDeleteGroupCommit(writer: any DatabaseWriter, path: String) -> GroupCommit<Int64, Void> {
-        GroupCommit { ids in
-            do {
-                return try await writer.write { db in
-                    let statement = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
-                    for id in ids { try statement.execute(arguments: [id]) }
-                    return ids.map { _ in () }
-                }
-            } catch {
-                throw mapError(error, path: path, action: "delete from")
-            }
+    private static func makeDeleteGroupCommit(writer: any DatabaseWriter, path: String) -> GroupCommit<Database, Int64, Void> {
+        groupCommit(writer: writer, path: path, action: "delete from") { db, ids in
+            let statement = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
+            for id in ids { try statement.execute(arguments: [id]) }
+            return ids.map { _ in () }
         }
     }
 
-    private static func makeGroupCommit(writer: any DatabaseWriter, path: String) -> GroupCommit<PendingInsert, InsertedEntry> {
-        GroupCommit { batch in
-            do {
-                return try await writer.write { db in
-                    let registeredAt = Date().timeIntervalSince1970
-                    let inserted = try batch.map { try insert($0.row, queueName: $0.queueName, at: $0.end, db) }
-                    for tag in Set(batch.compactMap(\.syncTag)) {
-                        try db.cachedStatement(
-                            sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING"
-                        ).execute(arguments: [tag, registeredAt])
-                    }
-                    return inserted.map { InsertedEntry(id: $0.id, queueSize: $0.queueSize) }
-                }
-            } catch {
-                throw mapError(error, path: path, action: "write to")
+    private static func makeGroupCommit(writer: any DatabaseWriter, path: String) -> GroupCommit<Database, PendingInsert, InsertedEntry> {
+        groupCommit(writer: writer, path: path, action: "write to") { db, batch in
+            let inserted = try insert(batch, db)
+            let registeredAt = Date().timeIntervalSince1970
+            for tag in Set(batch.compactMap(\.syncTag)) {
+                try db.cachedStatement(
+                    sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING"
+                ).execute(arguments: [tag, registeredAt])
             }
+            return inserted.map { InsertedEntry(id: $0.id, queueSize: $0.queueSize) }
         }
+    }
+
+    /// A group commit whose batches run on `writer`'s queue, each in one transaction.
+    private static func groupCommit<Item: Sendable, Output: Sendable>(
+        writer: any DatabaseWriter, path: String, action: String,
+        _ body: @escaping @Sendable (Database, [Item]) throws -> [Output]
+    ) -> GroupCommit<Database, Item, Output> {
+        GroupCommit(
+            schedule: { work in writer.asyncWriteWithoutTransaction { db in work(db) } },
+            commit: { db, items in
+                do {
+                    var outputs: [Output] = []
+                    try db.inTransaction {
+                        outputs = try body(db, items)
+                        return .commit
+                    }
+                    return outputs
+                } catch {
+                    throw mapError(error, path: path, action: action)
+                }
+            })
     }
 
     deinit {
@@ -401,35 +410,67 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         try await inserts.submit(PendingInsert(row: try EntryRow(entry), queueName: queueName, end: end, syncTag: syncTag))
     }
 
-    /// Inserts one entry; returns its id and the queue's pending count once it is in.
-    static func insert(_ row: EntryRow, queueName: String, at end: QueueEnd, _ db: Database) throws -> (id: Int64, queueSize: Int) {
-        // One statement creates the queue row if needed and takes the next position at that end;
-        // the pending count it returns is the one before this entry (the insert trigger adds it).
-        let positionSQL = end == .tail
-            ? """
-                INSERT INTO queue(name, tailPosition) VALUES (?, 1)
-                ON CONFLICT(name) DO UPDATE SET tailPosition = tailPosition + 1
-                RETURNING tailPosition, pendingCount
-                """
-            : """
-                INSERT INTO queue(name, headPosition) VALUES (?, 0)
-                ON CONFLICT(name) DO UPDATE SET headPosition = headPosition - 1
-                RETURNING headPosition, pendingCount
-                """
-        guard let slot = try Row.fetchOne(try db.cachedStatement(sql: positionSQL), arguments: [queueName]) else {
-            throw BackgroundSyncError(.storage, "queue row missing", queueName: queueName)
+    /// Inserts a batch of entries in the current transaction; returns, in batch order, each one's
+    /// id and the queue's pending count once it is in.
+    ///
+    /// The entries bound for one end of one queue take their positions with a single statement,
+    /// which also creates the queue row if needed: at the tail they follow each other in batch
+    /// order; at the head the last one of the batch comes first, as if unshifted one by one.
+    static func insert(_ batch: [PendingInsert], _ db: Database) throws -> [(id: Int64, queueSize: Int)] {
+        var results = [(id: Int64, queueSize: Int)](repeating: (0, 0), count: batch.count)
+        var groups: [GroupKey: [Int]] = [:]
+        var order: [GroupKey] = []
+        for (index, item) in batch.enumerated() {
+            let key = GroupKey(queueName: item.queueName, end: item.end)
+            if groups[key] == nil { order.append(key) }
+            groups[key, default: []].append(index)
         }
-        let position: Int64 = slot[0]
-        let pendingBefore: Int = slot[1]
-        try db.cachedStatement(sql: """
-                INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata,
-                    idempotencyKey, sealedSecrets)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """).execute(arguments: [
-                queueName, position, row.url, row.method, row.headers, row.body, row.settings, row.timestamp,
-                row.metadata, row.idempotencyKey, row.sealedSecrets,
-            ])
-        return (db.lastInsertedRowID, pendingBefore + 1)
+        let insertEntry = try db.cachedStatement(sql: """
+            INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata,
+                idempotencyKey, sealedSecrets)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+        for key in order {
+            let indices = groups[key]!
+            // The pending count returned is the one before these entries (the insert trigger adds them).
+            let reserve = key.end == .tail
+                ? """
+                    INSERT INTO queue(name, tailPosition) VALUES (?1, ?2)
+                    ON CONFLICT(name) DO UPDATE SET tailPosition = tailPosition + ?2
+                    RETURNING tailPosition, pendingCount
+                    """
+                : """
+                    INSERT INTO queue(name, headPosition) VALUES (?1, 1 - ?2)
+                    ON CONFLICT(name) DO UPDATE SET headPosition = headPosition - ?2
+                    RETURNING headPosition, pendingCount
+                    """
+            guard let slot = try Row.fetchOne(
+                try db.cachedStatement(sql: reserve), arguments: [key.queueName, indices.count])
+            else {
+                throw BackgroundSyncError(.storage, "queue row missing", queueName: key.queueName)
+            }
+            let reserved: Int64 = try slot.decode(atIndex: 0)
+            let pendingBefore: Int = try slot.decode(atIndex: 1)
+            let count = Int64(indices.count)
+            for (offset, index) in indices.enumerated() {
+                // Tail: reserved is the last of the new positions; head: the first.
+                let position = key.end == .tail
+                    ? reserved - count + 1 + Int64(offset)
+                    : reserved + count - 1 - Int64(offset)
+                let row = batch[index].row
+                try insertEntry.execute(arguments: [
+                    key.queueName, position, row.url, row.method, row.headers, row.body, row.settings,
+                    row.timestamp, row.metadata, row.idempotencyKey, row.sealedSecrets,
+                ])
+                results[index] = (db.lastInsertedRowID, pendingBefore + offset + 1)
+            }
+        }
+        return results
+    }
+
+    private struct GroupKey: Hashable {
+        var queueName: String
+        var end: QueueEnd
     }
 
     public func removeEntry(queueName: String, from end: QueueEnd) async throws -> QueueStoreEntry? {
