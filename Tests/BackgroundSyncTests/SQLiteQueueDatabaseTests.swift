@@ -20,18 +20,32 @@ struct SQLiteQueueDatabaseTests {
         #expect(process.terminationStatus == 0)
     }
 
-    /// GRDB sets a pool's writer to `synchronous=NORMAL` when it enables WAL; the configured mode
-    /// must be the one commits actually run with (FULL: every commit synced before it returns).
+    /// GRDB sets a pool's writer to `synchronous=NORMAL` when it enables WAL; pushes must commit
+    /// with the configured mode (FULL: synced before the call returns), while replay bookkeeping
+    /// commits with NORMAL.
     @Test(arguments: [(SQLiteQueueDatabase.Configuration.Synchronous.full, 2), (.normal, 1)])
-    func commitsRunWithTheConfiguredSynchronousMode(mode: SQLiteQueueDatabase.Configuration.Synchronous, expected: Int)
-        async throws
-    {
+    func pushesCommitWithTheConfiguredModeAndReplayBookkeepingWithNormal(
+        mode: SQLiteQueueDatabase.Configuration.Synchronous, expected: Int
+    ) async throws {
         let database = try SQLiteQueueDatabase.temporary(configuration: .init(synchronous: mode))
-        _ = try await database.insertEntry(
-            UnidentifiedQueueStoreEntry(requestData: .init(url: "https://example.com/a", method: "POST")),
-            queueName: "q", at: .tail, registeringSyncTag: nil)
-        let setting = try await database.writer.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") }
-        #expect(setting == expected)
+        func writerSetting() async throws -> Int? {
+            // Read on the writer connection, between transactions, as the next commit would see it.
+            try await database.writer.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") }
+        }
+        let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "https://example.com/a", method: "POST"))
+        _ = try await database.insertEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
+        #expect(try await writerSetting() == expected)
+
+        let claim = try await database.claimHead(queueName: "q", owner: .current(), leaseDuration: .seconds(60), now: Date())
+        guard case .claimed(let claimed) = claim else { Issue.record("nothing claimed"); return }
+        #expect(try await writerSetting() == 1, "a lease is bookkeeping")
+        try await database.completeClaim(id: claimed.id, owner: .current())
+        #expect(try await writerSetting() == 1, "deleting a delivered entry is bookkeeping")
+
+        _ = try await database.insertEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
+        #expect(try await writerSetting() == expected, "the next push is durable again")
+        _ = try await database.requeueDeadEntries(queueName: "q", ids: nil)
+        #expect(try await writerSetting() == expected, "user actions are durable")
     }
 
     @Test func aNewFileIsPrivateToItsOwner() async throws {

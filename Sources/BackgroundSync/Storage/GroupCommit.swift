@@ -52,19 +52,20 @@ final class GroupCommit<Context, Item: Sendable, Output: Sendable>: Sendable {
 
     private let state = Locked(State())
     private let maxBatch: Int
-    private let gatherDelay: @Sendable (Duration) -> Duration
+    private let gatherDelay: (@Sendable (Duration) -> Duration)?
     private let schedule: Schedule
     private let commit: Commit
 
     /// - Parameters:
     ///   - maxBatch: the most writes one transaction takes.
     ///   - gatherDelay: how long to gather at most, given how long the last commit took
-    ///     (default: as long, up to 10 ms).
+    ///     (default: as long, up to 10 ms); `nil` never gathers (for commits that are cheap, not
+    ///     waiting for the disk, where gathering would only add latency).
     ///   - schedule: runs a drain on the writer.
     ///   - commit: writes a batch in one transaction.
     init(
         maxBatch: Int = 512,
-        gatherDelay: @escaping @Sendable (Duration) -> Duration = { min($0, .milliseconds(10)) },
+        gatherDelay: (@Sendable (Duration) -> Duration)? = { min($0, .milliseconds(10)) },
         schedule: @escaping Schedule,
         commit: @escaping Commit
     ) {
@@ -122,7 +123,7 @@ final class GroupCommit<Context, Item: Sendable, Output: Sendable>: Sendable {
     /// all when nothing waits.
     private func finish(lastBatch: Int, took: Duration) {
         let next = state.withLock { state -> Next in
-            let target = min(lastBatch, maxBatch)
+            let target = gatherDelay == nil ? 0 : min(lastBatch, maxBatch)
             if target > 1 && !state.waiting.isEmpty && state.waiting.count < target {
                 // The last batch's callers have not come back yet (maybe none of them has).
                 state.scheduled = false
@@ -142,7 +143,7 @@ final class GroupCommit<Context, Item: Sendable, Output: Sendable>: Sendable {
         case .now:
             schedule { [self] context in drain(context) }
         case .gather(let gathering):
-            let delay = gatherDelay(took)
+            let delay = gatherDelay?(took) ?? .zero
             DispatchQueue.global().asyncAfter(deadline: .now() + delay.timeInterval) { [self] in
                 let start = state.withLock { state -> Bool in
                     guard state.gathering == gathering, state.gatherTarget != nil else { return false }

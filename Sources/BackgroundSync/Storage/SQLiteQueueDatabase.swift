@@ -51,6 +51,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     public let path: String
     public let identity: String
     let writer: any DatabaseWriter
+    /// `PRAGMA synchronous` for durable writes (the configured mode) and for replay bookkeeping.
+    private let synchronous: SynchronousModes
     /// Concurrent inserts share transactions (group commit).
     private let inserts: GroupCommit<Database, PendingInsert, InsertedEntry>
     /// Concurrent deletions of delivered entries share transactions too.
@@ -99,8 +101,9 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         } catch {
             throw Self.mapError(error, path: url.path, action: "open")
         }
-        inserts = Self.makeGroupCommit(writer: writer, path: self.path)
-        deletes = Self.makeDeleteGroupCommit(writer: writer, path: self.path)
+        synchronous = SynchronousModes(durable: configuration.synchronous)
+        inserts = Self.makeGroupCommit(writer: writer, path: self.path, synchronous: synchronous)
+        deletes = Self.makeDeleteGroupCommit(writer: writer, path: self.path, synchronous: synchronous)
     }
 
     private init(memory: Void) throws {
@@ -114,8 +117,9 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         } catch {
             throw Self.mapError(error, path: ":memory:", action: "open")
         }
-        inserts = Self.makeGroupCommit(writer: writer, path: path)
-        deletes = Self.makeDeleteGroupCommit(writer: writer, path: path)
+        synchronous = SynchronousModes(durable: .full)
+        inserts = Self.makeGroupCommit(writer: writer, path: path, synchronous: synchronous)
+        deletes = Self.makeDeleteGroupCommit(writer: writer, path: path, synchronous: synchronous)
     }
 
     /// One insert waiting for its group commit.
@@ -126,16 +130,21 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         var syncTag: String?
     }
 
-    private static func makeDeleteGroupCommit(writer: any DatabaseWriter, path: String) -> GroupCommit<Database, Int64, Void> {
-        groupCommit(writer: writer, path: path, action: "delete from") { db, ids in
+    /// Deletions of delivered entries are replay bookkeeping (see ``SynchronousModes``).
+    private static func makeDeleteGroupCommit(
+        writer: any DatabaseWriter, path: String, synchronous: SynchronousModes
+    ) -> GroupCommit<Database, Int64, Void> {
+        groupCommit(writer: writer, path: path, mode: synchronous.bookkeeping, synchronous, action: "delete from") { db, ids in
             let statement = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
             for id in ids { try statement.execute(arguments: [id]) }
             return ids.map { _ in () }
         }
     }
 
-    private static func makeGroupCommit(writer: any DatabaseWriter, path: String) -> GroupCommit<Database, PendingInsert, InsertedEntry> {
-        groupCommit(writer: writer, path: path, action: "write to") { db, batch in
+    private static func makeGroupCommit(
+        writer: any DatabaseWriter, path: String, synchronous: SynchronousModes
+    ) -> GroupCommit<Database, PendingInsert, InsertedEntry> {
+        groupCommit(writer: writer, path: path, mode: synchronous.durable, synchronous, action: "write to") { db, batch in
             let inserted = try insert(batch, db)
             let registeredAt = Date().timeIntervalSince1970
             for tag in Set(batch.compactMap(\.syncTag)) {
@@ -149,19 +158,22 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     /// A group commit whose batches run on `writer`'s queue, each in one transaction.
     private static func groupCommit<Item: Sendable, Output: Sendable>(
-        writer: any DatabaseWriter, path: String, action: String,
+        writer: any DatabaseWriter, path: String, mode: String, _ synchronous: SynchronousModes, action: String,
         _ body: @escaping @Sendable (Database, [Item]) throws -> [Output]
     ) -> GroupCommit<Database, Item, Output> {
-        GroupCommit(
+        // Gathering pays when a commit waits for the disk; otherwise it would only add latency.
+        let gatherDelay: (@Sendable (Duration) -> Duration)?
+        if mode == Configuration.Synchronous.normal.rawValue {
+            gatherDelay = nil
+        } else {
+            gatherDelay = { min($0, .milliseconds(10)) }
+        }
+        return GroupCommit(
+            gatherDelay: gatherDelay,
             schedule: { work in writer.asyncWriteWithoutTransaction { db in work(db) } },
             commit: { db, items in
                 do {
-                    var outputs: [Output] = []
-                    try db.inTransaction {
-                        outputs = try body(db, items)
-                        return .commit
-                    }
-                    return outputs
+                    return try synchronous.transaction(mode, db) { try body(db, items) }
                 } catch {
                     throw mapError(error, path: path, action: action)
                 }
@@ -386,9 +398,17 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     // MARK: - Access
 
-    private func write<T: Sendable>(_ action: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    /// Runs `body` in a transaction on the writer. `durable: false` is for replay bookkeeping
+    /// (leases, deletions of delivered entries, retry counts): it does not wait for the disk.
+    private func write<T: Sendable>(
+        _ action: String, durable: Bool = true, _ body: @escaping @Sendable (Database) throws -> T
+    ) async throws -> T {
+        let synchronous = synchronous
+        let mode = durable ? synchronous.durable : synchronous.bookkeeping
         do {
-            return try await writer.write(body)
+            return try await writer.writeWithoutTransaction { db in
+                try synchronous.transaction(mode, db) { try body(db) }
+            }
         } catch {
             throw Self.mapError(error, path: path, action: action)
         }
@@ -569,7 +589,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     public func claimHead(queueName: String, owner: LeaseOwner, leaseDuration: Duration, now: Date) async throws -> ClaimResult {
         let (nowSeconds, expiry, ownerValue) = (now.timeIntervalSince1970, now.timeIntervalSince1970 + leaseDuration.timeInterval, owner.rawValue)
-        return try await write("claim from") { db in
+        return try await write("claim from", durable: false) { db in
             try Self.claimHead(queueName, owner: ownerValue, now: nowSeconds, until: expiry, db)
         }
     }
@@ -578,7 +598,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         id: Int64, owner: LeaseOwner, queueName: String, leaseDuration: Duration, now: Date
     ) async throws -> ClaimResult {
         let (nowSeconds, expiry, ownerValue) = (now.timeIntervalSince1970, now.timeIntervalSince1970 + leaseDuration.timeInterval, owner.rawValue)
-        return try await write("claim from") { db in
+        return try await write("claim from", durable: false) { db in
             try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?").execute(arguments: [id])
             return try Self.claimHead(queueName, owner: ownerValue, now: nowSeconds, until: expiry, db)
         }
@@ -586,7 +606,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     public func abandonClaim(id: Int64, owner: LeaseOwner) async throws {
         let ownerValue = owner.rawValue
-        try await write("update") { db in
+        try await write("update", durable: false) { db in
             try db.cachedStatement(sql: "UPDATE entry SET leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ? AND leaseOwner = ?")
                 .execute(arguments: [id, ownerValue])
         }
@@ -613,7 +633,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         let nowSeconds = now.timeIntervalSince1970
         let expiry = nowSeconds + leaseDuration.timeInterval
         let ownerValue = owner.rawValue
-        return try await write("claim from") { db in
+        return try await write("claim from", durable: false) { db in
             var claimed: [QueueStoreEntry] = []
             // Entries leased by a live holder are skipped; scan a bounded window past them.
             let rows = try Row.fetchAll(try db.cachedStatement(sql: """
@@ -704,7 +724,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     public func releaseClaim(id: Int64, owner: LeaseOwner, failure: ReplayFailure, nextAttemptAt: Date?) async throws {
         let next = nextAttemptAt?.timeIntervalSince1970
         let ownerValue = owner.rawValue
-        try await write("update") { db in
+        try await write("update", durable: false) { db in
             try db.cachedStatement(sql: """
                     UPDATE entry SET attempts = attempts + 1, nextAttemptAt = ?, lastStatus = ?, lastError = ?,
                     lastResponseExcerpt = ?, leaseOwner = NULL, leaseExpiresAt = NULL
@@ -749,6 +769,42 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     // MARK: - Rows
 
     /// An entry encoded for its row.
+    /// The writer connection's `PRAGMA synchronous`, set per transaction.
+    ///
+    /// Pushes, user actions (requeue, purge, delete) and dead-lettering commit with the configured
+    /// mode (FULL by default: on disk before the call returns). Replay bookkeeping — leases,
+    /// deleting a delivered entry, counting a failed attempt — commits with NORMAL: it survives a
+    /// crash of the process, and after a power cut the last of it may be rolled back, so a request
+    /// already delivered can be sent once more (with its `Idempotency-Key`). The next durable
+    /// commit or checkpoint makes it durable too (a sync of the WAL covers every earlier commit).
+    /// Browsers make the same trade for Workbox's deletions (IndexedDB's relaxed durability).
+    final class SynchronousModes: Sendable {
+        let durable: String
+        let bookkeeping = Configuration.Synchronous.normal.rawValue
+        /// The mode the writer connection is in; read and changed on the writer only.
+        private let current: Locked<String>
+
+        init(durable: Configuration.Synchronous) {
+            self.durable = durable.rawValue
+            current = Locked(durable.rawValue)
+        }
+
+        /// Sets `mode` on the writer connection if needed, then runs `body` in a transaction.
+        func transaction<T>(_ mode: String, _ db: Database, _ body: () throws -> T) throws -> T {
+            if current.withLock({ $0 }) != mode {
+                try db.execute(sql: "PRAGMA synchronous = \(mode)")
+                current.withLock { $0 = mode }
+            }
+            var result: T?
+            try db.inTransaction {
+                result = try body()
+                return .commit
+            }
+            guard let result else { throw BackgroundSyncError(.storage, "transaction returned no result") }
+            return result
+        }
+    }
+
     struct EntryRow: Sendable {
         var url: String
         var method: String
