@@ -20,9 +20,11 @@ struct GroupCommitTests {
 
         init(holding: Set<Int>) { self.holding = holding }
 
-        func groupCommit(gatherDelay: Duration = .seconds(60), fail: Int? = nil) -> GroupCommit<Void, Int, Int> {
-            GroupCommit(
-                gatherDelay: { _ in gatherDelay },
+        func groupCommit(gatherDelay: Duration? = .seconds(60), fail: Int? = nil) -> GroupCommit<Void, Int, Int> {
+            var delay: (@Sendable (Duration) -> Duration)?
+            if let gatherDelay { delay = { _ in gatherDelay } }
+            return GroupCommit(
+                gatherDelay: delay,
                 schedule: { [queue] work in queue.async { work(()) } },
                 commit: { [self] _, items in
                     batches.withLock { $0.append(items) }
@@ -77,6 +79,25 @@ struct GroupCommitTests {
         #expect(writer.batches.current == [[0], [1, 2, 3], [4, 5, 6]])
     }
 
+    @Test func withoutGatheringTheNextCommitStartsAtOnce() async throws {
+        let writer = Writer(holding: [0, 1])
+        let commit = writer.groupCommit(gatherDelay: nil)
+        let first = Task { try await commit.submit(0) }
+        await until { writer.held == 1 }
+        let batch = [1, 2, 3].map { item in Task { try await commit.submit(item) } }
+        await until { commit.waitingCount == 3 }
+        writer.release()
+        await until { writer.held == 2 }
+        let early = Task { try await commit.submit(4) }
+        await until { commit.waitingCount == 1 }
+        writer.release()
+        // Nobody waits for the last batch's callers: 4 goes alone, without waiting for them.
+        #expect(try await early.value == 40)
+        for task in batch { _ = try await task.value }
+        _ = try await first.value
+        #expect(writer.batches.current == [[0], [1, 2, 3], [4]])
+    }
+
     @Test func aGatheringThatDoesNotFillCommitsAfterTheDelay() async throws {
         let writer = Writer(holding: [0, 1])
         let commit = writer.groupCommit(gatherDelay: .milliseconds(1))
@@ -108,7 +129,7 @@ struct GroupCommitTests {
 
     @Test func aFailingWriteFailsAlone() async throws {
         let writer = Writer(holding: [])
-        let commit = writer.groupCommit(fail: 13)
+        let commit = writer.groupCommit(gatherDelay: .milliseconds(1), fail: 13)
         try await withThrowingTaskGroup(of: (Int, Bool).self) { group in
             for item in 10..<16 {
                 group.addTask { (item, (try? await commit.submit(item)) != nil) }

@@ -1,4 +1,4 @@
-import BackgroundSync
+@testable import BackgroundSync
 import Foundation
 import LoopbackHTTPServer
 import Logging
@@ -167,6 +167,8 @@ struct SyncServiceTests {
         var iterator = arrived.makeAsyncIterator()
         #expect(await iterator.next() == 0)
         await group.triggerGracefulShutdown()
+        // The service reacts to the shutdown in its own task: let it ask the queue to stop first.
+        while !queue.stopIsRequested { await Task.yield() }
         release.signal()
         try await running.value
 

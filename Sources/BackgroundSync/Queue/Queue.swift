@@ -416,6 +416,9 @@ public actor Queue {
         stopFlag.withLock { $0 = true }
     }
 
+    /// Whether a stop was requested and the replay has not restarted since (for tests).
+    nonisolated var stopIsRequested: Bool { stopFlag.withLock { $0 } }
+
     // MARK: - Replay
 
     /// Sends the queue's entries in order and deletes each one once the server accepted it.
@@ -559,40 +562,60 @@ public actor Queue {
 
     private func drainConcurrently(_ summary: inout ReplaySummary) async throws {
         let limit = options.maxConcurrentReplays
-        let (outcomes, failure) = try await withThrowingTaskGroup(of: Outcome.self) {
+        let (outcomes, failure) = try await withThrowingTaskGroup(of: (QueueStoreEntry, Outcome).self) {
             group -> ([Outcome], BackgroundSyncError?) in
             var outcomes: [Outcome] = []
             var failure: BackgroundSyncError?
             var inFlight = 0
+            // Delivered entries are deleted with the next batch of claims: one commit for both.
+            var toDelete: [(QueueStoreEntry, ReplayResponse)] = []
             while true {
                 // Claim in batches (when half the slots are free), not one transaction per slot.
                 if failure == nil, !stopRequested, inFlight <= limit / 2 {
                     try Task.checkCancellation()
-                    let entries = try await database.claimEntries(
-                        queueName: name, owner: owner, limit: limit - inFlight,
-                        leaseDuration: options.leaseDuration, now: options.clock.now)
+                    let entries = try await completeDeliveries(&toDelete, thenClaim: limit - inFlight)
                     for entry in entries {
                         inFlight += 1
-                        group.addTask {
-                            let outcome = try await self.process(entry)
-                            if case .delivered(let response) = outcome {
-                                // Concurrent deletes share commits (group commit in the driver).
-                                try await self.database.completeClaim(id: entry.id, owner: self.owner)
-                                await self.delivered(entry, response)
-                            }
-                            return outcome
-                        }
+                        group.addTask { (entry, try await self.process(entry)) }
                     }
                 }
-                guard let outcome = try await group.next() else { break }
+                let next: (QueueStoreEntry, Outcome)?
+                do {
+                    next = try await group.next()
+                } catch {
+                    // A database failure: what was delivered is still deleted if the database allows.
+                    _ = try? await completeDeliveries(&toDelete, thenClaim: 0)
+                    throw error
+                }
+                guard let (entry, outcome) = next else { break }
                 inFlight -= 1
-                if case .stop(let error) = outcome, failure == nil { failure = error }
+                switch outcome {
+                case .delivered(let response): toDelete.append((entry, response))
+                case .stop(let error) where failure == nil: failure = error
+                default: break
+                }
                 outcomes.append(outcome)
             }
+            _ = try await completeDeliveries(&toDelete, thenClaim: 0)
             return (outcomes, failure)
         }
         for outcome in outcomes { tally(outcome, into: &summary) }
         if let failure { throw failure }
+    }
+
+    /// Deletes the delivered entries and claims up to `limit` more in one commit, then reports the
+    /// deliveries (metrics, events, the app's hook).
+    private func completeDeliveries(
+        _ deliveries: inout [(QueueStoreEntry, ReplayResponse)], thenClaim limit: Int
+    ) async throws -> [QueueStoreEntry] {
+        if deliveries.isEmpty && limit == 0 { return [] }
+        let claimed = try await database.completeClaimsAndClaimEntries(
+            ids: deliveries.map(\.0.id), owner: owner, queueName: name, limit: limit,
+            leaseDuration: options.leaseDuration, now: options.clock.now)
+        let done = deliveries
+        deliveries.removeAll()
+        for (entry, response) in done { await delivered(entry, response) }
+        return claimed
     }
 
     /// Sends one claimed entry and records the outcome in the database, except a delivery, which

@@ -174,6 +174,13 @@ public protocol QueueDatabase: Sendable {
         id: Int64, owner: LeaseOwner, queueName: String, leaseDuration: Duration, now: Date
     ) async throws -> ClaimResult
 
+    /// Deletes delivered entries and leases up to `limit` more (as ``claimEntries(queueName:owner:limit:leaseDuration:now:)``)
+    /// in the same transaction, so that a concurrent replay pays one commit per batch of claims.
+    /// `limit` 0 only deletes. A default implementation does it in several steps.
+    func completeClaimsAndClaimEntries(
+        ids: [Int64], owner: LeaseOwner, queueName: String, limit: Int, leaseDuration: Duration, now: Date
+    ) async throws -> [QueueStoreEntry]
+
     /// Gives back a claimed entry untouched (no attempt counted): a replay that stops before sending it.
     func abandonClaim(id: Int64, owner: LeaseOwner) async throws
 
@@ -198,6 +205,15 @@ public protocol QueueDatabase: Sendable {
 }
 
 extension QueueDatabase {
+    public func completeClaimsAndClaimEntries(
+        ids: [Int64], owner: LeaseOwner, queueName: String, limit: Int, leaseDuration: Duration, now: Date
+    ) async throws -> [QueueStoreEntry] {
+        for id in ids { try await completeClaim(id: id, owner: owner) }
+        guard limit > 0 else { return [] }
+        return try await claimEntries(
+            queueName: queueName, owner: owner, limit: limit, leaseDuration: leaseDuration, now: now)
+    }
+
     /// Deletes one entry; returns whether it existed.
     @discardableResult
     public func deleteEntry(id: Int64) async throws -> Bool {

@@ -406,12 +406,22 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         let synchronous = synchronous
         let mode = durable ? synchronous.durable : synchronous.bookkeeping
         do {
+            if !durable {
+                return try Self.writeBlocking(writer) { db in
+                    try synchronous.transaction(mode, db) { try body(db) }
+                }
+            }
             return try await writer.writeWithoutTransaction { db in
                 try synchronous.transaction(mode, db) { try body(db) }
             }
         } catch {
             throw Self.mapError(error, path: path, action: action)
         }
+    }
+
+    /// GRDB's blocking write (the async overload would be chosen in an async context).
+    private static func writeBlocking<T>(_ writer: any DatabaseWriter, _ body: (Database) throws -> T) throws -> T {
+        try writer.writeWithoutTransaction(body)
     }
 
     private func read<T: Sendable>(_ action: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
@@ -630,10 +640,20 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     public func claimEntries(
         queueName: String, owner: LeaseOwner, limit: Int, leaseDuration: Duration, now: Date
     ) async throws -> [QueueStoreEntry] {
+        try await completeClaimsAndClaimEntries(
+            ids: [], owner: owner, queueName: queueName, limit: limit, leaseDuration: leaseDuration, now: now)
+    }
+
+    public func completeClaimsAndClaimEntries(
+        ids: [Int64], owner: LeaseOwner, queueName: String, limit: Int, leaseDuration: Duration, now: Date
+    ) async throws -> [QueueStoreEntry] {
         let nowSeconds = now.timeIntervalSince1970
         let expiry = nowSeconds + leaseDuration.timeInterval
         let ownerValue = owner.rawValue
         return try await write("claim from", durable: false) { db in
+            let delete = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
+            for id in ids { try delete.execute(arguments: [id]) }
+            guard limit > 0 else { return [] }
             var claimed: [QueueStoreEntry] = []
             // Entries leased by a live holder are skipped; scan a bounded window past them.
             let rows = try Row.fetchAll(try db.cachedStatement(sql: """
