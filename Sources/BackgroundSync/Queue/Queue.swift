@@ -50,12 +50,12 @@ public actor Queue {
     private nonisolated let registersWithEntries: Bool
     private var runningReplay: Task<ReplaySummary, any Error>?
     /// The status that paused the queue (401/403), until ``resume()``.
-    private var pausedStatus: Int?
+    private nonisolated let pausedStatus = Locked<Int?>(nil)
     /// Set by a graceful shutdown: the replay finishes the sends in flight and claims nothing more.
     private nonisolated let stopFlag = Locked(false)
     private var stopRequested: Bool { stopFlag.withLock { $0 } }
     private nonisolated let warnedAboutStrippedSecrets = Locked(false)
-    private var random = SystemRandomNumberGenerator()
+    private nonisolated let random = Locked(SystemRandomNumberGenerator())
 
     /// Creates a queue.
     ///
@@ -318,11 +318,11 @@ public actor Queue {
         try await database.deleteEntries(queueName: name, state: .dead)
     }
 
-    private func isExpired(_ entry: QueueStoreEntry, now: Date) -> Bool {
+    nonisolated private func isExpired(_ entry: QueueStoreEntry, now: Date) -> Bool {
         now.timeIntervalSince(entry.timestamp) > options.maxRetentionTime.timeInterval
     }
 
-    private func reportExpired(_ entry: QueueStoreEntry) async {
+    nonisolated(nonsending) private func reportExpired(_ entry: QueueStoreEntry) async {
         metrics.expired.increment()
         await emit(.expired, entryID: entry.id)
         logger.info(
@@ -394,13 +394,13 @@ public actor Queue {
     // MARK: - Pause
 
     /// Whether replay is paused because the server asked for credentials (401/403).
-    public var isPaused: Bool { pausedStatus != nil }
+    public var isPaused: Bool { pausedStatus.withLock { $0 } != nil }
 
     /// Resumes a queue paused by a 401/403 (once the app has fresh credentials, which
     /// ``QueueOptions/requestWillReplay`` adds) and registers a sync.
     public func resume() async {
-        guard pausedStatus != nil else { return }
-        pausedStatus = nil
+        guard pausedStatus.withLock({ $0 }) != nil else { return }
+        pausedStatus.withLock { $0 = nil }
         logger.info("replay resumed")
         await emit(.resumed, entryID: nil)
         await registerSync()
@@ -443,8 +443,8 @@ public actor Queue {
     /// many entries are in flight, entries in backoff are skipped, and a failure stops new claims.
     @discardableResult
     public func replayRequests() async throws -> ReplaySummary {
-        if let pausedStatus {
-            throw pausedError(status: pausedStatus)
+        if let status = pausedStatus.withLock({ $0 }) {
+            throw pausedError(status: status)
         }
         if let runningReplay {
             return try await runningReplay.value
@@ -456,7 +456,7 @@ public actor Queue {
         return try await task.value
     }
 
-    private func pausedError(status: Int) -> BackgroundSyncError {
+    nonisolated private func pausedError(status: Int) -> BackgroundSyncError {
         BackgroundSyncError(
             .queuePaused, "replay is paused: the server answered \(status) and wants credentials; call resume()",
             queueName: name, status: status)
@@ -553,7 +553,7 @@ public actor Queue {
     }
 
     /// What follows a delivery, once the entry is deleted: metrics, event, the app's hook.
-    private func delivered(_ entry: QueueStoreEntry, _ response: ReplayResponse) async {
+    nonisolated(nonsending) private func delivered(_ entry: QueueStoreEntry, _ response: ReplayResponse) async {
         metrics.replayed.increment()
         logger.debug("request replayed", metadata: ["background-sync.entry": "\(entry.id)", "http.status": "\(response.status)"])
         await emit(.replayed(response), entryID: entry.id)
@@ -621,7 +621,7 @@ public actor Queue {
     /// Sends one claimed entry and records the outcome in the database, except a delivery, which
     /// the caller records (so that, in order, it shares a commit with the next claim). Throws only
     /// when the database fails (the entry then keeps its lease until it expires; nothing is lost).
-    private func process(_ entry: QueueStoreEntry, credentialsRefreshed: Bool = false) async throws -> Outcome {
+    nonisolated(nonsending) private func process(_ entry: QueueStoreEntry, credentialsRefreshed: Bool = false) async throws -> Outcome {
         if isExpired(entry, now: options.clock.now) {
             try await database.completeClaim(id: entry.id, owner: owner)
             await reportExpired(entry)
@@ -684,7 +684,7 @@ public actor Queue {
                 return try await process(entry, credentialsRefreshed: true)
             }
             try await database.releaseClaim(id: entry.id, owner: owner, failure: failure, nextAttemptAt: nil)
-            pausedStatus = response.status
+            pausedStatus.withLock { $0 = response.status }
             logger.info(
                 "replay paused: the server wants credentials",
                 metadata: ["background-sync.entry": "\(entry.id)", "http.status": "\(response.status)"])
@@ -696,7 +696,7 @@ public actor Queue {
     }
 
     /// Gives the entry back for a later attempt (or dead-letters it when it is out of attempts).
-    private func retry(
+    nonisolated(nonsending) private func retry(
         _ entry: QueueStoreEntry, _ failure: ReplayFailure, retryAfter: Duration?, message: String,
         underlying: (any Error)?
     ) async throws -> Outcome {
@@ -706,7 +706,9 @@ public actor Queue {
             final.error = "gave up after \(attempts) attempts: \(failure.error)"
             return try await deadLetter(entry, final)
         }
-        let delay = options.retryPolicy.delay(afterAttempts: attempts, retryAfter: retryAfter, using: &random)
+        let delay = random.withLock {
+            options.retryPolicy.delay(afterAttempts: attempts, retryAfter: retryAfter, using: &$0)
+        }
         let next = options.clock.now.addingTimeInterval(delay.timeInterval)
         try await database.releaseClaim(id: entry.id, owner: owner, failure: failure, nextAttemptAt: next)
         metrics.retried.increment()
@@ -722,7 +724,7 @@ public actor Queue {
                 queueName: name, entryID: entry.id, status: failure.status, underlying: underlying))
     }
 
-    private func deadLetter(_ entry: QueueStoreEntry, _ failure: ReplayFailure) async throws -> Outcome {
+    nonisolated(nonsending) private func deadLetter(_ entry: QueueStoreEntry, _ failure: ReplayFailure) async throws -> Outcome {
         try await database.deadLetterClaim(id: entry.id, owner: owner, failure: failure)
         metrics.deadLettered.increment()
         logger.info(
