@@ -20,9 +20,9 @@ struct ReplayBenchmark {
         // Warm the connection pool so neither side pays for it.
         _ = try await bare(url: url, count: 50, inFlight: 16, transport: transport)
 
-        // Alternate baseline and queue, three rounds each, medians (see EnqueueBenchmark).
+        // Alternate baseline and queue, five rounds each, medians (see EnqueueBenchmark).
         var rounds: [[Double]] = [[], [], [], []]
-        for _ in 0..<3 {
+        for _ in 0..<5 {
             rounds[0].append(try await bare(url: url, count: count, inFlight: 1, transport: transport))
             rounds[1].append(try await drain(url: url, count: count, concurrency: 1, transport: transport))
             rounds[2].append(try await bare(url: url, count: count, inFlight: 16, transport: transport))

@@ -19,16 +19,16 @@ struct ScaleBenchmark {
         let empty = try Queue(
             name: "bench", database: try SQLiteQueueDatabase(path: freshPath("empty")), syncManager: SyncManager())
 
-        // Alternate the two, three rounds each, and keep each side's median: drift in the
+        // Alternate the two, five rounds each, and keep each side's median: drift in the
         // machine's fsync speed then hits both sides alike.
         var fullRates: [Double] = []
         var emptyRates: [Double] = []
-        for _ in 0..<3 {
+        for _ in 0..<5 {
             emptyRates.append(try await rate(empty, pushes: pushes))
             fullRates.append(try await rate(full, pushes: pushes))
         }
-        let emptyRate = emptyRates.sorted()[1]
-        let fullRate = fullRates.sorted()[1]
+        let emptyRate = median(emptyRates)
+        let fullRate = median(fullRates)
 
         let sizeCalls = 200
         var size = 0
@@ -49,9 +49,10 @@ struct ScaleBenchmark {
     }
 
     private func rate(_ queue: Queue, pushes: Int) async throws -> Double {
+        let requests = (0..<pushes).map(EnqueueBenchmark.request)
         let start = ContinuousClock.now
-        for index in 0..<pushes {
-            try await queue.pushRequest(EnqueueBenchmark.request(index))
+        for request in requests {
+            try await queue.pushRequest(request)
         }
         return Double(pushes) / (ContinuousClock.now - start).seconds
     }

@@ -11,8 +11,12 @@ import Darwin
 
 /// The embedded default ``QueueDatabase``: one SQLite file, opened with GRDB in WAL mode.
 ///
-/// - Durability: every write is one transaction committed with `synchronous=FULL` (configurable),
-///   so a method that returned survives a crash or a power cut.
+/// - Durability: every write is one transaction. Pushes, dead-lettering and user actions (requeue,
+///   purge, delete) commit with `synchronous=FULL` (configurable): once the call returned they
+///   survive a crash or a power cut. Replay bookkeeping (leases, deleting a delivered entry, counting
+///   a failed attempt) commits with `NORMAL`: it survives a crash of the process; a power cut may
+///   roll back the last of it, so a delivered request may be sent once more (with its
+///   `Idempotency-Key`).
 /// - Several processes may open the same file: writes are serialised by SQLite, replay claims use
 ///   leases, and a busy database is waited for (``Configuration/busyTimeout``).
 /// - A new file is created with mode 0600 (its `-wal` and `-shm` files inherit it), in a folder
@@ -31,7 +35,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             case normal = "NORMAL"
         }
 
-        /// `PRAGMA synchronous`. Default: `.full`.
+        /// `PRAGMA synchronous` for pushes, dead-lettering and user actions (replay bookkeeping
+        /// always uses `.normal`). Default: `.full`.
         public var synchronous: Synchronous
         /// How long a write waits for another process's lock before failing. Default: 10 seconds.
         public var busyTimeout: Duration
