@@ -50,6 +50,9 @@ if runs("enqueue") {
 if only?.contains("split") == true {  // a diagnostic, only when asked for
     results += try await SplitBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
 }
+if only?.contains("group") == true {  // a diagnostic, only when asked for
+    results += try await GroupCommitDiagnostic(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
+}
 if runs("replay") {
     results += try await ReplayBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
 }

@@ -10,11 +10,14 @@ struct GroupCommitTests {
         while !condition() { await Task.yield() }
     }
 
-    /// A serial queue standing in for the database's writer; commits record their batches, and
-    /// the batches whose first item is in `holding` wait for `release()` before committing.
+    /// A serial queue standing in for the database's writer; transactions record their batches
+    /// when they commit, and the batches whose first item is in `holding` wait for `release()`
+    /// before committing.
     private final class Writer: Sendable {
         let queue = DispatchQueue(label: "test-writer")
         let batches = Box<[[Int]]>([])
+        /// Every call that wrote items in an open transaction.
+        let appends = Box<[[Int]]>([])
         let holding: Set<Int>
         private let gate = DispatchSemaphore(value: 0)
 
@@ -26,13 +29,23 @@ struct GroupCommitTests {
             return GroupCommit(
                 gatherDelay: delay,
                 schedule: { [queue] work in queue.async { work(()) } },
-                commit: { [self] _, items in
+                transaction: { [self] _, writes in
+                    open.withLock { $0 = [] }
+                    try writes()
+                    let items = open.current
                     batches.withLock { $0.append(items) }
                     if let first = items.first, holding.contains(first) { gate.wait() }
                     if let fail, items.contains(fail) { throw CancellationError() }
+                },
+                append: { [self] _, items in
+                    appends.withLock { $0.append(items) }
+                    open.withLock { $0 += items }
                     return items.map { $0 * 10 }
                 })
         }
+
+        /// The items written in the transaction being run.
+        private let open = Box<[Int]>([])
 
         var held: Int { batches.withLock { $0.filter { holding.contains($0.first ?? -1) }.count } }
         func release() { gate.signal() }
@@ -52,31 +65,39 @@ struct GroupCommitTests {
         writer.release()
 
         #expect(try await first.value == 0)
+        // 0's caller and the three that came during its commit are this round's writers: the
+        // next transaction, open with 1, 2 and 3, takes a fourth write before committing.
+        let fourth = Task { try await commit.submit(4) }
         #expect(try await cancelled.value == 10, "a submitted write is committed and reported, cancelled or not")
         #expect(try await second.value == 20)
         #expect(try await third.value == 30)
-        #expect(writer.batches.current == [[0], [1, 2, 3]])
+        #expect(try await fourth.value == 40)
+        #expect(writer.batches.current == [[0], [1, 2, 3, 4]])
+        #expect(writer.appends.current == [[0], [1, 2, 3], [4]], "what waits is written at once, what comes later as it comes")
     }
 
-    @Test func afterABatchOfNTheNextCommitGathersNWrites() async throws {
+    @Test func afterABatchOfNWithMArrivingDuringItsCommitTheNextCommitGathersNPlusMWrites() async throws {
         let writer = Writer(holding: [0, 1])
         let commit = writer.groupCommit()
         let first = Task { try await commit.submit(0) }
         await until { writer.held == 1 }
-        let batch = [1, 2, 3].map { item in Task { try await commit.submit(item) } }
+        var batch = [1, 2, 3].map { item in Task { try await commit.submit(item) } }
         await until { commit.waitingCount == 3 }
         writer.release()
-        await until { writer.held == 2 }  // [1, 2, 3] is committing
-        let early = Task { try await commit.submit(4) }
+        // [0] and three arrivals: the next transaction stays open for four writes.
+        _ = try await first.value
+        batch.append(Task { try await commit.submit(4) })
+        await until { writer.held == 2 }  // [1, 2, 3, 4] is committing
+        let early = Task { try await commit.submit(5) }
         await until { commit.waitingCount == 1 }
         writer.release()
         for task in batch { _ = try await task.value }
-        // The three callers of the last batch are the likely next writers: 4 waits for them.
-        let late = [5, 6].map { item in Task { try await commit.submit(item) } }
-        #expect(try await early.value == 40)
+        // The four callers of the last batch and 5, which came while it committed, are the
+        // writers of this round: the next transaction stays open for five writes.
+        let late = [6, 7, 8, 9].map { item in Task { try await commit.submit(item) } }
+        #expect(try await early.value == 50)
         for task in late { _ = try await task.value }
-        _ = try await first.value
-        #expect(writer.batches.current == [[0], [1, 2, 3], [4, 5, 6]])
+        #expect(writer.batches.current == [[0], [1, 2, 3, 4], [5, 6, 7, 8, 9]])
     }
 
     @Test func withoutGatheringTheNextCommitStartsAtOnce() async throws {

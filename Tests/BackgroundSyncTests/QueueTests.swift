@@ -102,8 +102,13 @@ struct QueueTests {
         try await queue.pushRequest(postRequest(url, body: "own", headers: ["Idempotency-Key": "mine"]))
 
         let keys = try await queue.getAll().map { $0.request.value(forHTTPHeaderField: "Idempotency-Key") }
-        #expect(keys[0]?.count == 36)
-        #expect(keys[1]?.count == 36)
+        for key in keys[0...1] {
+            // A random (version 4, RFC 4122 variant) UUID in lower case.
+            let parsed = try #require(key.flatMap(UUID.init(uuidString:)))
+            #expect(key == parsed.uuidString.lowercased())
+            #expect(parsed.uuid.6 >> 4 == 4)
+            #expect(parsed.uuid.8 >> 6 == 0b10)
+        }
         #expect(keys[0] != keys[1])
         #expect(keys[2] == nil)
         #expect(keys[3] == "mine")

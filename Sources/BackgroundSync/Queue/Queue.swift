@@ -205,7 +205,7 @@ public actor Queue {
     private nonisolated func idempotencyKey(for data: inout StorableRequest.RequestData) -> String? {
         if let existing = data.headers["idempotency-key"] { return existing }
         guard options.addsIdempotencyKey, data.method == "POST" || data.method == "PATCH" else { return nil }
-        let key = UUID().lowercasedString
+        let key = UUID.random().lowercasedString
         data.headers["idempotency-key"] = key
         return key
     }

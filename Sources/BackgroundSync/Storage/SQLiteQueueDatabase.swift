@@ -161,7 +161,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         }
     }
 
-    /// A group commit whose batches run on `writer`'s queue, each in one transaction.
+    /// A group commit whose batches run on `writer`'s queue, each in one transaction; `body`
+    /// writes items in the open transaction (a gathering batch calls it as writes arrive).
     private static func groupCommit<Item: Sendable, Output: Sendable>(
         writer: any DatabaseWriter, path: String, mode: String, _ synchronous: SynchronousModes, action: String,
         _ body: @escaping @Sendable (Database, [Item]) throws -> [Output]
@@ -176,9 +177,16 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         return GroupCommit(
             gatherDelay: gatherDelay,
             schedule: { work in writer.asyncWriteWithoutTransaction { db in work(db) } },
-            commit: { db, items in
+            transaction: { db, writes in
                 do {
-                    return try synchronous.transaction(mode, db) { try body(db, items) }
+                    try synchronous.transaction(mode, db) { try writes() }
+                } catch {
+                    throw mapError(error, path: path, action: action)
+                }
+            },
+            append: { db, items in
+                do {
+                    return try body(db, items)
                 } catch {
                     throw mapError(error, path: path, action: action)
                 }
@@ -398,6 +406,11 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         migrator.registerMigration("v2-sealed-secrets") { db in
             try db.execute(sql: "ALTER TABLE entry ADD COLUMN sealedSecrets BLOB")
         }
+        migrator.registerMigration("v3-counted-inserts") { db in
+            // Inserts add to the pending count in the statement that reserves their positions,
+            // once per batch, instead of a trigger run per row (deletes and state changes keep theirs).
+            try db.execute(sql: "DROP TRIGGER entry_inserted")
+        }
         return migrator
     }()
 
@@ -467,17 +480,17 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             """)
         for key in order {
             let indices = groups[key]!
-            // The pending count returned is the one before these entries (the insert trigger adds them).
+            // The same statement counts the new entries as pending; it returns the count before them.
             let reserve = key.end == .tail
                 ? """
-                    INSERT INTO queue(name, tailPosition) VALUES (?1, ?2)
-                    ON CONFLICT(name) DO UPDATE SET tailPosition = tailPosition + ?2
-                    RETURNING tailPosition, pendingCount
+                    INSERT INTO queue(name, tailPosition, pendingCount) VALUES (?1, ?2, ?2)
+                    ON CONFLICT(name) DO UPDATE SET tailPosition = tailPosition + ?2, pendingCount = pendingCount + ?2
+                    RETURNING tailPosition, pendingCount - ?2
                     """
                 : """
-                    INSERT INTO queue(name, headPosition) VALUES (?1, 1 - ?2)
-                    ON CONFLICT(name) DO UPDATE SET headPosition = headPosition - ?2
-                    RETURNING headPosition, pendingCount
+                    INSERT INTO queue(name, headPosition, pendingCount) VALUES (?1, 1 - ?2, ?2)
+                    ON CONFLICT(name) DO UPDATE SET headPosition = headPosition - ?2, pendingCount = pendingCount + ?2
+                    RETURNING headPosition, pendingCount - ?2
                     """
             guard let slot = try Row.fetchOne(
                 try db.cachedStatement(sql: reserve), arguments: [key.queueName, indices.count])
