@@ -526,7 +526,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         return try await write("remove from") { db in
             let order = end == .head ? "ASC" : "DESC"
             guard let row = try Row.fetchOne(try db.cachedStatement(sql: """
-                    SELECT * FROM entry WHERE queueName = ? AND state = 'pending'
+                    SELECT \(EntryColumn.list) FROM entry WHERE queueName = ? AND state = 'pending'
                     AND (leaseExpiresAt IS NULL OR leaseExpiresAt < ?)
                     ORDER BY position \(order) LIMIT 1
                     """),
@@ -540,7 +540,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     public func entries(queueName: String, state: EntryState) async throws -> [QueueStoreEntry] {
         try await read("read") { db in
-            let rows = try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM entry WHERE queueName = ? AND state = ? ORDER BY position"),
+            let rows = try Row.fetchAll(try db.cachedStatement(sql: "SELECT \(EntryColumn.list) FROM entry WHERE queueName = ? AND state = ? ORDER BY position"),
                 arguments: [queueName, state.rawValue])
             return try rows.map(Self.decode)
         }
@@ -548,7 +548,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     public func entry(id: Int64) async throws -> QueueStoreEntry? {
         try await read("read") { db in
-            try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM entry WHERE id = ?"), arguments: [id]).map(Self.decode)
+            try Row.fetchOne(try db.cachedStatement(sql: "SELECT \(EntryColumn.list) FROM entry WHERE id = ?"), arguments: [id]).map(Self.decode)
         }
     }
 
@@ -644,7 +644,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     private static func claimHead(_ queueName: String, owner: String, now: Double, until expiry: Double, _ db: Database) throws -> ClaimResult {
         while true {
             guard let row = try Row.fetchOne(
-                try db.cachedStatement(sql: "SELECT * FROM entry WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1"),
+                try db.cachedStatement(sql: "SELECT \(EntryColumn.list) FROM entry WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1"),
                 arguments: [queueName])
             else { return .empty }
             if let lease = liveLease(row, now: now), lease.holder != owner {
@@ -675,7 +675,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             var claimed: [QueueStoreEntry] = []
             // Entries leased by a live holder are skipped; scan a bounded window past them.
             let rows = try Row.fetchAll(try db.cachedStatement(sql: """
-                    SELECT * FROM entry WHERE queueName = ? AND state = 'pending'
+                    SELECT \(EntryColumn.list) FROM entry WHERE queueName = ? AND state = 'pending'
                     AND (nextAttemptAt IS NULL OR nextAttemptAt <= ?)
                     ORDER BY position LIMIT ?
                     """),
@@ -694,8 +694,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     private static func liveLease(_ row: Row, now: Double) -> (holder: String, until: Double)? {
         // A lease that cannot be read is no lease: the entry is claimable (and set aside by
         // `lease(_:to:until:_:)` if the rest of the row is damaged too).
-        guard let holder: String = try? row.decode(forColumn: "leaseOwner"),
-            let until: Double = try? row.decode(forColumn: "leaseExpiresAt"), until >= now,
+        guard let holder: String = try? row.decode(atIndex: EntryColumn.leaseOwner.rawValue),
+            let until: Double = try? row.decode(atIndex: EntryColumn.leaseExpiresAt.rawValue), until >= now,
             !LeaseOwner.isAbandoned(holder)
         else { return nil }
         return (holder, until)
@@ -704,7 +704,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     /// Leases a row's entry to `owner` and returns it. A row that cannot be decoded must neither
     /// block the queue nor vanish: it is set aside as a dead letter with the reason, and `nil` returned.
     private static func lease(_ row: Row, to owner: String, until expiry: Double, _ db: Database) throws -> QueueStoreEntry? {
-        let id: Int64 = row["id"]
+        let id: Int64 = try row.decode(atIndex: EntryColumn.id.rawValue)
         let entry: QueueStoreEntry
         do {
             entry = try decode(row)
@@ -897,47 +897,60 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     /// Reads an entry from its row. Every column goes through GRDB's throwing accessors, so a
     /// damaged row (a wrong type written by hand or by corruption) is an error that names the
     /// entry, never a crash.
+    /// The columns an entry is read from (`SELECT \(EntryColumn.list)`), in this order, so that
+    /// ``decode(_:)`` reads them by index: GRDB finds a column by name by lower-casing and
+    /// comparing every column's name, on every read.
+    enum EntryColumn: Int, CaseIterable {
+        case id, queueName, url, method, headers, body, settings, timestamp, metadata, state, attempts
+        case nextAttemptAt, leaseOwner, leaseExpiresAt, lastStatus, lastError, lastResponseExcerpt
+        case idempotencyKey, sealedSecrets
+
+        static let list = allCases.map { "\($0)" }.joined(separator: ", ")
+    }
+
+    /// Reads an entry from a row of `SELECT \(EntryColumn.list)`.
     static func decode(_ row: Row) throws -> QueueStoreEntry {
-        let id: Int64 = try row.decode(forColumn: "id")
+        func value<T: DatabaseValueConvertible>(_ column: EntryColumn) throws -> T {
+            try row.decode(atIndex: column.rawValue)
+        }
+        let id: Int64 = try value(.id)
         do {
-            let decoder = JSONDecoder()
-            let headersText: String = try row.decode(forColumn: "headers")
-            let headers = try decoder.decode([String: String].self, from: Data(headersText.utf8))
-            let settingsText: String? = try row.decode(forColumn: "settings")
-            let settings = try settingsText.map { try decoder.decode(RequestSettings.self, from: Data($0.utf8)) }
+            let headers = try FlatJSON.decode(try value(.headers))
+            let settingsText: String? = try value(.settings)
+            let settings = try settingsText.map { try JSONDecoder().decode(RequestSettings.self, from: Data($0.utf8)) }
                 ?? RequestSettings.defaults
-            let metadataText: String? = try row.decode(forColumn: "metadata")
-            let metadata = try metadataText.map { try decoder.decode([String: String].self, from: Data($0.utf8)) }
-            let stateText: String = try row.decode(forColumn: "state")
+            let metadataText: String? = try value(.metadata)
+            let metadata = try metadataText.map(FlatJSON.decode)
+            let stateText: String = try value(.state)
             guard let state = EntryState(rawValue: stateText) else {
                 throw BackgroundSyncError(.storage, "unknown state '\(stateText)'")
             }
             let data = StorableRequest.RequestData(
-                url: try row.decode(forColumn: "url"),
-                method: try row.decode(forColumn: "method"),
+                url: try value(.url),
+                method: try value(.method),
                 headers: headers,
-                body: try row.decode(forColumn: "body"),
+                body: try value(.body),
                 timeoutInterval: settings.timeoutInterval,
                 cachePolicy: settings.cachePolicy,
                 httpShouldHandleCookies: settings.httpShouldHandleCookies,
                 allowsCellularAccess: settings.allowsCellularAccess,
                 mainDocumentURL: settings.mainDocumentURL)
-            let timestamp: Double = try row.decode(forColumn: "timestamp")
-            let nextAttemptAt: Double? = try row.decode(forColumn: "nextAttemptAt")
+            let timestamp: Double = try value(.timestamp)
+            let nextAttemptAt: Double? = try value(.nextAttemptAt)
             return QueueStoreEntry(
                 id: id,
-                queueName: try row.decode(forColumn: "queueName"),
+                queueName: try value(.queueName),
                 requestData: data,
                 timestamp: Date(timeIntervalSince1970: timestamp),
                 metadata: metadata,
                 state: state,
-                attempts: try row.decode(forColumn: "attempts"),
+                attempts: try value(.attempts),
                 nextAttemptAt: nextAttemptAt.map(Date.init(timeIntervalSince1970:)),
-                lastStatus: try row.decode(forColumn: "lastStatus"),
-                lastError: try row.decode(forColumn: "lastError"),
-                lastResponseExcerpt: try row.decode(forColumn: "lastResponseExcerpt"),
-                idempotencyKey: try row.decode(forColumn: "idempotencyKey"),
-                sealedSecrets: try row.decode(forColumn: "sealedSecrets"))
+                lastStatus: try value(.lastStatus),
+                lastError: try value(.lastError),
+                lastResponseExcerpt: try value(.lastResponseExcerpt),
+                idempotencyKey: try value(.idempotencyKey),
+                sealedSecrets: try value(.sealedSecrets))
         } catch {
             throw BackgroundSyncError(.storage, "entry \(id) cannot be read: \(error)", entryID: id)
         }
