@@ -267,7 +267,7 @@ struct CLIBadInputTests {
             let newer = test.setup == .newerSchema ? " INSERT INTO grdb_migrations VALUES ('v99');" : ""
             let sqlite = Process()
             sqlite.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            sqlite.arguments = ["sqlite3", path, "PRAGMA wal_checkpoint(TRUNCATE);" + newer]
+            sqlite.arguments = ["sqlite3", "-cmd", ".timeout 10000", path, "PRAGMA wal_checkpoint(TRUNCATE);" + newer]
             sqlite.standardOutput = FileHandle.nullDevice
             try sqlite.run()
             sqlite.waitUntilExit()

@@ -642,14 +642,16 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     /// Leases the head pending entry of a queue (see ``claimHead(queueName:owner:leaseDuration:now:)``).
     private static func claimHead(_ queueName: String, owner: String, now: Double, until expiry: Double, _ db: Database) throws -> ClaimResult {
+        let head = try db.cachedStatement(
+            sql: "SELECT \(EntryColumn.list) FROM entry WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1")
         while true {
-            guard let row = try Row.fetchOne(
-                try db.cachedStatement(sql: "SELECT \(EntryColumn.list) FROM entry WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1"),
-                arguments: [queueName])
-            else { return .empty }
+            // The row is read in place (a cursor's row is not copied).
+            let cursor = try Row.fetchCursor(head, arguments: [queueName])
+            guard let row = try cursor.next() else { return .empty }
             if let lease = liveLease(row, now: now), lease.holder != owner {
                 return .busy(owner: lease.holder, until: Date(timeIntervalSince1970: lease.until))
             }
+            // An unreadable head was set aside: the next one is the head now.
             guard let entry = try lease(row, to: owner, until: expiry, db) else { continue }
             return .claimed(entry)
         }
@@ -673,18 +675,25 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             for id in ids { try delete.execute(arguments: [id]) }
             guard limit > 0 else { return [] }
             var claimed: [QueueStoreEntry] = []
-            // Entries leased by a live holder are skipped; scan a bounded window past them.
-            let rows = try Row.fetchAll(try db.cachedStatement(sql: """
-                    SELECT \(EntryColumn.list) FROM entry WHERE queueName = ? AND state = 'pending'
-                    AND (nextAttemptAt IS NULL OR nextAttemptAt <= ?)
-                    ORDER BY position LIMIT ?
-                    """),
-                arguments: [queueName, nowSeconds, limit * 4 + 64])
-            // Our own live leases are skipped too: those entries are in flight.
-            for row in rows where claimed.count < limit && Self.liveLease(row, now: nowSeconds) == nil {
-                if let entry = try Self.lease(row, to: ownerValue, until: expiry, db) {
+            // Entries leased by a live holder are skipped (our own too: those are in flight); scan a
+            // bounded window past them. Rows are read in place and only until enough are leased:
+            // the leases change no indexed column, so the scan goes on undisturbed.
+            let window = try db.cachedStatement(sql: """
+                SELECT \(EntryColumn.list) FROM entry WHERE queueName = ? AND state = 'pending'
+                AND (nextAttemptAt IS NULL OR nextAttemptAt <= ?)
+                ORDER BY position LIMIT ?
+                """)
+            scan: while claimed.count < limit {
+                let cursor = try Row.fetchCursor(window, arguments: [queueName, nowSeconds, limit * 4 + 64])
+                while claimed.count < limit, let row = try cursor.next() {
+                    if Self.liveLease(row, now: nowSeconds) != nil { continue }
+                    guard let entry = try Self.lease(row, to: ownerValue, until: expiry, db) else {
+                        // An unreadable row was set aside (its state changed): scan again.
+                        continue scan
+                    }
                     claimed.append(entry)
                 }
+                break
             }
             return claimed
         }
