@@ -53,7 +53,7 @@ public actor Queue {
     private nonisolated let pausedStatus = Locked<Int?>(nil)
     /// Set by a graceful shutdown: the replay finishes the sends in flight and claims nothing more.
     private nonisolated let stopFlag = Locked(false)
-    private var stopRequested: Bool { stopFlag.withLock { $0 } }
+    private nonisolated var stopRequested: Bool { stopFlag.withLock { $0 } }
     private nonisolated let warnedAboutStrippedSecrets = Locked(false)
     private nonisolated let random = Locked(SystemRandomNumberGenerator())
 
@@ -472,7 +472,9 @@ public actor Queue {
         case stop(BackgroundSyncError)
     }
 
-    private func drain() async throws -> ReplaySummary {
+    // The replay runs off the actor, on the global executor, like the transport and the database
+    // calls it makes: each of them would otherwise be two executor hops (and thread wake-ups) per entry.
+    private nonisolated func drain() async throws -> ReplaySummary {
         var summary = ReplaySummary()
         let result: Result<Void, any Error>
         do {
@@ -499,7 +501,7 @@ public actor Queue {
         return summary
     }
 
-    private func tally(_ outcome: Outcome, into summary: inout ReplaySummary) {
+    private nonisolated func tally(_ outcome: Outcome, into summary: inout ReplaySummary) {
         switch outcome {
         case .delivered: summary.delivered += 1
         case .deadLettered: summary.deadLettered += 1
@@ -508,59 +510,93 @@ public actor Queue {
         }
     }
 
-    private func drainInOrder(_ summary: inout ReplaySummary) async throws {
+    /// One entry at a time, in order. While an entry is sent, the next one is leased and the last
+    /// delivered one deleted, in one commit: the bookkeeping is off the path from one send to the
+    /// next. A delivered entry's hook (``QueueOptions/requestDidReplay``) still runs before the next
+    /// entry is prepared, so it can change what the next request carries.
+    private nonisolated func drainInOrder(_ summary: inout ReplaySummary) async throws {
         var claim = try await database.claimHead(
             queueName: name, owner: owner, leaseDuration: options.leaseDuration, now: options.clock.now)
+        // Delivered, and deleted by the next commit.
+        var deliveredID: Int64?
         while true {
             let entry: QueueStoreEntry
             switch claim {
+            case .claimed(let claimed):
+                entry = claimed
             case .empty:
+                try await completeDelivery(&deliveredID)
                 return
             case .busy(let holder, let until):
+                try await completeDelivery(&deliveredID)
                 throw BackgroundSyncError(
                     .queueReplayFailed,
                     "the head entry is being replayed by \(holder) (lease until \(until))", queueName: name)
-            case .claimed(let claimed):
-                entry = claimed
             }
-            let outcome = try await process(entry)
-            if case .stop(let error) = outcome { throw error }
+            let completing = deliveredID
+            async let following = database.completeClaimAndClaimNext(
+                completing: completing, current: entry.id, owner: owner, queueName: name,
+                leaseDuration: options.leaseDuration, now: options.clock.now)
+            let outcome: Outcome
+            do {
+                outcome = try await process(entry)
+            } catch {
+                // The database failed to record the outcome: give back the next entry too.
+                if case .claimed(let next)? = try? await following.claim {
+                    try? await database.abandonClaim(id: next.id, owner: owner)
+                }
+                throw error
+            }
+            let next = try await following
+            deliveredID = nil
+            if case .stop(let error) = outcome {
+                try await abandon(next.claim)
+                throw error
+            }
             tally(outcome, into: &summary)
-            let goOn = !stopRequested && !Task.isCancelled
             if case .delivered(let response) = outcome {
-                if goOn {
-                    // One commit deletes this entry and leases the next.
-                    claim = try await database.completeClaimAndClaimHead(
-                        id: entry.id, owner: owner, queueName: name, leaseDuration: options.leaseDuration,
-                        now: options.clock.now)
-                } else {
-                    try await database.completeClaim(id: entry.id, owner: owner)
-                }
-                await delivered(entry, response)
-            } else if goOn {
-                claim = try await database.claimHead(
-                    queueName: name, owner: owner, leaseDuration: options.leaseDuration, now: options.clock.now)
+                deliveredID = entry.id
+                await delivered(entry, response, queueSize: max(next.pendingCount - 1, 0))
             }
-            guard goOn, !stopRequested else {
-                // A stop that came during the last commit: give back the entry just leased.
-                if goOn, case .claimed(let next) = claim {
-                    try await database.abandonClaim(id: next.id, owner: owner)
-                }
+            claim = next.claim
+            if stopRequested || Task.isCancelled {
+                // Finish here: give back the entry just leased, delete the one just delivered.
+                try await abandon(claim)
+                try await completeDelivery(&deliveredID)
                 try Task.checkCancellation()
                 return
             }
         }
     }
 
-    /// What follows a delivery, once the entry is deleted: metrics, event, the app's hook.
-    nonisolated(nonsending) private func delivered(_ entry: QueueStoreEntry, _ response: ReplayResponse) async {
+    /// Gives back an entry leased ahead that will not be sent now.
+    nonisolated(nonsending) private func abandon(_ claim: ClaimResult) async throws {
+        if case .claimed(let entry) = claim {
+            try await database.abandonClaim(id: entry.id, owner: owner)
+        }
+    }
+
+    /// Deletes the last delivered entry of an ordered replay, when no next lease will.
+    nonisolated(nonsending) private func completeDelivery(_ id: inout Int64?) async throws {
+        if let delivered = id {
+            try await database.completeClaim(id: delivered, owner: owner)
+            id = nil
+        }
+    }
+
+    /// What follows a delivery: metrics, event, the app's hook. The concurrent replay calls it once
+    /// the entry is deleted; the ordered one before (its deletion commits with the next lease), so
+    /// if the process dies in between, the entry is sent again and the hook runs again.
+    nonisolated(nonsending) private func delivered(
+        _ entry: QueueStoreEntry, _ response: ReplayResponse, queueSize: Int? = nil
+    ) async {
         metrics.replayed.increment()
         logger.debug("request replayed", metadata: ["background-sync.entry": "\(entry.id)", "http.status": "\(response.status)"])
-        await emit(.replayed(response), entryID: entry.id)
+        await emit(.replayed(response), entryID: entry.id, size: queueSize)
         await options.requestDidReplay?(entry, response)
     }
 
-    private func drainConcurrently(_ summary: inout ReplaySummary) async throws {
+    private nonisolated func drainConcurrently(_ summary: inout ReplaySummary) async throws {
         let limit = options.maxConcurrentReplays
         let (outcomes, failure) = try await withThrowingTaskGroup(of: (QueueStoreEntry, Outcome).self) {
             group -> ([Outcome], BackgroundSyncError?) in
@@ -605,7 +641,7 @@ public actor Queue {
 
     /// Deletes the delivered entries and claims up to `limit` more in one commit, then reports the
     /// deliveries (metrics, events, the app's hook).
-    private func completeDeliveries(
+    private nonisolated func completeDeliveries(
         _ deliveries: inout [(QueueStoreEntry, ReplayResponse)], thenClaim limit: Int
     ) async throws -> [QueueStoreEntry] {
         if deliveries.isEmpty && limit == 0 { return [] }

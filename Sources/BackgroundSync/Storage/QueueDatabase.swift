@@ -168,11 +168,15 @@ public protocol QueueDatabase: Sendable {
     @discardableResult
     func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int
 
-    /// Deletes a delivered entry and leases the queue's new head in the same transaction, so that
-    /// an ordered replay pays one commit per entry.
-    func completeClaimAndClaimHead(
-        id: Int64, owner: LeaseOwner, queueName: String, leaseDuration: Duration, now: Date
-    ) async throws -> ClaimResult
+    /// Deletes the delivered entry `completing` (if any) and leases the first pending entry of the
+    /// queue other than `current` (the entry being sent), in one transaction, as
+    /// ``claimHead(queueName:owner:leaseDuration:now:)`` does. An ordered replay leases the next
+    /// entry while it sends the current one, and deletes each delivered entry with the next lease:
+    /// one commit per entry, made while a request is in flight. Returns the lease and the queue's
+    /// pending count once `completing` is deleted.
+    func completeClaimAndClaimNext(
+        completing: Int64?, current: Int64, owner: LeaseOwner, queueName: String, leaseDuration: Duration, now: Date
+    ) async throws -> (claim: ClaimResult, pendingCount: Int)
 
     /// Deletes delivered entries and leases up to `limit` more (as ``claimEntries(queueName:owner:limit:leaseDuration:now:)``)
     /// in the same transaction, so that a concurrent replay pays one commit per batch of claims.

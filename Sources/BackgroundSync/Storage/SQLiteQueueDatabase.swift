@@ -622,13 +622,18 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         }
     }
 
-    public func completeClaimAndClaimHead(
-        id: Int64, owner: LeaseOwner, queueName: String, leaseDuration: Duration, now: Date
-    ) async throws -> ClaimResult {
+    public func completeClaimAndClaimNext(
+        completing: Int64?, current: Int64, owner: LeaseOwner, queueName: String, leaseDuration: Duration, now: Date
+    ) async throws -> (claim: ClaimResult, pendingCount: Int) {
         let (nowSeconds, expiry, ownerValue) = (now.timeIntervalSince1970, now.timeIntervalSince1970 + leaseDuration.timeInterval, owner.rawValue)
         return try await write("claim from", durable: false) { db in
-            try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?").execute(arguments: [id])
-            return try Self.claimHead(queueName, owner: ownerValue, now: nowSeconds, until: expiry, db)
+            if let completing {
+                try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?").execute(arguments: [completing])
+            }
+            let claim = try Self.claimHead(queueName, owner: ownerValue, now: nowSeconds, until: expiry, excluding: current, db)
+            let pending = try Int.fetchOne(
+                try db.cachedStatement(sql: "SELECT pendingCount FROM queue WHERE name = ?"), arguments: [queueName]) ?? 0
+            return (claim, pending)
         }
     }
 
@@ -640,13 +645,18 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         }
     }
 
-    /// Leases the head pending entry of a queue (see ``claimHead(queueName:owner:leaseDuration:now:)``).
-    private static func claimHead(_ queueName: String, owner: String, now: Double, until expiry: Double, _ db: Database) throws -> ClaimResult {
-        let head = try db.cachedStatement(
-            sql: "SELECT \(EntryColumn.list) FROM entry WHERE queueName = ? AND state = 'pending' ORDER BY position LIMIT 1")
+    /// Leases the head pending entry of a queue (see ``claimHead(queueName:owner:leaseDuration:now:)``),
+    /// or the first one other than `excluding`.
+    private static func claimHead(
+        _ queueName: String, owner: String, now: Double, until expiry: Double, excluding: Int64? = nil, _ db: Database
+    ) throws -> ClaimResult {
+        let head = try db.cachedStatement(sql: """
+            SELECT \(EntryColumn.list) FROM entry WHERE queueName = ?1 AND state = 'pending' AND id IS NOT ?2
+            ORDER BY position LIMIT 1
+            """)
         while true {
             // The row is read in place (a cursor's row is not copied).
-            let cursor = try Row.fetchCursor(head, arguments: [queueName])
+            let cursor = try Row.fetchCursor(head, arguments: [queueName, excluding])
             guard let row = try cursor.next() else { return .empty }
             if let lease = liveLease(row, now: now), lease.holder != owner {
                 return .busy(owner: lease.holder, until: Date(timeIntervalSince1970: lease.until))
