@@ -1,4 +1,4 @@
-import BackgroundSync
+@testable import BackgroundSync
 import Foundation
 import LoopbackHTTPServer
 import Testing
@@ -148,5 +148,69 @@ struct ReplayTests {
             try await group.waitForAll()
         }
         #expect(server.bodies == (0..<20).map { "\($0)" })
+    }
+
+    private static func body(_ entry: QueueStoreEntry) -> String {
+        String(decoding: entry.requestData.body ?? Data(), as: UTF8.self)
+    }
+
+    /// The ordered replay leases the next entry while it sends the current one; when replay stops
+    /// at a retryable failure, that lease is given back (another replayer may take the entry).
+    @Test func anEntryLeasedAheadIsGivenBackWhenReplayStopsAtAFailure() async throws {
+        let server = try RecordingServer()
+        server.respond { _, index in index == 1 ? .respond(.text("", status: 503)) : .respond(.text("ok")) }
+        let (queue, database) = try makeQueue(server, options: QueueOptions(retryPolicy: RetryPolicy(jitter: false)))
+        for body in ["a", "b", "c"] { try await queue.pushRequest(postRequest(server.url, body: body)) }
+        await #expect(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
+        #expect(server.bodies == ["a", "b"])
+        #expect(try await queue.size() == 2, "a is deleted")
+        // "b" waits for its backoff; "c" is free for anyone.
+        let other = LeaseOwner(host: "elsewhere", processID: 1, token: "other")
+        let claimed = try await database.claimEntries(
+            queueName: queue.name, owner: other, limit: 5, leaseDuration: .seconds(60), now: Date())
+        #expect(claimed.map(Self.body) == ["c"])
+    }
+
+    /// A stop (graceful shutdown) after a delivery: the delivered entry is deleted, the entry
+    /// leased ahead is given back, and nothing else is sent.
+    @Test func aStopDeletesTheLastDeliveryAndGivesBackTheEntryLeasedAhead() async throws {
+        let server = try RecordingServer()
+        let queueBox = Box<Queue?>(nil)
+        let options = QueueOptions(requestDidReplay: { entry, _ in
+            if Self.body(entry) == "b" { queueBox.current?.requestStop() }
+        })
+        let (queue, database) = try makeQueue(server, options: options)
+        queueBox.withLock { $0 = queue }
+        for body in ["a", "b", "c", "d"] { try await queue.pushRequest(postRequest(server.url, body: body)) }
+        let summary = try await queue.replayRequests()
+        #expect(summary.delivered == 2)
+        #expect(server.bodies == ["a", "b"])
+        let left = try await database.entries(queueName: queue.name, state: .pending)
+        #expect(left.map(Self.body) == ["c", "d"])
+        let other = LeaseOwner(host: "elsewhere", processID: 1, token: "other")
+        let claim = try await database.claimHead(queueName: queue.name, owner: other, leaseDuration: .seconds(60), now: Date())
+        guard case .claimed(let head) = claim else { Issue.record("the head is still leased: \(claim)"); return }
+        #expect(Self.body(head) == "c")
+        queueBox.withLock { $0 = nil }
+    }
+
+    /// A delivered entry's hook runs before the next entry is prepared, so it can shape the next
+    /// request (a comment that needs the server id of the post replayed before it).
+    @Test func eachDeliveryHookRunsBeforeTheNextRequestIsPrepared() async throws {
+        let server = try RecordingServer()
+        let calls = Box<[String]>([])
+        let options = QueueOptions(
+            requestWillReplay: { request, entry in
+                calls.withLock { $0.append("will \(Self.body(entry))") }
+                return request
+            },
+            requestDidReplay: { entry, _ in
+                for _ in 0..<100 { await Task.yield() }  // a hook that lets other work run: the next send waits
+                calls.withLock { $0.append("did \(Self.body(entry))") }
+            })
+        let (queue, _) = try makeQueue(server, options: options)
+        for body in ["a", "b", "c"] { try await queue.pushRequest(postRequest(server.url, body: body)) }
+        #expect(try await queue.replayRequests().delivered == 3)
+        #expect(calls.current == ["will a", "did a", "will b", "did b", "will c", "did c"])
     }
 }
