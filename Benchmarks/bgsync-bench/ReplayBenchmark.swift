@@ -45,6 +45,31 @@ struct ReplayBenchmark {
         ]
     }
 
+    /// A diagnostic (`--only=pairs`): 30 pairs of 1,000-entry drains, bare loop then queue, back to
+    /// back, for each mode; the median and quartiles of the pairs' ratios. Shorter pairs than the
+    /// figures' drains of 10,000 show less of the machine's drift, to compare two builds.
+    func pairs(log: (String) -> Void) async throws -> [(String, Double)] {
+        let server = try Fixtures.server()
+        defer { server.stop() }
+        let url = server.baseURL.appendingPathComponent("api/posts")
+        let transport = URLSessionTransport()
+        _ = try await bare(url: url, count: 50, inFlight: 16, transport: transport)
+        var results: [(String, Double)] = []
+        for (mode, inFlight) in [("ordered", 1), ("concurrent", 16)] {
+            var ratios: [Double] = []
+            for _ in 0..<(quick ? 3 : 30) {
+                let bareRate = try await bare(url: url, count: 1000, inFlight: inFlight, transport: transport)
+                let queueRate = try await drain(url: url, count: 1000, concurrency: inFlight, transport: transport)
+                ratios.append(queueRate / bareRate)
+            }
+            ratios.sort()
+            let (low, middle, high) = (ratios[ratios.count / 4], ratios[ratios.count / 2], ratios[ratios.count * 3 / 4])
+            log(String(format: "replay %@ / bare, pairs of 1,000: median %.3f (quartiles %.3f–%.3f)", mode, middle, low, high))
+            results.append(("pairs_replay_ratio_\(mode)", middle))
+        }
+        return results
+    }
+
     static func request(_ url: URL, _ index: Int) -> URLRequest {
         var request = URLRequest(url: url)
         request.httpMethod = "POST"
