@@ -35,6 +35,12 @@ struct GroupCommitDiagnostic {
         ]
     }
 
+    /// The process's CPU time (user and system) since `start`, in microseconds.
+    static func cpuMicroseconds(since start: (user: Double, system: Double)) -> Double {
+        let now = cpuTime()
+        return (now.user - start.user + now.system - start.system) * 1e6
+    }
+
     static func cpuTime() -> (user: Double, system: Double) {
         var usage = rusage()
         #if canImport(Glibc)

@@ -57,14 +57,20 @@ struct ReplayBenchmark {
         var results: [(String, Double)] = []
         for (mode, inFlight) in [("ordered", 1), ("concurrent", 16)] {
             var ratios: [Double] = []
+            var cpu: (bare: [Double], queue: [Double]) = ([], [])
             for _ in 0..<(quick ? 3 : 30) {
+                let start = GroupCommitDiagnostic.cpuTime()
                 let bareRate = try await bare(url: url, count: 1000, inFlight: inFlight, transport: transport)
-                let queueRate = try await drain(url: url, count: 1000, concurrency: inFlight, transport: transport)
+                cpu.bare.append(GroupCommitDiagnostic.cpuMicroseconds(since: start) / 1000)
+                let (queueRate, queueCPU) = try await measuredDrain(
+                    url: url, count: 1000, concurrency: inFlight, transport: transport)
+                cpu.queue.append(queueCPU)
                 ratios.append(queueRate / bareRate)
             }
             ratios.sort()
             let (low, middle, high) = (ratios[ratios.count / 4], ratios[ratios.count / 2], ratios[ratios.count * 3 / 4])
-            log(String(format: "replay %@ / bare, pairs of 1,000: median %.3f (quartiles %.3f–%.3f)", mode, middle, low, high))
+            log(String(format: "replay %@ / bare, pairs of 1,000: median %.3f (quartiles %.3f–%.3f); CPU per entry %.0f µs, bare %.0f µs",
+                       mode, middle, low, high, median(cpu.queue), median(cpu.bare)))
             results.append(("pairs_replay_ratio_\(mode)", middle))
         }
         return results
@@ -103,15 +109,24 @@ struct ReplayBenchmark {
 
     /// The queue: `count` entries stored beforehand, then one `replayRequests()` timed.
     func drain(url: URL, count: Int, concurrency: Int, transport: URLSessionTransport) async throws -> Double {
+        try await measuredDrain(url: url, count: count, concurrency: concurrency, transport: transport).rate
+    }
+
+    /// A drain's rate and the process's CPU time per entry while it ran.
+    func measuredDrain(
+        url: URL, count: Int, concurrency: Int, transport: URLSessionTransport
+    ) async throws -> (rate: Double, cpuMicroseconds: Double) {
         let path = freshPath("drain-\(concurrency)")
         try Fixtures.fill(path: path, queue: "bench", url: url.absoluteString, count: count)
         let queue = try Queue(
             name: "bench", options: QueueOptions(maxConcurrentReplays: concurrency),
             database: try SQLiteQueueDatabase(path: path), transport: transport, syncManager: SyncManager())
+        let cpu = GroupCommitDiagnostic.cpuTime()
         let start = ContinuousClock.now
         let summary = try await queue.replayRequests()
         let elapsed = (ContinuousClock.now - start).seconds
+        let cpuMicroseconds = GroupCommitDiagnostic.cpuMicroseconds(since: cpu) / Double(count)
         precondition(summary.delivered == count, "drained \(summary.delivered) of \(count)")
-        return Double(count) / elapsed
+        return (Double(count) / elapsed, cpuMicroseconds)
     }
 }

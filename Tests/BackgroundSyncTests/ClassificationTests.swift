@@ -70,6 +70,10 @@ struct ClassificationTests {
             let scheduled = try #require(head.nextAttemptAt).timeIntervalSince(clock.now)
             #expect(abs(scheduled - expectedDelay) < 0.01)
             #expect(!server.bodies.contains("next"), "an ordered queue stops at the failed entry")
+            if fault.name == "hang past the timeout" {
+                // The request's own timeout (1 s) ended it, not the server giving up (10 s).
+                #expect((thrown?.underlying as? URLError)?.code == .timedOut)
+            }
         case .paused:
             #expect(thrown?.code == .queuePaused)
             #expect(await queue.isPaused)

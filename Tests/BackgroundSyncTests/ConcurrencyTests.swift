@@ -76,4 +76,31 @@ struct ConcurrencyTests {
         }
         #expect(try await queue.size() == 800)
     }
+
+    /// The concurrent replay leases a batch ahead of the sends; when a failure stops it, those
+    /// entries go back untouched: every entry is either delivered, or waiting and free to claim
+    /// (but the one in backoff).
+    @Test func aFailureInConcurrentModeGivesBackTheEntriesLeasedAhead() async throws {
+        let server = try RecordingServer()
+        server.respond { request, _ in
+            String(decoding: request.body, as: UTF8.self) == "5" ? .respond(.text("", status: 503)) : .respond(.text("ok"))
+        }
+        let database = try SQLiteQueueDatabase.temporary()
+        let queue = try Queue(
+            name: uniqueQueueName(),
+            options: QueueOptions(retryPolicy: RetryPolicy(jitter: false), maxConcurrentReplays: 4),
+            database: database)
+        for index in 0..<40 { try await queue.pushRequest(postRequest(server.url, body: "\(index)")) }
+        await #expect(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
+        let delivered = Set(server.bodies).subtracting(["5"])
+        #expect(delivered.count < 39, "the failure stopped new sends")
+        let waiting = try await database.entries(queueName: queue.name, state: .pending)
+        let waitingBodies = waiting.map { String(decoding: $0.requestData.body ?? Data(), as: UTF8.self) }
+        #expect(Set(waitingBodies).union(delivered) == Set((0..<40).map { "\($0)" }), "nothing lost")
+        #expect(Set(waitingBodies).isDisjoint(with: delivered), "delivered entries are deleted")
+        let other = LeaseOwner(host: "elsewhere", processID: 1, token: "other")
+        let free = try await database.claimEntries(
+            queueName: queue.name, owner: other, limit: 100, leaseDuration: .seconds(60), now: Date())
+        #expect(free.count == waiting.count - 1, "only the entry in backoff is not claimable")
+    }
 }

@@ -16,6 +16,8 @@ struct StorableRequestTests {
         request.timeoutInterval = 12
         request.cachePolicy = .reloadIgnoringLocalCacheData
         request.httpShouldHandleCookies = false
+        request.allowsCellularAccess = false
+        request.mainDocumentURL = URL(string: "https://example.com/")
 
         let storable = try StorableRequest.fromRequest(request)
         let data = storable.toObject()
@@ -33,6 +35,17 @@ struct StorableRequestTests {
         #expect(rebuilt.timeoutInterval == 12)
         #expect(rebuilt.cachePolicy == .reloadIgnoringLocalCacheData)
         #expect(rebuilt.httpShouldHandleCookies == false)
+        #expect(rebuilt.allowsCellularAccess == false)
+        #expect(rebuilt.mainDocumentURL == URL(string: "https://example.com/"))
+        #expect(rebuilt.allHTTPHeaderFields?.count == 2)
+
+        // A GET with the defaults rebuilds to the defaults.
+        let plain = try StorableRequest(requestData: .init(url: "https://example.com/a", method: "GET")).toRequest()
+        #expect(plain.httpMethod == "GET")
+        #expect(plain.httpShouldHandleCookies && plain.allowsCellularAccess)
+        #expect(plain.cachePolicy == .useProtocolCachePolicy)
+        #expect(plain.timeoutInterval == 60)
+        #expect(plain.mainDocumentURL == nil)
     }
 
     @Test func requestDataSurvivesJSONAndOlderDataDecodes() throws {

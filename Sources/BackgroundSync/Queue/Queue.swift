@@ -596,47 +596,86 @@ public actor Queue {
         await options.requestDidReplay?(entry, response)
     }
 
+    /// What a task of the concurrent replay did.
+    private enum ConcurrentStep {
+        /// An entry was sent and its outcome recorded (a delivery is deleted by a later claim).
+        case processed(QueueStoreEntry, Outcome)
+        /// Delivered entries were deleted and up to `requested` entries leased, in one commit.
+        case claimed([QueueStoreEntry], requested: Int, deleted: [(QueueStoreEntry, ReplayResponse)])
+    }
+
+    /// Up to ``QueueOptions/maxConcurrentReplays`` entries in flight, independent of each other.
+    /// Entries are leased ahead, a batch at a time, by a task that runs while the others are sent
+    /// (and deletes the delivered ones in the same commit), so a finished send is replaced at once.
     private nonisolated func drainConcurrently(_ summary: inout ReplaySummary) async throws {
         let limit = options.maxConcurrentReplays
-        let (outcomes, failure) = try await withThrowingTaskGroup(of: (QueueStoreEntry, Outcome).self) {
+        let (outcomes, failure) = try await withThrowingTaskGroup(of: ConcurrentStep.self) {
             group -> ([Outcome], BackgroundSyncError?) in
             var outcomes: [Outcome] = []
             var failure: BackgroundSyncError?
             var inFlight = 0
+            // Leased and not sent yet, in queue order.
+            var ready: [QueueStoreEntry] = []
+            var claiming = false
+            // The last claim got fewer entries than it asked for, and how many it got.
+            var (drained, lastClaimed) = (false, 0)
             // Delivered entries are deleted with the next batch of claims: one commit for both.
             var toDelete: [(QueueStoreEntry, ReplayResponse)] = []
-            while true {
-                // Claim in batches (when half the slots are free), not one transaction per slot.
-                if failure == nil, !stopRequested, inFlight <= limit / 2 {
-                    try Task.checkCancellation()
-                    let entries = try await completeDeliveries(&toDelete, thenClaim: limit - inFlight)
-                    for entry in entries {
-                        inFlight += 1
-                        group.addTask { (entry, try await self.process(entry)) }
+            do {
+                while true {
+                    if failure == nil, !stopRequested, !Task.isCancelled {
+                        while inFlight < limit, !ready.isEmpty {
+                            let entry = ready.removeFirst()
+                            inFlight += 1
+                            group.addTask { .processed(entry, try await self.process(entry)) }
+                        }
+                        // Keep a batch leased ahead; once the queue ran dry, look again only when
+                        // everything finished and the last look found something.
+                        let wanted = 2 * limit - inFlight - ready.count
+                        let idle = inFlight == 0 && ready.isEmpty
+                        if !claiming, wanted >= max(limit / 2, 1), !drained || (idle && lastClaimed > 0) {
+                            claiming = true
+                            let deleting = toDelete
+                            toDelete.removeAll()
+                            group.addTask {
+                                let claimed = try await self.database.completeClaimsAndClaimEntries(
+                                    ids: deleting.map(\.0.id), owner: self.owner, queueName: self.name, limit: wanted,
+                                    leaseDuration: self.options.leaseDuration, now: self.options.clock.now)
+                                return .claimed(claimed, requested: wanted, deleted: deleting)
+                            }
+                        }
+                    }
+                    guard let step = try await group.next() else { break }
+                    switch step {
+                    case .processed(let entry, let outcome):
+                        inFlight -= 1
+                        switch outcome {
+                        case .delivered(let response): toDelete.append((entry, response))
+                        case .stop(let error) where failure == nil: failure = error
+                        default: break
+                        }
+                        outcomes.append(outcome)
+                    case .claimed(let entries, let requested, let deleted):
+                        claiming = false
+                        for (entry, response) in deleted { await delivered(entry, response) }
+                        ready += entries
+                        (drained, lastClaimed) = (entries.count < requested, entries.count)
                     }
                 }
-                let next: (QueueStoreEntry, Outcome)?
-                do {
-                    next = try await group.next()
-                } catch {
-                    // A database failure: what was delivered is still deleted if the database allows.
-                    _ = try? await completeDeliveries(&toDelete, thenClaim: 0)
-                    throw error
-                }
-                guard let (entry, outcome) = next else { break }
-                inFlight -= 1
-                switch outcome {
-                case .delivered(let response): toDelete.append((entry, response))
-                case .stop(let error) where failure == nil: failure = error
-                default: break
-                }
-                outcomes.append(outcome)
+            } catch {
+                // A database failure: what was delivered is still deleted if the database allows.
+                _ = try? await completeDeliveries(&toDelete, thenClaim: 0)
+                for entry in ready { try? await database.abandonClaim(id: entry.id, owner: owner) }
+                throw error
             }
+            // Stopped early: the entries leased ahead go back untouched.
+            for entry in ready { try await database.abandonClaim(id: entry.id, owner: owner) }
             _ = try await completeDeliveries(&toDelete, thenClaim: 0)
             return (outcomes, failure)
         }
         for outcome in outcomes { tally(outcome, into: &summary) }
         if let failure { throw failure }
+        try Task.checkCancellation()
     }
 
     /// Deletes the delivered entries and claims up to `limit` more in one commit, then reports the
@@ -678,7 +717,8 @@ public actor Queue {
         } catch {
             return try await deadLetter(entry, ReplayFailure(error: "cannot rebuild the request: \(error)"))
         }
-        let target = "entry \(entry.id) (\(entry.requestData.method) \(entry.requestData.url))"
+        // Described only when something went wrong: this runs for every replayed entry.
+        var target: String { "entry \(entry.id) (\(entry.requestData.method) \(entry.requestData.url))" }
         if let hook = options.requestWillReplay {
             do {
                 request = try await hook(request, entry)
@@ -702,9 +742,11 @@ public actor Queue {
             if let field = field as? String, let value = value as? String { headers[field.lowercased()] = value }
         }
         let response = ReplayResponse(status: http.statusCode, headers: headers, body: body)
-        let failure = ReplayFailure(
-            status: response.status, error: "HTTP \(response.status)",
-            responseExcerpt: body.isEmpty ? nil : Data(body.prefix(1024)))
+        var failure: ReplayFailure {
+            ReplayFailure(
+                status: response.status, error: "HTTP \(response.status)",
+                responseExcerpt: body.isEmpty ? nil : Data(body.prefix(1024)))
+        }
         switch options.classifier(response) {
         case .delivered:
             return .delivered(response)

@@ -125,17 +125,23 @@ public struct StorableRequest: Sendable, Hashable {
 
     /// Rebuilds a `URLRequest` equal to the captured one (header names lower-cased).
     public func toRequest() -> URLRequest {
+        // Runs for every replayed entry: the header fields go in as one dictionary (setting them one
+        // by one compares each name with Foundation's list of known fields), and settings that
+        // have their default value are left alone.
         var request = URLRequest(url: parsedURL)
-        request.httpMethod = data.method
-        for (name, value) in data.headers.sorted(by: { $0.key < $1.key }) {
-            request.setValue(value, forHTTPHeaderField: name)
-        }
-        request.httpBody = data.body
+        // Through the setter: URLSession on Linux does not apply an interval given to
+        // `URLRequest(url:cachePolicy:timeoutInterval:)` (seen: a hanging server held the request
+        // past it; the classification test of a hang catches it).
         request.timeoutInterval = data.timeoutInterval
-        request.cachePolicy = URLRequest.CachePolicy(rawValue: data.cachePolicy) ?? .useProtocolCachePolicy
-        request.httpShouldHandleCookies = data.httpShouldHandleCookies
-        request.allowsCellularAccess = data.allowsCellularAccess
-        request.mainDocumentURL = data.mainDocumentURL.flatMap(URL.init(string:))
+        if let policy = URLRequest.CachePolicy(rawValue: data.cachePolicy), policy != .useProtocolCachePolicy {
+            request.cachePolicy = policy
+        }
+        if data.method != "GET" { request.httpMethod = data.method }
+        if !data.headers.isEmpty { request.allHTTPHeaderFields = data.headers }
+        request.httpBody = data.body
+        if !data.httpShouldHandleCookies { request.httpShouldHandleCookies = false }
+        if !data.allowsCellularAccess { request.allowsCellularAccess = false }
+        if let mainDocumentURL = data.mainDocumentURL { request.mainDocumentURL = URL(string: mainDocumentURL) }
         return request
     }
 
