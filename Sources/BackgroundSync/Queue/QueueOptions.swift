@@ -39,7 +39,10 @@ public struct QueueOptions: Sendable {
     /// token, rewrite an id from an earlier response). A thrown error keeps the entry and stops the
     /// replay, like a failed send. Default: `nil`.
     public var requestWillReplay: (@Sendable (URLRequest, QueueStoreEntry) async throws -> URLRequest)?
-    /// Called after each delivered entry with the server's response. Default: `nil`.
+    /// Called after each delivered entry with the server's response. In an ordered replay it runs
+    /// before the next entry is prepared (so it can record what the next request needs) and before
+    /// the entry's deletion commits: if the process dies in between, the entry is sent again and the
+    /// hook runs again (at least once). Default: `nil`.
     public var requestDidReplay: (@Sendable (QueueStoreEntry, ReplayResponse) async -> Void)?
     /// Called when an entry becomes a dead letter, with the entry as stored. Default: `nil`.
     public var onDeadLetter: (@Sendable (QueueStoreEntry) async -> Void)?
