@@ -26,10 +26,7 @@ enum Fixtures {
                     FROM n
                     """,
                 arguments: [count, name, start, url])
-            // Inserts are counted by the statement that reserves their positions, not by a trigger.
-            try db.execute(
-                sql: "UPDATE queue SET tailPosition = ?, pendingCount = pendingCount + ? WHERE name = ?",
-                arguments: [start + Int64(count), count, name])
+            try db.execute(sql: "UPDATE queue SET tailPosition = ? WHERE name = ?", arguments: [start + Int64(count), name])
         }
         try writer.close()
     }

@@ -41,9 +41,9 @@ struct SplitBenchmark {
         for _ in 0..<count {
             try await pool.write { db in
                 let row = try Row.fetchOne(db.cachedStatement(sql: """
-                    INSERT INTO queue(name, tailPosition, pendingCount) VALUES (?, 1, 1)
-                    ON CONFLICT(name) DO UPDATE SET tailPosition = tailPosition + 1, pendingCount = pendingCount + 1
-                    RETURNING tailPosition, pendingCount - 1
+                    INSERT INTO queue(name, tailPosition) VALUES (?, 1)
+                    ON CONFLICT(name) DO UPDATE SET tailPosition = tailPosition + 1
+                    RETURNING tailPosition, pendingCount
                     """), arguments: ["bench"])!
                 let position: Int64 = row[0]
                 try db.cachedStatement(sql: """

@@ -98,36 +98,6 @@ struct SQLiteQueueDatabaseTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before)
     }
 
-    /// Version 3 counts inserts in the statement that reserves their positions and drops the
-    /// per-row insert trigger of earlier files; a file written before keeps its counts, and a push
-    /// after the upgrade counts once.
-    @Test func aFileFromTheCountingTriggerVersionKeepsItsCountsAfterTheUpgrade() async throws {
-        let folder = try temporaryFolder()
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let path = folder.appendingPathComponent("q.sqlite").path
-        let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/", method: "POST"))
-        do {
-            let store = QueueStore(queueName: "q", database: try SQLiteQueueDatabase(path: path))
-            for _ in 0..<3 { try await store.pushEntry(entry) }
-        }
-        // Back to the v2 schema: the trigger that counted each inserted row, and no v3 migration.
-        try sqlite(path, """
-            CREATE TRIGGER entry_inserted AFTER INSERT ON entry BEGIN
-                UPDATE queue SET
-                    pendingCount = pendingCount + (NEW.state = 'pending'),
-                    deadCount = deadCount + (NEW.state = 'dead')
-                WHERE name = NEW.queueName;
-            END;
-            DELETE FROM grdb_migrations WHERE identifier = 'v3-counted-inserts';
-            """)
-        let store = QueueStore(queueName: "q", database: try SQLiteQueueDatabase(path: path))
-        #expect(try await store.size() == 3)
-        try await store.pushEntry(entry)
-        try await store.unshiftEntry(entry)
-        #expect(try await store.size() == 5, "each insert counted once")
-        #expect(try await store.getAll().count == 5)
-    }
-
     /// Ordered, and concurrent (where the claim scan goes on past a row it set aside).
     @Test(arguments: [1, 4])
     func corruptRowsAreSetAsideByReplayNotLostAndNotBlocking(concurrency: Int) async throws {

@@ -406,11 +406,6 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         migrator.registerMigration("v2-sealed-secrets") { db in
             try db.execute(sql: "ALTER TABLE entry ADD COLUMN sealedSecrets BLOB")
         }
-        migrator.registerMigration("v3-counted-inserts") { db in
-            // Inserts add to the pending count in the statement that reserves their positions,
-            // once per batch, instead of a trigger run per row (deletes and state changes keep theirs).
-            try db.execute(sql: "DROP TRIGGER entry_inserted")
-        }
         return migrator
     }()
 
@@ -480,17 +475,17 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             """)
         for key in order {
             let indices = groups[key]!
-            // The same statement counts the new entries as pending; it returns the count before them.
+            // The pending count returned is the one before these entries (the insert trigger adds them).
             let reserve = key.end == .tail
                 ? """
-                    INSERT INTO queue(name, tailPosition, pendingCount) VALUES (?1, ?2, ?2)
-                    ON CONFLICT(name) DO UPDATE SET tailPosition = tailPosition + ?2, pendingCount = pendingCount + ?2
-                    RETURNING tailPosition, pendingCount - ?2
+                    INSERT INTO queue(name, tailPosition) VALUES (?1, ?2)
+                    ON CONFLICT(name) DO UPDATE SET tailPosition = tailPosition + ?2
+                    RETURNING tailPosition, pendingCount
                     """
                 : """
-                    INSERT INTO queue(name, headPosition, pendingCount) VALUES (?1, 1 - ?2, ?2)
-                    ON CONFLICT(name) DO UPDATE SET headPosition = headPosition - ?2, pendingCount = pendingCount + ?2
-                    RETURNING headPosition, pendingCount - ?2
+                    INSERT INTO queue(name, headPosition) VALUES (?1, 1 - ?2)
+                    ON CONFLICT(name) DO UPDATE SET headPosition = headPosition - ?2
+                    RETURNING headPosition, pendingCount
                     """
             guard let slot = try Row.fetchOne(
                 try db.cachedStatement(sql: reserve), arguments: [key.queueName, indices.count])
