@@ -23,17 +23,24 @@ struct EnqueueBenchmark {
     }
 
     func run(log: (String) -> Void) async throws -> [(String, Double)] {
-        let count = quick ? 300 : 1500
-        // Baseline and subject alternate, five rounds, and each ratio is the median of the rounds'
-        // ratios: the two sides of a ratio are measured back to back, so a change in the disk's
-        // fsync speed or in what else the machine runs moves both alike.
+        // Baseline and subject alternate, in short rounds, and each ratio is the median of the
+        // rounds' ratios: the two sides of a ratio are measured back to back, within a second, so a
+        // change in the disk's fsync speed or in what else the machine runs moves both alike. Each
+        // side keeps its database across rounds, warmed up first (see `warmUp`).
+        let (count, rounds) = quick ? (300, 5) : (500, 15)
+        let rawPool = try await Self.rawPool(path: freshPath("raw"))
+        let singleQueue = try Self.queue(path: freshPath("queue-1"))
+        let sixteenQueue = try Self.queue(path: freshPath("queue-16"))
+        _ = try await rawInsertRate(rawPool, count: Self.warmUp)
+        _ = try await queueRate(singleQueue, count: Self.warmUp, producers: 1)
+        _ = try await queueRate(sixteenQueue, count: Self.warmUp, producers: 16)
         var raw: [Double] = []
         var single: [Double] = []
         var sixteen: [Double] = []
-        for _ in 0..<5 {
-            raw.append(try await rawInsertRate(count: count))
-            single.append(try await queueRate(count: count, producers: 1))
-            sixteen.append(try await queueRate(count: count * 4, producers: 16))
+        for _ in 0..<rounds {
+            raw.append(try await rawInsertRate(rawPool, count: count))
+            single.append(try await queueRate(singleQueue, count: count, producers: 1))
+            sixteen.append(try await queueRate(sixteenQueue, count: count * 4, producers: 16))
         }
         let (rawRate, singleRate, sixteenRate) = (median(raw), median(single), median(sixteen))
         log(String(format: "raw GRDB insert, 1 row per transaction: %.0f rows/s", rawRate))
@@ -48,9 +55,15 @@ struct EnqueueBenchmark {
         ]
     }
 
-    /// The bare baseline: GRDB, WAL, `synchronous=FULL`, one INSERT of the same columns per transaction.
-    func rawInsertRate(count: Int) async throws -> Double {
-        let pool = try Self.fullSyncPool(path: freshPath("raw"))
+    /// Writes made, untimed, on a new database before it is measured: enough for the WAL to reach
+    /// its checkpoint size (1,000 pages) and start over. Until then every commit also grows the
+    /// `-wal` file, and the `fdatasync` writes the file's new size too: a database measured from
+    /// scratch is slower the fewer pages its commits write, which favours neither side fairly.
+    static let warmUp = 600
+
+    /// The bare baseline's database: GRDB, WAL, `synchronous=FULL`, the same columns as an entry.
+    static func rawPool(path: String) async throws -> DatabasePool {
+        let pool = try Self.fullSyncPool(path: path)
         try await pool.write { db in
             try db.execute(sql: """
                 CREATE TABLE entry (id INTEGER PRIMARY KEY AUTOINCREMENT, queueName TEXT NOT NULL,
@@ -58,6 +71,18 @@ struct EnqueueBenchmark {
                 body BLOB, timestamp DOUBLE NOT NULL)
                 """)
         }
+        return pool
+    }
+
+    /// The bare baseline on a new, warmed-up database.
+    func rawInsertRate(count: Int) async throws -> Double {
+        let pool = try await Self.rawPool(path: freshPath("raw"))
+        _ = try await rawInsertRate(pool, count: Self.warmUp)
+        return try await rawInsertRate(pool, count: count)
+    }
+
+    /// The bare baseline: one INSERT per transaction.
+    func rawInsertRate(_ pool: DatabasePool, count: Int) async throws -> Double {
         let headers = #"{"content-type":"application/json","idempotency-key":"00000000-0000-0000-0000-000000000000"}"#
         let url = Self.url.absoluteString
         let body = Self.body
@@ -80,9 +105,19 @@ struct EnqueueBenchmark {
         return pool
     }
 
+    static func queue(path: String) throws -> Queue {
+        try Queue(name: "bench", database: try SQLiteQueueDatabase(path: path), syncManager: SyncManager())
+    }
+
+    /// Pushes on a new, warmed-up database.
     func queueRate(count: Int, producers: Int) async throws -> Double {
-        let database = try SQLiteQueueDatabase(path: freshPath("queue-\(producers)"))
-        let queue = try Queue(name: "bench", database: database, syncManager: SyncManager())
+        let queue = try Self.queue(path: freshPath("queue-\(producers)"))
+        _ = try await queueRate(queue, count: Self.warmUp, producers: producers)
+        return try await queueRate(queue, count: count, producers: producers)
+    }
+
+    /// `count` pushes by `producers` concurrent tasks.
+    func queueRate(_ queue: Queue, count: Int, producers: Int) async throws -> Double {
         let perProducer = count / producers
         // The app builds its requests; the figure is the queue's, so they are built beforehand.
         let requests = (0..<producers).map { _ in (0..<perProducer).map(Self.request) }
