@@ -22,12 +22,13 @@ public struct LeaseOwner: Sendable, Hashable, CustomStringConvertible {
 
     /// A new owner for this process.
     public static func current() -> LeaseOwner {
-        LeaseOwner(
-            host: ProcessInfo.processInfo.hostName,
-            processID: ProcessInfo.processInfo.processIdentifier,
-            token: UUID().lowercasedString
-        )
+        LeaseOwner(host: thisHost, processID: thisProcess, token: UUID().lowercasedString)
     }
+
+    /// This host's name and this process's id, read once: a claim checks the lease of every row it
+    /// passes, and `ProcessInfo.hostName` asks the system each time.
+    private static let thisHost = ProcessInfo.processInfo.hostName
+    private static let thisProcess = ProcessInfo.processInfo.processIdentifier
 
     /// Creates an owner.
     public init(host: String, processID: Int32, token: String) {
@@ -50,11 +51,10 @@ public struct LeaseOwner: Sendable, Hashable, CustomStringConvertible {
 
     /// Whether a lease written as `rawValue` belongs to a process of this host that no longer exists.
     static func isAbandoned(_ rawValue: String) -> Bool {
-        guard let owner = LeaseOwner(rawValue: rawValue),
-            owner.host == ProcessInfo.processInfo.hostName,
-            owner.processID > 0
-        else { return false }
-        if owner.processID == ProcessInfo.processInfo.processIdentifier { return false }
+        guard let owner = LeaseOwner(rawValue: rawValue), owner.host == thisHost, owner.processID > 0 else {
+            return false
+        }
+        if owner.processID == thisProcess { return false }
         #if os(Linux) || os(macOS) || os(Android) || os(FreeBSD)
         return kill(owner.processID, 0) == -1 && errno == ESRCH
         #else
