@@ -600,8 +600,8 @@ public actor Queue {
     private enum ConcurrentStep {
         /// An entry was sent and its outcome recorded (a delivery is deleted by a later claim).
         case processed(QueueStoreEntry, Outcome)
-        /// Delivered entries were deleted and up to `requested` entries leased, in one commit.
-        case claimed([QueueStoreEntry], requested: Int, deleted: [(QueueStoreEntry, ReplayResponse)])
+        /// Delivered entries were deleted (and reported) and up to `requested` entries leased, in one commit.
+        case claimed([QueueStoreEntry], requested: Int)
     }
 
     /// Up to ``QueueOptions/maxConcurrentReplays`` entries in flight, independent of each other.
@@ -638,10 +638,7 @@ public actor Queue {
                             let deleting = toDelete
                             toDelete.removeAll()
                             group.addTask {
-                                let claimed = try await self.database.completeClaimsAndClaimEntries(
-                                    ids: deleting.map(\.0.id), owner: self.owner, queueName: self.name, limit: wanted,
-                                    leaseDuration: self.options.leaseDuration, now: self.options.clock.now)
-                                return .claimed(claimed, requested: wanted, deleted: deleting)
+                                .claimed(try await self.completeDeliveries(deleting, thenClaim: wanted), requested: wanted)
                             }
                         }
                     }
@@ -655,22 +652,22 @@ public actor Queue {
                         default: break
                         }
                         outcomes.append(outcome)
-                    case .claimed(let entries, let requested, let deleted):
+                    case .claimed(let entries, let requested):
                         claiming = false
-                        for (entry, response) in deleted { await delivered(entry, response) }
                         ready += entries
                         (drained, lastClaimed) = (entries.count < requested, entries.count)
                     }
                 }
             } catch {
                 // A database failure: what was delivered is still deleted if the database allows.
-                _ = try? await completeDeliveries(&toDelete, thenClaim: 0)
+                _ = try? await completeDeliveries(toDelete, thenClaim: 0)
                 for entry in ready { try? await database.abandonClaim(id: entry.id, owner: owner) }
                 throw error
             }
-            // Stopped early: the entries leased ahead go back untouched.
+            // Deletions first (a delivered entry left behind would be sent again), then the entries
+            // leased ahead of a stop go back untouched.
+            _ = try await completeDeliveries(toDelete, thenClaim: 0)
             for entry in ready { try await database.abandonClaim(id: entry.id, owner: owner) }
-            _ = try await completeDeliveries(&toDelete, thenClaim: 0)
             return (outcomes, failure)
         }
         for outcome in outcomes { tally(outcome, into: &summary) }
@@ -681,15 +678,13 @@ public actor Queue {
     /// Deletes the delivered entries and claims up to `limit` more in one commit, then reports the
     /// deliveries (metrics, events, the app's hook).
     private nonisolated func completeDeliveries(
-        _ deliveries: inout [(QueueStoreEntry, ReplayResponse)], thenClaim limit: Int
+        _ deliveries: [(QueueStoreEntry, ReplayResponse)], thenClaim limit: Int
     ) async throws -> [QueueStoreEntry] {
         if deliveries.isEmpty && limit == 0 { return [] }
         let claimed = try await database.completeClaimsAndClaimEntries(
             ids: deliveries.map(\.0.id), owner: owner, queueName: name, limit: limit,
             leaseDuration: options.leaseDuration, now: options.clock.now)
-        let done = deliveries
-        deliveries.removeAll()
-        for (entry, response) in done { await delivered(entry, response) }
+        for (entry, response) in deliveries { await delivered(entry, response) }
         return claimed
     }
 

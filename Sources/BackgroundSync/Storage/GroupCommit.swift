@@ -171,7 +171,8 @@ final class GroupCommit<Context, Item: Sendable, Output: Sendable>: Sendable {
                 return nil
             }
             if let taken { return taken }
-            if arrival.wait(timeout: deadline!) == .timedOut {
+            // `nil` comes only with a deadline still ahead: wait for a submit until then.
+            if let deadline, arrival.wait(timeout: deadline) == .timedOut {
                 // A submit that cleared `drainWaits` signals: consume it so that no wake-up is left over.
                 let signalled = state.withLock { state in
                     defer { state.drainWaits = false }

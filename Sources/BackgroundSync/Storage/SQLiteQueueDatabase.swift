@@ -908,9 +908,6 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         }
     }
 
-    /// Reads an entry from its row. Every column goes through GRDB's throwing accessors, so a
-    /// damaged row (a wrong type written by hand or by corruption) is an error that names the
-    /// entry, never a crash.
     /// The columns an entry is read from (`SELECT \(EntryColumn.list)`), in this order, so that
     /// ``decode(_:)`` reads them by index: GRDB finds a column by name by lower-casing and
     /// comparing every column's name, on every read.
@@ -922,7 +919,9 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         static let list = allCases.map { "\($0)" }.joined(separator: ", ")
     }
 
-    /// Reads an entry from a row of `SELECT \(EntryColumn.list)`.
+    /// Reads an entry from a row of `SELECT \(EntryColumn.list)`. Every column goes through GRDB's
+    /// throwing accessors, so a damaged row (a wrong type written by hand or by corruption) is an
+    /// error that names the entry, never a crash.
     static func decode(_ row: Row) throws -> QueueStoreEntry {
         func value<T: DatabaseValueConvertible>(_ column: EntryColumn) throws -> T {
             try row.decode(atIndex: column.rawValue)
