@@ -135,20 +135,3 @@ struct EnqueueBenchmark {
         return Double(perProducer * producers) / (ContinuousClock.now - start).seconds
     }
 }
-
-extension Duration {
-    var seconds: Double {
-        Double(components.seconds) + Double(components.attoseconds) / 1e18
-    }
-}
-
-/// The middle value.
-func median(_ values: [Double]) -> Double {
-    let sorted = values.sorted()
-    return sorted[sorted.count / 2]
-}
-
-/// The median of the rounds' ratios `subject[i] / baseline[i]`.
-func medianRatio(_ subject: [Double], _ baseline: [Double]) -> Double {
-    median(zip(subject, baseline).map { $0 / $1 })
-}

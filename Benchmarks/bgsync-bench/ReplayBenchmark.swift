@@ -61,9 +61,9 @@ struct ReplayBenchmark {
             var ratios: [Double] = []
             var cpu: (bare: [Double], queue: [Double]) = ([], [])
             for _ in 0..<(quick ? 3 : 30) {
-                let start = GroupCommitDiagnostic.cpuTime()
+                let start = CPUTime.now()
                 let bareRate = try await bare(url: url, count: 1000, inFlight: inFlight, transport: transport)
-                cpu.bare.append(GroupCommitDiagnostic.cpuMicroseconds(since: start) / 1000)
+                cpu.bare.append(CPUTime.now().microseconds(since: start) / 1000)
                 let (queueRate, queueCPU) = try await measuredDrain(
                     url: url, count: 1000, concurrency: inFlight, transport: transport)
                 cpu.queue.append(queueCPU)
@@ -123,11 +123,11 @@ struct ReplayBenchmark {
         let queue = try Queue(
             name: "bench", options: QueueOptions(maxConcurrentReplays: concurrency),
             database: try SQLiteQueueDatabase(path: path), transport: transport, syncManager: SyncManager())
-        let cpu = GroupCommitDiagnostic.cpuTime()
+        let cpu = CPUTime.now()
         let start = ContinuousClock.now
         let summary = try await queue.replayRequests()
         let elapsed = (ContinuousClock.now - start).seconds
-        let cpuMicroseconds = GroupCommitDiagnostic.cpuMicroseconds(since: cpu) / Double(count)
+        let cpuMicroseconds = CPUTime.now().microseconds(since: cpu) / Double(count)
         precondition(summary.delivered == count, "drained \(summary.delivered) of \(count)")
         return (Double(count) / elapsed, cpuMicroseconds)
     }

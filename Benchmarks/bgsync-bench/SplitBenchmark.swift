@@ -37,8 +37,8 @@ struct SplitBenchmark {
         let headers = #"{"content-type":"application/json","idempotency-key":"00000000-0000-0000-0000-000000000000"}"#
         let url = EnqueueBenchmark.url.absoluteString
         let body = EnqueueBenchmark.body
-        let start = ContinuousClock.now
-        for _ in 0..<count {
+        // Warmed up like the figures' databases (see `EnqueueBenchmark.warmUp`).
+        return try await warmedRate(count: count, warmUp: EnqueueBenchmark.warmUp) {
             try await pool.write { db in
                 let row = try Row.fetchOne(db.cachedStatement(sql: """
                     INSERT INTO queue(name, tailPosition) VALUES (?, 1)
@@ -59,7 +59,6 @@ struct SplitBenchmark {
                 ).execute(arguments: ["bench", Date().timeIntervalSince1970])
             }
         }
-        return Double(count) / (ContinuousClock.now - start).seconds
     }
 
     /// `SQLiteQueueDatabase.insertEntry` alone, with an already captured request.
@@ -68,12 +67,10 @@ struct SplitBenchmark {
         let data = StorableRequest.RequestData(
             url: EnqueueBenchmark.url.absoluteString, method: "POST",
             headers: ["content-type": "application/json"], body: EnqueueBenchmark.body)
-        let start = ContinuousClock.now
-        for _ in 0..<count {
+        return try await warmedRate(count: count, warmUp: EnqueueBenchmark.warmUp) {
             _ = try await database.insertEntry(
                 UnidentifiedQueueStoreEntry(requestData: data, idempotencyKey: UUID().uuidString),
                 queueName: "bench", at: .tail, registeringSyncTag: "bench")
         }
-        return Double(count) / (ContinuousClock.now - start).seconds
     }
 }

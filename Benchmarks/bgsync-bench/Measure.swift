@@ -1,0 +1,53 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension Duration {
+    var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}
+
+/// The middle value.
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted[sorted.count / 2]
+}
+
+/// The median of the rounds' ratios `subject[i] / baseline[i]`.
+func medianRatio(_ subject: [Double], _ baseline: [Double]) -> Double {
+    median(zip(subject, baseline).map { $0 / $1 })
+}
+
+/// Runs `step` `warmUp` times untimed, then `count` times timed; returns the timed steps per second.
+func warmedRate(count: Int, warmUp: Int, _ step: () async throws -> Void) async throws -> Double {
+    for _ in 0..<warmUp { try await step() }
+    let start = ContinuousClock.now
+    for _ in 0..<count { try await step() }
+    return Double(count) / (ContinuousClock.now - start).seconds
+}
+
+/// The process's CPU time so far (all threads), in seconds.
+struct CPUTime {
+    var user: Double
+    var system: Double
+
+    static func now() -> CPUTime {
+        var usage = rusage()
+        #if canImport(Glibc)
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        #else
+        getrusage(RUSAGE_SELF, &usage)
+        #endif
+        func seconds(_ time: timeval) -> Double { Double(time.tv_sec) + Double(time.tv_usec) / 1e6 }
+        return CPUTime(user: seconds(usage.ru_utime), system: seconds(usage.ru_stime))
+    }
+
+    /// User and system time since `start`, in microseconds.
+    func microseconds(since start: CPUTime) -> Double {
+        (user - start.user + system - start.system) * 1e6
+    }
+}
