@@ -15,16 +15,16 @@ struct SplitBenchmark {
         let count = quick ? 300 : 1500
         let enqueue = EnqueueBenchmark(quick: quick, freshPath: freshPath)
         var rates: [String: [Double]] = [:]
-        for _ in 0..<3 {
+        for _ in 0..<5 {
             rates["split_raw_insert_per_s", default: []].append(try await enqueue.rawInsertRate(count: count))
             rates["split_queue_schema_sql_per_s", default: []].append(try await schemaSQLRate(count: count))
             rates["split_insert_entry_per_s", default: []].append(try await insertEntryRate(count: count))
             rates["split_push_request_per_s", default: []].append(try await enqueue.queueRate(count: count, producers: 1))
         }
         let keys = ["split_raw_insert_per_s", "split_queue_schema_sql_per_s", "split_insert_entry_per_s", "split_push_request_per_s"]
-        let raw = median(rates[keys[0]]!)
         for key in keys {
-            log(String(format: "%-34@ %7.0f /s  ratio %.2f", key as NSString, median(rates[key]!), median(rates[key]!) / raw))
+            log(String(format: "%-34@ %7.0f /s  ratio %.2f", key as NSString, median(rates[key]!),
+                       medianRatio(rates[key]!, rates[keys[0]]!)))
         }
         return keys.map { ($0, median(rates[$0]!)) }
     }
