@@ -40,11 +40,14 @@ struct SplitBenchmark {
         // Warmed up like the figures' databases (see `EnqueueBenchmark.warmUp`).
         return try await warmedRate(count: count, warmUp: EnqueueBenchmark.warmUp) {
             try await pool.write { db in
-                let row = try Row.fetchOne(db.cachedStatement(sql: """
-                    INSERT INTO queue(name, tailPosition) VALUES (?, 1)
-                    ON CONFLICT(name) DO UPDATE SET tailPosition = tailPosition + 1
-                    RETURNING tailPosition, pendingCount
-                    """), arguments: ["bench"])!
+                try db.cachedStatement(sql: "UPDATE queue SET tailPosition = tailPosition + 1 WHERE name = ?")
+                    .execute(arguments: ["bench"])
+                if db.changesCount == 0 {
+                    try db.cachedStatement(sql: "INSERT INTO queue(name, tailPosition) VALUES (?, 1)").execute(arguments: ["bench"])
+                }
+                let row = try Row.fetchOne(
+                    db.cachedStatement(sql: "SELECT tailPosition, pendingCount FROM queue WHERE name = ?"),
+                    arguments: ["bench"])!
                 let position: Int64 = row[0]
                 try db.cachedStatement(sql: """
                     INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata,
@@ -52,7 +55,7 @@ struct SplitBenchmark {
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """).execute(arguments: [
                         "bench", position, url, "POST", headers, body, nil, Date().timeIntervalSince1970, nil,
-                        UUID().uuidString, nil,
+                        "00000000-0000-4000-8000-000000000000", nil,
                     ])
                 try db.cachedStatement(
                     sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING"
@@ -69,7 +72,7 @@ struct SplitBenchmark {
             headers: ["content-type": "application/json"], body: EnqueueBenchmark.body)
         return try await warmedRate(count: count, warmUp: EnqueueBenchmark.warmUp) {
             _ = try await database.insertEntry(
-                UnidentifiedQueueStoreEntry(requestData: data, idempotencyKey: UUID().uuidString),
+                UnidentifiedQueueStoreEntry(requestData: data, idempotencyKey: "00000000-0000-4000-8000-000000000000"),
                 queueName: "bench", at: .tail, registeringSyncTag: "bench")
         }
     }
