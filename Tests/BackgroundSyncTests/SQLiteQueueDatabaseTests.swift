@@ -98,6 +98,69 @@ struct SQLiteQueueDatabaseTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before)
     }
 
+    /// Since v3 the insert trigger moves the queue's ends. A database written before it upgrades
+    /// in place, and a writer of the previous version (which moves the ends itself, then inserts)
+    /// can still share it: no position is taken twice and the counts stay right.
+    @Test func queueEndsStayRightAcrossTheV3UpgradeAndWithAPreviousVersionWriter() async throws {
+        let folder = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("q.sqlite").path
+        func entry(_ name: String) -> UnidentifiedQueueStoreEntry {
+            UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/\(name)", method: "POST"))
+        }
+        // The previous version's statements for one push and one unshift.
+        let previousPush = """
+            UPDATE queue SET tailPosition = tailPosition + 1 WHERE name = 'q';
+            INSERT INTO entry(queueName, position, url, method, headers, timestamp)
+                SELECT 'q', tailPosition, 'https://a.example/old-tail', 'POST', '{}', 0 FROM queue WHERE name = 'q';
+            """
+        let previousUnshift = """
+            UPDATE queue SET headPosition = headPosition - 1 WHERE name = 'q';
+            INSERT INTO entry(queueName, position, url, method, headers, timestamp)
+                SELECT 'q', headPosition, 'https://a.example/old-head', 'POST', '{}', 0 FROM queue WHERE name = 'q';
+            """
+        do {
+            let store = QueueStore(queueName: "q", database: try SQLiteQueueDatabase(path: path))
+            _ = try await store.pushEntry(entry("a"))
+        }
+        // Back to the v2 schema (its trigger only counts), with an entry written the v2 way.
+        try sqlite(path, """
+            DELETE FROM grdb_migrations WHERE identifier = 'v3-ends-by-trigger';
+            DROP TRIGGER entry_inserted;
+            CREATE TRIGGER entry_inserted AFTER INSERT ON entry BEGIN
+                UPDATE queue SET pendingCount = pendingCount + (NEW.state = 'pending'),
+                    deadCount = deadCount + (NEW.state = 'dead') WHERE name = NEW.queueName;
+            END;
+            \(previousPush)
+            """)
+        do {
+            // Opening upgrades; then this version and a previous-version writer take turns.
+            let database = try SQLiteQueueDatabase(path: path)
+            let store = QueueStore(queueName: "q", database: database)
+            _ = try await store.pushEntry(entry("b"))
+            _ = try await store.unshiftEntry(entry("z"))
+            try sqlite(path, previousPush + previousUnshift)
+            async let c = store.pushEntry(entry("c"))
+            async let d = store.pushEntry(entry("d"))
+            async let y = store.unshiftEntry(entry("y"))
+            _ = try await (c, d, y)
+            let urls = try await store.getAll().map { $0.requestData.url.replacingOccurrences(of: "https://a.example/", with: "") }
+            #expect(urls.count == 9)
+            #expect(urls.sorted() == ["a", "b", "c", "d", "old-head", "old-tail", "old-tail", "y", "z"])
+            #expect(Array(urls.prefix(3)) == ["y", "old-head", "z"])
+            #expect(Array(urls[3...6]) == ["a", "old-tail", "b", "old-tail"])
+            #expect(Array(urls.suffix(2)).sorted() == ["c", "d"])
+            #expect(try await store.size() == 9)
+            let (positions, head, tail) = try await database.writer.read { db in
+                (try Int64.fetchAll(db, sql: "SELECT position FROM entry ORDER BY position"),
+                 try Int64.fetchOne(db, sql: "SELECT headPosition FROM queue WHERE name = 'q'"),
+                 try Int64.fetchOne(db, sql: "SELECT tailPosition FROM queue WHERE name = 'q'"))
+            }
+            #expect(Set(positions).count == positions.count, "no position taken twice")
+            #expect(head == positions.first && tail == positions.last)
+        }
+    }
+
     /// Ordered, and concurrent (where the claim scan goes on past a row it set aside).
     @Test(arguments: [1, 4])
     func corruptRowsAreSetAsideByReplayNotLostAndNotBlocking(concurrency: Int) async throws {

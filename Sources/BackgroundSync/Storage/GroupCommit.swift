@@ -35,7 +35,9 @@ final class GroupCommit<Context, Item: Sendable, Output: Sendable>: Sendable {
 
     private struct Waiter {
         var item: Item
-        var continuation: CheckedContinuation<Output, any Error>
+        /// Unchecked: every path of `drain` resumes each waiter exactly once, and the checked kind
+        /// costs the writer a lock and an allocation per write.
+        var continuation: UnsafeContinuation<Output, any Error>
     }
 
     /// How the next batch gathers.
@@ -92,7 +94,7 @@ final class GroupCommit<Context, Item: Sendable, Output: Sendable>: Sendable {
 
     /// Writes `item` in the next transaction and returns its output once committed.
     func submit(_ item: Item) async throws -> Output {
-        try await withCheckedThrowingContinuation { continuation in
+        try await withUnsafeThrowingContinuation { continuation in
             let (start, wake) = state.withLock { state -> (Bool, Bool) in
                 state.waiting.append(Waiter(item: item, continuation: continuation))
                 if state.scheduled {
@@ -159,7 +161,13 @@ final class GroupCommit<Context, Item: Sendable, Output: Sendable>: Sendable {
         while true {
             let taken = state.withLock { state -> [Waiter]? in
                 if !state.waiting.isEmpty {
-                    let batch = Array(state.waiting.prefix(limit ?? maxBatch))
+                    let limit = limit ?? maxBatch
+                    if state.waiting.count <= limit {
+                        // All of them: hand the array over rather than copy its elements.
+                        defer { state.waiting = [] }
+                        return state.waiting
+                    }
+                    let batch = Array(state.waiting.prefix(limit))
                     state.waiting.removeFirst(batch.count)
                     return batch
                 }

@@ -127,12 +127,20 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         deletes = Self.makeDeleteGroupCommit(writer: writer, path: path, synchronous: synchronous)
     }
 
-    /// One insert waiting for its group commit.
-    struct PendingInsert: Sendable {
-        var row: EntryRow
-        var queueName: String
-        var end: QueueEnd
-        var syncTag: String?
+    /// One insert waiting for its group commit. A class: the writer moves batches of them around
+    /// (one retain each rather than one per field).
+    final class PendingInsert: Sendable {
+        let row: EntryRow
+        let queueName: String
+        let end: QueueEnd
+        let syncTag: String?
+
+        init(row: EntryRow, queueName: String, end: QueueEnd, syncTag: String?) {
+            self.row = row
+            self.queueName = queueName
+            self.end = end
+            self.syncTag = syncTag
+        }
     }
 
     /// Deletions of delivered entries are replay bookkeeping (see ``SynchronousModes``).
@@ -149,22 +157,28 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     private static func makeGroupCommit(
         writer: any DatabaseWriter, path: String, synchronous: SynchronousModes
     ) -> GroupCommit<Database, PendingInsert, InsertedEntry> {
-        groupCommit(writer: writer, path: path, mode: synchronous.durable, synchronous, action: "write to") { db, batch in
-            let inserted = try insert(batch, db)
+        let openEnds = OpenEnds([:])
+        return groupCommit(
+            writer: writer, path: path, mode: synchronous.durable, synchronous, action: "write to",
+            begin: { openEnds.withLock { $0.removeAll(keepingCapacity: true) } }
+        ) { db, batch in
+            let inserted = try insert(batch, db, openEnds: openEnds)
             let registeredAt = Date().timeIntervalSince1970
             for tag in Set(batch.compactMap(\.syncTag)) {
                 try db.cachedStatement(
                     sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING"
                 ).execute(arguments: [tag, registeredAt])
             }
-            return inserted.map { InsertedEntry(id: $0.id, queueSize: $0.queueSize) }
+            return inserted
         }
     }
 
     /// A group commit whose batches run on `writer`'s queue, each in one transaction; `body`
-    /// writes items in the open transaction (a gathering batch calls it as writes arrive).
+    /// writes items in the open transaction (a gathering batch calls it as writes arrive);
+    /// `begin` runs before each transaction opens.
     private static func groupCommit<Item: Sendable, Output: Sendable>(
         writer: any DatabaseWriter, path: String, mode: String, _ synchronous: SynchronousModes, action: String,
+        begin: (@Sendable () -> Void)? = nil,
         _ body: @escaping @Sendable (Database, [Item]) throws -> [Output]
     ) -> GroupCommit<Database, Item, Output> {
         // Gathering pays when a commit waits for the disk; otherwise it would only add latency.
@@ -178,6 +192,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             gatherDelay: gatherDelay,
             schedule: { work in writer.asyncWriteWithoutTransaction { db in work(db) } },
             transaction: { db, writes in
+                begin?()
                 do {
                     try synchronous.transaction(mode, db) { try writes() }
                 } catch {
@@ -406,6 +421,23 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         migrator.registerMigration("v2-sealed-secrets") { db in
             try db.execute(sql: "ALTER TABLE entry ADD COLUMN sealedSecrets BLOB")
         }
+        // The insert trigger moves the queue's ends past each new entry, so a push reads the ends
+        // once and writes the entry, instead of also updating the queue row itself. A version
+        // that still updates the ends before inserting finds them already moved (the trigger's
+        // `max`/`min` changes nothing then): the two can share a database.
+        migrator.registerMigration("v3-ends-by-trigger") { db in
+            try db.execute(sql: """
+                DROP TRIGGER entry_inserted;
+                CREATE TRIGGER entry_inserted AFTER INSERT ON entry BEGIN
+                    UPDATE queue SET
+                        pendingCount = pendingCount + (NEW.state = 'pending'),
+                        deadCount = deadCount + (NEW.state = 'dead'),
+                        headPosition = min(headPosition, NEW.position),
+                        tailPosition = max(tailPosition, NEW.position)
+                    WHERE name = NEW.queueName;
+                END;
+                """)
+        }
         return migrator
     }()
 
@@ -453,73 +485,66 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         try await inserts.submit(PendingInsert(row: try EntryRow(entry), queueName: queueName, end: end, syncTag: syncTag))
     }
 
+    /// A queue's ends and pending count as the open transaction leaves them.
+    struct QueueEnds {
+        /// The lowest position taken (the next entry unshifted goes just before).
+        var head: Int64
+        /// The highest position taken (the next entry pushed goes just after).
+        var tail: Int64
+        var pendingCount: Int
+    }
+
+    /// The ends of the queues that the open insert transaction wrote to, so that the writes
+    /// appended to it later need not read them again. Used on the writer only, one transaction at a
+    /// time; emptied when a transaction begins.
+    typealias OpenEnds = Locked<[String: QueueEnds]>
+
     /// Inserts a batch of entries in the current transaction; returns, in batch order, each one's
     /// id and the queue's pending count once it is in.
     ///
-    /// The entries bound for one end of one queue take their positions with a single statement,
-    /// which also creates the queue row if needed: at the tail they follow each other in batch
-    /// order; at the head the last one of the batch comes first, as if unshifted one by one.
-    static func insert(_ batch: [PendingInsert], _ db: Database) throws -> [(id: Int64, queueSize: Int)] {
-        var results = [(id: Int64, queueSize: Int)](repeating: (0, 0), count: batch.count)
-        var groups: [GroupKey: [Int]] = [:]
-        var order: [GroupKey] = []
-        for (index, item) in batch.enumerated() {
-            let key = GroupKey(queueName: item.queueName, end: item.end)
-            if groups[key] == nil { order.append(key) }
-            groups[key, default: []].append(index)
-        }
+    /// At the tail the entries follow each other in batch order; at the head the last one of the
+    /// batch comes first, as if unshifted one by one. A queue's ends are read once per
+    /// transaction (its row is created if needed), then kept in `openEnds`; the insert trigger
+    /// moves them in the database.
+    static func insert(_ batch: [PendingInsert], _ db: Database, openEnds: OpenEnds) throws -> [InsertedEntry] {
         let insertEntry = try db.cachedStatement(sql: """
             INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata,
                 idempotencyKey, sealedSecrets)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
-        for key in order {
-            let indices = groups[key]!
-            // Reserve the positions: move the queue's end (creating its row the first time), then
-            // read it back with the pending count before these entries (the insert trigger adds
-            // them). Three plain statements: an upsert with `RETURNING` costs a push more than all
-            // three (SQLite buffers its rows and opens a statement journal).
-            let tail = key.end == .tail
-            try db.cachedStatement(sql: tail
-                ? "UPDATE queue SET tailPosition = tailPosition + ?2 WHERE name = ?1"
-                : "UPDATE queue SET headPosition = headPosition - ?2 WHERE name = ?1"
-            ).execute(arguments: [key.queueName, indices.count])
-            if db.changesCount == 0 {
-                try db.cachedStatement(sql: tail
-                    ? "INSERT INTO queue(name, tailPosition) VALUES (?1, ?2)"
-                    : "INSERT INTO queue(name, headPosition) VALUES (?1, 1 - ?2)"
-                ).execute(arguments: [key.queueName, indices.count])
+        var results: [InsertedEntry] = []
+        results.reserveCapacity(batch.count)
+        for item in batch {
+            var ends = try openEnds.withLock({ $0[item.queueName] }) ?? readEnds(of: item.queueName, db)
+            let position: Int64
+            if item.end == .tail {
+                ends.tail += 1
+                position = ends.tail
+            } else {
+                ends.head -= 1
+                position = ends.head
             }
-            guard let slot = try Row.fetchOne(
-                try db.cachedStatement(sql: tail
-                    ? "SELECT tailPosition, pendingCount FROM queue WHERE name = ?"
-                    : "SELECT headPosition, pendingCount FROM queue WHERE name = ?"),
-                arguments: [key.queueName])
-            else {
-                throw BackgroundSyncError(.storage, "queue row missing", queueName: key.queueName)
-            }
-            let reserved: Int64 = try slot.decode(atIndex: 0)
-            let pendingBefore: Int = try slot.decode(atIndex: 1)
-            let count = Int64(indices.count)
-            for (offset, index) in indices.enumerated() {
-                // Tail: reserved is the last of the new positions; head: the first.
-                let position = key.end == .tail
-                    ? reserved - count + 1 + Int64(offset)
-                    : reserved + count - 1 - Int64(offset)
-                let row = batch[index].row
-                try insertEntry.execute(arguments: [
-                    key.queueName, position, row.url, row.method, row.headers, row.body, row.settings,
-                    row.timestamp, row.metadata, row.idempotencyKey, row.sealedSecrets,
-                ])
-                results[index] = (db.lastInsertedRowID, pendingBefore + offset + 1)
-            }
+            let row = item.row
+            try insertEntry.execute(arguments: [
+                item.queueName, position, row.url, row.method, row.headers, row.body, row.settings,
+                row.timestamp, row.metadata, row.idempotencyKey, row.sealedSecrets,
+            ])
+            ends.pendingCount += 1
+            results.append(InsertedEntry(id: db.lastInsertedRowID, queueSize: ends.pendingCount))
+            openEnds.withLock { $0[item.queueName] = ends }
         }
         return results
     }
 
-    private struct GroupKey: Hashable {
-        var queueName: String
-        var end: QueueEnd
+    /// Reads a queue's ends, creating its row the first time.
+    private static func readEnds(of queueName: String, _ db: Database) throws -> QueueEnds {
+        let select = try db.cachedStatement(sql: "SELECT headPosition, tailPosition, pendingCount FROM queue WHERE name = ?")
+        if let row = try Row.fetchOne(select, arguments: [queueName]) {
+            return QueueEnds(head: try row.decode(atIndex: 0), tail: try row.decode(atIndex: 1), pendingCount: try row.decode(atIndex: 2))
+        }
+        try db.cachedStatement(sql: "INSERT INTO queue(name) VALUES (?)").execute(arguments: [queueName])
+        // The columns' defaults: nothing taken yet on either side of position 1.
+        return QueueEnds(head: 1, tail: 0, pendingCount: 0)
     }
 
     public func removeEntry(queueName: String, from end: QueueEnd) async throws -> QueueStoreEntry? {
