@@ -19,6 +19,8 @@ public enum SecretHeaderStorage: Sendable {
 enum SecretSealer {
     /// Splits `headers` into the fields that may be stored and the secret ones.
     static func split(_ headers: [String: String], names: Set<String>) -> (kept: [String: String], secrets: [String: String]) {
+        // The usual case, on every push: no secret header; the headers are kept as they are.
+        guard headers.keys.contains(where: names.contains) else { return (headers, [:]) }
         var kept: [String: String] = [:]
         var secrets: [String: String] = [:]
         for (name, value) in headers {
