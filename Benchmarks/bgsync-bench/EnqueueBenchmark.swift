@@ -23,42 +23,62 @@ struct EnqueueBenchmark {
     }
 
     func run(log: (String) -> Void) async throws -> [(String, Double)] {
-        // Baseline and subject alternate, in short rounds, and each ratio is the median of the
-        // rounds' ratios: the two sides of a ratio are measured back to back, within a second, so a
-        // change in the disk's fsync speed or in what else the machine runs moves both alike. Each
-        // side keeps its database across rounds, warmed up first (see `warmUp`).
-        let (count, rounds) = quick ? (300, 5) : (500, 15)
+        // The disk's fsync time drifts by tens of percent from one tenth of a second to the next,
+        // so the two sides of a ratio are interleaved finely rather than measured one after the
+        // other: what the disk does at any moment falls on both alike. Each side keeps its own
+        // database, warmed up first (see `warmUp`).
+        let (operations, blocks) = quick ? (600, 8) : (4000, 30)
         let rawPool = try await Self.rawPool(path: freshPath("raw"))
         let singleQueue = try Self.queue(path: freshPath("queue-1"))
         let sixteenQueue = try Self.queue(path: freshPath("queue-16"))
         _ = try await rawInsertRate(rawPool, count: Self.warmUp)
         _ = try await queueRate(singleQueue, count: Self.warmUp, producers: 1)
         _ = try await queueRate(sixteenQueue, count: Self.warmUp, producers: 16)
-        var raw: [Double] = []
-        var single: [Double] = []
-        var sixteen: [Double] = []
-        for round in 0..<rounds {
-            // Which of the pair goes first alternates: whatever the previous measurement leaves
-            // behind (the disk still busy after the 16-producer burst) falls on each side alike.
-            if round.isMultiple(of: 2) {
-                raw.append(try await rawInsertRate(rawPool, count: count))
-                single.append(try await queueRate(singleQueue, count: count, producers: 1))
-            } else {
-                single.append(try await queueRate(singleQueue, count: count, producers: 1))
-                raw.append(try await rawInsertRate(rawPool, count: count))
-            }
-            sixteen.append(try await queueRate(sixteenQueue, count: count * 4, producers: 16))
+
+        // 1 producer against the raw insert: one operation of each in turn (which goes first
+        // alternates), each timed alone.
+        let requests = (0..<operations).map(Self.request)
+        var rawTime = Duration.zero
+        var singleTime = Duration.zero
+        for index in 0..<operations {
+            let pushFirst = index.isMultiple(of: 2)
+            if pushFirst { singleTime += try await timed { try await singleQueue.pushRequest(requests[index]) } }
+            rawTime += try await timed { try await Self.rawInsert(rawPool, index: index) }
+            if !pushFirst { singleTime += try await timed { try await singleQueue.pushRequest(requests[index]) } }
         }
-        let (rawRate, singleRate, sixteenRate) = (median(raw), median(single), median(sixteen))
+        let rawRate = Double(operations) / rawTime.seconds
+        let singleRate = Double(operations) / singleTime.seconds
+
+        // 16 producers against 1: alternating blocks of some 20 ms each (16 concurrent pushes
+        // cannot be interleaved one by one with single ones); the speedup is the ratio of the
+        // two sides' total rates.
+        let (singleBlock, sixteenBlock) = (80, 1280)
+        var pairedSingle = (count: 0, seconds: 0.0)
+        var sixteen = (count: 0, seconds: 0.0)
+        for block in 0..<blocks {
+            let sixteenFirst = block.isMultiple(of: 2)
+            if sixteenFirst {
+                sixteen.seconds += Double(sixteenBlock) / (try await queueRate(sixteenQueue, count: sixteenBlock, producers: 16))
+            }
+            pairedSingle.seconds += Double(singleBlock) / (try await queueRate(singleQueue, count: singleBlock, producers: 1))
+            if !sixteenFirst {
+                sixteen.seconds += Double(sixteenBlock) / (try await queueRate(sixteenQueue, count: sixteenBlock, producers: 16))
+            }
+            pairedSingle.count += singleBlock
+            sixteen.count += sixteenBlock
+        }
+        let sixteenRate = Double(sixteen.count) / sixteen.seconds
+        let pairedSingleRate = Double(pairedSingle.count) / pairedSingle.seconds
+
         log(String(format: "raw GRDB insert, 1 row per transaction: %.0f rows/s", rawRate))
-        log(String(format: "pushRequest, 1 producer:              %.0f entries/s", singleRate))
+        log(String(format: "pushRequest, 1 producer:              %.0f entries/s (%.0f in the blocks paired with 16)", singleRate, pairedSingleRate))
         log(String(format: "pushRequest, 16 producers:            %.0f entries/s", sixteenRate))
         return [
             ("raw_insert_per_s", rawRate),
             ("enqueue_1_producer_per_s", singleRate),
             ("enqueue_16_producers_per_s", sixteenRate),
-            ("enqueue_ratio_vs_raw_insert", medianRatio(single, raw)),
-            ("group_commit_speedup", medianRatio(sixteen, single)),
+            ("enqueue_ratio_vs_raw_insert", singleRate / rawRate),
+            ("group_commit_speedup", sixteenRate / pairedSingleRate),
         ]
     }
 
@@ -90,19 +110,24 @@ struct EnqueueBenchmark {
 
     /// The bare baseline: one INSERT per transaction.
     func rawInsertRate(_ pool: DatabasePool, count: Int) async throws -> Double {
-        let headers = #"{"content-type":"application/json","idempotency-key":"00000000-0000-0000-0000-000000000000"}"#
-        let url = Self.url.absoluteString
-        let body = Self.body
         let start = ContinuousClock.now
         for index in 0..<count {
-            try await pool.write { db in
-                try db.execute(
-                    sql: "INSERT INTO entry(queueName, position, url, method, headers, body, timestamp) VALUES (?,?,?,?,?,?,?)",
-                    arguments: ["bench", index, url, "POST", headers, body, Date().timeIntervalSince1970])
-            }
+            try await Self.rawInsert(pool, index: index)
         }
         return Double(count) / (ContinuousClock.now - start).seconds
     }
+
+    /// One insert of the bare baseline, in its own transaction.
+    static func rawInsert(_ pool: DatabasePool, index: Int) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO entry(queueName, position, url, method, headers, body, timestamp) VALUES (?,?,?,?,?,?,?)",
+                arguments: ["bench", index, rawURL, "POST", rawHeaders, body, Date().timeIntervalSince1970])
+        }
+    }
+
+    private static let rawURL = url.absoluteString
+    private static let rawHeaders = #"{"content-type":"application/json","idempotency-key":"00000000-0000-0000-0000-000000000000"}"#
 
     /// A GRDB pool whose writer commits with `synchronous=FULL`, like the queue's. It must be set
     /// after opening: GRDB sets `NORMAL` when it enables WAL, after `prepareDatabase` ran.

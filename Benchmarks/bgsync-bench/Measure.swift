@@ -51,3 +51,10 @@ struct CPUTime {
         (user - start.user + system - start.system) * 1e6
     }
 }
+
+/// How long `body` takes.
+func timed(_ body: () async throws -> Void) async throws -> Duration {
+    let start = ContinuousClock.now
+    try await body()
+    return ContinuousClock.now - start
+}

@@ -40,15 +40,15 @@ struct SplitBenchmark {
         // Warmed up like the figures' databases (see `EnqueueBenchmark.warmUp`).
         return try await warmedRate(count: count, warmUp: EnqueueBenchmark.warmUp) {
             try await pool.write { db in
-                try db.cachedStatement(sql: "UPDATE queue SET tailPosition = tailPosition + 1 WHERE name = ?")
-                    .execute(arguments: ["bench"])
-                if db.changesCount == 0 {
-                    try db.cachedStatement(sql: "INSERT INTO queue(name, tailPosition) VALUES (?, 1)").execute(arguments: ["bench"])
+                var tail: Int64 = 0
+                if let row = try Row.fetchOne(
+                    db.cachedStatement(sql: "SELECT headPosition, tailPosition, pendingCount FROM queue WHERE name = ?"),
+                    arguments: ["bench"]) {
+                    tail = row[1]
+                } else {
+                    try db.cachedStatement(sql: "INSERT INTO queue(name) VALUES (?)").execute(arguments: ["bench"])
                 }
-                let row = try Row.fetchOne(
-                    db.cachedStatement(sql: "SELECT tailPosition, pendingCount FROM queue WHERE name = ?"),
-                    arguments: ["bench"])!
-                let position: Int64 = row[0]
+                let position = tail + 1
                 try db.cachedStatement(sql: """
                     INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata,
                         idempotencyKey, sealedSecrets)
