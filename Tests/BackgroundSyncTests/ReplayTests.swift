@@ -194,6 +194,53 @@ struct ReplayTests {
         queueBox.withLock { $0 = nil }
     }
 
+    /// An ordered replay leases a few entries ahead; a retryable failure gives every one of them
+    /// back at once (another replayer can take the head right away) and deletes the delivered ones.
+    @Test func aRetryableFailureGivesBackEveryEntryLeasedAhead() async throws {
+        let server = try RecordingServer()
+        server.respond { request, _ in
+            String(decoding: request.body, as: UTF8.self) == "e3" ? .respond(.text("", status: 503)) : .respond(.text("ok", status: 201))
+        }
+        let (queue, database) = try makeQueue(server)
+        for index in 0..<12 { try await queue.pushRequest(postRequest(server.url, body: "e\(index)")) }
+        await #expect(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
+        #expect(server.bodies == ["e0", "e1", "e2", "e3"])
+        #expect(try await queue.size() == 9)
+        let other = LeaseOwner(host: "elsewhere", processID: 1, token: "other")
+        let claim = try await database.completeClaimsAndClaimHead(
+            completing: [], current: nil, owner: other, queueName: queue.name, limit: 20, leaseDuration: .seconds(60), now: Date())
+        #expect(claim.busy == nil)
+        #expect(claim.entries.map(Self.body) == (3..<12).map { "e\($0)" })
+        #expect(claim.pendingCount == 9)
+    }
+
+    /// Entries leased ahead are not sent on an old lease: past half the lease duration, the rest
+    /// are leased again before the next is sent.
+    @Test func leasesOlderThanHalfTheirDurationAreTakenAgainBeforeSending() async throws {
+        let server = try RecordingServer()
+        let clock = ManualWallClock()
+        let start = clock.now.timeIntervalSince1970
+        let database = try SQLiteQueueDatabase.temporary()
+        let expiries = Box<[String: Double]>([:])
+        let options = QueueOptions(
+            requestWillReplay: { request, entry in
+                let expiry = try await database.writer.read { db in
+                    try Double.fetchOne(db, sql: "SELECT leaseExpiresAt FROM entry WHERE id = ?", arguments: [entry.id])
+                }
+                expiries.withLock { $0[Self.body(entry)] = expiry }
+                if Self.body(entry) == "e1" { clock.advance(by: .seconds(40)) }
+                return request
+            },
+            leaseDuration: .seconds(60), clock: clock)
+        let queue = try Queue(name: uniqueQueueName(), options: options, database: database)
+        for index in 0..<5 { try await queue.pushRequest(postRequest(server.url, body: "e\(index)")) }
+        #expect(try await queue.replayRequests().delivered == 5)
+        #expect(server.bodies == (0..<5).map { "e\($0)" })
+        #expect(expiries.current["e0"] == start + 60 && expiries.current["e1"] == start + 60)
+        for index in 2..<5 { #expect(expiries.current["e\(index)"] == start + 100, "e\(index) leased again") }
+        #expect(try await queue.size() == 0)
+    }
+
     /// A delivered entry's hook runs before the next entry is prepared, so it can shape the next
     /// request (a comment that needs the server id of the post replayed before it).
     @Test func eachDeliveryHookRunsBeforeTheNextRequestIsPrepared() async throws {

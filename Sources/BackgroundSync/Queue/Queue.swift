@@ -48,6 +48,9 @@ public actor Queue {
     /// Whether the sync manager keeps its registrations in this queue's database, so that a push
     /// can register the tag in the entry's own transaction (fixed at creation).
     private nonisolated let registersWithEntries: Bool
+    /// Entries an ordered replay delivered and has not deleted yet (it deletes them a few at a
+    /// time, see ``orderedLeaseAhead``): the sizes this queue reports leave them out.
+    private nonisolated let undeletedDeliveries = Locked(0)
     private var runningReplay: Task<ReplaySummary, any Error>?
     /// The status that paused the queue (401/403), until ``resume()``.
     private nonisolated let pausedStatus = Locked<Int?>(nil)
@@ -137,7 +140,7 @@ public actor Queue {
         if let size {
             currentSize = size
         } else {
-            currentSize = (try? await store.size()) ?? 0
+            currentSize = (try? await pendingSize()) ?? 0
         }
         let event = QueueEvent(kind: kind, queueName: name, entryID: entryID, size: currentSize)
         for listener in listeners { listener.yield(event) }
@@ -274,7 +277,13 @@ public actor Queue {
     /// The number of entries waiting for replay, expired ones included (as in Workbox).
     /// Dead letters are not counted; see ``deadLetters()``.
     public func size() async throws -> Int {
-        try await store.size()
+        try await pendingSize()
+    }
+
+    /// The pending entries in the database, less those delivered and about to be deleted.
+    private nonisolated func pendingSize() async throws -> Int {
+        let stored = try await store.size()
+        return max(stored - undeletedDeliveries.withLock { $0 }, 0)
     }
 
     // MARK: - Dead letters
@@ -487,6 +496,8 @@ public actor Queue {
         } catch {
             result = .failure(error)
         }
+        // A replay that failed may leave deliveries undeleted: they are pending again (sent again).
+        undeletedDeliveries.withLock { $0 = 0 }
         if summary != ReplaySummary() {
             if let size = try? await store.size() { metrics.size.record(size) }
             logger.debug(
@@ -514,78 +525,123 @@ public actor Queue {
     /// delivered one deleted, in one commit: the bookkeeping is off the path from one send to the
     /// next. A delivered entry's hook (``QueueOptions/requestDidReplay``) still runs before the next
     /// entry is prepared, so it can change what the next request carries.
+    /// How many entries an ordered replay leases at a time. It sends them one by one, in order,
+    /// and while it sends the last of them, deletes the delivered ones and leases the next, in one
+    /// commit: a few commits per hundred entries instead of one per entry, none of them waited for.
+    /// The price: a process that dies mid-replay may send again up to this many delivered entries
+    /// (each with its `Idempotency-Key`).
+    static let orderedLeaseAhead = 8
+
     private nonisolated func drainInOrder(_ summary: inout ReplaySummary) async throws {
-        var claim = try await database.claimHead(
-            queueName: name, owner: owner, leaseDuration: options.leaseDuration, now: options.clock.now)
+        var claim = try await claimHead(completing: [], current: nil)
+        // Leased and not sent yet, in order; `next` is the one to send.
+        var leased = claim.entries
+        var next = 0
+        var leasedAt = options.clock.now
         // Delivered, and deleted by the next commit.
-        var deliveredID: Int64?
-        while true {
-            let entry: QueueStoreEntry
-            switch claim {
-            case .claimed(let claimed):
-                entry = claimed
-            case .empty:
-                try await completeDelivery(&deliveredID)
-                return
-            case .busy(let holder, let until):
-                try await completeDelivery(&deliveredID)
-                throw BackgroundSyncError(
-                    .queueReplayFailed,
-                    "the head entry is being replayed by \(holder) (lease until \(until))", queueName: name)
+        var delivered: [Int64] = []
+        var pending = claim.pendingCount
+        while next < leased.count {
+            // Leases age while the entries before them are sent: past half their duration, the rest
+            // go back and are leased again, so that none is sent on an expired lease.
+            if next > 0, options.clock.now.timeIntervalSince(leasedAt) > options.leaseDuration.timeInterval / 2 {
+                try await abandon(leased[next...])
+                claim = try await claimHead(completing: delivered, current: nil)
+                undeletedDeliveries.withLock { $0 -= delivered.count }
+                delivered = []
+                (leased, next, leasedAt, pending) = (claim.entries, 0, options.clock.now, claim.pendingCount)
+                if leased.isEmpty { break }
             }
-            let completing = deliveredID
-            async let following = database.completeClaimAndClaimNext(
-                completing: completing, current: entry.id, owner: owner, queueName: name,
-                leaseDuration: options.leaseDuration, now: options.clock.now)
-            let outcome: Outcome
-            do {
-                outcome = try await process(entry)
-            } catch {
-                // The database failed to record the outcome: give back the next entry too.
-                if case .claimed(let next)? = try? await following.claim {
-                    try? await database.abandonClaim(id: next.id, owner: owner)
-                }
-                throw error
+            let entry = leased[next]
+            next += 1
+            let refill = next == leased.count
+            let (outcome, following) = try await send(entry, refillDeleting: refill ? delivered : nil)
+            if let following {
+                // The refill deleted the entries delivered before this one.
+                undeletedDeliveries.withLock { $0 -= delivered.count }
+                delivered = []
+                claim = following
             }
-            let next = try await following
-            deliveredID = nil
             if case .stop(let error) = outcome {
-                try await abandon(next.claim)
+                try await abandon(leased[next...] + (following?.entries ?? []))
+                try await completeDeliveries(&delivered)
                 throw error
             }
             tally(outcome, into: &summary)
             if case .delivered(let response) = outcome {
-                deliveredID = entry.id
-                await delivered(entry, response, queueSize: max(next.pendingCount - 1, 0))
+                delivered.append(entry.id)
+                undeletedDeliveries.withLock { $0 += 1 }
+                pending = (following?.pendingCount ?? pending) - 1
+                await self.delivered(entry, response, queueSize: max(pending, 0))
+            } else if let following {
+                pending = following.pendingCount
             }
-            claim = next.claim
+            if let following {
+                (leased, next, leasedAt) = (following.entries, 0, options.clock.now)
+            }
             if stopRequested || Task.isCancelled {
-                // Finish here: give back the entry just leased, delete the one just delivered.
-                try await abandon(claim)
-                try await completeDelivery(&deliveredID)
+                // Finish here: give back the entries leased ahead, delete the delivered ones.
+                try await abandon(leased[next...])
+                try await completeDeliveries(&delivered)
                 try Task.checkCancellation()
                 return
             }
         }
+        try await completeDeliveries(&delivered)
+        if let busy = claim.busy {
+            throw BackgroundSyncError(
+                .queueReplayFailed,
+                "the head entry is being replayed by \(busy.owner) (lease until \(busy.until))", queueName: name)
+        }
     }
 
-    /// Gives back an entry leased ahead that will not be sent now.
-    nonisolated(nonsending) private func abandon(_ claim: ClaimResult) async throws {
-        if case .claimed(let entry) = claim {
+    /// Deletes `completing` and leases the next entries at the head (see ``orderedLeaseAhead``).
+    nonisolated(nonsending) private func claimHead(completing: [Int64], current: Int64?) async throws -> HeadClaim {
+        try await database.completeClaimsAndClaimHead(
+            completing: completing, current: current, owner: owner, queueName: name, limit: Self.orderedLeaseAhead,
+            leaseDuration: options.leaseDuration, now: options.clock.now)
+    }
+
+    /// Sends `entry` and records its outcome; with `refillDeleting`, meanwhile deletes those
+    /// delivered entries and leases the next ones, and returns that claim too.
+    nonisolated(nonsending) private func send(
+        _ entry: QueueStoreEntry, refillDeleting delivered: [Int64]?
+    ) async throws -> (Outcome, HeadClaim?) {
+        guard let delivered else { return (try await process(entry), nil) }
+        async let following = claimHead(completing: delivered, current: entry.id)
+        let outcome: Outcome
+        do {
+            outcome = try await process(entry)
+        } catch {
+            // The database failed to record the outcome: give back the entries leased meanwhile too.
+            if let leased = try? await following {
+                try? await abandon(leased.entries[...])
+            }
+            throw error
+        }
+        return (outcome, try await following)
+    }
+
+    /// Gives back entries leased ahead that will not be sent now.
+    nonisolated(nonsending) private func abandon(_ entries: ArraySlice<QueueStoreEntry>) async throws {
+        for entry in entries {
             try await database.abandonClaim(id: entry.id, owner: owner)
         }
     }
 
-    /// Deletes the last delivered entry of an ordered replay, when no next lease will.
-    nonisolated(nonsending) private func completeDelivery(_ id: inout Int64?) async throws {
-        if let delivered = id {
-            try await database.completeClaim(id: delivered, owner: owner)
-            id = nil
+    /// Deletes the delivered entries of an ordered replay that no next lease will.
+    nonisolated(nonsending) private func completeDeliveries(_ ids: inout [Int64]) async throws {
+        if !ids.isEmpty {
+            _ = try await database.completeClaimsAndClaimEntries(
+                ids: ids, owner: owner, queueName: name, limit: 0, leaseDuration: options.leaseDuration,
+                now: options.clock.now)
+            undeletedDeliveries.withLock { [count = ids.count] in $0 -= count }
+            ids = []
         }
     }
 
     /// What follows a delivery: metrics, event, the app's hook. The concurrent replay calls it once
-    /// the entry is deleted; the ordered one before (its deletion commits with the next lease), so
+    /// the entry is deleted; the ordered one before (its deletion commits with the next leases), so
     /// if the process dies in between, the entry is sent again and the hook runs again.
     nonisolated(nonsending) private func delivered(
         _ entry: QueueStoreEntry, _ response: ReplayResponse, queueSize: Int? = nil

@@ -41,8 +41,9 @@ public struct QueueOptions: Sendable {
     public var requestWillReplay: (@Sendable (URLRequest, QueueStoreEntry) async throws -> URLRequest)?
     /// Called after each delivered entry with the server's response. In an ordered replay it runs
     /// before the next entry is prepared (so it can record what the next request needs) and before
-    /// the entry's deletion commits: if the process dies in between, the entry is sent again and the
-    /// hook runs again (at least once). Default: `nil`.
+    /// the entry's deletion commits (delivered entries are deleted a few at a time, with the next
+    /// leases): if the process dies in between, the entry is sent again and the hook runs again (at
+    /// least once). Default: `nil`.
     public var requestDidReplay: (@Sendable (QueueStoreEntry, ReplayResponse) async -> Void)?
     /// Called when an entry becomes a dead letter, with the entry as stored. Default: `nil`.
     public var onDeadLetter: (@Sendable (QueueStoreEntry) async -> Void)?
@@ -51,8 +52,9 @@ public struct QueueOptions: Sendable {
     /// queue until ``Queue/resume()``. Nothing is dropped either way. Default: `nil` (pause).
     public var onAuthenticationRequired: (@Sendable (QueueStoreEntry, ReplayResponse) async -> Bool)?
     /// How long a replay holds the entry it sends before another replayer may take it over (a
-    /// process that dies holding it is detected sooner when it ran on the same host). Default:
-    /// 5 minutes; keep it longer than a request's timeout.
+    /// process that dies holding it is detected sooner when it ran on the same host). An ordered
+    /// replay leases a few entries ahead and leases them again once half of this has passed.
+    /// Default: 5 minutes; keep it longer than a request's timeout.
     public var leaseDuration: Duration
     /// The clock for timestamps, expiry and backoff. Default: ``SystemWallClock``.
     public var clock: any WallClock

@@ -53,6 +53,24 @@ public enum ClaimResult: Sendable {
     case busy(owner: String, until: Date)
 }
 
+/// The outcome of ``QueueDatabase/completeClaimsAndClaimHead(completing:current:owner:queueName:limit:leaseDuration:now:)``.
+public struct HeadClaim: Sendable {
+    /// The entries now leased to the caller, in queue order.
+    public var entries: [QueueStoreEntry]
+    /// Set when nothing was leased because the head entry is leased by another replayer whose
+    /// lease has not expired; an ordered queue must wait rather than skip it.
+    public var busy: (owner: String, until: Date)?
+    /// The queue's pending entries once the delivered ones are deleted (the leased ones included).
+    public var pendingCount: Int
+
+    /// Creates a claim result.
+    public init(entries: [QueueStoreEntry], busy: (owner: String, until: Date)?, pendingCount: Int) {
+        self.entries = entries
+        self.busy = busy
+        self.pendingCount = pendingCount
+    }
+}
+
 /// The replay state of a queue's head entry.
 public struct HeadState: Sendable, Hashable {
     /// The head entry's id.
@@ -168,15 +186,18 @@ public protocol QueueDatabase: Sendable {
     @discardableResult
     func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int
 
-    /// Deletes the delivered entry `completing` (if any) and leases the first pending entry of the
-    /// queue other than `current` (the entry being sent), in one transaction, as
-    /// ``claimHead(queueName:owner:leaseDuration:now:)`` does. An ordered replay leases the next
-    /// entry while it sends the current one, and deletes each delivered entry with the next lease:
-    /// one commit per entry, made while a request is in flight. Returns the lease and the queue's
-    /// pending count once `completing` is deleted.
-    func completeClaimAndClaimNext(
-        completing: Int64?, current: Int64, owner: LeaseOwner, queueName: String, leaseDuration: Duration, now: Date
-    ) async throws -> (claim: ClaimResult, pendingCount: Int)
+    /// Deletes the delivered entries `completing` and leases, in queue order, up to `limit` pending
+    /// entries at the head of the queue other than `current` (the entry being sent), in one
+    /// transaction. Leasing stops before an entry that another replayer holds (with a live lease);
+    /// if that is the head, nothing is leased and ``HeadClaim/busy`` says who holds it. An
+    /// unreadable entry is set aside as a dead letter, as ``claimHead(queueName:owner:leaseDuration:now:)``
+    /// does. An ordered replay leases a few entries ahead and, while it sends the last of them,
+    /// deletes the delivered ones and leases the next: one commit per few entries, made while a
+    /// request is in flight.
+    func completeClaimsAndClaimHead(
+        completing: [Int64], current: Int64?, owner: LeaseOwner, queueName: String, limit: Int,
+        leaseDuration: Duration, now: Date
+    ) async throws -> HeadClaim
 
     /// Deletes delivered entries and leases up to `limit` more (as ``claimEntries(queueName:owner:limit:leaseDuration:now:)``)
     /// in the same transaction, so that a concurrent replay pays one commit per batch of claims.

@@ -648,18 +648,43 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         }
     }
 
-    public func completeClaimAndClaimNext(
-        completing: Int64?, current: Int64, owner: LeaseOwner, queueName: String, leaseDuration: Duration, now: Date
-    ) async throws -> (claim: ClaimResult, pendingCount: Int) {
+    public func completeClaimsAndClaimHead(
+        completing: [Int64], current: Int64?, owner: LeaseOwner, queueName: String, limit: Int,
+        leaseDuration: Duration, now: Date
+    ) async throws -> HeadClaim {
         let (nowSeconds, expiry, ownerValue) = (now.timeIntervalSince1970, now.timeIntervalSince1970 + leaseDuration.timeInterval, owner.rawValue)
         return try await write("claim from", durable: false) { db in
-            if let completing {
-                try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?").execute(arguments: [completing])
+            let delete = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
+            for id in completing { try delete.execute(arguments: [id]) }
+            var claim = HeadClaim(entries: [], busy: nil, pendingCount: 0)
+            let head = try db.cachedStatement(sql: """
+                SELECT \(EntryColumn.list) FROM entry WHERE queueName = ?1 AND state = 'pending' AND id IS NOT ?2
+                ORDER BY position LIMIT ?3
+                """)
+            var leased = Set<Int64>()
+            scan: while claim.entries.count < limit {
+                // Rows are read in place; a lease changes no indexed column, so the scan goes on.
+                let cursor = try Row.fetchCursor(head, arguments: [queueName, current, limit + leased.count])
+                while claim.entries.count < limit, let row = try cursor.next() {
+                    let id: Int64 = try row.decode(atIndex: EntryColumn.id.rawValue)
+                    if leased.contains(id) { continue }
+                    if let lease = Self.liveLease(row, now: nowSeconds), lease.holder != ownerValue {
+                        // Order is kept: nothing past an entry another replayer holds.
+                        if claim.entries.isEmpty {
+                            claim.busy = (lease.holder, Date(timeIntervalSince1970: lease.until))
+                        }
+                        break scan
+                    }
+                    // An unreadable row is set aside (its state changes, an indexed column): scan again.
+                    guard let entry = try Self.lease(row, to: ownerValue, until: expiry, db) else { continue scan }
+                    claim.entries.append(entry)
+                    leased.insert(id)
+                }
+                break
             }
-            let claim = try Self.claimHead(queueName, owner: ownerValue, now: nowSeconds, until: expiry, excluding: current, db)
-            let pending = try Int.fetchOne(
+            claim.pendingCount = try Int.fetchOne(
                 try db.cachedStatement(sql: "SELECT pendingCount FROM queue WHERE name = ?"), arguments: [queueName]) ?? 0
-            return (claim, pending)
+            return claim
         }
     }
 
