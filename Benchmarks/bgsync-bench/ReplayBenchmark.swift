@@ -20,16 +20,19 @@ struct ReplayBenchmark {
         // Warm the connection pool so neither side pays for it.
         _ = try await bare(url: url, count: 50, inFlight: 16, transport: transport)
 
-        // Alternate baseline and queue, nine rounds; each ratio is the median of the rounds'
-        // ratios, each round's two sides measured back to back (see EnqueueBenchmark). The loopback
-        // round trip drifts by a third between rounds on a busy machine: nine rounds keep the
-        // median off a pair of bad ones.
+        // Nine rounds; each ratio is the median of the rounds' ratios. In a round, the bare loop
+        // sends half its requests just before the queue's drain and half just after, and its rate
+        // is over both halves: the loopback round trip drifts by a third over a few seconds on a
+        // busy machine, and bracketing the drain cancels a steady drift instead of charging it
+        // to one side. Nine rounds keep the median off a pair of bad ones.
         var rounds: [[Double]] = [[], [], [], []]
         for _ in 0..<(quick ? 3 : 9) {
-            rounds[0].append(try await bare(url: url, count: count, inFlight: 1, transport: transport))
-            rounds[1].append(try await drain(url: url, count: count, concurrency: 1, transport: transport))
-            rounds[2].append(try await bare(url: url, count: count, inFlight: 16, transport: transport))
-            rounds[3].append(try await drain(url: url, count: count, concurrency: 16, transport: transport))
+            for (index, inFlight) in [(0, 1), (2, 16)] {
+                let before = try await bare(url: url, count: count / 2, inFlight: inFlight, transport: transport)
+                rounds[index + 1].append(try await drain(url: url, count: count, concurrency: inFlight, transport: transport))
+                let after = try await bare(url: url, count: count / 2, inFlight: inFlight, transport: transport)
+                rounds[index].append(2 / (1 / before + 1 / after))
+            }
         }
         let (bareOrdered, queueOrdered, bareConcurrent, queueConcurrent) =
             (median(rounds[0]), median(rounds[1]), median(rounds[2]), median(rounds[3]))
