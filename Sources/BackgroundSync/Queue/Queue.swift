@@ -555,7 +555,18 @@ public actor Queue {
             let entry = leased[next]
             next += 1
             let refill = next == leased.count
-            let (outcome, following) = try await send(entry, refillDeleting: refill ? delivered : nil)
+            let outcome: Outcome
+            let following: HeadClaim?
+            do {
+                (outcome, following) = try await send(entry, refillDeleting: refill ? delivered : nil)
+            } catch {
+                // The database failed: try to delete what was delivered and give back what is
+                // leased ahead (both, if the database allows; otherwise the leases expire and the
+                // delivered entries are sent again).
+                try? await completeDeliveries(&delivered)
+                try? await abandon(leased[next...])
+                throw error
+            }
             if let following {
                 // The refill deleted the entries delivered before this one.
                 undeletedDeliveries.withLock { $0 -= delivered.count }
