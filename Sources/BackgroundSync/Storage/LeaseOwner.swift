@@ -29,6 +29,8 @@ public struct LeaseOwner: Sendable, Hashable, CustomStringConvertible {
     /// passes, and `ProcessInfo.hostName` asks the system each time.
     private static let thisHost = ProcessInfo.processInfo.hostName
     private static let thisProcess = ProcessInfo.processInfo.processIdentifier
+    /// The start of the string form of this process's owners.
+    private static let thisProcessPrefix = "\(thisHost)|\(thisProcess)|"
 
     /// Creates an owner.
     public init(host: String, processID: Int32, token: String) {
@@ -51,6 +53,9 @@ public struct LeaseOwner: Sendable, Hashable, CustomStringConvertible {
 
     /// Whether a lease written as `rawValue` belongs to a process of this host that no longer exists.
     static func isAbandoned(_ rawValue: String) -> Bool {
+        // This process's own leases, the ones a concurrent claim passes most (those in flight),
+        // without parsing.
+        if rawValue.hasPrefix(thisProcessPrefix) { return false }
         guard let owner = LeaseOwner(rawValue: rawValue), owner.host == thisHost, owner.processID > 0 else {
             return false
         }
