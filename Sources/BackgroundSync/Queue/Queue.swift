@@ -48,9 +48,9 @@ public actor Queue {
     /// Whether the sync manager keeps its registrations in this queue's database, so that a push
     /// can register the tag in the entry's own transaction (fixed at creation).
     private nonisolated let registersWithEntries: Bool
-    /// Entries an ordered replay delivered and has not deleted yet (it deletes them a few at a
-    /// time, see ``orderedLeaseAhead``): the sizes this queue reports leave them out.
-    private nonisolated let undeletedDeliveries = Locked(0)
+    /// The entries an ordered replay delivered and has not deleted yet (it deletes them a few at a
+    /// time, see ``orderedLeaseAhead``), in order: the sizes this queue reports leave them out.
+    private nonisolated let undeletedDeliveries = Locked<[Int64]>([])
     private var runningReplay: Task<ReplaySummary, any Error>?
     /// The status that paused the queue (401/403), until ``resume()``.
     private nonisolated let pausedStatus = Locked<Int?>(nil)
@@ -283,7 +283,7 @@ public actor Queue {
     /// The pending entries in the database, less those delivered and about to be deleted.
     private nonisolated func pendingSize() async throws -> Int {
         let stored = try await store.size()
-        return max(stored - undeletedDeliveries.withLock { $0 }, 0)
+        return max(stored - undeletedDeliveries.withLock { $0.count }, 0)
     }
 
     // MARK: - Dead letters
@@ -497,7 +497,7 @@ public actor Queue {
             result = .failure(error)
         }
         // A replay that failed may leave deliveries undeleted: they are pending again (sent again).
-        undeletedDeliveries.withLock { $0 = 0 }
+        undeletedDeliveries.withLock { $0.removeAll() }
         if summary != ReplaySummary() {
             if let size = try? await store.size() { metrics.size.record(size) }
             logger.debug(
@@ -521,10 +521,6 @@ public actor Queue {
         }
     }
 
-    /// One entry at a time, in order. While an entry is sent, the next one is leased and the last
-    /// delivered one deleted, in one commit: the bookkeeping is off the path from one send to the
-    /// next. A delivered entry's hook (``QueueOptions/requestDidReplay``) still runs before the next
-    /// entry is prepared, so it can change what the next request carries.
     /// How many entries an ordered replay leases at a time. It sends them one by one, in order,
     /// and while it sends the last of them, deletes the delivered ones and leases the next, in one
     /// commit: a few commits per hundred entries instead of one per entry, none of them waited for.
@@ -532,56 +528,49 @@ public actor Queue {
     /// (each with its `Idempotency-Key`).
     static let orderedLeaseAhead = 8
 
+    /// One entry at a time, in order, from entries leased ``orderedLeaseAhead`` at a time; the
+    /// bookkeeping commits while a request is in flight. A delivered entry's hook
+    /// (``QueueOptions/requestDidReplay``) still runs before the next entry is prepared, so it can
+    /// change what the next request carries.
     private nonisolated func drainInOrder(_ summary: inout ReplaySummary) async throws {
-        var claim = try await claimHead(completing: [], current: nil)
+        var claim = try await claimHead(current: nil)
         // Leased and not sent yet, in order; `next` is the one to send.
         var leased = claim.entries
         var next = 0
         var leasedAt = options.clock.now
-        // Delivered, and deleted by the next commit.
-        var delivered: [Int64] = []
         var pending = claim.pendingCount
         while next < leased.count {
             // Leases age while the entries before them are sent: past half their duration, the rest
             // go back and are leased again, so that none is sent on an expired lease.
             if next > 0, options.clock.now.timeIntervalSince(leasedAt) > options.leaseDuration.timeInterval / 2 {
                 try await abandon(leased[next...])
-                claim = try await claimHead(completing: delivered, current: nil)
-                undeletedDeliveries.withLock { $0 -= delivered.count }
-                delivered = []
+                claim = try await claimHead(current: nil)
                 (leased, next, leasedAt, pending) = (claim.entries, 0, options.clock.now, claim.pendingCount)
                 if leased.isEmpty { break }
             }
             let entry = leased[next]
             next += 1
-            let refill = next == leased.count
             let outcome: Outcome
             let following: HeadClaim?
             do {
-                (outcome, following) = try await send(entry, refillDeleting: refill ? delivered : nil)
+                (outcome, following) = try await send(entry, refill: next == leased.count)
             } catch {
                 // The database failed: try to delete what was delivered and give back what is
                 // leased ahead (both, if the database allows; otherwise the leases expire and the
                 // delivered entries are sent again).
-                try? await completeDeliveries(&delivered)
+                try? await deleteDelivered()
                 try? await abandon(leased[next...])
                 throw error
             }
-            if let following {
-                // The refill deleted the entries delivered before this one.
-                undeletedDeliveries.withLock { $0 -= delivered.count }
-                delivered = []
-                claim = following
-            }
+            if let following { claim = following }
             if case .stop(let error) = outcome {
                 try await abandon(leased[next...] + (following?.entries ?? []))
-                try await completeDeliveries(&delivered)
+                try await deleteDelivered()
                 throw error
             }
             tally(outcome, into: &summary)
             if case .delivered(let response) = outcome {
-                delivered.append(entry.id)
-                undeletedDeliveries.withLock { $0 += 1 }
+                undeletedDeliveries.withLock { $0.append(entry.id) }
                 pending = (following?.pendingCount ?? pending) - 1
                 await self.delivered(entry, response, queueSize: max(pending, 0))
             } else if let following {
@@ -593,12 +582,12 @@ public actor Queue {
             if stopRequested || Task.isCancelled {
                 // Finish here: give back the entries leased ahead, delete the delivered ones.
                 try await abandon(leased[next...])
-                try await completeDeliveries(&delivered)
+                try await deleteDelivered()
                 try Task.checkCancellation()
                 return
             }
         }
-        try await completeDeliveries(&delivered)
+        try await deleteDelivered()
         if let busy = claim.busy {
             throw BackgroundSyncError(
                 .queueReplayFailed,
@@ -606,20 +595,22 @@ public actor Queue {
         }
     }
 
-    /// Deletes `completing` and leases the next entries at the head (see ``orderedLeaseAhead``).
-    nonisolated(nonsending) private func claimHead(completing: [Int64], current: Int64?) async throws -> HeadClaim {
-        try await database.completeClaimsAndClaimHead(
-            completing: completing, current: current, owner: owner, queueName: name, limit: Self.orderedLeaseAhead,
+    /// Deletes the entries delivered so far and leases the next ones at the head, other than
+    /// `current` (see ``orderedLeaseAhead``), in one commit.
+    nonisolated(nonsending) private func claimHead(current: Int64?) async throws -> HeadClaim {
+        let delivered = undeletedDeliveries.withLock { $0 }
+        let claim = try await database.completeClaimsAndClaimHead(
+            completing: delivered, current: current, owner: owner, queueName: name, limit: Self.orderedLeaseAhead,
             leaseDuration: options.leaseDuration, now: options.clock.now)
+        undeletedDeliveries.withLock { $0.removeFirst(min(delivered.count, $0.count)) }
+        return claim
     }
 
-    /// Sends `entry` and records its outcome; with `refillDeleting`, meanwhile deletes those
-    /// delivered entries and leases the next ones, and returns that claim too.
-    nonisolated(nonsending) private func send(
-        _ entry: QueueStoreEntry, refillDeleting delivered: [Int64]?
-    ) async throws -> (Outcome, HeadClaim?) {
-        guard let delivered else { return (try await process(entry), nil) }
-        async let following = claimHead(completing: delivered, current: entry.id)
+    /// Sends `entry` and records its outcome; with `refill`, meanwhile deletes the entries delivered
+    /// before it and leases the next ones, and returns that claim too.
+    nonisolated(nonsending) private func send(_ entry: QueueStoreEntry, refill: Bool) async throws -> (Outcome, HeadClaim?) {
+        guard refill else { return (try await process(entry), nil) }
+        async let following = claimHead(current: entry.id)
         let outcome: Outcome
         do {
             outcome = try await process(entry)
@@ -633,22 +624,20 @@ public actor Queue {
         return (outcome, try await following)
     }
 
-    /// Gives back entries leased ahead that will not be sent now.
+    /// Gives back entries leased ahead that will not be sent now, in one commit.
     nonisolated(nonsending) private func abandon(_ entries: ArraySlice<QueueStoreEntry>) async throws {
-        for entry in entries {
-            try await database.abandonClaim(id: entry.id, owner: owner)
-        }
+        try await database.abandonClaims(ids: entries.map(\.id), owner: owner)
     }
 
-    /// Deletes the delivered entries of an ordered replay that no next lease will.
-    nonisolated(nonsending) private func completeDeliveries(_ ids: inout [Int64]) async throws {
-        if !ids.isEmpty {
-            _ = try await database.completeClaimsAndClaimEntries(
-                ids: ids, owner: owner, queueName: name, limit: 0, leaseDuration: options.leaseDuration,
-                now: options.clock.now)
-            undeletedDeliveries.withLock { [count = ids.count] in $0 -= count }
-            ids = []
-        }
+    /// Deletes the entries an ordered replay delivered that no next lease will.
+    nonisolated(nonsending) private func deleteDelivered() async throws {
+        let delivered = undeletedDeliveries.withLock { $0 }
+        guard !delivered.isEmpty else { return }
+        // As a claim deletes them: replay bookkeeping (see `SQLiteQueueDatabase.SynchronousModes`).
+        _ = try await database.completeClaimsAndClaimEntries(
+            ids: delivered, owner: owner, queueName: name, limit: 0, leaseDuration: options.leaseDuration,
+            now: options.clock.now)
+        undeletedDeliveries.withLock { $0.removeFirst(min(delivered.count, $0.count)) }
     }
 
     /// What follows a delivery: metrics, event, the app's hook. The concurrent replay calls it once
@@ -728,13 +717,13 @@ public actor Queue {
             } catch {
                 // A database failure: what was delivered is still deleted if the database allows.
                 _ = try? await completeDeliveries(toDelete, thenClaim: 0)
-                for entry in ready { try? await database.abandonClaim(id: entry.id, owner: owner) }
+                try? await abandon(ready[...])
                 throw error
             }
             // Deletions first (a delivered entry left behind would be sent again), then the entries
             // leased ahead of a stop go back untouched.
             _ = try await completeDeliveries(toDelete, thenClaim: 0)
-            for entry in ready { try await database.abandonClaim(id: entry.id, owner: owner) }
+            try await abandon(ready[...])
             return (outcomes, failure)
         }
         for outcome in outcomes { tally(outcome, into: &summary) }

@@ -53,13 +53,12 @@ public struct LeaseOwner: Sendable, Hashable, CustomStringConvertible {
 
     /// Whether a lease written as `rawValue` belongs to a process of this host that no longer exists.
     static func isAbandoned(_ rawValue: String) -> Bool {
-        // This process's own leases, the ones a concurrent claim passes most (those in flight),
-        // without parsing.
+        // This process's own leases (the ones a concurrent claim passes most, those in flight) are
+        // told apart without parsing.
         if rawValue.hasPrefix(thisProcessPrefix) { return false }
         guard let owner = LeaseOwner(rawValue: rawValue), owner.host == thisHost, owner.processID > 0 else {
             return false
         }
-        if owner.processID == thisProcess { return false }
         #if os(Linux) || os(macOS) || os(Android) || os(FreeBSD)
         return kill(owner.processID, 0) == -1 && errno == ESRCH
         #else

@@ -206,8 +206,9 @@ public protocol QueueDatabase: Sendable {
         ids: [Int64], owner: LeaseOwner, queueName: String, limit: Int, leaseDuration: Duration, now: Date
     ) async throws -> [QueueStoreEntry]
 
-    /// Gives back a claimed entry untouched (no attempt counted): a replay that stops before sending it.
-    func abandonClaim(id: Int64, owner: LeaseOwner) async throws
+    /// Gives back claimed entries untouched (no attempt counted), in one transaction: a replay that
+    /// stops before sending the entries it leased ahead. Entries no longer leased to `owner` are left alone.
+    func abandonClaims(ids: [Int64], owner: LeaseOwner) async throws
 
     /// Deletes a claimed entry after the server accepted it. Does nothing if the entry is gone.
     func completeClaim(id: Int64, owner: LeaseOwner) async throws
@@ -237,6 +238,11 @@ extension QueueDatabase {
         guard limit > 0 else { return [] }
         return try await claimEntries(
             queueName: queueName, owner: owner, limit: limit, leaseDuration: leaseDuration, now: now)
+    }
+
+    /// Gives back one claimed entry untouched (see ``abandonClaims(ids:owner:)``).
+    public func abandonClaim(id: Int64, owner: LeaseOwner) async throws {
+        try await abandonClaims(ids: [id], owner: owner)
     }
 
     /// Deletes one entry; returns whether it existed.

@@ -148,8 +148,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         writer: any DatabaseWriter, path: String, synchronous: SynchronousModes
     ) -> GroupCommit<Database, Int64, Void> {
         groupCommit(writer: writer, path: path, mode: synchronous.bookkeeping, synchronous, action: "delete from") { db, ids in
-            let statement = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
-            for id in ids { try statement.execute(arguments: [id]) }
+            try deleteEntries(ids, db)
             return ids.map { _ in () }
         }
     }
@@ -588,14 +587,20 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     @discardableResult
     public func deleteEntries(ids: [Int64]) async throws -> Int {
         if ids.isEmpty { return 0 }
-        return try await write("delete from") { db in
-            var deleted = 0
-            for id in ids {
-                try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?").execute( arguments: [id])
-                deleted += db.changesCount
-            }
-            return deleted
+        return try await write("delete from") { db in try Self.deleteEntries(ids, db) }
+    }
+
+    /// Deletes entries by id in the open transaction; returns how many existed.
+    @discardableResult
+    private static func deleteEntries(_ ids: [Int64], _ db: Database) throws -> Int {
+        guard !ids.isEmpty else { return 0 }
+        let delete = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
+        var deleted = 0
+        for id in ids {
+            try delete.execute(arguments: [id])
+            deleted += db.changesCount
         }
+        return deleted
     }
 
     public func queueNames() async throws -> [String] {
@@ -642,10 +647,11 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     }
 
     public func claimHead(queueName: String, owner: LeaseOwner, leaseDuration: Duration, now: Date) async throws -> ClaimResult {
-        let (nowSeconds, expiry, ownerValue) = (now.timeIntervalSince1970, now.timeIntervalSince1970 + leaseDuration.timeInterval, owner.rawValue)
-        return try await write("claim from", durable: false) { db in
-            try Self.claimHead(queueName, owner: ownerValue, now: nowSeconds, until: expiry, db)
-        }
+        let claim = try await completeClaimsAndClaimHead(
+            completing: [], current: nil, owner: owner, queueName: queueName, limit: 1, leaseDuration: leaseDuration, now: now)
+        if let entry = claim.entries.first { return .claimed(entry) }
+        if let busy = claim.busy { return .busy(owner: busy.owner, until: busy.until) }
+        return .empty
     }
 
     public func completeClaimsAndClaimHead(
@@ -654,8 +660,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     ) async throws -> HeadClaim {
         let (nowSeconds, expiry, ownerValue) = (now.timeIntervalSince1970, now.timeIntervalSince1970 + leaseDuration.timeInterval, owner.rawValue)
         return try await write("claim from", durable: false) { db in
-            let delete = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
-            for id in completing { try delete.execute(arguments: [id]) }
+            try Self.deleteEntries(completing, db)
             var claim = HeadClaim(entries: [], busy: nil, pendingCount: 0)
             let head = try db.cachedStatement(sql: """
                 SELECT \(EntryColumn.list) FROM entry WHERE queueName = ?1 AND state = 'pending' AND id IS NOT ?2
@@ -688,33 +693,13 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         }
     }
 
-    public func abandonClaim(id: Int64, owner: LeaseOwner) async throws {
+    public func abandonClaims(ids: [Int64], owner: LeaseOwner) async throws {
+        guard !ids.isEmpty else { return }
         let ownerValue = owner.rawValue
         try await write("update", durable: false) { db in
-            try db.cachedStatement(sql: "UPDATE entry SET leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ? AND leaseOwner = ?")
-                .execute(arguments: [id, ownerValue])
-        }
-    }
-
-    /// Leases the head pending entry of a queue (see ``claimHead(queueName:owner:leaseDuration:now:)``),
-    /// or the first one other than `excluding`.
-    private static func claimHead(
-        _ queueName: String, owner: String, now: Double, until expiry: Double, excluding: Int64? = nil, _ db: Database
-    ) throws -> ClaimResult {
-        let head = try db.cachedStatement(sql: """
-            SELECT \(EntryColumn.list) FROM entry WHERE queueName = ?1 AND state = 'pending' AND id IS NOT ?2
-            ORDER BY position LIMIT 1
-            """)
-        while true {
-            // The row is read in place (a cursor's row is not copied).
-            let cursor = try Row.fetchCursor(head, arguments: [queueName, excluding])
-            guard let row = try cursor.next() else { return .empty }
-            if let lease = liveLease(row, now: now), lease.holder != owner {
-                return .busy(owner: lease.holder, until: Date(timeIntervalSince1970: lease.until))
-            }
-            // An unreadable head was set aside: the next one is the head now.
-            guard let entry = try lease(row, to: owner, until: expiry, db) else { continue }
-            return .claimed(entry)
+            let release = try db.cachedStatement(
+                sql: "UPDATE entry SET leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ? AND leaseOwner = ?")
+            for id in ids { try release.execute(arguments: [id, ownerValue]) }
         }
     }
 
@@ -732,8 +717,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         let expiry = nowSeconds + leaseDuration.timeInterval
         let ownerValue = owner.rawValue
         return try await write("claim from", durable: false) { db in
-            let delete = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
-            for id in ids { try delete.execute(arguments: [id]) }
+            try Self.deleteEntries(ids, db)
             guard limit > 0 else { return [] }
             var claimed: [QueueStoreEntry] = []
             // Entries leased by a live holder are skipped (our own too: those are in flight); scan a
