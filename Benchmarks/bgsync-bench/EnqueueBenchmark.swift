@@ -35,19 +35,12 @@ struct EnqueueBenchmark {
         _ = try await queueRate(singleQueue, count: Self.warmUp, producers: 1)
         _ = try await queueRate(sixteenQueue, count: Self.warmUp, producers: 16)
 
-        // 1 producer against the raw insert: one operation of each in turn (which goes first
-        // alternates), each timed alone.
+        // 1 producer against the raw insert, interleaved one operation each.
         let requests = (0..<operations).map(Self.request)
-        var rawTime = Duration.zero
-        var singleTime = Duration.zero
-        for index in 0..<operations {
-            let pushFirst = index.isMultiple(of: 2)
-            if pushFirst { singleTime += try await timed { try await singleQueue.pushRequest(requests[index]) } }
-            rawTime += try await timed { try await Self.rawInsert(rawPool, index: index) }
-            if !pushFirst { singleTime += try await timed { try await singleQueue.pushRequest(requests[index]) } }
-        }
-        let rawRate = Double(operations) / rawTime.seconds
-        let singleRate = Double(operations) / singleTime.seconds
+        let (rawRate, singleRate) = try await interleavedRates(
+            count: operations,
+            { index in try await Self.rawInsert(rawPool, index: index) },
+            { index in try await singleQueue.pushRequest(requests[index]) })
 
         // 16 producers against 1: alternating blocks of some 20 ms each (16 concurrent pushes
         // cannot be interleaved one by one with single ones); the speedup is the ratio of the

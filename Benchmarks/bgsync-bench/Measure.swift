@@ -58,3 +58,19 @@ func timed(_ body: () async throws -> Void) async throws -> Duration {
     try await body()
     return ContinuousClock.now - start
 }
+
+/// Runs `count` operations of each side, one of each in turn (which goes first alternates), each
+/// timed alone; returns each side's rate. Whatever the machine does at any moment falls on both
+/// sides alike.
+func interleavedRates(
+    count: Int, _ baseline: (Int) async throws -> Void, _ subject: (Int) async throws -> Void
+) async throws -> (baseline: Double, subject: Double) {
+    var (baselineTime, subjectTime) = (Duration.zero, Duration.zero)
+    for index in 0..<count {
+        let subjectFirst = index.isMultiple(of: 2)
+        if subjectFirst { subjectTime += try await timed { try await subject(index) } }
+        baselineTime += try await timed { try await baseline(index) }
+        if !subjectFirst { subjectTime += try await timed { try await subject(index) } }
+    }
+    return (Double(count) / baselineTime.seconds, Double(count) / subjectTime.seconds)
+}

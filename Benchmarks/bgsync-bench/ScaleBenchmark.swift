@@ -19,20 +19,15 @@ struct ScaleBenchmark {
         let empty = try Queue(
             name: "bench", database: try SQLiteQueueDatabase(path: freshPath("empty")), syncManager: SyncManager())
 
-        // Both warmed up (see `EnqueueBenchmark.warmUp`), then one push to each in turn (which goes
-        // first alternates), each timed alone: the disk's drift falls on both sides alike.
-        _ = try await rate(empty, pushes: EnqueueBenchmark.warmUp)
-        _ = try await rate(full, pushes: EnqueueBenchmark.warmUp)
+        // Both warmed up (see `EnqueueBenchmark.warmUp`), then interleaved one push each.
+        let enqueue = EnqueueBenchmark(quick: quick, freshPath: freshPath)
+        _ = try await enqueue.queueRate(empty, count: EnqueueBenchmark.warmUp, producers: 1)
+        _ = try await enqueue.queueRate(full, count: EnqueueBenchmark.warmUp, producers: 1)
         let requests = (0..<pushes).map(EnqueueBenchmark.request)
-        var (emptyTime, fullTime) = (Duration.zero, Duration.zero)
-        for (index, request) in requests.enumerated() {
-            let emptyFirst = index.isMultiple(of: 2)
-            if emptyFirst { emptyTime += try await timed { try await empty.pushRequest(request) } }
-            fullTime += try await timed { try await full.pushRequest(request) }
-            if !emptyFirst { emptyTime += try await timed { try await empty.pushRequest(request) } }
-        }
-        let emptyRate = Double(pushes) / emptyTime.seconds
-        let fullRate = Double(pushes) / fullTime.seconds
+        let (emptyRate, fullRate) = try await interleavedRates(
+            count: pushes,
+            { index in try await empty.pushRequest(requests[index]) },
+            { index in try await full.pushRequest(requests[index]) })
 
         let sizeCalls = 200
         var size = 0
@@ -50,14 +45,5 @@ struct ScaleBenchmark {
             ("size_ms_at_1m", sizeMilliseconds),
             ("backlog_entries", Double(backlog)),
         ]
-    }
-
-    private func rate(_ queue: Queue, pushes: Int) async throws -> Double {
-        let requests = (0..<pushes).map(EnqueueBenchmark.request)
-        let start = ContinuousClock.now
-        for request in requests {
-            try await queue.pushRequest(request)
-        }
-        return Double(pushes) / (ContinuousClock.now - start).seconds
     }
 }
