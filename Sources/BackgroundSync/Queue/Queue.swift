@@ -538,14 +538,13 @@ public actor Queue {
         var leased = claim.entries
         var next = 0
         var leasedAt = options.clock.now
-        var pending = claim.pendingCount
         while next < leased.count {
             // Leases age while the entries before them are sent: past half their duration, the rest
             // go back and are leased again, so that none is sent on an expired lease.
             if next > 0, options.clock.now.timeIntervalSince(leasedAt) > options.leaseDuration.timeInterval / 2 {
                 try await abandon(leased[next...])
                 claim = try await claimHead(current: nil)
-                (leased, next, leasedAt, pending) = (claim.entries, 0, options.clock.now, claim.pendingCount)
+                (leased, next, leasedAt) = (claim.entries, 0, options.clock.now)
                 if leased.isEmpty { break }
             }
             let entry = leased[next]
@@ -570,11 +569,9 @@ public actor Queue {
             }
             tally(outcome, into: &summary)
             if case .delivered(let response) = outcome {
+                // Counted out of the sizes reported from now on (the event's among them).
                 undeletedDeliveries.withLock { $0.append(entry.id) }
-                pending = (following?.pendingCount ?? pending) - 1
-                await self.delivered(entry, response, queueSize: max(pending, 0))
-            } else if let following {
-                pending = following.pendingCount
+                await self.delivered(entry, response)
             }
             if let following {
                 (leased, next, leasedAt) = (following.entries, 0, options.clock.now)
@@ -644,11 +641,11 @@ public actor Queue {
     /// the entry is deleted; the ordered one before (its deletion commits with the next leases), so
     /// if the process dies in between, the entry is sent again and the hook runs again.
     nonisolated(nonsending) private func delivered(
-        _ entry: QueueStoreEntry, _ response: ReplayResponse, queueSize: Int? = nil
+        _ entry: QueueStoreEntry, _ response: ReplayResponse
     ) async {
         metrics.replayed.increment()
         logger.debug("request replayed", metadata: ["background-sync.entry": "\(entry.id)", "http.status": "\(response.status)"])
-        await emit(.replayed(response), entryID: entry.id, size: queueSize)
+        await emit(.replayed(response), entryID: entry.id)
         await options.requestDidReplay?(entry, response)
     }
 

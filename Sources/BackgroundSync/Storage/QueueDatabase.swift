@@ -60,14 +60,11 @@ public struct HeadClaim: Sendable {
     /// Set when nothing was leased because the head entry is leased by another replayer whose
     /// lease has not expired; an ordered queue must wait rather than skip it.
     public var busy: (owner: String, until: Date)?
-    /// The queue's pending entries once the delivered ones are deleted (the leased ones included).
-    public var pendingCount: Int
 
     /// Creates a claim result.
-    public init(entries: [QueueStoreEntry], busy: (owner: String, until: Date)?, pendingCount: Int) {
+    public init(entries: [QueueStoreEntry], busy: (owner: String, until: Date)?) {
         self.entries = entries
         self.busy = busy
-        self.pendingCount = pendingCount
     }
 }
 

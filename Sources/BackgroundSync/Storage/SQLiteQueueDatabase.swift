@@ -661,7 +661,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         let (nowSeconds, expiry, ownerValue) = (now.timeIntervalSince1970, now.timeIntervalSince1970 + leaseDuration.timeInterval, owner.rawValue)
         return try await write("claim from", durable: false) { db in
             try Self.deleteEntries(completing, db)
-            var claim = HeadClaim(entries: [], busy: nil, pendingCount: 0)
+            var claim = HeadClaim(entries: [], busy: nil)
             let head = try db.cachedStatement(sql: """
                 SELECT \(EntryColumn.list) FROM entry WHERE queueName = ?1 AND state = 'pending' AND id IS NOT ?2
                 ORDER BY position LIMIT ?3
@@ -687,8 +687,6 @@ public final class SQLiteQueueDatabase: QueueDatabase {
                 }
                 break
             }
-            claim.pendingCount = try Int.fetchOne(
-                try db.cachedStatement(sql: "SELECT pendingCount FROM queue WHERE name = ?"), arguments: [queueName]) ?? 0
             return claim
         }
     }
