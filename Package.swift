@@ -11,6 +11,9 @@ let package = Package(
     ],
     products: [
         .library(name: "BackgroundSync", targets: ["BackgroundSync"]),
+        // Test doubles (manual clock, manual connectivity, scripted transport) and the store
+        // conformance suite, for the tests of apps and of storage drivers.
+        .library(name: "BackgroundSyncTesting", targets: ["BackgroundSyncTesting"]),
         .executable(name: "bgsync", targets: ["bgsync"]),
     ],
     dependencies: [
@@ -34,6 +37,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        .target(name: "BackgroundSyncTesting", dependencies: ["BackgroundSync"]),
         // A small HTTP/1.1 server on POSIX sockets, bound to loopback, with fault injection.
         // Used by `bgsync demo` and the tests; not a product.
         .target(name: "LoopbackHTTPServer"),
@@ -67,6 +71,7 @@ let package = Package(
             name: "BackgroundSyncTests",
             dependencies: [
                 "BackgroundSync",
+                "BackgroundSyncTesting",
                 "LoopbackHTTPServer",
                 "BackgroundSyncTestChild",
                 "bgsync",

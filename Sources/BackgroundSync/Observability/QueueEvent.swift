@@ -25,11 +25,11 @@ public struct QueueEvent: Sendable {
         case enqueued
         /// A request was delivered; the server's response.
         case replayed(ReplayResponse)
-        /// A replay failed and the entry will be tried again after `delay` (its `attempts` so far,
-        /// the status if a response came back, the error).
-        case retryScheduled(delay: Duration, attempts: Int, status: Int?, error: String)
-        /// The entry was set aside as a dead letter.
-        case deadLettered(status: Int?, reason: String)
+        /// A replay failed and the entry will be tried again after `delay`: its failed `attempts`
+        /// so far and the failure.
+        case retryScheduled(delay: Duration, attempts: Int, failure: ReplayFailure)
+        /// The entry was set aside as a dead letter, and why.
+        case deadLettered(ReplayFailure)
         /// The entry was older than `maxRetentionTime` and was removed.
         case expired
         /// The server asked for credentials (401/403): replay is paused until ``Queue/resume()``.

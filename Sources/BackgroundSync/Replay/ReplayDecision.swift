@@ -37,16 +37,3 @@ public enum ReplayDecision: Sendable, Hashable {
         }
     }
 }
-
-/// What one call of ``Queue/replayRequests()`` did.
-public struct ReplaySummary: Sendable, Hashable {
-    /// Entries the server accepted (deleted).
-    public var delivered = 0
-    /// Entries set aside as dead letters.
-    public var deadLettered = 0
-    /// Entries removed because they were older than ``QueueOptions/maxRetentionTime``.
-    public var expired = 0
-
-    /// Creates an empty summary.
-    public init() {}
-}

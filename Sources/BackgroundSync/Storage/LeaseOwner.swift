@@ -51,8 +51,10 @@ public struct LeaseOwner: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { rawValue }
 
-    /// Whether a lease written as `rawValue` belongs to a process of this host that no longer exists.
-    static func isAbandoned(_ rawValue: String) -> Bool {
+    /// Whether a lease written as `rawValue` (a ``rawValue``) belongs to a process of this host
+    /// that no longer exists: a driver takes such a lease over at once instead of waiting for it to
+    /// expire. `false` for a lease of another host, of a live process, or that cannot be parsed.
+    public static func isAbandoned(_ rawValue: String) -> Bool {
         // This process's own leases (the ones a concurrent claim passes most, those in flight) are
         // told apart without parsing.
         if rawValue.hasPrefix(thisProcessPrefix) { return false }

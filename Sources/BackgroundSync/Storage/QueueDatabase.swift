@@ -1,5 +1,141 @@
 import Foundation
 
+/// The storage driver behind queues: one database holds the entries of many queues and their sync
+/// registrations. ``SQLiteQueueDatabase`` is the embedded one; a driver for another store
+/// implements this protocol and ``ReplayClaims``, and proves itself with the store conformance
+/// suite of the `BackgroundSyncTesting` product (`StoreConformance`).
+///
+/// ## Entries and order
+/// An entry belongs to one queue and is *pending* (waiting for replay) or *dead* (a dead letter:
+/// set aside, kept until requeued or deleted). Entries are ordered per queue: ``pushEntry(_:queueName:at:registeringSyncTag:)``
+/// at ``QueueEnd/tail`` goes after the queue's last entry, at ``QueueEnd/head`` before its first,
+/// whatever other queues hold. A dead letter keeps its position, so a requeued entry goes back
+/// where it was.
+///
+/// ## Replay
+/// Nothing is deleted before the server answered: a replay takes entries through
+/// ``claims(queueName:order:owner:leaseDuration:clock:)`` (leased to one owner until the lease
+/// expires), sends them, and records each outcome on the claims (delivered, failed, dead letter).
+/// A lease whose holder died expires, and another replayer may take the entry then; see
+/// ``LeaseOwner`` for holders that died on this host.
+///
+/// ## Durability, stated per operation
+/// - **Durable**: once the call returns, the change survives a crash of the process and a power
+///   cut. Pushes, removals (``removeEntry(queueName:at:)``), dead-lettering and every
+///   administrative change (requeue, set aside, delete, purge, sync registrations).
+/// - **Crash-safe**: once the call returns, the change survives a crash of the process; a power
+///   cut may roll it back. Replay bookkeeping: leases, failed attempts and deleting delivered
+///   entries (see ``ReplayClaims``). Rolling one back makes a delivered entry be sent again (with
+///   its `Idempotency-Key`), never loses one.
+///
+/// ## Concurrency
+/// Every method is atomic and safe to call from several tasks, and from several processes or hosts
+/// sharing the store. Writes complete even when the calling task is cancelled (a replay gives its
+/// leases back from a cancelled task); reads may throw `CancellationError` instead.
+///
+/// Errors are ``BackgroundSyncError``s: ``BackgroundSyncError/Code/storage`` for the store's own
+/// failures (I/O, full, locked, unreadable), with a message that says which.
+public protocol QueueDatabase: Sendable {
+    /// A string that identifies the store (the canonical file path for a SQLite file), so that two
+    /// live queues with one name on one store can be refused.
+    var identity: String { get }
+
+    // MARK: Adding and removing
+
+    /// Stores a new pending entry at the head or the tail of a queue and, when `syncTag` is given,
+    /// registers that sync tag in the same transaction, so that no entry is ever stored without its
+    /// registration. Durable. Returns the entry's id and the queue's size after the push.
+    func pushEntry(
+        _ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd, registeringSyncTag syncTag: String?
+    ) async throws -> PushedEntry
+
+    /// Removes and returns the first or last pending entry of a queue that no live lease holds, or
+    /// `nil` when there is none (Workbox's `shiftRequest`/`popRequest`). Durable.
+    func removeEntry(queueName: String, at end: QueueEnd) async throws -> QueueStoreEntry?
+
+    // MARK: Reading
+
+    /// Up to `limit` entries of a queue in a state, in queue order, starting after the entry with
+    /// id `after` (from the first when `nil`): pages of a large queue cost the size of the page,
+    /// not of the queue. `limit` `nil` returns them all. Entries delivered and not yet deleted (see
+    /// ``ReplayClaims/complete(_:)``) are left out.
+    func entries(queueName: String, state: EntryState, after: Int64?, limit: Int?) async throws -> [QueueStoreEntry]
+
+    /// The entry with this id, in any queue and state.
+    func entry(id: Int64) async throws -> QueueStoreEntry?
+
+    /// How many entries of a queue are in a state, without scanning them (a queue's size is read on
+    /// every event). Entries delivered and not yet deleted are not counted.
+    func countEntries(queueName: String, state: EntryState) async throws -> Int
+
+    /// The names of the queues that hold or held entries, sorted. Cheap: a service polls it.
+    func queueNames() async throws -> [String]
+
+    /// Every queue with its size, dead letters and oldest pending entry's time, sorted by name.
+    func queueSummaries() async throws -> [QueueSummary]
+
+    // MARK: Replay
+
+    /// Opens the claims of one replay of a queue: entries are leased to `owner` for
+    /// `leaseDuration` (by `clock`) as ``ReplayClaims/next()`` hands them out. How many are leased
+    /// at a time, and when deliveries are deleted, is the driver's business; see ``ReplayClaims``.
+    func claims(
+        queueName: String, order: ReplayOrder, owner: LeaseOwner, leaseDuration: Duration, clock: any WallClock
+    ) -> any ReplayClaims
+
+    // MARK: Administration
+
+    /// Moves dead letters of a queue back to pending, at their old positions, with their attempts
+    /// and last failure cleared (`ids` `nil`: all of them). Durable. Returns how many moved.
+    @discardableResult
+    func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int
+
+    /// Sets pending entries of a queue aside as dead letters, recording `failure` (an operator
+    /// unblocking an ordered queue whose head can never be delivered). Durable. Returns how many
+    /// moved. An entry a replay is sending stays set aside whatever that replay records, unless the
+    /// server accepts it (then it is deleted).
+    @discardableResult
+    func setAsideEntries(queueName: String, ids: [Int64], failure: ReplayFailure) async throws -> Int
+
+    /// Deletes entries by id, in any queue and state. Durable. Returns how many existed.
+    @discardableResult
+    func deleteEntries(ids: [Int64]) async throws -> Int
+
+    /// Deletes the entries of a queue (every queue when `queueName` is `nil`) in a state (both
+    /// states when `state` is `nil`). Durable, and possible on a full disk. Returns how many.
+    @discardableResult
+    func deleteEntries(queueName: String?, state: EntryState?) async throws -> Int
+
+    // MARK: Sync registrations
+
+    /// Records a sync registration (idempotent; a registered tag keeps its first date). Durable.
+    func registerSyncTag(_ tag: String, at date: Date) async throws
+
+    /// Removes a sync registration (idempotent). Durable.
+    func unregisterSyncTag(_ tag: String) async throws
+
+    /// The registered sync tags, oldest first.
+    func syncTags() async throws -> [String]
+}
+
+extension QueueDatabase {
+    /// Every entry of a queue in a state, in queue order.
+    public func entries(queueName: String, state: EntryState) async throws -> [QueueStoreEntry] {
+        try await entries(queueName: queueName, state: state, after: nil, limit: nil)
+    }
+
+    /// The first pending entry of a queue (the next one an ordered replay sends), if any.
+    public func headEntry(queueName: String) async throws -> QueueStoreEntry? {
+        try await entries(queueName: queueName, state: .pending, after: nil, limit: 1).first
+    }
+
+    /// Deletes one entry; returns whether it existed.
+    @discardableResult
+    public func deleteEntry(id: Int64) async throws -> Bool {
+        try await deleteEntries(ids: [id]) > 0
+    }
+}
+
 /// Which end of a queue an operation works on.
 public enum QueueEnd: Sendable, Hashable {
     /// The first entry (the next to be replayed).
@@ -8,243 +144,36 @@ public enum QueueEnd: Sendable, Hashable {
     case tail
 }
 
+/// What ``QueueDatabase/pushEntry(_:queueName:at:registeringSyncTag:)`` stored.
+public struct PushedEntry: Sendable, Hashable {
+    /// The new entry's id.
+    public var id: Int64
+    /// The queue's size (pending entries) right after the push.
+    public var size: Int
+
+    /// Creates a push result.
+    public init(id: Int64, size: Int) {
+        self.id = id
+        self.size = size
+    }
+}
+
 /// A queue as listed by ``QueueDatabase/queueSummaries()``.
 public struct QueueSummary: Sendable, Hashable, Codable {
     /// The queue's name.
     public var name: String
-    /// Entries waiting for replay.
-    public var pending: Int
-    /// Dead letters.
-    public var dead: Int
+    /// Its size: the entries waiting for replay.
+    public var size: Int
+    /// How many dead letters it holds.
+    public var deadLetterCount: Int
     /// When the oldest pending entry was queued, if there is one.
-    public var oldestPendingTimestamp: Date?
+    public var oldestTimestamp: Date?
 
     /// Creates a summary.
-    public init(name: String, pending: Int, dead: Int, oldestPendingTimestamp: Date?) {
+    public init(name: String, size: Int, deadLetterCount: Int, oldestTimestamp: Date?) {
         self.name = name
-        self.pending = pending
-        self.dead = dead
-        self.oldestPendingTimestamp = oldestPendingTimestamp
-    }
-}
-
-/// What ``QueueDatabase/insertEntry(_:queueName:at:registeringSyncTag:)`` stored.
-public struct InsertedEntry: Sendable, Hashable {
-    /// The new entry's id.
-    public var id: Int64
-    /// The queue's pending entries after the insert.
-    public var queueSize: Int
-
-    /// Creates an insert result.
-    public init(id: Int64, queueSize: Int) {
-        self.id = id
-        self.queueSize = queueSize
-    }
-}
-
-/// The outcome of ``QueueDatabase/claimHead(queueName:owner:leaseDuration:now:)``.
-public enum ClaimResult: Sendable {
-    /// The head entry is now leased to the caller until the lease expires.
-    case claimed(QueueStoreEntry)
-    /// The queue has no pending entry.
-    case empty
-    /// The head entry is leased by another replayer (another process, or another task) whose lease
-    /// has not expired; an ordered queue must wait rather than skip it.
-    case busy(owner: String, until: Date)
-}
-
-/// The outcome of ``QueueDatabase/completeClaimsAndClaimHead(completing:current:owner:queueName:limit:leaseDuration:now:)``.
-public struct HeadClaim: Sendable {
-    /// The entries now leased to the caller, in queue order.
-    public var entries: [QueueStoreEntry]
-    /// Set when nothing was leased because the head entry is leased by another replayer whose
-    /// lease has not expired; an ordered queue must wait rather than skip it.
-    public var busy: (owner: String, until: Date)?
-
-    /// Creates a claim result.
-    public init(entries: [QueueStoreEntry], busy: (owner: String, until: Date)?) {
-        self.entries = entries
-        self.busy = busy
-    }
-}
-
-/// The replay state of a queue's head entry.
-public struct HeadState: Sendable, Hashable {
-    /// The head entry's id.
-    public var id: Int64
-    /// Its failed attempts so far.
-    public var attempts: Int
-    /// When its next attempt is due, if it is in backoff.
-    public var nextAttemptAt: Date?
-    /// The HTTP status of its last failure; `nil` when it never failed or got no response.
-    public var lastStatus: Int?
-    /// Whether its last failure was a missing response (offline, refused, reset, timeout).
-    public var lastFailureWasTransport: Bool
-
-    /// Creates a head state.
-    public init(id: Int64, attempts: Int, nextAttemptAt: Date?, lastStatus: Int?, lastFailureWasTransport: Bool) {
-        self.id = id
-        self.attempts = attempts
-        self.nextAttemptAt = nextAttemptAt
-        self.lastStatus = lastStatus
-        self.lastFailureWasTransport = lastFailureWasTransport
-    }
-}
-
-/// What a failed replay left on its entry.
-public struct ReplayFailure: Sendable, Hashable {
-    /// The HTTP status, when a response came back.
-    public var status: Int?
-    /// A one-line description of the failure.
-    public var error: String
-    /// The first bytes of the response body, when a response came back.
-    public var responseExcerpt: Data?
-
-    /// Creates a failure record.
-    public init(status: Int? = nil, error: String, responseExcerpt: Data? = nil) {
-        self.status = status
-        self.error = error
-        self.responseExcerpt = responseExcerpt
-    }
-}
-
-/// The storage driver behind queues: one database holds the entries of many queues and the
-/// sync registrations.
-///
-/// Implementations must make every method atomic (one transaction), durable when it returns,
-/// and safe to call from several tasks and several processes at once. Entries are ordered per
-/// queue by a position: `insertEntry(at: .tail)` goes after the queue's last entry, `at: .head`
-/// before its first, whatever other queues hold.
-///
-/// Replay never deletes an entry before the server answered: it *claims* the head entry with a
-/// lease (``claimHead(queueName:owner:leaseDuration:now:)``), sends it, then completes (deletes),
-/// releases (counts a failed attempt) or dead-letters the claim. A lease whose holder died expires,
-/// and the entry can be claimed again.
-public protocol QueueDatabase: Sendable {
-    /// A string that identifies the storage (the canonical file path for a SQLite file), so that two
-    /// live queues with one name on one storage can be refused.
-    var identity: String { get }
-
-    /// Stores a new entry at the head or the tail of a queue, and, when `syncTag` is given, registers
-    /// that sync tag in the same transaction (so no entry is ever stored without its registration).
-    /// Returns the entry's id and the queue's pending count after the insert.
-    func insertEntry(
-        _ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd, registeringSyncTag syncTag: String?
-    ) async throws -> InsertedEntry
-
-    /// Removes and returns the first or last pending entry of a queue that no live replay holds,
-    /// or `nil` when there is none.
-    func removeEntry(queueName: String, from end: QueueEnd) async throws -> QueueStoreEntry?
-
-    /// The entries of a queue in a state, in queue order.
-    func entries(queueName: String, state: EntryState) async throws -> [QueueStoreEntry]
-
-    /// The entry with this id, in any queue and state.
-    func entry(id: Int64) async throws -> QueueStoreEntry?
-
-    /// How many entries of a queue are in a state. Must not scan the queue.
-    func countEntries(queueName: String, state: EntryState) async throws -> Int
-
-    /// Deletes entries by id; returns how many existed.
-    @discardableResult
-    func deleteEntries(ids: [Int64]) async throws -> Int
-
-    /// The names of the queues that hold or held entries.
-    func queueNames() async throws -> [String]
-
-    /// Every queue with its pending and dead-lettered counts and its oldest pending entry's time.
-    func queueSummaries() async throws -> [QueueSummary]
-
-    /// Deletes the entries of a queue (every queue when `queueName` is `nil`) in a state (any state
-    /// when `state` is `nil`); returns how many.
-    @discardableResult
-    func deleteEntries(queueName: String?, state: EntryState?) async throws -> Int
-
-    /// Leases the head pending entry of a queue to `owner` until `now + leaseDuration`.
-    ///
-    /// A head entry leased by someone else stays theirs (``ClaimResult/busy(owner:until:)``) unless
-    /// its lease expired or its owner is a process of this host that no longer exists. A head row
-    /// that cannot be decoded is dead-lettered with the reason, and the next entry is claimed.
-    func claimHead(queueName: String, owner: LeaseOwner, leaseDuration: Duration, now: Date) async throws -> ClaimResult
-
-    /// Leases up to `limit` pending entries of a queue, in order, that no live replay holds and
-    /// whose next attempt is due (`nextAttemptAt` unset or not after `now`): the concurrent mode,
-    /// where entries are independent and one in backoff must not hold the others back.
-    func claimEntries(
-        queueName: String, owner: LeaseOwner, limit: Int, leaseDuration: Duration, now: Date
-    ) async throws -> [QueueStoreEntry]
-
-    /// The replay state of a queue's head entry (the next to send), or `nil` when the queue has
-    /// no pending entry. A scheduler uses it to decide when the queue's sync is due.
-    func headState(queueName: String) async throws -> HeadState?
-
-    /// Moves dead-lettered entries of a queue back to pending, at their old positions, with their
-    /// attempt count reset. `ids == nil` requeues them all. Returns how many moved.
-    @discardableResult
-    func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int
-
-    /// Deletes the delivered entries `completing` and leases, in queue order, up to `limit` pending
-    /// entries at the head of the queue other than `current` (the entry being sent), in one
-    /// transaction. Leasing stops before an entry that another replayer holds (with a live lease);
-    /// if that is the head, nothing is leased and ``HeadClaim/busy`` says who holds it. An
-    /// unreadable entry is set aside as a dead letter, as ``claimHead(queueName:owner:leaseDuration:now:)``
-    /// does. An ordered replay leases a few entries ahead and, while it sends the last of them,
-    /// deletes the delivered ones and leases the next: one commit per few entries, made while a
-    /// request is in flight.
-    func completeClaimsAndClaimHead(
-        completing: [Int64], current: Int64?, owner: LeaseOwner, queueName: String, limit: Int,
-        leaseDuration: Duration, now: Date
-    ) async throws -> HeadClaim
-
-    /// Deletes delivered entries and leases up to `limit` more (as ``claimEntries(queueName:owner:limit:leaseDuration:now:)``)
-    /// in the same transaction, so that a concurrent replay pays one commit per batch of claims.
-    /// `limit` 0 only deletes. A default implementation does it in several steps.
-    func completeClaimsAndClaimEntries(
-        ids: [Int64], owner: LeaseOwner, queueName: String, limit: Int, leaseDuration: Duration, now: Date
-    ) async throws -> [QueueStoreEntry]
-
-    /// Gives back claimed entries untouched (no attempt counted), in one transaction: a replay that
-    /// stops before sending the entries it leased ahead. Entries no longer leased to `owner` are left alone.
-    func abandonClaims(ids: [Int64], owner: LeaseOwner) async throws
-
-    /// Deletes a claimed entry after the server accepted it. Does nothing if the entry is gone.
-    func completeClaim(id: Int64, owner: LeaseOwner) async throws
-
-    /// Gives a claimed entry back, counting one failed attempt, recording the failure and the
-    /// earliest time of the next attempt. The entry keeps its position.
-    func releaseClaim(id: Int64, owner: LeaseOwner, failure: ReplayFailure, nextAttemptAt: Date?) async throws
-
-    /// Moves a claimed entry to the dead-letter state, counting the attempt and recording why.
-    func deadLetterClaim(id: Int64, owner: LeaseOwner, failure: ReplayFailure) async throws
-
-    /// Records a sync registration (idempotent).
-    func registerSyncTag(_ tag: String, at date: Date) async throws
-
-    /// Removes a sync registration (idempotent).
-    func unregisterSyncTag(_ tag: String) async throws
-
-    /// The registered sync tags, oldest first.
-    func syncTags() async throws -> [String]
-}
-
-extension QueueDatabase {
-    public func completeClaimsAndClaimEntries(
-        ids: [Int64], owner: LeaseOwner, queueName: String, limit: Int, leaseDuration: Duration, now: Date
-    ) async throws -> [QueueStoreEntry] {
-        for id in ids { try await completeClaim(id: id, owner: owner) }
-        guard limit > 0 else { return [] }
-        return try await claimEntries(
-            queueName: queueName, owner: owner, limit: limit, leaseDuration: leaseDuration, now: now)
-    }
-
-    /// Gives back one claimed entry untouched (see ``abandonClaims(ids:owner:)``).
-    public func abandonClaim(id: Int64, owner: LeaseOwner) async throws {
-        try await abandonClaims(ids: [id], owner: owner)
-    }
-
-    /// Deletes one entry; returns whether it existed.
-    @discardableResult
-    public func deleteEntry(id: Int64) async throws -> Bool {
-        try await deleteEntries(ids: [id]) > 0
+        self.size = size
+        self.deadLetterCount = deadLetterCount
+        self.oldestTimestamp = oldestTimestamp
     }
 }

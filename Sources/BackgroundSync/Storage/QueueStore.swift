@@ -18,23 +18,23 @@ public struct QueueStore: Sendable {
     /// Stores an entry after the queue's last one; returns its id.
     @discardableResult
     public func pushEntry(_ entry: UnidentifiedQueueStoreEntry) async throws -> Int64 {
-        try await database.insertEntry(entry, queueName: queueName, at: .tail, registeringSyncTag: nil).id
+        try await database.pushEntry(entry, queueName: queueName, at: .tail, registeringSyncTag: nil).id
     }
 
     /// Stores an entry before the queue's first one (other queues are not affected); returns its id.
     @discardableResult
     public func unshiftEntry(_ entry: UnidentifiedQueueStoreEntry) async throws -> Int64 {
-        try await database.insertEntry(entry, queueName: queueName, at: .head, registeringSyncTag: nil).id
+        try await database.pushEntry(entry, queueName: queueName, at: .head, registeringSyncTag: nil).id
     }
 
     /// Removes and returns the last pending entry, or `nil`.
     public func popEntry() async throws -> QueueStoreEntry? {
-        try await database.removeEntry(queueName: queueName, from: .tail)
+        try await database.removeEntry(queueName: queueName, at: .tail)
     }
 
     /// Removes and returns the first pending entry, or `nil`.
     public func shiftEntry() async throws -> QueueStoreEntry? {
-        try await database.removeEntry(queueName: queueName, from: .head)
+        try await database.removeEntry(queueName: queueName, at: .head)
     }
 
     /// The pending entries, in order.

@@ -4,8 +4,9 @@ import Foundation
 public enum EntryState: String, Codable, Sendable, Hashable {
     /// Waiting to be replayed.
     case pending
-    /// Dead-lettered: the server refused it in a way that retrying cannot fix (a 4xx other than
-    /// 401/403/408/425/429, 501, 505). Kept, with its last status and error, until requeued or deleted.
+    /// Dead-lettered: set aside because retrying cannot help (the server refused it, it ran out of
+    /// attempts, it cannot be read or sent, or an operator set it aside). Kept, with its last
+    /// failure, until requeued or deleted.
     case dead
 }
 
@@ -56,12 +57,9 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
     public var attempts: Int
     /// The earliest time the next replay may happen, when a backoff is in force.
     public var nextAttemptAt: Date?
-    /// The HTTP status of the last failed replay, if a response came back.
-    public var lastStatus: Int?
-    /// A description of the last failure.
-    public var lastError: String?
-    /// The first bytes of the response body of the last failed replay.
-    public var lastResponseExcerpt: Data?
+    /// What the last failed replay recorded (its kind, status, message and response excerpt);
+    /// `nil` when no replay of the entry failed since it was queued or requeued.
+    public var lastFailure: ReplayFailure?
     /// The `Idempotency-Key` sent with every replay, if any.
     public var idempotencyKey: String?
     /// Secret header fields sealed with AES-GCM, if any.
@@ -77,9 +75,7 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
         state: EntryState = .pending,
         attempts: Int = 0,
         nextAttemptAt: Date? = nil,
-        lastStatus: Int? = nil,
-        lastError: String? = nil,
-        lastResponseExcerpt: Data? = nil,
+        lastFailure: ReplayFailure? = nil,
         idempotencyKey: String? = nil,
         sealedSecrets: Data? = nil
     ) {
@@ -91,9 +87,7 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
         self.state = state
         self.attempts = attempts
         self.nextAttemptAt = nextAttemptAt
-        self.lastStatus = lastStatus
-        self.lastError = lastError
-        self.lastResponseExcerpt = lastResponseExcerpt
+        self.lastFailure = lastFailure
         self.idempotencyKey = idempotencyKey
         self.sealedSecrets = sealedSecrets
     }

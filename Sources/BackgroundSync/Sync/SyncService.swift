@@ -120,6 +120,10 @@ public final class SyncService: Service {
         for queue in queues where try await queue.size() > 0 {
             await queue.registerSync()
         }
+        // Workbox's fallback path: the queues that ask for it run their sync at start.
+        for queue in queues where queue.options.forceSyncFallback {
+            await queue.runFallbackSync()
+        }
         let (triggers, trigger) = AsyncStream.makeStream(of: Trigger.self)
         // Subscribe before the start-up round, so that no registration falls between the two.
         let registrations = manager.registrations()
@@ -145,6 +149,10 @@ public final class SyncService: Service {
                         if first { trigger.yield(.registered) }
                     }
                 }
+                let timer = SyncTimer()
+                group.addTask { [configuration] in
+                    await timer.run(clock: configuration.clock) { trigger.yield(.timer) }
+                }
                 if let interval = configuration.pollInterval {
                     let clock = configuration.clock
                     group.addTask {
@@ -155,7 +163,7 @@ public final class SyncService: Service {
                     }
                 }
                 try await loop(
-                    triggers: triggers, trigger: trigger, manager: manager, registrationQueued: registrationQueued)
+                    triggers: triggers, timer: timer, manager: manager, registrationQueued: registrationQueued)
                 group.cancelAll()
             }
         } onGracefulShutdown: { [queueList, shuttingDown] in
@@ -167,10 +175,8 @@ public final class SyncService: Service {
     }
 
     private func loop(
-        triggers: AsyncStream<Trigger>, trigger: AsyncStream<Trigger>.Continuation, manager: SyncManager,
-        registrationQueued: Locked<Bool>
+        triggers: AsyncStream<Trigger>, timer: SyncTimer, manager: SyncManager, registrationQueued: Locked<Bool>
     ) async throws {
-        let clock = configuration.clock
         // Unknown until the monitor speaks; without a monitor, assume online.
         var online = configuration.connectivity == nil
         var iterator = triggers.makeAsyncIterator()
@@ -200,17 +206,8 @@ public final class SyncService: Service {
                 if online { await syncDue(current, manager: manager) }
             }
             // Wait for the next trigger, or for the earliest backoff deadline.
-            let deadline = online ? try? await nextDeadline(manager: manager) : nil
-            let timer: Task<Void, Never>? = deadline.map { deadline in
-                Task {
-                    do {
-                        try await clock.sleep(until: deadline)
-                        trigger.yield(.timer)
-                    } catch {}
-                }
-            }
+            timer.set(online ? try? await nextDeadline(manager: manager) : nil)
             next = await iterator.next()
-            timer?.cancel()
         }
     }
 
@@ -220,7 +217,7 @@ public final class SyncService: Service {
         var earliest: Date?
         for queue in queues where tags.contains(queue.syncTag) {
             if await queue.isPaused { continue }
-            let due = dueDate(queue, head: try await queue.headState())
+            let due = dueDate(queue, head: try await queue.headEntry())
             if let due, earliest.map({ due < $0 }) ?? true { earliest = due }
         }
         return earliest
@@ -228,7 +225,7 @@ public final class SyncService: Service {
 
     /// When the queue's sync is due: its head entry's next attempt, else the tag's own backoff
     /// after a failed sync; `nil` when nothing holds it back.
-    private func dueDate(_ queue: Queue, head: HeadState?) -> Date? {
+    private func dueDate(_ queue: Queue, head: QueueStoreEntry?) -> Date? {
         head?.nextAttemptAt ?? tagRetries.withLock { $0[queue.syncTag]?.next }
     }
 
@@ -245,9 +242,9 @@ public final class SyncService: Service {
         await withTaskGroup(of: Void.self) { group in
             for queue in queues where tags.contains(queue.syncTag) {
                 if await queue.isPaused { continue }
-                let head: HeadState?
+                let head: QueueStoreEntry?
                 do {
-                    head = try await queue.headState()
+                    head = try await queue.headEntry()
                 } catch {
                     configuration.logger.info("cannot read queue", metadata: ["queue": "\(queue.name)", "error": "\(error)"])
                     continue
@@ -255,7 +252,7 @@ public final class SyncService: Service {
                 let due = dueDate(queue, head: head)
                 // Times make a round trip through the database as seconds since 1970; allow for the rounding.
                 var isDue = due.map { $0.timeIntervalSince(now) <= 0.001 } ?? true
-                if case .connectivity = trigger, head?.lastFailureWasTransport == true { isDue = true }
+                if case .connectivity = trigger, head?.lastFailure?.kind == .noResponse { isDue = true }
                 guard isDue, !shuttingDown.withLock({ $0 }) else { continue }
                 let lastChance = queue.options.retryPolicy.isLastAttempt(afterAttempts: head?.attempts ?? 0)
                 group.addTask {

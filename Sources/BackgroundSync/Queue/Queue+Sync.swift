@@ -1,0 +1,171 @@
+import Foundation
+
+extension Queue {
+    /// Registers the queue's sync tag. Never throws: a registration that cannot be written is
+    /// logged (the entries themselves are already stored, and the next sync replays them).
+    public nonisolated func registerSync() async {
+        do {
+            try await syncManager.register(syncTag)
+        } catch {
+            reporter.logger.info("sync registration failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Runs the sync that ``QueueOptions/forceSyncFallback`` asks for, once per queue: Workbox runs
+    /// it when the queue is constructed; here it runs in the task that calls this, or in the start
+    /// of the ``SyncService`` that runs the queue, whichever comes first, so that cancelling that
+    /// task stops it. Does nothing without `forceSyncFallback`, or once it ran.
+    public func runFallbackSync() async {
+        guard options.forceSyncFallback, !fallbackSyncDone else { return }
+        fallbackSyncDone = true
+        do {
+            try await handleSync(SyncEvent(tag: syncTag))
+        } catch {
+            reporter.logger.info("start-up sync failed; entries stay queued", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Runs the ``QueueOptions/forceSyncFallback`` sync if it has not run yet; see ``runFallbackSync()``.
+    @available(*, deprecated, renamed: "runFallbackSync()")
+    public func waitForFallbackSync() async {
+        await runFallbackSync()
+    }
+
+    /// Runs `onSync` for an event of the queue's tag, then registers again if entries were added
+    /// meanwhile and the sync succeeded, or failed on its last chance (Workbox's rules).
+    func handleSync(_ event: SyncEvent) async throws {
+        syncState.withLock { $0 = (inProgress: true, requestsAdded: false) }
+        // Ends the sync and tells whether entries were added during it, atomically: a push after
+        // this point registers the tag itself.
+        let finish = { [syncState] () -> Bool in
+            syncState.withLock { state in
+                state.inProgress = false
+                return state.requestsAdded
+            }
+        }
+        do {
+            if let onSync = options.onSync {
+                try await onSync(self)
+            } else {
+                try await replayRequests()
+            }
+        } catch {
+            if finish() && event.lastChance {
+                await registerSync()
+            }
+            throw error
+        }
+        if finish() {
+            await registerSync()
+        }
+    }
+
+    // MARK: - Pause
+
+    /// Whether replay is paused because the server asked for credentials (401/403).
+    public var isPaused: Bool { control.pausedStatus != nil }
+
+    /// Resumes a queue paused by a 401/403 (once the app has fresh credentials, which
+    /// ``QueueOptions/requestWillReplay`` adds) and registers a sync.
+    public func resume() async {
+        guard control.resume() else { return }
+        await reporter.resumed()
+        await registerSync()
+    }
+
+    /// Asks a running replay to finish the sends in flight and take nothing more (graceful shutdown).
+    nonisolated func requestStop() {
+        control.requestStop()
+    }
+
+    // MARK: - Replay
+
+    /// Sends the queue's entries in order and deletes each one once the server accepted it.
+    ///
+    /// For each entry, from the head: the entry is leased (so no other replayer sends it too), passed
+    /// to ``QueueOptions/requestWillReplay``, sent, then classified by ``QueueOptions/classifier``:
+    /// - delivered (default: 1xx–3xx): deleted, ``QueueOptions/requestDidReplay`` gets the response;
+    /// - dead letter (default: 4xx but 401/403/408/425/429, 501, 505): set aside with the status and
+    ///   a body excerpt, and replay goes on;
+    /// - retry (no response, 408, 425, 429, 5xx, or the `requestWillReplay` hook threw): the entry
+    ///   stays at the head with one more attempt counted, its failure recorded, and its next attempt
+    ///   due after ``QueueOptions/retryPolicy``'s backoff (at least the server's `Retry-After`);
+    ///   replay stops and ``BackgroundSyncError/Code/queueReplayFailed`` is thrown with the cause.
+    ///   An entry out of attempts (``RetryPolicy/maxAttempts``) becomes a dead letter instead, and
+    ///   replay goes on;
+    /// - credentials needed (401, 403): ``QueueOptions/onAuthenticationRequired`` may provide them
+    ///   and the entry is sent again; otherwise the queue pauses and
+    ///   ``BackgroundSyncError/Code/queuePaused`` is thrown.
+    ///
+    /// A manual replay sends the head even if it is in backoff. Expired entries are deleted and
+    /// reported instead of sent. With ``QueueOptions/maxConcurrentReplays`` above 1, up to that many
+    /// entries are in flight, entries in backoff are skipped, and a failure stops new sends.
+    ///
+    /// The replay runs in the calling task. A call made while a replay of this queue runs waits for
+    /// that replay and returns its summary. Cancelling the task stops the replay after the sends in
+    /// flight (a send the cancellation interrupted counts no attempt), gives back every entry it
+    /// leased, and throws `CancellationError`: nothing is lost.
+    @discardableResult
+    public func replayRequests() async throws -> ReplaySummary {
+        while true {
+            if let status = control.pausedStatus {
+                throw runner.pausedError(status: status)
+            }
+            guard let running = runningReplay else { break }
+            let result = await running.wait()
+            // The replay this call joined was cancelled, this call was not: run one of its own.
+            if case .failure(let error) = result, error is CancellationError, !Task.isCancelled { continue }
+            return try result.get()
+        }
+        let join = ReplayJoin()
+        runningReplay = join
+        control.clearStop()
+        let result: Result<ReplaySummary, any Error>
+        do {
+            result = .success(try await runner.run())
+        } catch {
+            result = .failure(error)
+        }
+        runningReplay = nil
+        join.resolve(result)
+        return try result.get()
+    }
+}
+
+/// A running replay that other callers of ``Queue/replayRequests()`` wait for.
+final class ReplayJoin: Sendable {
+    private struct State {
+        var result: Result<ReplaySummary, any Error>?
+        var waiters: [UUID: CheckedContinuation<Result<ReplaySummary, any Error>, Never>] = [:]
+    }
+
+    private let state = Locked(State())
+
+    /// The replay's result, or `CancellationError` when the waiting task is cancelled first.
+    func wait() async -> Result<ReplaySummary, any Error> {
+        let id = UUID()
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let ready = state.withLock { state -> Result<ReplaySummary, any Error>? in
+                    if let result = state.result { return result }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    state.waiters[id] = continuation
+                    return nil
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.resume(returning: .failure(CancellationError()))
+        }
+    }
+
+    func resolve(_ result: Result<ReplaySummary, any Error>) {
+        let waiters = state.withLock { state in
+            state.result = result
+            defer { state.waiters = [:] }
+            return state.waiters.values
+        }
+        waiters.forEach { $0.resume(returning: result) }
+    }
+}

@@ -1,0 +1,34 @@
+import Foundation
+
+extension ReplayRunner {
+    /// Up to `maxInFlight` entries in flight, independent of each other: as many workers, each
+    /// taking the next entry as soon as its send is resolved. Entries in backoff are skipped by the
+    /// claims; the first failure that must stop the replay (a retry, a pause) stops every worker
+    /// from taking more, and is thrown once the sends in flight are resolved.
+    func replayConcurrently(
+        _ claims: any ReplayClaims, maxInFlight: Int, summary: inout ReplaySummary
+    ) async throws {
+        let failure = Locked<BackgroundSyncError?>(nil)
+        let outcomes = try await withThrowingTaskGroup(of: [ReplayOutcome].self) { group in
+            for _ in 0..<maxInFlight {
+                group.addTask {
+                    var outcomes: [ReplayOutcome] = []
+                    while failure.withLock({ $0 == nil }), !mustStop {
+                        guard case .claimed(let entry) = try await claims.next() else { break }
+                        let outcome = try await replay(entry, claims: claims)
+                        if case .stop(let error) = outcome {
+                            failure.withLock { $0 = $0 ?? error }
+                        }
+                        outcomes.append(outcome)
+                    }
+                    return outcomes
+                }
+            }
+            var all: [ReplayOutcome] = []
+            for try await outcomes in group { all += outcomes }
+            return all
+        }
+        for outcome in outcomes { summary.count(outcome) }
+        if let failure = failure.withLock({ $0 }) { throw failure }
+    }
+}

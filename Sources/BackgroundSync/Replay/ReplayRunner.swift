@@ -1,0 +1,129 @@
+import Foundation
+
+/// What one call of ``Queue/replayRequests()`` did.
+public struct ReplaySummary: Sendable, Hashable {
+    /// Entries the server accepted (deleted).
+    public var delivered = 0
+    /// Entries set aside as dead letters.
+    public var deadLettered = 0
+    /// Entries removed because they were older than ``QueueOptions/maxRetentionTime``.
+    public var expired = 0
+
+    /// Creates an empty summary.
+    public init() {}
+
+    mutating func count(_ outcome: ReplayOutcome) {
+        switch outcome {
+        case .delivered: delivered += 1
+        case .deadLettered: deadLettered += 1
+        case .expired: expired += 1
+        case .givenBack, .stop: break
+        }
+    }
+}
+
+/// What became of one entry a replay took.
+enum ReplayOutcome: Sendable {
+    /// The server accepted it; it is deleted.
+    case delivered(ReplayResponse)
+    /// Set aside as a dead letter; replay goes on.
+    case deadLettered
+    /// Older than the retention time; deleted and reported.
+    case expired
+    /// The replay was cancelled while the entry was in flight: it went back untouched.
+    case givenBack
+    /// Must be retried later, or the queue paused: replay stops with this error.
+    case stop(BackgroundSyncError)
+}
+
+/// The state a queue's replays share with the queue: the pause a 401/403 sets, and the stop a
+/// graceful shutdown requests.
+final class ReplayControl: Sendable {
+    private let state = Locked((pausedStatus: Int?.none, stopRequested: false))
+
+    /// The status that paused the queue, until ``resume()``.
+    var pausedStatus: Int? { state.withLock { $0.pausedStatus } }
+    var stopRequested: Bool { state.withLock { $0.stopRequested } }
+
+    func pause(status: Int) { state.withLock { $0.pausedStatus = status } }
+
+    /// Clears the pause; returns whether the queue was paused.
+    func resume() -> Bool {
+        state.withLock { state in
+            defer { state.pausedStatus = nil }
+            return state.pausedStatus != nil
+        }
+    }
+
+    func requestStop() { state.withLock { $0.stopRequested = true } }
+    func clearStop() { state.withLock { $0.stopRequested = false } }
+}
+
+/// Runs one replay of a queue, in the caller's task: takes entries from the store's
+/// ``ReplayClaims``, sends each one (``replay(_:claims:)``), and gives everything it still holds
+/// back at the end, whether it ran out of entries, met a failure, was asked to stop, or was
+/// cancelled.
+///
+/// Two engines: in order (``QueueOptions/maxConcurrentReplays`` 1, ``ReplayOrder/ordered``) and
+/// concurrent (``ReplayOrder/concurrent(maxInFlight:)``). Cancelling the task stops a replay after
+/// the sends in flight: a send that the cancellation interrupted is given back untouched, and
+/// ``run()`` throws `CancellationError`.
+struct ReplayRunner: Sendable {
+    let queueName: String
+    let options: QueueOptions
+    let database: any QueueDatabase
+    let transport: any HTTPTransport
+    let owner: LeaseOwner
+    let capture: RequestCapture
+    let reporter: QueueReporter
+    let control: ReplayControl
+    let random: Locked<SystemRandomNumberGenerator>
+
+    /// Replays the queue once; see ``Queue/replayRequests()`` for what happens to each entry.
+    func run() async throws -> ReplaySummary {
+        let order: ReplayOrder =
+            options.maxConcurrentReplays > 1 ? .concurrent(maxInFlight: options.maxConcurrentReplays) : .ordered
+        let claims = database.claims(
+            queueName: queueName, order: order, owner: owner, leaseDuration: options.leaseDuration,
+            clock: options.clock)
+        var summary = ReplaySummary()
+        let result: Result<Void, any Error>
+        do {
+            if case .concurrent(let limit) = order {
+                try await replayConcurrently(claims, maxInFlight: limit, summary: &summary)
+            } else {
+                try await replayInOrder(claims, summary: &summary)
+            }
+            result = .success(())
+        } catch {
+            result = .failure(error)
+        }
+        // On every path: deliveries deleted, leases given back.
+        let finished = await Result(catching: { try await claims.finish() })
+        await reporter.replayFinished(summary)
+        try result.get()
+        try finished.get()
+        try Task.checkCancellation()
+        return summary
+    }
+
+    /// Whether the replay must take no more entries (a graceful shutdown, or cancellation).
+    var mustStop: Bool { control.stopRequested || Task.isCancelled }
+
+    func busyError(owner: String, until: Date) -> BackgroundSyncError {
+        BackgroundSyncError(
+            .queueReplayFailed, "the head entry is being replayed by \(owner) (lease until \(until))",
+            queueName: queueName)
+    }
+}
+
+extension Result where Failure == any Error {
+    /// The result of an async throwing body.
+    package init(catching body: () async throws -> Success) async {
+        do {
+            self = .success(try await body())
+        } catch {
+            self = .failure(error)
+        }
+    }
+}

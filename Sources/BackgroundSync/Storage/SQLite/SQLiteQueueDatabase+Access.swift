@@ -1,0 +1,146 @@
+import Foundation
+import GRDB
+
+extension SQLiteQueueDatabase {
+    /// How durable a write is (see ``QueueDatabase``).
+    enum Durability {
+        /// Committed with the configured mode (`FULL` by default): on disk before the call returns.
+        case durable
+        /// Replay bookkeeping, committed with `NORMAL`: survives a crash of the process.
+        case crashSafe
+    }
+
+    /// Runs `body` in a transaction on the writer. The write completes even if the calling task is
+    /// cancelled: GRDB's async accessors would give up with `CancellationError`, and a replay gives
+    /// its leases back from a cancelled task.
+    func write<T: Sendable>(
+        _ action: String, _ durability: Durability = .durable, _ body: @escaping @Sendable (Database) throws -> T
+    ) async throws -> T {
+        let synchronous = synchronous
+        switch durability {
+        case .crashSafe:
+            // Bookkeeping commits do not wait for the disk: run them in the caller's thread rather
+            // than pay two thread hops.
+            do {
+                return try Self.writeBlocking(writer) { db in
+                    try synchronous.transaction(synchronous.bookkeeping, db) { try body(db) }
+                }
+            } catch {
+                throw Self.mapError(error, path: path, action: action)
+            }
+        case .durable:
+            let (writer, path) = (writer, path)
+            return try await withUnsafeThrowingContinuation { continuation in
+                writer.asyncWriteWithoutTransaction { db in
+                    do {
+                        let value = try synchronous.transaction(synchronous.durable, db) { try body(db) }
+                        continuation.resume(returning: value)
+                    } catch {
+                        continuation.resume(throwing: Self.mapError(error, path: path, action: action))
+                    }
+                }
+            }
+        }
+    }
+
+    /// GRDB's blocking write (the async overload would be chosen in an async context).
+    private static func writeBlocking<T>(_ writer: any DatabaseWriter, _ body: (Database) throws -> T) throws -> T {
+        try writer.writeWithoutTransaction(body)
+    }
+
+    func read<T: Sendable>(_ action: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await writer.read(body)
+        } catch {
+            throw Self.mapError(error, path: path, action: action)
+        }
+    }
+
+    /// The writer connection's `PRAGMA synchronous`, set per transaction: durable writes commit with
+    /// the configured mode (FULL by default: on disk before the call returns), replay bookkeeping
+    /// with NORMAL (it survives a crash of the process; after a power cut the last of it may be
+    /// rolled back, so a request already delivered can be sent once more, with its
+    /// `Idempotency-Key`). The next durable commit or checkpoint makes it durable too (a sync of
+    /// the WAL covers every earlier commit). Browsers make the same trade for Workbox's deletions
+    /// (IndexedDB's relaxed durability).
+    final class SynchronousModes: Sendable {
+        let durable: String
+        let bookkeeping = Configuration.Synchronous.normal.rawValue
+        /// The mode the writer connection is in; read and changed on the writer only.
+        private let current: Locked<String>
+
+        init(durable: Configuration.Synchronous) {
+            self.durable = durable.rawValue
+            current = Locked(durable.rawValue)
+        }
+
+        /// Sets `mode` on the writer connection if needed, then runs `body` in a transaction.
+        func transaction<T>(_ mode: String, _ db: Database, _ body: () throws -> T) throws -> T {
+            if current.withLock({ $0 }) != mode {
+                try db.execute(sql: "PRAGMA synchronous = \(mode)")
+                current.withLock { $0 = mode }
+            }
+            var result: T?
+            try db.inTransaction {
+                result = try body()
+                return .commit
+            }
+            guard let result else { throw BackgroundSyncError(.storage, "transaction returned no result") }
+            return result
+        }
+    }
+
+    /// One push waiting for its group commit. A class: the writer moves batches of them around
+    /// (one retain each rather than one per field).
+    final class PendingPush: Sendable {
+        let row: EntryRow
+        let queueName: String
+        let end: QueueEnd
+        let syncTag: String?
+
+        init(row: EntryRow, queueName: String, end: QueueEnd, syncTag: String?) {
+            self.row = row
+            self.queueName = queueName
+            self.end = end
+            self.syncTag = syncTag
+        }
+    }
+
+    /// The group commit of pushes: each batch is one durable transaction on the writer's queue
+    /// that inserts the entries and registers their sync tags. Gathering concurrent pushes pays
+    /// because a durable commit waits for the disk (see ``GroupCommit``).
+    static func makePushes(
+        writer: any DatabaseWriter, path: String, synchronous: SynchronousModes
+    ) -> GroupCommit<Database, PendingPush, PushedEntry> {
+        let openEnds = OpenEnds([:])
+        let gatherDelay: (@Sendable (Duration) -> Duration)?
+        if synchronous.durable == Configuration.Synchronous.normal.rawValue {
+            gatherDelay = nil
+        } else {
+            gatherDelay = { min($0, .milliseconds(10)) }
+        }
+        return GroupCommit(
+            gatherDelay: gatherDelay,
+            schedule: { work in writer.asyncWriteWithoutTransaction { db in work(db) } },
+            transaction: { db, writes in
+                openEnds.withLock { $0.removeAll(keepingCapacity: true) }
+                do {
+                    try synchronous.transaction(synchronous.durable, db) { try writes() }
+                } catch {
+                    throw mapError(error, path: path, action: "write to")
+                }
+            },
+            append: { db, batch in
+                do {
+                    let pushed = try insert(batch, db, openEnds: openEnds)
+                    let registeredAt = Date().timeIntervalSince1970
+                    for tag in Set(batch.compactMap(\.syncTag)) {
+                        try registerSyncTag(tag, at: registeredAt, db)
+                    }
+                    return pushed
+                } catch {
+                    throw mapError(error, path: path, action: "write to")
+                }
+            })
+    }
+}

@@ -1,0 +1,109 @@
+import Foundation
+import GRDB
+
+extension SQLiteQueueDatabase {
+    @discardableResult
+    public func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int {
+        try await write("update") { db in
+            let reset = """
+                UPDATE entry SET state = 'pending', attempts = 0, nextAttemptAt = NULL, leaseOwner = NULL,
+                leaseExpiresAt = NULL, lastStatus = NULL, lastError = NULL, lastResponseExcerpt = NULL,
+                lastFailureKind = NULL
+                """
+            guard let ids else {
+                try db.cachedStatement(sql: reset + " WHERE queueName = ? AND state = 'dead'")
+                    .execute(arguments: [queueName])
+                return db.changesCount
+            }
+            let statement = try db.cachedStatement(sql: reset + " WHERE queueName = ? AND state = 'dead' AND id = ?")
+            var moved = 0
+            for id in ids {
+                try statement.execute(arguments: [queueName, id])
+                moved += db.changesCount
+            }
+            return moved
+        }
+    }
+
+    @discardableResult
+    public func setAsideEntries(queueName: String, ids: [Int64], failure: ReplayFailure) async throws -> Int {
+        guard !ids.isEmpty else { return 0 }
+        return try await write("update") { db in
+            let statement = try db.cachedStatement(sql: """
+                UPDATE entry SET state = 'dead', nextAttemptAt = NULL, leaseOwner = NULL, leaseExpiresAt = NULL,
+                lastFailureKind = ?, lastStatus = ?, lastError = ?, lastResponseExcerpt = ?
+                WHERE queueName = ? AND state = 'pending' AND id = ?
+                """)
+            var moved = 0
+            for id in ids {
+                try statement.execute(arguments: [
+                    failure.kind.rawValue, failure.status, failure.message, failure.responseExcerpt, queueName, id,
+                ])
+                moved += db.changesCount
+            }
+            return moved
+        }
+    }
+
+    @discardableResult
+    public func deleteEntries(ids: [Int64]) async throws -> Int {
+        if ids.isEmpty { return 0 }
+        return try await write("delete from") { db in try Self.deleteEntries(ids, db) }
+    }
+
+    /// Deletes entries by id in the open transaction; returns how many existed.
+    @discardableResult
+    static func deleteEntries(_ ids: some Collection<Int64>, _ db: Database) throws -> Int {
+        guard !ids.isEmpty else { return 0 }
+        let delete = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
+        var deleted = 0
+        for id in ids {
+            try delete.execute(arguments: [id])
+            deleted += db.changesCount
+        }
+        return deleted
+    }
+
+    @discardableResult
+    public func deleteEntries(queueName: String?, state: EntryState?) async throws -> Int {
+        var conditions: [String] = []
+        var arguments: StatementArguments = []
+        if let queueName {
+            conditions.append("queueName = ?")
+            arguments += [queueName]
+        }
+        if let state {
+            conditions.append("state = ?")
+            arguments += [state.rawValue]
+        }
+        let filter = conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND ")
+        return try await write("delete from") { [arguments] db in
+            try db.execute(sql: "DELETE FROM entry" + filter, arguments: arguments)
+            return db.changesCount
+        }
+    }
+
+    public func registerSyncTag(_ tag: String, at date: Date) async throws {
+        let seconds = date.timeIntervalSince1970
+        try await write("write to") { db in try Self.registerSyncTag(tag, at: seconds, db) }
+    }
+
+    /// Registers a sync tag in the open transaction (a registered tag keeps its first date).
+    static func registerSyncTag(_ tag: String, at seconds: Double, _ db: Database) throws {
+        try db.cachedStatement(
+            sql: "INSERT INTO syncRegistration(tag, registeredAt) VALUES (?, ?) ON CONFLICT(tag) DO NOTHING"
+        ).execute(arguments: [tag, seconds])
+    }
+
+    public func unregisterSyncTag(_ tag: String) async throws {
+        try await write("write to") { db in
+            try db.cachedStatement(sql: "DELETE FROM syncRegistration WHERE tag = ?").execute(arguments: [tag])
+        }
+    }
+
+    public func syncTags() async throws -> [String] {
+        try await read("read") { db in
+            try String.fetchAll(db, sql: "SELECT tag FROM syncRegistration ORDER BY registeredAt, tag")
+        }
+    }
+}

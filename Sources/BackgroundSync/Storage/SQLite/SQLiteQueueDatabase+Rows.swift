@@ -1,0 +1,133 @@
+import Foundation
+import GRDB
+
+extension SQLiteQueueDatabase {
+    /// An entry encoded for its row.
+    struct EntryRow: Sendable {
+        var url: String
+        var method: String
+        var headers: String
+        var body: Data?
+        var settings: String?
+        var timestamp: Double
+        var metadata: String?
+        var idempotencyKey: String?
+        var sealedSecrets: Data?
+
+        init(_ entry: UnidentifiedQueueStoreEntry) throws {
+            let data = entry.requestData
+            url = data.url
+            method = data.method
+            headers = FlatJSON.encode(data.headers)
+            body = data.body
+            let settings = RequestSettings(data)
+            self.settings = settings == RequestSettings.defaults ? nil : try Self.json(settings)
+            timestamp = entry.timestamp.timeIntervalSince1970
+            metadata = entry.metadata.map(FlatJSON.encode)
+            idempotencyKey = entry.idempotencyKey
+            sealedSecrets = entry.sealedSecrets
+        }
+
+        private static func json(_ value: some Encodable) throws -> String {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            return String(decoding: try encoder.encode(value), as: UTF8.self)
+        }
+    }
+
+    /// The `URLRequest` settings kept with a request; `NULL` in the row when all are defaults.
+    struct RequestSettings: Codable, Equatable {
+        var timeoutInterval: Double
+        var cachePolicy: UInt
+        var httpShouldHandleCookies: Bool
+        var allowsCellularAccess: Bool
+        var mainDocumentURL: String?
+
+        static let defaults = RequestSettings(StorableRequest.RequestData(url: ""))
+
+        init(_ data: StorableRequest.RequestData) {
+            timeoutInterval = data.timeoutInterval
+            cachePolicy = data.cachePolicy
+            httpShouldHandleCookies = data.httpShouldHandleCookies
+            allowsCellularAccess = data.allowsCellularAccess
+            mainDocumentURL = data.mainDocumentURL
+        }
+    }
+
+    /// The columns an entry is read from (`SELECT \(EntryColumn.list)`), in this order, so that
+    /// ``decode(_:)`` reads them by index: GRDB finds a column by name by lower-casing and
+    /// comparing every column's name, on every read.
+    enum EntryColumn: Int, CaseIterable {
+        case id, queueName, url, method, headers, body, settings, timestamp, metadata, state, attempts
+        case nextAttemptAt, leaseOwner, leaseExpiresAt, lastStatus, lastError, lastResponseExcerpt
+        case idempotencyKey, sealedSecrets, lastFailureKind
+
+        static let list = allCases.map { "\($0)" }.joined(separator: ", ")
+    }
+
+    /// Reads an entry from a row of `SELECT \(EntryColumn.list)`. Every column goes through GRDB's
+    /// throwing accessors, so a damaged row (a wrong type written by hand or by corruption) is an
+    /// error that names the entry, never a crash.
+    static func decode(_ row: Row) throws -> QueueStoreEntry {
+        func value<T: DatabaseValueConvertible>(_ column: EntryColumn) throws -> T {
+            try row.decode(atIndex: column.rawValue)
+        }
+        let id: Int64 = try value(.id)
+        func failure() throws -> ReplayFailure? {
+            guard let message: String = try value(.lastError) else { return nil }
+            let status: Int? = try value(.lastStatus)
+            let kindText: String? = try value(.lastFailureKind)
+            let kind: ReplayFailure.Kind
+            if let kindText {
+                guard let known = ReplayFailure.Kind(rawValue: kindText) else {
+                    throw BackgroundSyncError(.storage, "unknown failure kind '\(kindText)'")
+                }
+                kind = known
+            } else {
+                // Written by a version that did not record the kind (it shares the file during a
+                // rolling upgrade): its failures were HTTP statuses or missing responses.
+                kind = status == nil ? .noResponse : .httpStatus
+            }
+            return ReplayFailure(
+                kind: kind, status: status, message: message, responseExcerpt: try value(.lastResponseExcerpt))
+        }
+        do {
+            let headers = try FlatJSON.decode(try value(.headers))
+            let settingsText: String? = try value(.settings)
+            let settings = try settingsText.map { try JSONDecoder().decode(RequestSettings.self, from: Data($0.utf8)) }
+                ?? RequestSettings.defaults
+            let metadataText: String? = try value(.metadata)
+            let metadata = try metadataText.map(FlatJSON.decode)
+            let stateText: String = try value(.state)
+            guard let state = EntryState(rawValue: stateText) else {
+                throw BackgroundSyncError(.storage, "unknown state '\(stateText)'")
+            }
+            let data = StorableRequest.RequestData(
+                url: try value(.url),
+                method: try value(.method),
+                headers: headers,
+                body: try value(.body),
+                timeoutInterval: settings.timeoutInterval,
+                cachePolicy: settings.cachePolicy,
+                httpShouldHandleCookies: settings.httpShouldHandleCookies,
+                allowsCellularAccess: settings.allowsCellularAccess,
+                mainDocumentURL: settings.mainDocumentURL)
+            let timestamp: Double = try value(.timestamp)
+            let nextAttemptAt: Double? = try value(.nextAttemptAt)
+            return QueueStoreEntry(
+                id: id,
+                queueName: try value(.queueName),
+                requestData: data,
+                timestamp: Date(timeIntervalSince1970: timestamp),
+                metadata: metadata,
+                state: state,
+                attempts: try value(.attempts),
+                nextAttemptAt: nextAttemptAt.map(Date.init(timeIntervalSince1970:)),
+                lastFailure: try failure(),
+                idempotencyKey: try value(.idempotencyKey),
+                sealedSecrets: try value(.sealedSecrets))
+        } catch {
+            throw BackgroundSyncError(.storage, "entry \(id) cannot be read: \(error)", entryID: id)
+        }
+    }
+}

@@ -1,0 +1,228 @@
+import Foundation
+import GRDB
+
+/// The claims of one replay on a ``SQLiteQueueDatabase``.
+///
+/// Entries are leased several at a time, in one commit, and handed out one by one: an ordered
+/// replay leases ``orderedLeaseAhead`` entries from the head, a concurrent one keeps about twice its
+/// in-flight limit leased ahead. Delivered entries are deleted in the commit that leases the next
+/// ones (or at ``finish()``), so a replay pays one commit per few entries, and an ordered replay,
+/// which asks for the next entry while the current one is in flight, makes that commit during the
+/// send. Entries leased ahead are leased again once half their lease is gone.
+final class SQLiteReplayClaims: ReplayClaims {
+    /// How many entries an ordered replay leases at a time. The price of batching: a process that
+    /// dies mid-replay may send again up to this many delivered entries (each with its
+    /// `Idempotency-Key`).
+    static let orderedLeaseAhead = 8
+
+    private struct State {
+        /// Leased ahead and not handed out yet, in queue order, and when they were leased.
+        var leased: [QueueStoreEntry] = []
+        var leasedAt: Date?
+        /// Handed out and not resolved yet.
+        var handedOut: Set<Int64> = []
+        /// Delivered and not deleted yet, oldest first.
+        var delivered: [Int64] = []
+        /// A lease is being written; other callers of a concurrent replay wait for it.
+        var leasing = false
+        var waiters: [UnsafeContinuation<Void, Never>] = []
+        /// The last lease got fewer entries than it asked for, and how many it got.
+        var drained = false
+        var lastLeased = 0
+        var finished = false
+    }
+
+    /// What one lease commit does.
+    private struct LeaseWork {
+        var deleting: [Int64]
+        var givingBack: [QueueStoreEntry]
+        var excluding: Set<Int64>
+        var limit: Int
+    }
+
+    private let database: SQLiteQueueDatabase
+    private let queueName: String
+    private let order: ReplayOrder
+    private let owner: String
+    private let leaseDuration: Duration
+    private let clock: any WallClock
+    private let state = Locked(State())
+
+    init(
+        database: SQLiteQueueDatabase, queueName: String, order: ReplayOrder, owner: LeaseOwner,
+        leaseDuration: Duration, clock: any WallClock
+    ) {
+        self.database = database
+        self.queueName = queueName
+        self.order = order
+        self.owner = owner.rawValue
+        self.leaseDuration = leaseDuration
+        self.clock = clock
+    }
+
+    private enum Step {
+        case take(QueueStoreEntry)
+        case wait
+        case lease(LeaseWork)
+        case done(ClaimResult)
+    }
+
+    func next() async throws -> ClaimResult {
+        while true {
+            let now = clock.now
+            switch state.withLock({ plan(&$0, now: now) }) {
+            case .take(let entry):
+                return .claimed(entry)
+            case .done(let result):
+                return result
+            case .wait:
+                await withUnsafeContinuation { continuation in
+                    let waiting = state.withLock { state -> Bool in
+                        guard state.leasing else { return false }
+                        state.waiters.append(continuation)
+                        return true
+                    }
+                    if !waiting { continuation.resume() }
+                }
+            case .lease(let work):
+                if let busy = try await lease(work, now: now) { return busy }
+                if case .ordered = order, state.withLock({ $0.leased.isEmpty }) { return .empty }
+            }
+        }
+    }
+
+    /// Decides what a call of ``next()`` does, under the lock.
+    private func plan(_ state: inout State, now: Date) -> Step {
+        if state.finished { return .done(.empty) }
+        let stale = state.leasedAt.map { now.timeIntervalSince($0) > leaseDuration.timeInterval / 2 } ?? false
+        let take = { (state: inout State) -> Step in
+            let entry = state.leased.removeFirst()
+            state.handedOut.insert(entry.id)
+            return .take(entry)
+        }
+        switch order {
+        case .ordered:
+            if !state.leased.isEmpty && !stale { return take(&state) }
+            if state.leasing { return .wait }
+            return .lease(startLease(&state, limit: Self.orderedLeaseAhead, givingBackAll: true))
+        case .concurrent(let maxInFlight):
+            let lowWater = max(maxInFlight / 2, 1)
+            if !state.leased.isEmpty && !stale && (state.leasing || state.drained || state.leased.count > lowWater) {
+                return take(&state)
+            }
+            if state.leasing { return state.leased.isEmpty || stale ? .wait : take(&state) }
+            if state.leased.isEmpty && state.drained && state.lastLeased == 0 { return .done(.empty) }
+            let wanted = max(2 * maxInFlight - state.handedOut.count - (stale ? 0 : state.leased.count), 1)
+            return .lease(startLease(&state, limit: wanted, givingBackAll: stale))
+        }
+    }
+
+    /// Marks a lease as running and says what it does: delete the deliveries so far, give back the
+    /// entries leased ahead when they are all to be leased again, lease up to `limit` more.
+    private func startLease(_ state: inout State, limit: Int, givingBackAll: Bool) -> LeaseWork {
+        state.leasing = true
+        var givingBack: [QueueStoreEntry] = []
+        if givingBackAll {
+            givingBack = state.leased
+            state.leased = []
+            state.leasedAt = nil
+        }
+        return LeaseWork(deleting: state.delivered, givingBack: givingBack, excluding: state.handedOut, limit: limit)
+    }
+
+    /// Runs one lease commit; returns a result for the caller only when an ordered queue is busy.
+    private func lease(_ work: LeaseWork, now: Date) async throws -> ClaimResult? {
+        let (queueName, owner, order) = (queueName, owner, order)
+        let (nowSeconds, expiry) = (now.timeIntervalSince1970, now.timeIntervalSince1970 + leaseDuration.timeInterval)
+        let outcome: Result<(entries: [QueueStoreEntry], busy: (owner: String, until: Date)?), any Error>
+        do {
+            outcome = .success(try await database.write("claim from", .crashSafe) { db in
+                try SQLiteQueueDatabase.deleteEntries(work.deleting, db)
+                try SQLiteQueueDatabase.giveBack(work.givingBack.map(\.id), owner: owner, db)
+                switch order {
+                case .ordered:
+                    return try SQLiteQueueDatabase.leaseHead(
+                        queueName: queueName, owner: owner, limit: work.limit, excluding: work.excluding,
+                        now: nowSeconds, until: expiry, db)
+                case .concurrent:
+                    let entries = try SQLiteQueueDatabase.leaseDue(
+                        queueName: queueName, owner: owner, limit: work.limit, now: nowSeconds, until: expiry, db)
+                    return (entries, nil)
+                }
+            })
+        } catch {
+            outcome = .failure(error)
+        }
+        let waiters = state.withLock { state -> [UnsafeContinuation<Void, Never>] in
+            state.leasing = false
+            switch outcome {
+            case .success(let leased):
+                state.delivered.removeFirst(work.deleting.count)
+                state.leasedAt = state.leased.isEmpty ? now : min(state.leasedAt ?? now, now)
+                state.leased += leased.entries
+                state.drained = leased.entries.count < work.limit
+                state.lastLeased = leased.entries.count
+            case .failure:
+                // Nothing changed in the database: what was to be given back is still leased.
+                state.leased = work.givingBack + state.leased
+                if state.leasedAt == nil, !state.leased.isEmpty { state.leasedAt = now }
+            }
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        waiters.forEach { $0.resume() }
+        let leased = try outcome.get()
+        database.forgetDeliveries(work.deleting, of: queueName)
+        return leased.busy.map { .busy(owner: $0.owner, until: $0.until) }
+    }
+
+    func complete(_ entry: QueueStoreEntry) async throws {
+        state.withLock { state in
+            state.handedOut.remove(entry.id)
+            state.delivered.append(entry.id)
+        }
+        database.noteDeliveries(CollectionOfOne(entry.id), of: queueName)
+    }
+
+    func release(_ entry: QueueStoreEntry, failure: ReplayFailure?, nextAttemptAt: Date?) async throws {
+        let owner = owner
+        let next = nextAttemptAt?.timeIntervalSince1970
+        try await database.write("update", .crashSafe) { db in
+            if let failure {
+                try SQLiteQueueDatabase.recordFailure(entry.id, owner: owner, failure: failure, nextAttemptAt: next, db)
+            } else {
+                try SQLiteQueueDatabase.giveBack(CollectionOfOne(entry.id), owner: owner, db)
+            }
+        }
+        _ = state.withLock { $0.handedOut.remove(entry.id) }
+    }
+
+    func deadLetter(_ entry: QueueStoreEntry, failure: ReplayFailure) async throws {
+        let owner = owner
+        try await database.write("update") { db in
+            try SQLiteQueueDatabase.deadLetter(entry.id, owner: owner, failure: failure, db)
+        }
+        _ = state.withLock { $0.handedOut.remove(entry.id) }
+    }
+
+    func finish() async throws {
+        let (deleting, givingBack) = state.withLock { state -> ([Int64], [Int64]) in
+            state.finished = true
+            defer {
+                state.delivered = []
+                state.leased = []
+                state.handedOut = []
+            }
+            return (state.delivered, state.leased.map(\.id) + state.handedOut)
+        }
+        guard !deleting.isEmpty || !givingBack.isEmpty else { return }
+        let owner = owner
+        // Deletions and give-backs in one commit; if it fails, the deliveries are pending again
+        // (sent again) and the leases expire.
+        defer { database.forgetDeliveries(deleting, of: queueName) }
+        try await database.write("update", .crashSafe) { db in
+            try SQLiteQueueDatabase.deleteEntries(deleting, db)
+            try SQLiteQueueDatabase.giveBack(givingBack, owner: owner, db)
+        }
+    }
+}

@@ -1,0 +1,208 @@
+import BackgroundSync
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The clauses about replay claims: order, exclusivity, leases, outcomes.
+extension StoreConformance {
+    static func ordered(
+        _ database: any QueueDatabase, _ queue: String = "q", owner: LeaseOwner = .current(),
+        lease: Duration = .seconds(60), clock: any WallClock
+    ) -> any ReplayClaims {
+        database.claims(queueName: queue, order: .ordered, owner: owner, leaseDuration: lease, clock: clock)
+    }
+
+    static var replayChecks: [Check] {
+        [
+            check("ordered claims hand out a queue's entries in order, and delivered ones are deleted") { store in
+                let database = try await store.open()
+                try await push((1...20).map(String.init), to: "q", database)
+                try await push(["other"], to: "r", database)
+                let claims = ordered(database, clock: ManualWallClock())
+                var sent: [String] = []
+                while case .claimed(let entry) = try await claims.next() {
+                    sent.append(path(entry))
+                    try await claims.complete(entry)
+                }
+                try await claims.finish()
+                try expectEqual(sent, (1...20).map(String.init), "order")
+                try expectEqual(try await database.countEntries(queueName: "q", state: .pending), 0, "left in q")
+                try expectEqual(try await store.open().countEntries(queueName: "q", state: .pending), 0, "seen by another instance")
+                try expectEqual(try await paths("r", database), ["other"], "other queue")
+            },
+            check("a delivered entry leaves counts and lists at once, and is deleted by finish") { store in
+                let database = try await store.open()
+                try await push(["1", "2", "3"], to: "q", database)
+                let claims = ordered(database, clock: ManualWallClock())
+                try await claims.complete(try await claimed(claims, "head"))
+                try expectEqual(try await database.countEntries(queueName: "q", state: .pending), 2, "count")
+                try expectEqual(try await paths("q", database), ["2", "3"], "list")
+                let pushed = try await database.pushEntry(entry("4"), queueName: "q", at: .tail, registeringSyncTag: nil)
+                try expectEqual(pushed.size, 3, "the size a push reports")
+                try await claims.finish()
+                try expectEqual(try await store.open().countEntries(queueName: "q", state: .pending), 3, "after finish")
+            },
+            check("an ordered queue sends nothing past an entry another replayer holds") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                try await push(["1", "2", "3"], to: "q", one)
+                let clock = ManualWallClock()
+                let first = ordered(one, clock: clock)
+                let head = try await claimed(first, "first replayer")
+                let second = ordered(two, clock: clock)
+                let result = try await second.next()
+                guard case .busy(let owner, _) = result else {
+                    throw Expectation(message: "second replayer: expected busy, got \(result)")
+                }
+                try expect(owner.contains("|"), "busy names the holder (got '\(owner)')")
+                try await second.finish()
+                try await first.release(head, failure: nil, nextAttemptAt: nil)
+                try await first.finish()
+                let third = ordered(two, clock: clock)
+                try expectEqual(path(try await claimed(third, "after the holder finished")), "1", "head")
+                try await third.finish()
+            },
+            check("concurrent claims of two instances never hand out one entry twice") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                try await push((1...40).map(String.init), to: "q", one)
+                let clock = ManualWallClock()
+                let first = one.claims(
+                    queueName: "q", order: .concurrent(maxInFlight: 4), owner: .current(), leaseDuration: .seconds(60),
+                    clock: clock)
+                let second = two.claims(
+                    queueName: "q", order: .concurrent(maxInFlight: 4), owner: .current(), leaseDuration: .seconds(60),
+                    clock: clock)
+                async let a = drain(first)
+                async let b = drain(second)
+                let (fromFirst, fromSecond) = try await (a, b)
+                let ids = fromFirst.map(\.id) + fromSecond.map(\.id)
+                try expectEqual(ids.count, 40, "entries handed out")
+                try expectEqual(Set(ids).count, 40, "distinct entries")
+                for entry in fromFirst { try await first.complete(entry) }
+                try await first.finish()
+                try await second.finish()
+                try expectEqual(try await paths("q", one).count, fromSecond.count, "given back by finish")
+            },
+            check("an expired lease is taken over; a fresh one is not") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                try await push(["1", "2"], to: "q", one)
+                let clock = ManualWallClock()
+                let first = ordered(one, lease: .seconds(60), clock: clock)
+                _ = try await claimed(first, "first replayer")
+                clock.advance(by: .seconds(30))
+                let early = ordered(two, clock: clock)
+                let result = try await early.next()
+                guard case .busy = result else { throw Expectation(message: "before expiry: expected busy, got \(result)") }
+                try await early.finish()
+                clock.advance(by: .seconds(31))
+                let late = ordered(two, clock: clock)
+                try expectEqual(path(try await claimed(late, "after expiry")), "1", "taken over")
+                try await late.finish()
+            },
+            check("a lease of a dead process of this host is taken over at once") { store in
+                // Only where a process's liveness can be checked (Linux, macOS).
+                guard LeaseOwner.isAbandoned("\(ProcessInfo.processInfo.hostName)|\(deadProcessID())|x") else { return }
+                let (one, two) = (try await store.open(), try await store.open())
+                try await push(["1"], to: "q", one)
+                let dead = LeaseOwner(host: ProcessInfo.processInfo.hostName, processID: deadProcessID(), token: "gone")
+                let clock = ManualWallClock()
+                _ = try await claimed(ordered(one, owner: dead, lease: .seconds(3600), clock: clock), "dead owner")
+                let survivor = ordered(two, clock: clock)
+                try expectEqual(path(try await claimed(survivor, "survivor")), "1", "taken over")
+                try await survivor.finish()
+            },
+            check("release records the failure; concurrent claims wait for the next attempt, ordered ones do not") { store in
+                let database = try await store.open()
+                try await push(["1", "2"], to: "q", database)
+                let clock = ManualWallClock()
+                let claims = ordered(database, clock: clock)
+                let head = try await claimed(claims, "head")
+                let failure = ReplayFailure(
+                    kind: .httpStatus, status: 503, message: "HTTP 503", responseExcerpt: Data("busy".utf8))
+                let next = clock.now.addingTimeInterval(120)
+                try await claims.release(head, failure: failure, nextAttemptAt: next)
+                try await claims.finish()
+                let stored = try await database.entry(id: head.id)
+                try expectEqual(stored?.attempts, 1, "attempts")
+                try expectEqual(stored?.lastFailure, failure, "failure")
+                try expect(
+                    abs((stored?.nextAttemptAt ?? .distantPast).timeIntervalSince(next)) < 0.001, "next attempt time")
+                let concurrent = database.claims(
+                    queueName: "q", order: .concurrent(maxInFlight: 2), owner: .current(), leaseDuration: .seconds(60),
+                    clock: clock)
+                try expectEqual(try await drain(concurrent).map(path), ["2"], "concurrent claims skip the entry in backoff")
+                try await concurrent.finish()
+                let inOrder = ordered(database, clock: clock)
+                try expectEqual(path(try await claimed(inOrder, "ordered")), "1", "ordered claims take the head in backoff")
+                try await inOrder.finish()
+                clock.advance(by: .seconds(121))
+                let later = database.claims(
+                    queueName: "q", order: .concurrent(maxInFlight: 2), owner: .current(), leaseDuration: .seconds(60),
+                    clock: clock)
+                try expectEqual(Set(try await drain(later).map(path)), ["1", "2"], "due again")
+                try await later.finish()
+            },
+            check("every failure kind is recorded as given") { store in
+                let database = try await store.open()
+                let kinds = ReplayFailure.Kind.allCases
+                let ids = try await push(kinds.map(\.rawValue), to: "q", database)
+                let claims = ordered(database, clock: ManualWallClock())
+                for kind in kinds {
+                    let entry = try await claimed(claims, kind.rawValue)
+                    let failure = ReplayFailure(kind: kind, status: kind == .httpStatus ? 500 : nil, message: kind.rawValue)
+                    try await claims.release(entry, failure: failure, nextAttemptAt: nil)
+                }
+                try await claims.finish()
+                for (id, kind) in zip(ids, kinds) {
+                    try expectEqual(try await database.entry(id: id)?.lastFailure?.kind, kind, "kind of entry \(id)")
+                }
+            },
+            check("finish gives back every entry still leased, counting nothing") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                try await push((1...12).map(String.init), to: "q", one)
+                let clock = ManualWallClock()
+                let claims = ordered(one, clock: clock)
+                let head = try await claimed(claims, "head")
+                try await claims.complete(head)
+                _ = try await claimed(claims, "second, never resolved")
+                try await claims.finish()
+                let next = ordered(two, clock: clock)
+                try expectEqual(path(try await claimed(next, "after finish")), "2", "head after finish")
+                try await next.finish()
+                let second = try await two.entries(queueName: "q", state: .pending).first
+                try expect(second?.attempts == 0 && second?.lastFailure == nil, "nothing counted on a given-back entry")
+                try expectEqual(try await two.countEntries(queueName: "q", state: .pending), 11, "left")
+            },
+            check("entries leased ahead are leased again before half their lease is gone") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                try await push((1...4).map(String.init), to: "q", one)
+                let clock = ManualWallClock()
+                let claims = ordered(one, lease: .seconds(100), clock: clock)
+                try await claims.complete(try await claimed(claims, "1"))
+                clock.advance(by: .seconds(60))
+                let second = try await claimed(claims, "2, after 60 of 100 seconds")
+                // Whatever was leased ahead, the entry handed out now must hold for a full lease:
+                // another replayer 90 seconds later still finds the queue busy.
+                clock.advance(by: .seconds(90))
+                let other = ordered(two, clock: clock)
+                let result = try await other.next()
+                guard case .busy = result else {
+                    throw Expectation(message: "entry \(path(second)) handed out late: expected busy, got \(result)")
+                }
+                try await other.finish()
+                try await claims.finish()
+            },
+        ]
+    }
+
+    /// A process id no process of this host has.
+    static func deadProcessID() -> Int32 {
+        var pid: Int32 = 4_000_000
+        while kill(pid, 0) == 0 || errno != ESRCH { pid += 1 }
+        return pid
+    }
+}
