@@ -64,14 +64,14 @@ struct SplitBenchmark {
         }
     }
 
-    /// `SQLiteQueueDatabase.insertEntry` alone, with an already captured request.
+    /// `SQLiteQueueDatabase.pushEntry` alone, with an already captured request.
     func insertEntryRate(count: Int) async throws -> Double {
         let database = try SQLiteQueueDatabase(path: freshPath("insert"))
         let data = StorableRequest.RequestData(
             url: EnqueueBenchmark.url.absoluteString, method: "POST",
             headers: ["content-type": "application/json"], body: EnqueueBenchmark.body)
         return try await warmedRate(count: count, warmUp: EnqueueBenchmark.warmUp) {
-            _ = try await database.insertEntry(
+            _ = try await database.pushEntry(
                 UnidentifiedQueueStoreEntry(requestData: data, idempotencyKey: "00000000-0000-4000-8000-000000000000"),
                 queueName: "bench", at: .tail, registeringSyncTag: "bench")
         }

@@ -12,13 +12,15 @@ struct BGSync: AsyncParsableCommand {
             to watch requests go offline → queued → online → delivered.
 
             Exit status: 0 done, 1 a retryable failure stopped the work, 2 bad input (one line on \
-            stderr, the database untouched), 3 `send --fail-on-queue` queued the request, 64 a usage \
-            error (unknown option, missing or out-of-range value).
+            stderr, the database untouched), 3 `send --fail-on-queue` queued the request, 4 the \
+            database cannot be used (locked, disk full, I/O error, not a database, newer version), \
+            5 `send`: the server refused the request for good (not queued), 64 a usage error \
+            (unknown option, missing or out-of-range value).
             """,
         version: "0.1.0",
         subcommands: [
             Enqueue.self, Send.self, Queues.self, List.self, Show.self, Replay.self, Sync.self,
-            Requeue.self, Purge.self, Run.self, Demo.self,
+            Requeue.self, SetAside.self, Delete.self, Purge.self, Run.self, Demo.self,
         ]
     )
 }

@@ -40,7 +40,7 @@ struct List: AsyncParsableCommand {
                         "\(view.id)", view.queue, view.method, view.url, formatAge(Double(view.ageSeconds)),
                         "\(view.attempts)",
                         view.nextAttemptAt.map { $0 > now ? "in " + formatAge($0.timeIntervalSince(now)) : "due" } ?? "-",
-                        view.lastStatus.map { "HTTP \($0)" } ?? (view.lastError == nil ? "-" : "no response"),
+                        view.lastFailure?.short ?? "-",
                     ]
                 }))
         }

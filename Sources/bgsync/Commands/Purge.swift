@@ -30,7 +30,7 @@ struct Purge: AsyncParsableCommand {
             let db = try database.open(.write)
             let summaries = try await db.queueSummaries().filter { queue == nil || $0.name == queue }
             if let queue, summaries.isEmpty { throw CLIError("no queue named '\(queue)'") }
-            let count = summaries.reduce(0) { $0 + $1.dead + (dead ? 0 : $1.pending) }
+            let count = summaries.reduce(0) { $0 + $1.deadLetterCount + (dead ? 0 : $1.size) }
             if count == 0 { return print("nothing to delete") }
             let what = "\(count) \(dead ? "dead letters" : "entries")" + (queue.map { " from '\($0)'" } ?? " from every queue")
             if !yes && isTerminal(STDIN_FILENO) {

@@ -38,9 +38,9 @@ struct Queues: AsyncParsableCommand {
             let now = Date()
             let views = try await database.open(.read).queueSummaries().map { summary in
                 View(
-                    name: summary.name, pending: summary.pending, dead: summary.dead,
-                    oldestQueuedAt: summary.oldestPendingTimestamp,
-                    oldestAgeSeconds: summary.oldestPendingTimestamp.map { Int(now.timeIntervalSince($0)) })
+                    name: summary.name, pending: summary.size, dead: summary.deadLetterCount,
+                    oldestQueuedAt: summary.oldestTimestamp,
+                    oldestAgeSeconds: summary.oldestTimestamp.map { Int(now.timeIntervalSince($0)) })
             }
             if output.json { return try printJSON(views) }
             if views.isEmpty { return print("no queues") }

@@ -7,21 +7,53 @@ struct Replay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Replay queues now, in order, and print a summary.",
         discussion: """
-            Shows a progress bar on a terminal, one line per entry otherwise. Entries are deleted \
-            only after the server answered. Exit status: 0 when every queue was drained, 1 when an \
-            entry that must be retried (no response, 5xx, 429, 401/403...) stopped a queue, 2 for bad input.
+            Shows a progress bar on a terminal, one line per entry otherwise (with --json, one \
+            document at the end). Entries are deleted only after the server answered. Exit status: \
+            0 when every queue was drained, 1 when an entry that must be retried (no response, 5xx, \
+            429, 401/403...) stopped a queue, 2 for bad input, 4 when the database cannot be used.
 
             Example:
               bgsync replay --queue posts
             """)
 
     @OptionGroup var database: DatabaseOptions
+    @OptionGroup var output: OutputOptions
 
     @Option(help: "Only this queue (default: every queue).")
     var queue: String?
 
+    /// What the replay of one queue did, as `--json` prints it.
+    struct Outcome: Encodable {
+        var queue: String
+        /// `drained`, `stopped` (an entry must be retried later) or `paused` (the server wants
+        /// credentials).
+        var result: String
+        var delivered = 0
+        var deadLettered = 0
+        var expired = 0
+        /// Pending entries left.
+        var left = 0
+        /// Why the replay stopped, if it did.
+        var message: String?
+
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(queue, forKey: .queue)
+            try c.encode(result, forKey: .result)
+            try c.encode(delivered, forKey: .delivered)
+            try c.encode(deadLettered, forKey: .deadLettered)
+            try c.encode(expired, forKey: .expired)
+            try c.encode(left, forKey: .left)
+            try c.encode(message, forKey: .message)
+        }
+
+        private enum CodingKeys: String, CodingKey {
+            case queue, result, delivered, deadLettered, expired, left, message
+        }
+    }
+
     func run() async throws {
-        var stopped = false
+        var outcomes: [Outcome] = []
         try await reportingErrors {
             let db = try database.open(.write)
             let known = try await db.queueNames()
@@ -29,44 +61,55 @@ struct Replay: AsyncParsableCommand {
                 throw CLIError("no queue named '\(queue)'")
             }
             for name in queue.map({ [$0] }) ?? known {
-                if try await !replay(name, db) { stopped = true }
+                outcomes.append(try await replay(name, db))
             }
         }
-        if stopped { throw ExitStatus.retryableFailure }
+        if output.json {
+            try printJSON(outcomes)
+        }
+        if outcomes.contains(where: { $0.result != "drained" }) { throw ExitStatus.retryableFailure }
     }
 
-    /// Replays one queue; returns whether it was drained.
-    private func replay(_ name: String, _ db: SQLiteQueueDatabase) async throws -> Bool {
+    /// Replays one queue.
+    private func replay(_ name: String, _ db: SQLiteQueueDatabase) async throws -> Outcome {
+        var outcome = Outcome(queue: name, result: "drained")
         let total = try await db.countEntries(queueName: name, state: .pending)
         if total == 0 {
-            print("\(name): nothing to replay")
-            return true
+            if !output.json { print("\(name): nothing to replay") }
+            return outcome
         }
-        let progress = Progress(queue: name, total: total, bar: isTerminal(STDERR_FILENO))
+        let progress = Progress(queue: name, total: total, bar: !output.json && isTerminal(STDERR_FILENO), quiet: output.json)
         let options = QueueOptions(
             requestDidReplay: { entry, response in
                 progress.step("delivered #\(entry.id) \(entry.requestData.method) \(entry.requestData.url) → HTTP \(response.status)")
             },
             onDeadLetter: { entry in
-                progress.step("dead letter #\(entry.id) \(entry.requestData.method) \(entry.requestData.url): \(entry.lastError ?? "")")
+                progress.step(
+                    "dead letter #\(entry.id) \(entry.requestData.method) \(entry.requestData.url): \(entry.lastFailure?.message ?? "")")
             },
             logger: quietLogger)
         let queue = try Queue(name: name, options: options, database: db, syncManager: SyncManager(database: db))
-        let summary: ReplaySummary
         do {
-            summary = try await queue.replayRequests()
+            let summary = try await queue.replayRequests()
+            (outcome.delivered, outcome.deadLettered, outcome.expired) = (summary.delivered, summary.deadLettered, summary.expired)
         } catch let error as BackgroundSyncError where error.code == .queueReplayFailed || error.code == .queuePaused {
-            progress.finish()
-            let left = try await queue.size()
-            print("\(name): stopped, \(left) left: \(error.message)")
-            return false
+            outcome.result = error.code == .queuePaused ? "paused" : "stopped"
+            outcome.message = error.code == .queuePaused
+                ? error.message + "; the entry stays queued: give the request valid credentials, then replay again"
+                : error.message
         }
         progress.finish()
-        var parts = ["\(summary.delivered) delivered"]
-        if summary.deadLettered > 0 { parts.append("\(summary.deadLettered) dead-lettered") }
-        if summary.expired > 0 { parts.append("\(summary.expired) expired") }
-        print("\(name): drained, " + parts.joined(separator: ", "))
-        return true
+        outcome.left = try await queue.size()
+        if output.json { return outcome }
+        if let message = outcome.message {
+            print("\(name): stopped, \(outcome.left) left: \(message)")
+        } else {
+            var parts = ["\(outcome.delivered) delivered"]
+            if outcome.deadLettered > 0 { parts.append("\(outcome.deadLettered) dead-lettered") }
+            if outcome.expired > 0 { parts.append("\(outcome.expired) expired") }
+            print("\(name): drained, " + parts.joined(separator: ", "))
+        }
+        return outcome
     }
 }
 
@@ -77,12 +120,14 @@ final class Progress: @unchecked Sendable {
     private let queue: String
     private let total: Int
     private let bar: Bool
+    private let quiet: Bool
     private var done = 0
 
-    init(queue: String, total: Int, bar: Bool) {
+    init(queue: String, total: Int, bar: Bool, quiet: Bool = false) {
         self.queue = queue
         self.total = total
         self.bar = bar
+        self.quiet = quiet
     }
 
     func step(_ line: String) {
@@ -90,6 +135,7 @@ final class Progress: @unchecked Sendable {
             self.done += 1
             return self.done
         }
+        if quiet { return }
         guard bar else { return print("\(queue): \(line)") }
         let width = 30
         let filled = total > 0 ? min(width, done * width / total) : width

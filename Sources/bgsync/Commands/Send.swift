@@ -11,8 +11,9 @@ struct Send: AsyncParsableCommand {
         abstract: "Send a request now; if it cannot be delivered, store it in a queue for later.",
         discussion: """
             Prints what happened. Exit status: 0 when sent or queued, 3 when queued and \
-            --fail-on-queue is given, 1 when the server refused it (a 4xx other than \
-            401/403/408/425/429: retrying would not help, so it is not queued), 2 for bad input.
+            --fail-on-queue is given, 5 when the server refused it (a 4xx other than \
+            401/403/408/425/429, 501, 505: retrying would not help, so it is not queued), 2 for \
+            bad input, 4 when the database cannot be used.
 
             Example:
               bgsync send https://api.example.com/posts --queue posts -d '{"title":"Hello"}'
@@ -46,7 +47,7 @@ struct Send: AsyncParsableCommand {
                     return
                 case .deadLetter:
                     print("refused by the server: HTTP \(response.statusCode) (not queued)")
-                    throw ExitStatus.retryableFailure
+                    throw ExitStatus.refused
                 case .retry, .pauseForAuthentication:
                     reason = "HTTP \(response.statusCode)"
                 }

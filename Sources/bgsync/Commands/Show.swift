@@ -39,8 +39,14 @@ struct Show: AsyncParsableCommand {
             lines.append("")
             lines.append("queued \(formatAge(Double(view.ageSeconds))) ago, \(view.attempts) failed attempts")
             if let next = view.nextAttemptAt { lines.append("next attempt at \(next)") }
-            if let status = view.lastStatus { lines.append("last status: HTTP \(status)") }
-            if let error = view.lastError { lines.append("last error: \(error)") }
+            if let failure = view.lastFailure {
+                lines.append("last failure (\(failure.kind)): \(failure.message)")
+                if let excerpt = failure.responseExcerpt {
+                    lines.append("server's answer: " + excerpt.replacingOccurrences(of: "\n", with: "\\n"))
+                } else if let excerpt = failure.responseExcerptBase64 {
+                    lines.append("server's answer (base64): \(excerpt)")
+                }
+            }
             if let key = view.idempotencyKey { lines.append("idempotency key: \(key)") }
             if let metadata = view.metadata, !metadata.isEmpty {
                 lines.append("metadata: " + metadata.sorted(by: { $0.key < $1.key }).map { "\($0)=\($1)" }.joined(separator: ", "))

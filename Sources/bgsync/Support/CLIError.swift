@@ -12,11 +12,24 @@ struct CLIError: Error, CustomStringConvertible {
 }
 
 /// Exit codes: 0 done, 1 a retryable failure stopped the work, 2 bad input (one line on stderr,
-/// nothing changed), 3 `send --fail-on-queue` queued the request.
+/// nothing changed), 3 `send --fail-on-queue` queued the request, 4 the database cannot be used
+/// (locked by another process, disk full, I/O error, not a database, written by a newer version),
+/// 5 `send`: the server refused the request and retrying would not help (not queued).
 enum ExitStatus {
     static let retryableFailure = ExitCode(1)
     static let badInput = ExitCode(2)
     static let queued = ExitCode(3)
+    static let storageFailure = ExitCode(4)
+    static let refused = ExitCode(5)
+
+    /// The status for an error a command did not handle itself.
+    static func forError(_ error: BackgroundSyncError) -> ExitCode {
+        switch error.code {
+        case .storage, .notADatabase, .schemaTooNew: storageFailure
+        case .queueReplayFailed, .queuePaused: retryableFailure
+        default: badInput
+        }
+    }
 }
 
 /// Prints `bgsync: <message>` on stderr.
@@ -24,8 +37,8 @@ func printError(_ message: String) {
     FileHandle.standardError.write(Data("bgsync: \(message)\n".utf8))
 }
 
-/// Runs a command body; bad input and storage errors become one line on stderr and exit code 2,
-/// never a stack trace.
+/// Runs a command body; errors become one line on stderr and their exit status (see
+/// ``ExitStatus``), never a stack trace.
 func reportingErrors(_ body: () async throws -> Void) async throws {
     do {
         try await body()
@@ -36,9 +49,10 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
         throw ExitStatus.badInput
     } catch let error as BackgroundSyncError {
         printError(error.description)
-        throw ExitStatus.badInput
+        throw ExitStatus.forError(error)
     } catch {
+        // Not the input's fault: the file system or the environment.
         printError("\(error)")
-        throw ExitStatus.badInput
+        throw ExitStatus.storageFailure
     }
 }

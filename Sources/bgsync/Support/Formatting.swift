@@ -51,8 +51,7 @@ struct EntryView: Encodable {
     var ageSeconds: Int
     var attempts: Int
     var nextAttemptAt: Date?
-    var lastStatus: Int?
-    var lastError: String?
+    var lastFailure: FailureView?
     var idempotencyKey: String?
     var metadata: [String: String]?
     var headers: [String: String]?
@@ -61,7 +60,7 @@ struct EntryView: Encodable {
     var bodyBytes: Int?
 
     private enum CodingKeys: String, CodingKey {
-        case id, queue, state, method, url, queuedAt, ageSeconds, attempts, nextAttemptAt, lastStatus, lastError
+        case id, queue, state, method, url, queuedAt, ageSeconds, attempts, nextAttemptAt, lastFailure
         case idempotencyKey, metadata, headers, body, bodyBase64, bodyBytes
     }
 
@@ -78,8 +77,7 @@ struct EntryView: Encodable {
         try c.encode(ageSeconds, forKey: .ageSeconds)
         try c.encode(attempts, forKey: .attempts)
         try c.encode(nextAttemptAt, forKey: .nextAttemptAt)
-        try c.encode(lastStatus, forKey: .lastStatus)
-        try c.encode(lastError, forKey: .lastError)
+        try c.encode(lastFailure, forKey: .lastFailure)
         try c.encode(idempotencyKey, forKey: .idempotencyKey)
         try c.encode(metadata, forKey: .metadata)
         if let headers {
@@ -103,8 +101,7 @@ struct EntryView: Encodable {
         ageSeconds = Int(now.timeIntervalSince(entry.timestamp))
         attempts = entry.attempts
         nextAttemptAt = entry.nextAttemptAt
-        lastStatus = entry.lastStatus
-        lastError = entry.lastError
+        lastFailure = entry.lastFailure.map(FailureView.init)
         idempotencyKey = entry.idempotencyKey
         metadata = entry.metadata
         guard details else { return }
@@ -115,6 +112,56 @@ struct EntryView: Encodable {
         if let data = entry.requestData.body {
             bodyBytes = data.count
             if let text = String(data: data, encoding: .utf8) { body = text } else { bodyBase64 = data.base64EncodedString() }
+        }
+    }
+}
+
+/// A recorded failure as shown: what failed, the status, the message, and what the server answered.
+struct FailureView: Encodable {
+    var kind: String
+    var status: Int?
+    var message: String
+    /// The start of the response body as text, when it is UTF-8.
+    var responseExcerpt: String?
+    /// The start of the response body in base64, when it is not text.
+    var responseExcerptBase64: String?
+
+    init(_ failure: ReplayFailure) {
+        kind = failure.kind.rawValue
+        status = failure.status
+        message = failure.message
+        if let excerpt = failure.responseExcerpt {
+            if let text = String(data: excerpt, encoding: .utf8) {
+                responseExcerpt = text
+            } else {
+                responseExcerptBase64 = excerpt.base64EncodedString()
+            }
+        }
+    }
+
+    /// Every field is written, `null` when empty.
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(kind, forKey: .kind)
+        try c.encode(status, forKey: .status)
+        try c.encode(message, forKey: .message)
+        try c.encode(responseExcerpt, forKey: .responseExcerpt)
+        try c.encode(responseExcerptBase64, forKey: .responseExcerptBase64)
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case kind, status, message, responseExcerpt, responseExcerptBase64
+    }
+
+    /// A short form for a table cell: `HTTP 503`, `no response`, `hook failed`...
+    var short: String {
+        switch kind {
+        case ReplayFailure.Kind.httpStatus.rawValue: return status.map { "HTTP \($0)" } ?? "HTTP error"
+        case ReplayFailure.Kind.noResponse.rawValue: return "no response"
+        case ReplayFailure.Kind.hookFailed.rawValue: return "hook failed"
+        case ReplayFailure.Kind.invalidRequest.rawValue: return "invalid request"
+        case ReplayFailure.Kind.unreadableEntry.rawValue: return "unreadable"
+        default: return "set aside"
         }
     }
 }
