@@ -13,7 +13,7 @@ struct BGSync: AsyncParsableCommand {
 
             Exit status: 0 done, 1 a retryable failure stopped the work, 2 bad input (one line on \
             stderr, the database untouched), 3 `send --fail-on-queue` queued the request, 4 the \
-            database cannot be used (locked, disk full, I/O error, not a database, newer version), \
+            database cannot be used (locked, disk full, I/O error, corrupt, newer version), \
             5 `send`: the server refused the request for good (not queued), 64 a usage error \
             (unknown option, missing or out-of-range value).
             """,

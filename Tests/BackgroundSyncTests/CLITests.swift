@@ -1,4 +1,5 @@
 import BackgroundSync
+import BackgroundSyncTesting
 import Foundation
 import LoopbackHTTPServer
 import Testing
@@ -83,7 +84,7 @@ struct CLITests {
         let listed = try JSONSerialization.jsonObject(with: Data(try run(["list", "--json"]).stdout.utf8)) as? [[String: Any]]
         #expect(Set(listed?.first?.keys.map { $0 } ?? []) == [
             "id", "queue", "state", "method", "url", "queuedAt", "ageSeconds", "attempts", "nextAttemptAt",
-            "lastStatus", "lastError", "idempotencyKey", "metadata",
+            "lastFailure", "idempotencyKey", "metadata",
         ])
         let shown = try JSONSerialization.jsonObject(with: Data(try run(["show", "1", "--json"]).stdout.utf8)) as? [String: Any]
         #expect((shown?["headers"] as? [String: String])?["authorization"] == "(masked)")
@@ -100,7 +101,7 @@ struct CLITests {
         #expect(sent.stdout == "sent: HTTP 201\n")
 
         let refused = try run(["send", server.server.baseURL.appendingPathComponent("missing").absoluteString, "-d", "x"])
-        #expect(refused.status == 1)
+        #expect(refused.status == 5, "refused for good: not retryable")
         #expect(refused.stdout.contains("HTTP 404 (not queued)"))
 
         let port = server.server.port
@@ -217,7 +218,8 @@ struct CLITests {
     }
 }
 
-/// Bad input: one line on stderr naming the problem, exit status 2, no stack trace, the database untouched.
+/// Bad input: one line on stderr naming the problem, exit status 2 (4 for a database that cannot be
+/// used), no stack trace, the database untouched.
 @Suite("bgsync bad input", .timeLimit(.minutes(2)))
 struct CLIBadInputTests {
     enum FileSetup: Sendable { case none, directory, text, corrupt, newerSchema, valid }
@@ -227,6 +229,8 @@ struct CLIBadInputTests {
         var setup: FileSetup
         var arguments: [String]
         var message: String
+        /// 2 for bad input, 4 for a database that cannot be used.
+        var status: Int32 = 2
         var testDescription: String { name }
     }
 
@@ -239,13 +243,13 @@ struct CLIBadInputTests {
         Case(name: "unknown queue", setup: .valid, arguments: ["list", "--queue", "ghost"], message: "no queue named 'ghost'"),
         Case(name: "database is a directory", setup: .directory, arguments: ["list"], message: "is a directory, not a database file"),
         Case(name: "not a database", setup: .text, arguments: ["list"], message: "is not a SQLite database"),
-        Case(name: "corrupt database", setup: .corrupt, arguments: ["queues"], message: "corrupt"),
-        Case(name: "newer schema", setup: .newerSchema, arguments: ["enqueue", "https://a.example/", "-d", "x"], message: "newer version of swift-background-sync"),
+        Case(name: "corrupt database", setup: .corrupt, arguments: ["queues"], message: "corrupt", status: 4),
+        Case(name: "newer schema", setup: .newerSchema, arguments: ["enqueue", "https://a.example/", "-d", "x"], message: "newer version of swift-background-sync", status: 4),
         Case(name: "missing database", setup: .none, arguments: ["list"], message: "no database at"),
     ]
 
     @Test(arguments: cases)
-    func badInputIsOneLineAndExitTwo(_ test: Case) async throws {
+    func badInputIsOneLineWithItsExitStatus(_ test: Case) async throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-bad-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -281,7 +285,7 @@ struct CLIBadInputTests {
         }
         let before = FileManager.default.contents(atPath: path)
         let result = try bgsync(test.arguments + ["--db", path])
-        #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+        #expect(result.status == test.status, "\(result.stdout)\(result.stderr)")
         let lines = result.stderr.split(separator: "\n")
         #expect(lines.count == 1, "one line: \(result.stderr)")
         #expect(result.stderr.hasPrefix("bgsync: "))

@@ -1,4 +1,5 @@
 import BackgroundSync
+import BackgroundSyncTesting
 import Foundation
 import LoopbackHTTPServer
 import Testing
@@ -60,7 +61,7 @@ struct ClassificationTests {
         case .dead:
             #expect(thrown == nil)
             #expect(pending.isEmpty)
-            #expect(dead.count == 1 && dead[0].lastStatus == 404 && dead[0].lastResponseExcerpt == Data("gone".utf8))
+            #expect(dead.count == 1 && dead[0].lastFailure?.status == 404 && dead[0].lastFailure?.responseExcerpt == Data("gone".utf8))
         case .retry:
             #expect(thrown?.code == .queueReplayFailed)
             #expect(pending.count == 2, "the failed entry and the one behind it stay")
@@ -127,7 +128,7 @@ struct ClassificationTests {
         let letters = try await queue.deadLetters()
         #expect(letters.count == 1)
         #expect(letters[0].attempts == 3)
-        #expect(letters[0].lastError?.contains("gave up after 3 attempts") == true)
+        #expect(letters[0].lastFailure?.message.contains("gave up after 3 attempts") == true)
         #expect(dead.current.map(\.id) == letters.map(\.id))
     }
 }

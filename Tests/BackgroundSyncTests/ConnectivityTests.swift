@@ -1,4 +1,5 @@
 @testable import BackgroundSync
+import BackgroundSyncTesting
 import Foundation
 import Testing
 #if canImport(FoundationNetworking)

@@ -1,4 +1,5 @@
 import BackgroundSync
+import BackgroundSyncTesting
 import Foundation
 import Testing
 #if canImport(FoundationNetworking)
@@ -11,8 +12,9 @@ struct EventsAndDeadLetterTests {
         switch event.kind {
         case .enqueued: "enqueued size=\(event.size)"
         case .replayed(let response): "replayed \(response.status) size=\(event.size)"
-        case .retryScheduled(let delay, let attempts, let status, _): "retry \(delay) attempts=\(attempts) status=\(status ?? 0)"
-        case .deadLettered(let status, _): "dead \(status ?? 0) size=\(event.size)"
+        case .retryScheduled(let delay, let attempts, let failure):
+            "retry \(delay) attempts=\(attempts) status=\(failure.status ?? 0)"
+        case .deadLettered(let failure): "dead \(failure.status ?? 0) size=\(event.size)"
         case .expired: "expired size=\(event.size)"
         case .paused(let status): "paused \(status)"
         case .resumed: "resumed"
@@ -63,7 +65,7 @@ struct EventsAndDeadLetterTests {
         #expect(try await queue.replayRequests().deadLettered == 3)
         let dead = try await queue.deadLetters()
         #expect(dead.map { String(decoding: $0.requestData.body!, as: UTF8.self) } == ["a", "b", "c"])
-        #expect(dead.allSatisfy { $0.state == .dead && $0.lastStatus == 400 && $0.attempts == 1 })
+        #expect(dead.allSatisfy { $0.state == .dead && $0.lastFailure?.status == 400 && $0.attempts == 1 })
         #expect(try await queue.size() == 0)
 
         try await queue.deleteDeadLetter(id: dead[2].id)

@@ -1,4 +1,5 @@
 import BackgroundSync
+import BackgroundSyncTesting
 import Crypto
 import Foundation
 import Testing
@@ -124,7 +125,7 @@ struct HooksAndSecretsTests {
         #expect(summary.deadLettered == 1)
         #expect(server.bodies.isEmpty)
         let dead = try await queue.deadLetters()
-        #expect(dead.first?.lastError?.contains("cannot rebuild the request") == true)
+        #expect(dead.first?.lastFailure?.message.contains("cannot rebuild the request") == true)
         #expect(dead.first?.sealedSecrets != nil, "kept, so it can be requeued with the right key")
     }
 

@@ -1,4 +1,5 @@
 @testable import BackgroundSync
+import BackgroundSyncTesting
 import Foundation
 import LoopbackHTTPServer
 import Testing
@@ -49,7 +50,7 @@ struct ReplayTests {
         let left = try await database.entries(queueName: queue.name, state: .pending)
         #expect(left.map { String(decoding: $0.requestData.body!, as: UTF8.self) } == ["b", "c"])
         #expect(left.map(\.attempts) == [1, 0])
-        #expect(left[0].lastError?.isEmpty == false)
+        #expect(left[0].lastFailure?.kind == .noResponse)
 
         #expect(try await queue.replayRequests().delivered == 2)
         #expect(server.bodies == ["a", "b", "c"])
@@ -82,9 +83,9 @@ struct ReplayTests {
         #expect(error.status == status)
         #expect(server.bodies == ["first"])
         let head = try #require(try await database.entries(queueName: queue.name, state: .pending).first)
-        #expect(head.lastStatus == status)
+        #expect(head.lastFailure?.status == status)
         #expect(head.attempts == 1)
-        #expect(head.lastResponseExcerpt == Data("busy".utf8))
+        #expect(head.lastFailure?.responseExcerpt == Data("busy".utf8))
 
         #expect(try await queue.replayRequests().delivered == 2)
         #expect(server.bodies == ["first", "first", "second"])
@@ -108,9 +109,9 @@ struct ReplayTests {
         let dead = try await queue.deadLetters()
         #expect(dead.count == 1)
         #expect(dead[0].requestData.body == Data("bad".utf8))
-        #expect(dead[0].lastStatus == status)
+        #expect(dead[0].lastFailure?.status == status)
         #expect(dead[0].state == .dead)
-        #expect(dead[0].lastResponseExcerpt == Data("no such thing".utf8))
+        #expect(dead[0].lastFailure?.responseExcerpt == Data("no such thing".utf8))
     }
 
     @Test func theIdempotencyKeyIsTheSameOnEveryReplay() async throws {
@@ -165,10 +166,7 @@ struct ReplayTests {
         #expect(server.bodies == ["a", "b"])
         #expect(try await queue.size() == 2, "a is deleted")
         // "b" waits for its backoff; "c" is free for anyone.
-        let other = LeaseOwner(host: "elsewhere", processID: 1, token: "other")
-        let claimed = try await database.claimEntries(
-            queueName: queue.name, owner: other, limit: 5, leaseDuration: .seconds(60), now: Date())
-        #expect(claimed.map(Self.body) == ["c"])
+        #expect(try await claimableEntries(database, queue.name).map(Self.body) == ["c"])
     }
 
     /// A stop (graceful shutdown) after a delivery: the delivered entry is deleted, the entry
@@ -187,9 +185,8 @@ struct ReplayTests {
         #expect(server.bodies == ["a", "b"])
         let left = try await database.entries(queueName: queue.name, state: .pending)
         #expect(left.map(Self.body) == ["c", "d"])
-        let other = LeaseOwner(host: "elsewhere", processID: 1, token: "other")
-        let claim = try await database.claimHead(queueName: queue.name, owner: other, leaseDuration: .seconds(60), now: Date())
-        guard case .claimed(let head) = claim else { Issue.record("the head is still leased: \(claim)"); return }
+        let claim = try await orderedClaim(database, queue.name)
+        guard case .claimed(let head) = claim.first else { Issue.record("the head is still leased: \(claim.first)"); return }
         #expect(Self.body(head) == "c")
         queueBox.withLock { $0 = nil }
     }
@@ -206,11 +203,8 @@ struct ReplayTests {
         await #expect(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
         #expect(server.bodies == ["e0", "e1", "e2", "e3"])
         #expect(try await queue.size() == 9)
-        let other = LeaseOwner(host: "elsewhere", processID: 1, token: "other")
-        let claim = try await database.completeClaimsAndClaimHead(
-            completing: [], current: nil, owner: other, queueName: queue.name, limit: 20, leaseDuration: .seconds(60), now: Date())
-        #expect(claim.busy == nil)
-        #expect(claim.entries.map(Self.body) == (3..<12).map { "e\($0)" })
+        let claim = try await orderedClaim(database, queue.name)
+        #expect(claim.entries.map(Self.body) == (3..<12).map { "e\($0)" }, "nothing is still leased")
     }
 
     /// Entries leased ahead are not sent on an old lease: past half the lease duration, the rest

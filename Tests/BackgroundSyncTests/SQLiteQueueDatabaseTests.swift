@@ -1,4 +1,5 @@
 @testable import BackgroundSync
+import BackgroundSyncTesting
 import Foundation
 import GRDB
 import Testing
@@ -34,16 +35,19 @@ struct SQLiteQueueDatabaseTests {
             try await database.writer.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") }
         }
         let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "https://example.com/a", method: "POST"))
-        _ = try await database.insertEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
+        _ = try await database.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
         #expect(try await writerSetting() == expected)
 
-        let claim = try await database.claimHead(queueName: "q", owner: .current(), leaseDuration: .seconds(60), now: Date())
-        guard case .claimed(let claimed) = claim else { Issue.record("nothing claimed"); return }
+        let claims = database.claims(
+            queueName: "q", order: .ordered, owner: .current(), leaseDuration: .seconds(60), clock: SystemWallClock())
+        guard case .claimed(let claimed) = try await claims.next() else { Issue.record("nothing claimed"); return }
         #expect(try await writerSetting() == 1, "a lease is bookkeeping")
-        try await database.completeClaim(id: claimed.id, owner: .current())
+        try await claims.complete(claimed)
+        try await claims.finish()
         #expect(try await writerSetting() == 1, "deleting a delivered entry is bookkeeping")
+        #expect(try await database.countEntries(queueName: "q", state: .pending) == 0)
 
-        _ = try await database.insertEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
+        _ = try await database.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
         #expect(try await writerSetting() == expected, "the next push is durable again")
         _ = try await database.requeueDeadEntries(queueName: "q", ids: nil)
         #expect(try await writerSetting() == expected, "user actions are durable")

@@ -1,4 +1,5 @@
 import BackgroundSync
+import BackgroundSyncTesting
 import Foundation
 import Testing
 #if canImport(FoundationNetworking)

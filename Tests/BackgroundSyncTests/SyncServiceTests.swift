@@ -1,4 +1,5 @@
 @testable import BackgroundSync
+import BackgroundSyncTesting
 import Foundation
 import LoopbackHTTPServer
 import Logging
@@ -85,7 +86,7 @@ struct SyncServiceTests {
             database: try SQLiteQueueDatabase.temporary(), transport: transport)
         try await queue.pushRequest(postRequest(server.url, body: "offline"))
         await #expect(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
-        #expect(try await queue.database.headState(queueName: queue.name)?.lastFailureWasTransport == true)
+        #expect(try await queue.database.headEntry(queueName: queue.name)?.lastFailure?.kind == .noResponse)
         let events = queue.events()
         try await withRunningService(SyncService(queues: [queue], configuration: .init(connectivity: monitor, clock: clock))) {
             #expect(server.bodies.isEmpty, "offline: nothing is tried")
@@ -109,9 +110,9 @@ struct SyncServiceTests {
         try await withRunningService(SyncService(queues: [queue], configuration: .init(connectivity: nil, clock: clock))) {
             try await queue.pushRequest(postRequest(server.url, body: "x"))
             let retry = try #require(await firstEvent(events, where: isRetry))
-            guard case .retryScheduled(let delay, _, let status, _) = retry.kind else { return }
+            guard case .retryScheduled(let delay, _, let failure) = retry.kind else { return }
             #expect(delay == .seconds(30))
-            #expect(status == 503)
+            #expect(failure.status == 503)
             await clock.waitForSleepers(1)
             let deadline = try #require(clock.nextDeadline)
             #expect(abs(deadline.timeIntervalSince(clock.now) - 30) < 0.01)
@@ -168,7 +169,7 @@ struct SyncServiceTests {
         #expect(await iterator.next() == 0)
         await group.triggerGracefulShutdown()
         // The service reacts to the shutdown in its own task: let it ask the queue to stop first.
-        while !queue.stopIsRequested { await Task.yield() }
+        while !queue.control.stopRequested { await Task.yield() }
         release.signal()
         try await running.value
 

@@ -1,4 +1,5 @@
 import BackgroundSync
+import BackgroundSyncTesting
 import Foundation
 import Testing
 #if canImport(FoundationNetworking)
@@ -120,7 +121,7 @@ struct SyncTests {
                 try await queue.replayRequests()
             }),
             database: database)
-        await queue.waitForFallbackSync()
+        await queue.runFallbackSync()
         #expect(calls.current == 1)
         #expect(server.bodies == ["from last run"])
         #expect(try await queue.size() == 0)

@@ -7,7 +7,17 @@ extension ReplayRunner {
     /// ``QueueOptions/requestDidReplay`` has run, before the next one is prepared.
     func replayInOrder(_ claims: any ReplayClaims, summary: inout ReplaySummary) async throws {
         var next = try await claims.next()
+        var handedOutAt = options.clock.now
         while case .claimed(let entry) = next, !mustStop {
+            // Taken while the entry before it was in flight: if that took more than half a lease,
+            // ask again rather than send on a lease that may run out meanwhile.
+            if options.clock.now.timeIntervalSince(handedOutAt) > options.leaseDuration.timeInterval / 2 {
+                try await claims.release(entry, failure: nil, nextAttemptAt: nil)
+                next = try await claims.next()
+                handedOutAt = options.clock.now
+                continue
+            }
+            let askedAt = options.clock.now
             async let following = claims.next()
             let outcome: ReplayOutcome
             do {
@@ -18,6 +28,7 @@ extension ReplayRunner {
                 throw error
             }
             next = try await following
+            handedOutAt = askedAt
             summary.count(outcome)
             if case .stop(let error) = outcome { throw error }
         }

@@ -38,8 +38,8 @@ public enum ClaimResult: Sendable {
 /// - an entry is handed out to one owner at a time: a live lease of another owner is never taken
 ///   (one whose holder is a process of this host that no longer exists, ``LeaseOwner/isAbandoned(_:)``,
 ///   or that expired, is taken);
-/// - an entry handed out is leased until `now + leaseDuration` at least (a driver that leased it
-///   ahead of time leases it again, or gives it back, before its lease is half gone);
+/// - an entry is handed out with at least half of `leaseDuration` left on its lease (a driver that
+///   leased it ahead of time leases it again before that);
 /// - an entry that cannot be read (a damaged row) is neither handed out nor left blocking the queue:
 ///   it becomes a dead letter with a failure of kind ``ReplayFailure/Kind/unreadableEntry``;
 /// - ``finish()`` leaves nothing leased: every entry handed out and not resolved, and every entry

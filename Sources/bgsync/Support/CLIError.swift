@@ -12,8 +12,9 @@ struct CLIError: Error, CustomStringConvertible {
 }
 
 /// Exit codes: 0 done, 1 a retryable failure stopped the work, 2 bad input (one line on stderr,
-/// nothing changed), 3 `send --fail-on-queue` queued the request, 4 the database cannot be used
-/// (locked by another process, disk full, I/O error, not a database, written by a newer version),
+/// nothing changed; a path to a file that is not a database is bad input too), 3 `send --fail-on-queue`
+/// queued the request, 4 the database cannot be used (locked by another process, disk full, I/O
+/// error, corrupt, written by a newer version),
 /// 5 `send`: the server refused the request and retrying would not help (not queued).
 enum ExitStatus {
     static let retryableFailure = ExitCode(1)
@@ -25,7 +26,7 @@ enum ExitStatus {
     /// The status for an error a command did not handle itself.
     static func forError(_ error: BackgroundSyncError) -> ExitCode {
         switch error.code {
-        case .storage, .notADatabase, .schemaTooNew: storageFailure
+        case .storage, .schemaTooNew: storageFailure
         case .queueReplayFailed, .queuePaused: retryableFailure
         default: badInput
         }

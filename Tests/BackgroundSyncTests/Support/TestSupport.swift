@@ -121,3 +121,33 @@ func lines(of pipe: Pipe) -> AsyncStream<String> {
     }.start()
     return stream
 }
+
+/// A replayer of another host.
+let otherReplayer = LeaseOwner(host: "elsewhere", processID: 1, token: "other")
+
+/// The entries another replayer could take now in the concurrent mode (given back afterwards).
+func claimableEntries(_ database: any QueueDatabase, _ queue: String) async throws -> [QueueStoreEntry] {
+    let claims = database.claims(
+        queueName: queue, order: .concurrent(maxInFlight: 50), owner: otherReplayer, leaseDuration: .seconds(60),
+        clock: SystemWallClock())
+    var entries: [QueueStoreEntry] = []
+    while case .claimed(let entry) = try await claims.next() { entries.append(entry) }
+    try await claims.finish()
+    return entries
+}
+
+/// What another replayer's ordered replay finds first, and the entries it could take in order
+/// (given back afterwards).
+func orderedClaim(_ database: any QueueDatabase, _ queue: String) async throws -> (first: ClaimResult, entries: [QueueStoreEntry]) {
+    let claims = database.claims(
+        queueName: queue, order: .ordered, owner: otherReplayer, leaseDuration: .seconds(60), clock: SystemWallClock())
+    let first = try await claims.next()
+    var entries: [QueueStoreEntry] = []
+    var next = first
+    while case .claimed(let entry) = next {
+        entries.append(entry)
+        next = try await claims.next()
+    }
+    try await claims.finish()
+    return (first, entries)
+}
