@@ -27,20 +27,23 @@ extension StoreConformance {
                 try expectEqual(try await paths("a", database), ["a-1", "a0", "a1", "a2", "a3"], "queue a")
                 try expectEqual(try await paths("b", database), ["b0", "b1"], "queue b")
             },
-            check("remove takes either end and skips entries a live replay holds") { store in
+            check("remove takes either end and never an entry a live replay holds") { store in
                 let database = try await store.open()
                 try await push(["1", "2", "3", "4"], to: "q", database)
                 let claims = database.claims(
                     queueName: "q", order: .ordered, owner: .current(), leaseDuration: .seconds(300), clock: SystemWallClock())
                 let held = try await claimed(claims, "head")
                 try expectEqual(path(held), "1", "claimed head")
-                try expectEqual(
-                    try await database.removeEntry(queueName: "q", at: .head).map(path), "2", "shift while 1 is held")
-                try expectEqual(try await database.removeEntry(queueName: "q", at: .tail).map(path), "4", "pop")
+                // Entries leased ahead are held too: a driver may return them or not, never the one handed out.
+                let shifted = try await database.removeEntry(queueName: "q", at: .head)
+                try expect(shifted.map(path) != "1", "shift returned the entry a replay holds")
                 try await claims.finish()
-                try expectEqual(try await paths("q", database), ["1", "3"], "left")
-                try expectEqual(try await database.removeEntry(queueName: "q", at: .head).map(path), "1", "shift")
-                try expectEqual(try await database.removeEntry(queueName: "q", at: .tail).map(path), "3", "pop")
+                var left = ["1", "2", "3", "4"]
+                if let shifted { left.removeAll { $0 == path(shifted) } }
+                try expectEqual(try await paths("q", database), left, "left")
+                try expectEqual(try await database.removeEntry(queueName: "q", at: .head).map(path), left.first, "shift")
+                try expectEqual(try await database.removeEntry(queueName: "q", at: .tail).map(path), left.last, "pop")
+                while try await database.removeEntry(queueName: "q", at: .tail) != nil {}
                 try expect(try await database.removeEntry(queueName: "q", at: .head) == nil, "an empty queue gives nil")
             },
             check("an entry reads back as it was stored") { store in
