@@ -203,10 +203,94 @@ struct CLITests {
         #expect(delivered.isDisjoint(with: queued), "a delivered entry is not left queued")
     }
 
+    @Test func showAndReplayTellWhatTheServerAnswered() throws {
+        let server = try RecordingServer()
+        server.respond { request, _ in
+            request.path.hasSuffix("/auth") ? .respond(.text("who are you?", status: 401))
+                : .respond(.text("server says no", status: 503))
+        }
+        _ = try run(["enqueue", server.url.absoluteString, "-d", "a", "--queue", "q"])
+        let replay = try run(["replay", "--json"])
+        #expect(replay.status == 1)
+        let outcomes = try JSONSerialization.jsonObject(with: Data(replay.stdout.utf8)) as? [[String: Any]]
+        #expect(outcomes?.count == 1)
+        #expect(outcomes?.first?["queue"] as? String == "q")
+        #expect(outcomes?.first?["result"] as? String == "stopped")
+        #expect(outcomes?.first?["left"] as? Int == 1)
+        #expect((outcomes?.first?["message"] as? String)?.contains("HTTP 503") == true)
+        #expect(Set(outcomes?.first?.keys.map { $0 } ?? []) == ["queue", "result", "delivered", "deadLettered", "expired", "left", "message"])
+
+        let shown = try run(["show", "1"])
+        #expect(shown.stdout.contains("last failure (httpStatus): HTTP 503"), "\(shown.stdout)")
+        #expect(shown.stdout.contains("server's answer: server says no"))
+        let json = try JSONSerialization.jsonObject(with: Data(try run(["show", "1", "--json"]).stdout.utf8)) as? [String: Any]
+        let failure = json?["lastFailure"] as? [String: Any]
+        #expect(failure?["kind"] as? String == "httpStatus")
+        #expect(failure?["status"] as? Int == 503)
+        #expect(failure?["responseExcerpt"] as? String == "server says no")
+
+        _ = try run(["enqueue", server.server.baseURL.appendingPathComponent("auth").absoluteString, "-d", "b", "--queue", "auth"])
+        let paused = try run(["replay", "--queue", "auth"])
+        #expect(paused.status == 1)
+        #expect(paused.stdout.contains("wants credentials"), "\(paused.stdout)")
+        #expect(!paused.stdout.contains("resume()"), "no library call named to a command-line user")
+    }
+
+    @Test func aStuckEntryIsSetAsideOrDeleted() throws {
+        let server = try RecordingServer()
+        _ = try run(["enqueue", "http://127.0.0.1:9/gone", "-d", "stuck", "--queue", "q"])
+        _ = try run(["enqueue", server.url.absoluteString, "-d", "good", "--queue", "q"])
+        #expect(try run(["replay"]).status == 1, "the head blocks the queue")
+        let aside = try run(["set-aside", "1", "--reason", "host is gone"])
+        #expect(aside.status == 0, "\(aside.stderr)")
+        #expect(aside.stdout == "set entry 1 of 'q' aside as a dead letter\n")
+        #expect(try run(["replay"]).stdout.contains("q: drained, 1 delivered"))
+        #expect(server.bodies == ["good"])
+        let dead = try run(["list", "--dead"])
+        #expect(dead.stdout.contains("set aside"), "\(dead.stdout)")
+        #expect(try run(["set-aside", "1"]).status == 2, "already a dead letter")
+        let deleted = try run(["delete", "1"])
+        #expect(deleted.status == 0, "\(deleted.stderr)")
+        #expect(deleted.stdout.hasPrefix("deleted dead letter 1 "))
+        let missing = try run(["delete", "1"])
+        #expect(missing.status == 2)
+        #expect(missing.stderr == "bgsync: no entry with id 1\n")
+    }
+
+    /// Another process holds the database's write lock: not bad input, a storage failure (4).
+    @Test func aLockedDatabaseIsAStorageFailure() throws {
+        _ = try run(["enqueue", "https://a.example/x", "-d", "a", "--queue", "q"])
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        holder.arguments = [
+            "python3", "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+                + "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read()",
+            db,
+        ]
+        let (input, output) = (Pipe(), Pipe())
+        holder.standardInput = input
+        holder.standardOutput = output
+        try holder.run()
+        defer {
+            try? input.fileHandleForWriting.close()
+            holder.waitUntilExit()
+        }
+        let locked = output.fileHandleForReading.readData(ofLength: 7)
+        #expect(String(decoding: locked, as: UTF8.self) == "locked\n")
+        let result = try run(["enqueue", "https://a.example/y", "-d", "b", "--queue", "q", "--busy-timeout", "0.2"])
+        #expect(result.status == 4, "\(result.stderr)")
+        #expect(result.stderr.contains("locked by another process"), "\(result.stderr)")
+        #expect(result.stderr.split(separator: "\n").count == 1)
+    }
+
     @Test func helpReadsLikeAWellKeptTool() throws {
         let help = try bgsync(["--help"])
         #expect(help.status == 0)
-        for command in ["enqueue", "send", "queues", "list", "show", "replay", "sync", "requeue", "purge", "run", "demo"] {
+        for command in [
+            "enqueue", "send", "queues", "list", "show", "replay", "sync", "requeue", "set-aside", "delete", "purge", "run",
+            "demo",
+        ] {
             #expect(help.stdout.contains("  \(command) "), "\(command) is listed")
             let page = try bgsync(["help", command])
             #expect(page.status == 0)

@@ -1,6 +1,7 @@
 import BackgroundSync
 import BackgroundSyncTesting
 import Foundation
+import LoopbackHTTPServer
 import Testing
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -93,5 +94,42 @@ struct EventsAndDeadLetterTests {
         try await queue.replayRequests()
         #expect(try await queue.deleteAllDeadLetters() == 2)
         #expect(try await queue.deadLetters().isEmpty)
+    }
+
+    /// One entry that can never be delivered (its host is gone) blocks an ordered queue; setting it
+    /// aside keeps it as a dead letter and lets the entries behind it go; a pending entry can also
+    /// be deleted.
+    @Test func aStuckHeadIsSetAsideOrDeletedAndTheQueueMovesOn() async throws {
+        let server = try RecordingServer()
+        let gone = try LoopbackHTTPServer { _ in .respond(.text("")) }
+        try gone.start()
+        let goneURL = gone.baseURL.appendingPathComponent("api")
+        gone.stop()  // connections to it are refused from now on
+        let queue = try Queue(name: uniqueQueueName(), database: try SQLiteQueueDatabase.temporary())
+        let stuck = try await queue.pushRequest(postRequest(goneURL, body: "stuck"))
+        for body in ["a", "b"] { try await queue.pushRequest(postRequest(server.url, body: body)) }
+        for _ in 0..<2 { await #expect(throws: BackgroundSyncError.self) { try await queue.replayRequests() } }
+        #expect(server.bodies.isEmpty, "the head blocks the queue")
+
+        let events = queue.events()
+        try await queue.setAside(id: stuck, reason: "the old host is gone")
+        let event = await firstEvent(events) { if case .deadLettered = $0.kind { true } else { false } }
+        guard case .deadLettered(let failure) = event?.kind else { Issue.record("no dead-letter event"); return }
+        #expect(failure.kind == .setAside && failure.message == "the old host is gone")
+        #expect(try await queue.replayRequests().delivered == 2)
+        #expect(server.bodies == ["a", "b"])
+        let dead = try await queue.deadLetters()
+        #expect(dead.map(\.id) == [stuck])
+        #expect(dead.first?.lastFailure?.kind == .setAside)
+        #expect(dead.first?.attempts == 2, "its failed attempts are kept")
+
+        let again = try await queue.pushRequest(postRequest(goneURL, body: "never"))
+        try await queue.deletePendingEntry(id: again)
+        #expect(try await queue.size() == 0)
+        let notPending = try await #require(throws: BackgroundSyncError.self) { try await queue.setAside(id: stuck) }
+        #expect(notPending.code == .entryNotFound)
+        let deleted = try await #require(throws: BackgroundSyncError.self) { try await queue.deletePendingEntry(id: again) }
+        #expect(deleted.code == .entryNotFound)
+        #expect(try await queue.deadLetters().count == 1, "the dead letter is still there")
     }
 }

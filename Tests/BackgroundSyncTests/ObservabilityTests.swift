@@ -53,6 +53,32 @@ struct ObservabilityTests {
         #expect(gauge.values.max() == 3)
     }
 
+    /// An ordered replay deletes delivered entries a few at a time; the size a push reports while
+    /// it runs (the event's and the gauge's) leaves them out.
+    @Test func theSizeReportedOnEnqueueDuringAnOrderedReplayLeavesOutDeliveredEntries() async throws {
+        let metrics = TestMetrics()
+        let server = try RecordingServer()
+        let queueBox = Box<Queue?>(nil)
+        let options = QueueOptions(
+            requestDidReplay: { entry, _ in
+                // After the 3rd of 5 entries: 2 left, plus the one pushed now.
+                if String(decoding: entry.requestData.body ?? Data(), as: UTF8.self) == "e2" {
+                    _ = try? await queueBox.current?.pushRequest(postRequest(server.url, body: "late"))
+                }
+            },
+            metricsFactory: metrics)
+        let queue = try Queue(name: uniqueQueueName(), options: options, database: try SQLiteQueueDatabase.temporary())
+        queueBox.withLock { $0 = queue }
+        defer { queueBox.withLock { $0 = nil } }
+        for index in 0..<5 { try await queue.pushRequest(postRequest(server.url, body: "e\(index)")) }
+        let events = queue.events()
+        #expect(try await queue.replayRequests().delivered == 6)
+        let enqueued = await firstEvent(events) { if case .enqueued = $0.kind { true } else { false } }
+        #expect(enqueued?.size == 3, "2 left and the new one; the 3 delivered are not counted")
+        let gauge = try metrics.expectGauge("background_sync_queue_size", [("queue", queue.name)])
+        #expect(gauge.values == [1, 2, 3, 4, 5, 3, 0])
+    }
+
     @Test func strippingSecretsWithoutAHookWarnsOnce() async throws {
         let lines = Box<[(Logger.Level, String)]>([])
         let logger = Logger(label: "test") { _ in CapturingLogHandler(lines: lines) }

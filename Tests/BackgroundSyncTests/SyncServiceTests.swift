@@ -97,6 +97,41 @@ struct SyncServiceTests {
         #expect(server.bodies == ["offline"])
     }
 
+    /// A `requestWillReplay` hook that threw is recorded as such, not as a missing response: when
+    /// connectivity returns, the entry keeps its backoff instead of going at once.
+    @Test func aHookThatThrewIsNotANetworkFailure() async throws {
+        let server = try RecordingServer()
+        let monitor = ManualConnectivityMonitor(.offline)
+        let clock = ManualWallClock()
+        let hookFails = Box(true)
+        let options = QueueOptions(
+            retryPolicy: RetryPolicy(initialDelay: .seconds(3600), jitter: false),
+            requestWillReplay: { request, _ in
+                if hookFails.current { throw BackgroundSyncError(.invalidRequest, "no token yet") }
+                return request
+            },
+            clock: clock)
+        let queue = try Queue(
+            name: uniqueQueueName(), options: options, database: try SQLiteQueueDatabase.temporary())
+        try await queue.pushRequest(postRequest(server.url, body: "needs a token"))
+        await #expect(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
+        let head = try await queue.database.headEntry(queueName: queue.name)
+        #expect(head?.lastFailure?.kind == .hookFailed)
+        #expect(head?.lastFailure?.message.contains("no token yet") == true)
+        hookFails.withLock { $0 = false }
+        let events = queue.events()
+        try await withRunningService(SyncService(queues: [queue], configuration: .init(connectivity: monitor, clock: clock))) {
+            monitor.set(.online)
+            // Back online, the service sets its timer for the backoff instead of syncing now.
+            await clock.waitForSleepers(1)
+            #expect(server.bodies.isEmpty, "the entry keeps its backoff")
+            #expect(clock.nextDeadline == head?.nextAttemptAt)
+            clock.advance(to: try #require(clock.nextDeadline))
+            #expect(await firstEvent(events, where: isReplayed) != nil)
+        }
+        #expect(server.bodies == ["needs a token"])
+    }
+
     @Test func theRetryTimerFiresWhenTheBackoffEnds() async throws {
         let server = try RecordingServer()
         server.respond { _, index in

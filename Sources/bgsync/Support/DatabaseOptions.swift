@@ -10,6 +10,15 @@ struct DatabaseOptions: ParsableArguments {
             "The database file (default: $BGSYNC_DB, else the library's default file).", valueName: "path"))
     var path: String?
 
+    @Option(help: ArgumentHelp("Seconds to wait for another process's lock on the database.", valueName: "seconds"))
+    var busyTimeout: Double = 10
+
+    func validate() throws {
+        guard busyTimeout >= 0, busyTimeout <= 3600 else {
+            throw ValidationError("--busy-timeout must be between 0 and 3600 seconds")
+        }
+    }
+
     /// The path in force: `--db`, then `$BGSYNC_DB`, then the library's default.
     var resolvedPath: String {
         if let path { return path }
@@ -36,7 +45,9 @@ struct DatabaseOptions: ParsableArguments {
         if access != .create && !FileManager.default.fileExists(atPath: path) {
             throw CLIError("no database at '\(path)'")
         }
-        return try SQLiteQueueDatabase(path: path, configuration: .init(readOnly: access == .read))
+        return try SQLiteQueueDatabase(
+            path: path,
+            configuration: .init(busyTimeout: .milliseconds(Int64(busyTimeout * 1000)), readOnly: access == .read))
     }
 }
 
