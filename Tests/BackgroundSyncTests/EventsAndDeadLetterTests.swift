@@ -101,7 +101,7 @@ struct EventsAndDeadLetterTests {
     /// be deleted.
     @Test func aStuckHeadIsSetAsideOrDeletedAndTheQueueMovesOn() async throws {
         let server = try RecordingServer()
-        let gone = try LoopbackHTTPServer { _ in .respond(.text("")) }
+        let gone = LoopbackHTTPServer { _ in .respond(.text("")) }
         try gone.start()
         let goneURL = gone.baseURL.appendingPathComponent("api")
         gone.stop()  // connections to it are refused from now on

@@ -1,6 +1,6 @@
 #if canImport(Network)
 import Foundation
-import Network
+@preconcurrency import Network
 
 /// Apple platforms' connectivity: `NWPathMonitor`; `online` when the path is satisfied.
 public struct PathConnectivityMonitor: ConnectivityMonitor {
