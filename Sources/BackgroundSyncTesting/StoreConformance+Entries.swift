@@ -102,6 +102,9 @@ extension StoreConformance {
                 try expectEqual(summaries.map(\.name), ["q"], "summaries")
                 try expectEqual(summaries.first?.size, 2, "summary size")
                 try expectEqual(summaries.first?.deadLetterCount, 2, "summary dead letters")
+                try expect(
+                    abs((summaries.first?.headTimestamp ?? .distantPast).timeIntervalSince1970 - 1_800_000_000) < 0.001,
+                    "summary head timestamp")
                 try expectEqual(try await database.queueNames(), ["q"], "queue names")
             },
             check("a dead letter is requeued at its old position, attempts and failure cleared") { store in

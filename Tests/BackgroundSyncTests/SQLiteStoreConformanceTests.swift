@@ -52,7 +52,6 @@ private struct ReorderingDatabase: QueueDatabase {
         try await base.countEntries(queueName: queueName, state: state)
     }
     func queueNames() async throws -> [String] { try await base.queueNames() }
-    func queueSummaries() async throws -> [QueueSummary] { try await base.queueSummaries() }
     func claims(
         queueName: String, order: ReplayOrder, owner: LeaseOwner, leaseDuration: Duration, clock: any WallClock
     ) -> any ReplayClaims {

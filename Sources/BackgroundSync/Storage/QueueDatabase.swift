@@ -71,9 +71,6 @@ public protocol QueueDatabase: Sendable {
     /// The names of the queues that hold or held entries, sorted. Cheap: a service polls it.
     func queueNames() async throws -> [String]
 
-    /// Every queue with its size, dead letters and oldest pending entry's time, sorted by name.
-    func queueSummaries() async throws -> [QueueSummary]
-
     // MARK: Replay
 
     /// Opens the claims of one replay of a queue: entries are leased to `owner` for
@@ -129,6 +126,21 @@ extension QueueDatabase {
         try await entries(queueName: queueName, state: .pending, after: nil, limit: 1).first
     }
 
+    /// Every queue with its size, its dead letters and its head entry, sorted by name: a few reads
+    /// per queue, none of which scans it.
+    public func queueSummaries() async throws -> [QueueSummary] {
+        var summaries: [QueueSummary] = []
+        for name in try await queueNames() {
+            let head = try await headEntry(queueName: name)
+            summaries.append(
+                QueueSummary(
+                    name: name, size: try await countEntries(queueName: name, state: .pending),
+                    deadLetterCount: try await countEntries(queueName: name, state: .dead),
+                    headTimestamp: head?.timestamp, headNextAttemptAt: head?.nextAttemptAt))
+        }
+        return summaries
+    }
+
     /// Deletes one entry; returns whether it existed.
     @discardableResult
     public func deleteEntry(id: Int64) async throws -> Bool {
@@ -158,7 +170,7 @@ public struct PushedEntry: Sendable, Hashable {
     }
 }
 
-/// A queue as listed by ``QueueDatabase/queueSummaries()``.
+/// A queue at a glance, as ``QueueDatabase/queueSummaries()`` lists it.
 public struct QueueSummary: Sendable, Hashable, Codable {
     /// The queue's name.
     public var name: String
@@ -166,14 +178,18 @@ public struct QueueSummary: Sendable, Hashable, Codable {
     public var size: Int
     /// How many dead letters it holds.
     public var deadLetterCount: Int
-    /// When the oldest pending entry was queued, if there is one.
-    public var oldestTimestamp: Date?
+    /// When the head entry (the next one replayed, the oldest in queue order) was queued, if the
+    /// queue has a pending entry.
+    public var headTimestamp: Date?
+    /// When the head entry's next attempt is due, if it is in backoff.
+    public var headNextAttemptAt: Date?
 
     /// Creates a summary.
-    public init(name: String, size: Int, deadLetterCount: Int, oldestTimestamp: Date?) {
+    public init(name: String, size: Int, deadLetterCount: Int, headTimestamp: Date?, headNextAttemptAt: Date? = nil) {
         self.name = name
         self.size = size
         self.deadLetterCount = deadLetterCount
-        self.oldestTimestamp = oldestTimestamp
+        self.headTimestamp = headTimestamp
+        self.headNextAttemptAt = headNextAttemptAt
     }
 }

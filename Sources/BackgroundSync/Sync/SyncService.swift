@@ -102,6 +102,9 @@ public final class SyncService: Service {
         }
     }
 
+    /// Runs the service until graceful shutdown or cancellation: the connectivity monitor, the
+    /// registration watcher, the retry timer and the syncs are child tasks of this call, so
+    /// cancelling it stops them all (a running replay gives its entries back untouched).
     public func run() async throws {
         let manager: SyncManager
         switch source {

@@ -39,8 +39,8 @@ struct Queues: AsyncParsableCommand {
             let views = try await database.open(.read).queueSummaries().map { summary in
                 View(
                     name: summary.name, pending: summary.size, dead: summary.deadLetterCount,
-                    oldestQueuedAt: summary.oldestTimestamp,
-                    oldestAgeSeconds: summary.oldestTimestamp.map { Int(now.timeIntervalSince($0)) })
+                    oldestQueuedAt: summary.headTimestamp,
+                    oldestAgeSeconds: summary.headTimestamp.map { Int(now.timeIntervalSince($0)) })
             }
             if output.json { return try printJSON(views) }
             if views.isEmpty { return print("no queues") }

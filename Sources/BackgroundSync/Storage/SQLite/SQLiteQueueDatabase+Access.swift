@@ -110,7 +110,8 @@ extension SQLiteQueueDatabase {
     /// that inserts the entries and registers their sync tags. Gathering concurrent pushes pays
     /// because a durable commit waits for the disk (see ``GroupCommit``).
     static func makePushes(
-        writer: any DatabaseWriter, path: String, synchronous: SynchronousModes
+        writer: any DatabaseWriter, path: String, synchronous: SynchronousModes,
+        undeletedDeliveries: Locked<[String: Set<Int64>]>
     ) -> GroupCommit<Database, PendingPush, PushedEntry> {
         let openEnds = OpenEnds([:])
         let gatherDelay: (@Sendable (Duration) -> Duration)?
@@ -132,7 +133,16 @@ extension SQLiteQueueDatabase {
             },
             append: { db, batch in
                 do {
-                    let pushed = try insert(batch, db, openEnds: openEnds)
+                    var pushed = try insert(batch, db, openEnds: openEnds)
+                    // The sizes leave out deliveries not deleted yet (while a replay runs).
+                    for queueName in Set(batch.map(\.queueName)) {
+                        let hidden = undeletedIDs(queueName, in: undeletedDeliveries)
+                        guard !hidden.isEmpty else { continue }
+                        let undeleted = try pendingCount(of: hidden, db)
+                        for index in batch.indices where batch[index].queueName == queueName {
+                            pushed[index].size = max(pushed[index].size - undeleted, 0)
+                        }
+                    }
                     let registeredAt = Date().timeIntervalSince1970
                     for tag in Set(batch.compactMap(\.syncTag)) {
                         try registerSyncTag(tag, at: registeredAt, db)

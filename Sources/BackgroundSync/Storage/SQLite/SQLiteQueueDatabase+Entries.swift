@@ -5,10 +5,7 @@ extension SQLiteQueueDatabase {
     public func pushEntry(
         _ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd, registeringSyncTag syncTag: String?
     ) async throws -> PushedEntry {
-        var pushed = try await pushes.submit(
-            PendingPush(row: try EntryRow(entry), queueName: queueName, end: end, syncTag: syncTag))
-        pushed.size = max(pushed.size - undeletedCount(queueName), 0)
-        return pushed
+        try await pushes.submit(PendingPush(row: try EntryRow(entry), queueName: queueName, end: end, syncTag: syncTag))
     }
 
     /// A queue's ends and pending count as the open transaction leaves them.
@@ -123,40 +120,17 @@ extension SQLiteQueueDatabase {
 
     public func countEntries(queueName: String, state: EntryState) async throws -> Int {
         let column = state == .pending ? "pendingCount" : "deadCount"
-        let stored = try await read("read") { db in
-            try Int.fetchOne(
+        let hidden = state == .pending ? undeletedIDs(queueName) : []
+        return try await read("read") { db in
+            let stored = try Int.fetchOne(
                 try db.cachedStatement(sql: "SELECT \(column) FROM queue WHERE name = ?"), arguments: [queueName]) ?? 0
+            return max(stored - (try Self.pendingCount(of: hidden, db)), 0)
         }
-        return state == .pending ? max(stored - undeletedCount(queueName), 0) : stored
     }
 
     public func queueNames() async throws -> [String] {
         try await read("read") { db in
             try String.fetchAll(db, sql: "SELECT name FROM queue ORDER BY name")
-        }
-    }
-
-    public func queueSummaries() async throws -> [QueueSummary] {
-        let summaries = try await read("read") { db in
-            let rows = try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT name, pendingCount, deadCount,
-                        (SELECT MIN(timestamp) FROM entry WHERE queueName = queue.name AND state = 'pending') AS oldest
-                    FROM queue ORDER BY name
-                    """)
-            return try rows.map { row in
-                let oldest: Double? = try row.decode(atIndex: 3)
-                return QueueSummary(
-                    name: try row.decode(atIndex: 0), size: try row.decode(atIndex: 1),
-                    deadLetterCount: try row.decode(atIndex: 2),
-                    oldestTimestamp: oldest.map(Date.init(timeIntervalSince1970:)))
-            }
-        }
-        return summaries.map { summary in
-            var summary = summary
-            summary.size = max(summary.size - undeletedCount(summary.name), 0)
-            return summary
         }
     }
 
@@ -175,11 +149,20 @@ extension SQLiteQueueDatabase {
         }
     }
 
-    private func undeletedCount(_ queueName: String) -> Int {
-        undeletedDeliveries.withLock { $0[queueName]?.count ?? 0 }
+    private func undeletedIDs(_ queueName: String) -> Set<Int64> {
+        Self.undeletedIDs(queueName, in: undeletedDeliveries)
     }
 
-    private func undeletedIDs(_ queueName: String) -> Set<Int64> {
-        undeletedDeliveries.withLock { $0[queueName] ?? [] }
+    static func undeletedIDs(_ queueName: String, in deliveries: Locked<[String: Set<Int64>]>) -> Set<Int64> {
+        deliveries.withLock { $0[queueName] ?? [] }
+    }
+
+    /// How many of `ids` are pending rows as the open transaction sees them. A count subtracts
+    /// these, not the noted deliveries themselves: a delivery deleted after the set was read is no
+    /// longer in the count it was read with.
+    static func pendingCount(of ids: Set<Int64>, _ db: Database) throws -> Int {
+        guard !ids.isEmpty else { return 0 }
+        let list = ids.map(String.init).joined(separator: ",")
+        return try Int.fetchOne(db, sql: "SELECT count(*) FROM entry WHERE state = 'pending' AND id IN (\(list))") ?? 0
     }
 }

@@ -47,6 +47,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
 
     /// The file path, or `":memory:"`.
     public let path: String
+    /// `sqlite:` and the file's canonical path (symbolic links resolved): two instances on one file
+    /// have the same identity.
     public let identity: String
     let writer: any DatabaseWriter
     /// `PRAGMA synchronous` for durable writes (the configured mode) and for replay bookkeeping.
@@ -54,7 +56,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     /// Concurrent pushes share transactions (group commit).
     let pushes: GroupCommit<Database, PendingPush, PushedEntry>
     /// Entries replays delivered and have not deleted yet, by queue: left out of counts and lists.
-    let undeletedDeliveries = Locked<[String: Set<Int64>]>([:])
+    let undeletedDeliveries: Locked<[String: Set<Int64>]>
     /// A folder this instance created and removes when it goes away (``temporary()``).
     private let ownedDirectory: URL?
 
@@ -70,7 +72,10 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         self.ownedDirectory = ownedDirectory
         writer = try Self.openPool(at: url, configuration: configuration)
         synchronous = SynchronousModes(durable: configuration.synchronous)
-        pushes = Self.makePushes(writer: writer, path: self.path, synchronous: synchronous)
+        let undeletedDeliveries = Locked<[String: Set<Int64>]>([:])
+        self.undeletedDeliveries = undeletedDeliveries
+        pushes = Self.makePushes(
+            writer: writer, path: self.path, synchronous: synchronous, undeletedDeliveries: undeletedDeliveries)
     }
 
     private init(memory: Void) throws {
@@ -85,7 +90,10 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             throw Self.mapError(error, path: ":memory:", action: "open")
         }
         synchronous = SynchronousModes(durable: .full)
-        pushes = Self.makePushes(writer: writer, path: path, synchronous: synchronous)
+        let undeletedDeliveries = Locked<[String: Set<Int64>]>([:])
+        self.undeletedDeliveries = undeletedDeliveries
+        pushes = Self.makePushes(
+            writer: writer, path: path, synchronous: synchronous, undeletedDeliveries: undeletedDeliveries)
     }
 
     deinit {
