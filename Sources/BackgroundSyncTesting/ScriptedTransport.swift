@@ -70,26 +70,34 @@ public final class ScriptedTransport: HTTPTransport {
 
     /// Returns once at least `count` calls were made.
     public func waitForCalls(_ count: Int) async {
+        await wait(until: \.callWatchers, count: count) { $0.requests.count }
+    }
+
+    /// Returns once at least `count` calls hang at the same time.
+    public func waitForHanging(_ count: Int = 1) async {
+        await wait(until: \.hangWatchers, count: count) { $0.hanging.count }
+    }
+
+    private func wait(
+        until watchers: WritableKeyPath<State, [(count: Int, continuation: CheckedContinuation<Void, Never>)]>,
+        count: Int, current: @escaping (State) -> Int
+    ) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let ready = state.withLock { state -> Bool in
-                if state.requests.count >= count { return true }
-                state.callWatchers.append((count, continuation))
+                if current(state) >= count { return true }
+                state[keyPath: watchers].append((count, continuation))
                 return false
             }
             if ready { continuation.resume() }
         }
     }
 
-    /// Returns once at least `count` calls hang at the same time.
-    public func waitForHanging(_ count: Int = 1) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let ready = state.withLock { state -> Bool in
-                if state.hanging.count >= count { return true }
-                state.hangWatchers.append((count, continuation))
-                return false
-            }
-            if ready { continuation.resume() }
-        }
+    /// Resumes the watchers in `watchers` whose count is reached.
+    private static func due(
+        _ watchers: inout [(count: Int, continuation: CheckedContinuation<Void, Never>)], reached count: Int
+    ) -> [CheckedContinuation<Void, Never>] {
+        defer { watchers.removeAll { $0.count <= count } }
+        return watchers.filter { $0.count <= count }.map(\.continuation)
     }
 
     /// Lets every hanging call go on with `step`.
@@ -105,10 +113,7 @@ public final class ScriptedTransport: HTTPTransport {
         let (step, watchers) = state.withLock { state -> (Step, [CheckedContinuation<Void, Never>]) in
             state.requests.append(request)
             let step = state.script.isEmpty ? whenUnscripted : state.script.removeFirst()
-            let count = state.requests.count
-            let ready = state.callWatchers.filter { $0.count <= count }.map(\.continuation)
-            state.callWatchers.removeAll { $0.count <= count }
-            return (step, ready)
+            return (step, Self.due(&state.callWatchers, reached: state.requests.count))
         }
         watchers.forEach { $0.resume() }
         return try await perform(step, request)
@@ -139,10 +144,7 @@ public final class ScriptedTransport: HTTPTransport {
                 let (cancelled, watchers) = state.withLock { state -> (Bool, [CheckedContinuation<Void, Never>]) in
                     if Task.isCancelled { return (true, []) }
                     state.hanging[id] = continuation
-                    let count = state.hanging.count
-                    let ready = state.hangWatchers.filter { $0.count <= count }.map(\.continuation)
-                    state.hangWatchers.removeAll { $0.count <= count }
-                    return (false, ready)
+                    return (false, Self.due(&state.hangWatchers, reached: state.hanging.count))
                 }
                 watchers.forEach { $0.resume() }
                 if cancelled { continuation.resume(returning: .fail(URLError(.cancelled))) }

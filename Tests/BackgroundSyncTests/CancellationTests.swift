@@ -24,6 +24,18 @@ struct CancellationTests {
         #expect(claim.entries.map(\.id) == pending.map(\.id), "no lease left behind")
     }
 
+    /// A queue of `count` entries on a new database, replayed through `transport`.
+    private func makeQueue(
+        _ transport: ScriptedTransport, count: Int, options: QueueOptions = QueueOptions()
+    ) async throws -> (Queue, SQLiteQueueDatabase) {
+        let database = try SQLiteQueueDatabase.temporary()
+        let queue = try Queue(name: uniqueQueueName(), options: options, database: database, transport: transport)
+        for index in 0..<count {
+            try await queue.pushRequest(postRequest(URL(string: "https://a.example/\(index)")!, body: "\(index)"))
+        }
+        return (queue, database)
+    }
+
     /// On a real loopback server that holds the request: `URLSession`'s send is cancelled with the
     /// task, and the entry goes back untouched.
     @Test func cancellingTheCallerOfReplayRequestsStopsAnOrderedReplay() async throws {
@@ -42,13 +54,7 @@ struct CancellationTests {
 
     @Test func cancellingTheCallerOfReplayRequestsStopsAConcurrentReplay() async throws {
         let transport = ScriptedTransport(whenUnscripted: .hang)
-        let database = try SQLiteQueueDatabase.temporary()
-        let queue = try Queue(
-            name: uniqueQueueName(), options: QueueOptions(maxConcurrentReplays: 3), database: database,
-            transport: transport)
-        for index in 0..<20 {
-            try await queue.pushRequest(postRequest(URL(string: "https://a.example/\(index)")!, body: "\(index)"))
-        }
+        let (queue, database) = try await makeQueue(transport, count: 20, options: QueueOptions(maxConcurrentReplays: 3))
         let replay = Task { try await queue.replayRequests() }
         await transport.waitForHanging(3)
         replay.cancel()
@@ -57,16 +63,12 @@ struct CancellationTests {
         try await expectAllBackUntouched(database, queue.name, count: 20)
     }
 
-    /// Sends in flight finish when they can: a delivery that comes back after the cancellation is
-    /// recorded (deleted), the rest given back.
-    @Test func aDeliveryInFlightWhenCancelledIsKept() async throws {
+    /// What was delivered before the cancellation stays delivered (its deletion, batched with the
+    /// next lease, is made when the replay gives the rest back).
+    @Test func aDeliveryBeforeTheCancellationIsKept() async throws {
         let transport = ScriptedTransport()
         transport.script(.answer(status: 201), .hang)
-        let database = try SQLiteQueueDatabase.temporary()
-        let queue = try Queue(name: uniqueQueueName(), database: database, transport: transport)
-        for index in 0..<5 {
-            try await queue.pushRequest(postRequest(URL(string: "https://a.example/\(index)")!, body: "\(index)"))
-        }
+        let (queue, database) = try await makeQueue(transport, count: 5)
         let replay = Task { try await queue.replayRequests() }
         await transport.waitForHanging(1)
         replay.cancel()
@@ -78,11 +80,7 @@ struct CancellationTests {
     /// the replay it started.
     @Test func cancellingTheServiceGroupStopsTheReplayOfItsSyncService() async throws {
         let transport = ScriptedTransport(whenUnscripted: .hang)
-        let database = try SQLiteQueueDatabase.temporary()
-        let queue = try Queue(name: uniqueQueueName(), database: database, transport: transport)
-        for index in 0..<6 {
-            try await queue.pushRequest(postRequest(URL(string: "https://a.example/\(index)")!, body: "\(index)"))
-        }
+        let (queue, database) = try await makeQueue(transport, count: 6)
         let group = ServiceGroup(
             services: [SyncService(queues: [queue], configuration: .init(connectivity: nil))],
             logger: Logger(label: "test"))
@@ -99,11 +97,7 @@ struct CancellationTests {
     @Test func aCancelledJoinerLeavesTheRunningReplayAlone() async throws {
         let transport = ScriptedTransport()
         transport.script(.hang)
-        let database = try SQLiteQueueDatabase.temporary()
-        let queue = try Queue(name: uniqueQueueName(), database: database, transport: transport)
-        for index in 0..<3 {
-            try await queue.pushRequest(postRequest(URL(string: "https://a.example/\(index)")!, body: "\(index)"))
-        }
+        let (queue, _) = try await makeQueue(transport, count: 3)
         let first = Task { try await queue.replayRequests() }
         await transport.waitForHanging(1)
         let second = Task { try await queue.replayRequests() }

@@ -11,26 +11,13 @@ struct Queues: AsyncParsableCommand {
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var output: OutputOptions
 
+    /// A queue as `--json` prints it; every key always present.
     struct View: Encodable {
         var name: String
         var pending: Int
         var dead: Int
-        var oldestQueuedAt: Date?
-        var oldestAgeSeconds: Int?
-
-        /// Every field is written, `null` when there is no pending entry.
-        func encode(to encoder: any Encoder) throws {
-            var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(name, forKey: .name)
-            try c.encode(pending, forKey: .pending)
-            try c.encode(dead, forKey: .dead)
-            try c.encode(oldestQueuedAt, forKey: .oldestQueuedAt)
-            try c.encode(oldestAgeSeconds, forKey: .oldestAgeSeconds)
-        }
-
-        private enum CodingKeys: String, CodingKey {
-            case name, pending, dead, oldestQueuedAt, oldestAgeSeconds
-        }
+        @AlwaysWritten var oldestQueuedAt: Date? = nil
+        @AlwaysWritten var oldestAgeSeconds: Int? = nil
     }
 
     func run() async throws {

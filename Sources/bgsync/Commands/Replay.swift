@@ -34,22 +34,7 @@ struct Replay: AsyncParsableCommand {
         /// Pending entries left.
         var left = 0
         /// Why the replay stopped, if it did.
-        var message: String?
-
-        func encode(to encoder: any Encoder) throws {
-            var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(queue, forKey: .queue)
-            try c.encode(result, forKey: .result)
-            try c.encode(delivered, forKey: .delivered)
-            try c.encode(deadLettered, forKey: .deadLettered)
-            try c.encode(expired, forKey: .expired)
-            try c.encode(left, forKey: .left)
-            try c.encode(message, forKey: .message)
-        }
-
-        private enum CodingKeys: String, CodingKey {
-            case queue, result, delivered, deadLettered, expired, left, message
-        }
+        @AlwaysWritten var message: String? = nil
     }
 
     func run() async throws {

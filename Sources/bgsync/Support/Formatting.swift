@@ -40,6 +40,22 @@ func isTerminal(_ fd: Int32) -> Bool {
     isatty(fd) == 1
 }
 
+/// An optional field the JSON output always writes, as `null` when empty, so that scripts always
+/// find the same keys (a synthesized `Encodable` leaves a `nil` optional out).
+@propertyWrapper
+struct AlwaysWritten<Value: Encodable>: Encodable {
+    var wrappedValue: Value?
+
+    init(wrappedValue: Value?) {
+        self.wrappedValue = wrappedValue
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        if let wrappedValue { try container.encode(wrappedValue) } else { try container.encodeNil() }
+    }
+}
+
 /// An entry as listed and shown, with stable JSON field names.
 struct EntryView: Encodable {
     var id: Int64
@@ -119,12 +135,12 @@ struct EntryView: Encodable {
 /// A recorded failure as shown: what failed, the status, the message, and what the server answered.
 struct FailureView: Encodable {
     var kind: String
-    var status: Int?
+    @AlwaysWritten var status: Int? = nil
     var message: String
     /// The start of the response body as text, when it is UTF-8.
-    var responseExcerpt: String?
+    @AlwaysWritten var responseExcerpt: String? = nil
     /// The start of the response body in base64, when it is not text.
-    var responseExcerptBase64: String?
+    @AlwaysWritten var responseExcerptBase64: String? = nil
 
     init(_ failure: ReplayFailure) {
         kind = failure.kind.rawValue
@@ -137,20 +153,6 @@ struct FailureView: Encodable {
                 responseExcerptBase64 = excerpt.base64EncodedString()
             }
         }
-    }
-
-    /// Every field is written, `null` when empty.
-    func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(kind, forKey: .kind)
-        try c.encode(status, forKey: .status)
-        try c.encode(message, forKey: .message)
-        try c.encode(responseExcerpt, forKey: .responseExcerpt)
-        try c.encode(responseExcerptBase64, forKey: .responseExcerptBase64)
-    }
-
-    private enum CodingKeys: String, CodingKey {
-        case kind, status, message, responseExcerpt, responseExcerptBase64
     }
 
     /// A short form for a table cell: `HTTP 503`, `no response`, `hook failed`...
