@@ -76,6 +76,7 @@ let package = Package(
                 "BackgroundSyncTestChild",
                 "bgsync",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ]
         ),
     ],

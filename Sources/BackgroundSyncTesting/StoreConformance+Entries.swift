@@ -73,20 +73,28 @@ extension StoreConformance {
                 try expect(read.lastFailure == nil && read.nextAttemptAt == nil, "a new entry has no failure")
                 try expect(try await database.entry(id: id + 1_000_000) == nil, "an unknown id gives nil")
             },
-            check("pages follow queue order and cost their own size") { store in
+            check("pages follow queue order, and an entry deleted meanwhile does not end them") { store in
                 let database = try await store.open()
-                let ids = try await push((0..<25).map { "e\($0)" }, to: "q", database)
-                var seen: [Int64] = []
+                var ids = try await push((0..<25).map { "e\($0)" }, to: "q", database)
+                _ = try await database.pushEntry(entry("first"), queueName: "q", at: .head, registeringSyncTag: nil)
+                var seen: [String] = []
                 var after: Int64?
                 var pageSizes: [Int] = []
                 repeat {
-                    let page = try await database.entries(queueName: "q", state: .pending, after: after, limit: 10)
+                    let page = try await database.entries(queueName: "q", state: .pending, afterPosition: after, limit: 10)
                     pageSizes.append(page.count)
-                    seen += page.map(\.id)
-                    after = page.last?.id
+                    seen += page.map(path)
+                    after = page.last?.position
+                    // The page's last entry goes away before the next page is read.
+                    if let last = page.last, pageSizes.count == 1 {
+                        try await database.deleteEntries(ids: [last.id])
+                        ids.removeAll { $0 == last.id }
+                    }
                 } while pageSizes.last == 10
-                try expectEqual(seen, ids, "ids over the pages")
-                try expectEqual(pageSizes, [10, 10, 5], "page sizes")
+                try expectEqual(seen, ["first"] + (0..<25).map { "e\($0)" }, "entries over the pages")
+                try expectEqual(pageSizes, [10, 10, 6], "page sizes")
+                let positions = try await database.entries(queueName: "q", state: .pending).map(\.position)
+                try expectEqual(positions, positions.sorted(), "positions follow queue order")
             },
             check("counts match the lists in both states") { store in
                 let database = try await store.open()

@@ -196,6 +196,71 @@ extension StoreConformance {
                 try await other.finish()
                 try await claims.finish()
             },
+            check("several tasks sharing one concurrent claims get each entry once") { store in
+                let database = try await store.open()
+                try await push((1...40).map(String.init), to: "q", database)
+                let claims = database.claims(
+                    queueName: "q", order: .concurrent(maxInFlight: 4), owner: .current(), leaseDuration: .seconds(60),
+                    clock: ManualWallClock())
+                let sent = try await withThrowingTaskGroup(of: [String].self) { group in
+                    for _ in 0..<4 {
+                        group.addTask {
+                            var sent: [String] = []
+                            while case .claimed(let entry) = try await claims.next() {
+                                sent.append(path(entry))
+                                try await claims.complete(entry)
+                            }
+                            return sent
+                        }
+                    }
+                    return try await group.reduce(into: [String]()) { $0 += $1 }
+                }
+                try await claims.finish()
+                try expectEqual(sent.sorted(), (1...40).map(String.init).sorted(), "entries handed out")
+                try expectEqual(try await store.open().countEntries(queueName: "q", state: .pending), 0, "all deleted")
+            },
+            check("an entry deleted or set aside after it was leased is not handed out, and stays as left") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                let ids = try await push(["1", "2", "3", "4"], to: "q", one)
+                let claims = ordered(one, clock: ManualWallClock())
+                let head = try await claimed(claims, "head")
+                // Another process acts on entries this replay may have leased ahead, and on the one
+                // it is sending.
+                try await two.deleteEntries(ids: [ids[2]])
+                try await two.setAsideEntries(
+                    queueName: "q", ids: [ids[0], ids[1]], failure: ReplayFailure(kind: .setAside, message: "by hand"))
+                try await claims.release(
+                    head, failure: ReplayFailure(kind: .noResponse, message: "offline"), nextAttemptAt: nil)
+                try expectEqual(path(try await claimed(claims, "next")), "4", "the next entry handed out")
+                try await claims.finish()
+                let dead = try await one.entries(queueName: "q", state: .dead)
+                try expectEqual(dead.map(path), ["1", "2"], "set aside")
+                try expectEqual(dead.first?.lastFailure?.kind, .setAside, "a release does not undo a set-aside")
+            },
+            check("writes complete in a cancelled task") { store in
+                let database = try await store.open()
+                try await push(["1", "2"], to: "q", database)
+                let claims = ordered(database, clock: ManualWallClock())
+                let head = try await claimed(claims, "head")
+                let task = Task {
+                    withUnsafeCurrentTask { $0?.cancel() }
+                    try await claims.release(
+                        head, failure: ReplayFailure(kind: .noResponse, message: "offline"), nextAttemptAt: nil)
+                    try await claims.finish()
+                    _ = try await database.pushEntry(entry("3"), queueName: "q", at: .tail, registeringSyncTag: nil)
+                }
+                try await task.value
+                try expectEqual(try await paths("q", database), ["1", "2", "3"], "the push")
+                try expectEqual(try await database.entry(id: head.id)?.attempts, 1, "the release")
+                let other = ordered(try await store.open(), clock: ManualWallClock())
+                try expectEqual(path(try await claimed(other, "after finish")), "1", "finish gave everything back")
+                try await other.finish()
+            },
+            check("two instances on one store share its identity") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                try expectEqual(one.identity, two.identity, "identity")
+                try expect(!one.identity.isEmpty, "an identity")
+            },
         ]
     }
 

@@ -2,6 +2,7 @@
 import BackgroundSyncTesting
 import Foundation
 import LoopbackHTTPServer
+import ServiceLifecycleTestKit
 import Testing
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -169,18 +170,20 @@ struct ReplayTests {
         #expect(try await claimableEntries(database, queue.name).map(Self.body) == ["c"])
     }
 
-    /// A stop (graceful shutdown) after a delivery: the delivered entry is deleted, the entry
-    /// leased ahead is given back, and nothing else is sent.
-    @Test func aStopDeletesTheLastDeliveryAndGivesBackTheEntryLeasedAhead() async throws {
+    /// A graceful shutdown after a delivery: the delivered entry is deleted, the entries leased
+    /// ahead are given back, and nothing else is sent.
+    @Test func aGracefulShutdownDeletesTheLastDeliveryAndGivesBackTheEntriesLeasedAhead() async throws {
         let server = try RecordingServer()
-        let queueBox = Box<Queue?>(nil)
+        let trigger = Box<GracefulShutdownTestTrigger?>(nil)
         let options = QueueOptions(requestDidReplay: { entry, _ in
-            if Self.body(entry) == "b" { queueBox.current?.requestStop() }
+            if Self.body(entry) == "b" { trigger.current?.triggerGracefulShutdown() }
         })
         let (queue, database) = try makeQueue(server, options: options)
-        queueBox.withLock { $0 = queue }
         for body in ["a", "b", "c", "d"] { try await queue.pushRequest(postRequest(server.url, body: body)) }
-        let summary = try await queue.replayRequests()
+        let summary = try await testGracefulShutdown { shutdown in
+            trigger.withLock { $0 = shutdown }
+            return try await queue.replayRequests()
+        }
         #expect(summary.delivered == 2)
         #expect(server.bodies == ["a", "b"])
         let left = try await database.entries(queueName: queue.name, state: .pending)
@@ -188,7 +191,6 @@ struct ReplayTests {
         let claim = try await orderedClaim(database, queue.name)
         guard case .claimed(let head) = claim.first else { Issue.record("the head is still leased: \(claim.first)"); return }
         #expect(Self.body(head) == "c")
-        queueBox.withLock { $0 = nil }
     }
 
     /// An ordered replay leases a few entries ahead; a retryable failure gives every one of them

@@ -44,8 +44,10 @@ private struct ReorderingDatabase: QueueDatabase {
     func removeEntry(queueName: String, at end: QueueEnd) async throws -> QueueStoreEntry? {
         try await base.removeEntry(queueName: queueName, at: end)
     }
-    func entries(queueName: String, state: EntryState, after: Int64?, limit: Int?) async throws -> [QueueStoreEntry] {
-        try await base.entries(queueName: queueName, state: state, after: after, limit: limit).reversed()
+    func entries(
+        queueName: String, state: EntryState, afterPosition: Int64?, limit: Int?
+    ) async throws -> [QueueStoreEntry] {
+        try await base.entries(queueName: queueName, state: state, afterPosition: afterPosition, limit: limit).reversed()
     }
     func entry(id: Int64) async throws -> QueueStoreEntry? { try await base.entry(id: id) }
     func countEntries(queueName: String, state: EntryState) async throws -> Int {

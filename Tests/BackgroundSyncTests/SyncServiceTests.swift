@@ -197,14 +197,14 @@ struct SyncServiceTests {
         let queue = try Queue(name: uniqueQueueName(), database: database)
         for index in 0..<5 { try await queue.pushRequest(postRequest(server.url, body: "\(index)")) }
 
-        let group = ServiceGroup(
-            services: [SyncService(queues: [queue], configuration: .init(connectivity: nil))], logger: Logger(label: "test"))
+        let service = SyncService(queues: [queue], configuration: .init(connectivity: nil))
+        let group = ServiceGroup(services: [service], logger: Logger(label: "test"))
         let running = Task { try await group.run() }
         var iterator = arrived.makeAsyncIterator()
         #expect(await iterator.next() == 0)
         await group.triggerGracefulShutdown()
-        // The service reacts to the shutdown in its own task: let it ask the queue to stop first.
-        while !queue.control.stopRequested { await Task.yield() }
+        // The service learns of the shutdown in its own task: let it get there first.
+        while !service.isShuttingDown { await Task.yield() }
         release.signal()
         try await running.value
 

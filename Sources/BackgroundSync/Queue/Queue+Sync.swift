@@ -73,11 +73,6 @@ extension Queue {
         await registerSync()
     }
 
-    /// Asks a running replay to finish the sends in flight and take nothing more (graceful shutdown).
-    nonisolated func requestStop() {
-        control.requestStop()
-    }
-
     // MARK: - Replay
 
     /// Sends the queue's entries in order and deletes each one once the server accepted it.
@@ -104,7 +99,9 @@ extension Queue {
     /// The replay runs in the calling task. A call made while a replay of this queue runs waits for
     /// that replay and returns its summary. Cancelling the task stops the replay after the sends in
     /// flight (a send the cancellation interrupted counts no attempt), gives back every entry it
-    /// leased, and throws `CancellationError`: nothing is lost.
+    /// leased, and throws `CancellationError`: nothing is lost. In a service group that shuts down
+    /// gracefully (swift-service-lifecycle), the replay lets the sends in flight finish, takes
+    /// nothing more, and returns.
     @discardableResult
     public func replayRequests() async throws -> ReplaySummary {
         while true {
@@ -119,7 +116,6 @@ extension Queue {
         }
         let join = ReplayJoin()
         runningReplay = join
-        control.clearStop()
         let result: Result<ReplaySummary, any Error>
         do {
             result = .success(try await runner.run())

@@ -15,6 +15,11 @@ extension ReplayRunner {
                     var outcomes: [ReplayOutcome] = []
                     while failure.withLock({ $0 == nil }), !mustStop {
                         guard case .claimed(let entry) = try await claims.next() else { break }
+                        // Another worker may have stopped the replay while this one waited for it.
+                        if failure.withLock({ $0 != nil }) || mustStop {
+                            try await claims.release(entry, failure: nil, nextAttemptAt: nil)
+                            break
+                        }
                         let outcome = try await replay(entry, claims: claims)
                         if case .stop(let error) = outcome {
                             failure.withLock { $0 = $0 ?? error }

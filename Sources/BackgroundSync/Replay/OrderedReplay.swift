@@ -9,9 +9,10 @@ extension ReplayRunner {
         var next = try await claims.next()
         var handedOutAt = options.clock.now
         while case .claimed(let entry) = next, !mustStop {
-            // Taken while the entry before it was in flight: if that took more than half a lease,
-            // ask again rather than send on a lease that may run out meanwhile.
-            if options.clock.now.timeIntervalSince(handedOutAt) > options.leaseDuration.timeInterval / 2 {
+            // Taken while the entry before it was in flight, with at least half a lease left: if that
+            // took more than a quarter of a lease, ask again rather than send on a lease that may
+            // run out meanwhile.
+            if options.clock.now.timeIntervalSince(handedOutAt) > options.leaseDuration.timeInterval / 4 {
                 try await claims.release(entry, failure: nil, nextAttemptAt: nil)
                 next = try await claims.next()
                 handedOutAt = options.clock.now

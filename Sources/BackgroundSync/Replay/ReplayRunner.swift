@@ -1,4 +1,5 @@
 import Foundation
+import ServiceLifecycle
 
 /// What one call of ``Queue/replayRequests()`` did.
 public struct ReplaySummary: Sendable, Hashable {
@@ -36,27 +37,22 @@ enum ReplayOutcome: Sendable {
     case stop(BackgroundSyncError)
 }
 
-/// The state a queue's replays share with the queue: the pause a 401/403 sets, and the stop a
-/// graceful shutdown requests.
+/// The state a queue's replays share with the queue: the pause a 401/403 sets.
 final class ReplayControl: Sendable {
-    private let state = Locked((pausedStatus: Int?.none, stopRequested: false))
+    private let paused = Locked<Int?>(nil)
 
     /// The status that paused the queue, until ``resume()``.
-    var pausedStatus: Int? { state.withLock { $0.pausedStatus } }
-    var stopRequested: Bool { state.withLock { $0.stopRequested } }
+    var pausedStatus: Int? { paused.withLock { $0 } }
 
-    func pause(status: Int) { state.withLock { $0.pausedStatus = status } }
+    func pause(status: Int) { paused.withLock { $0 = status } }
 
     /// Clears the pause; returns whether the queue was paused.
     func resume() -> Bool {
-        state.withLock { state in
-            defer { state.pausedStatus = nil }
-            return state.pausedStatus != nil
+        paused.withLock { status in
+            defer { status = nil }
+            return status != nil
         }
     }
-
-    func requestStop() { state.withLock { $0.stopRequested = true } }
-    func clearStop() { state.withLock { $0.stopRequested = false } }
 }
 
 /// Runs one replay of a queue, in the caller's task: takes entries from the store's
@@ -67,7 +63,9 @@ final class ReplayControl: Sendable {
 /// Two engines: in order (``QueueOptions/maxConcurrentReplays`` 1, ``ReplayOrder/ordered``) and
 /// concurrent (``ReplayOrder/concurrent(maxInFlight:)``). Cancelling the task stops a replay after
 /// the sends in flight: a send that the cancellation interrupted is given back untouched, and
-/// ``run()`` throws `CancellationError`.
+/// ``run()`` throws `CancellationError`. A graceful shutdown of the service group the task runs in
+/// (swift-service-lifecycle's `Task.isShuttingDownGracefully`) stops it the same way, but lets the
+/// sends in flight finish and returns what was done.
 struct ReplayRunner: Sendable {
     let queueName: String
     let options: QueueOptions
@@ -107,8 +105,9 @@ struct ReplayRunner: Sendable {
         return summary
     }
 
-    /// Whether the replay must take no more entries (a graceful shutdown, or cancellation).
-    var mustStop: Bool { control.stopRequested || Task.isCancelled }
+    /// Whether the replay must take no more entries: cancellation, a graceful shutdown, or a pause
+    /// (a 401/403 met by another send of a concurrent replay).
+    var mustStop: Bool { Task.isCancelled || Task.isShuttingDownGracefully || control.pausedStatus != nil }
 
     func busyError(owner: String, until: Date) -> BackgroundSyncError {
         BackgroundSyncError(

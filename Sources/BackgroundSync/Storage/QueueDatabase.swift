@@ -24,9 +24,10 @@ import Foundation
 ///   cut. Pushes, removals (``removeEntry(queueName:at:)``), dead-lettering and every
 ///   administrative change (requeue, set aside, delete, purge, sync registrations).
 /// - **Crash-safe**: once the call returns, the change survives a crash of the process; a power
-///   cut may roll it back. Replay bookkeeping: leases, failed attempts and deleting delivered
-///   entries (see ``ReplayClaims``). Rolling one back makes a delivered entry be sent again (with
-///   its `Idempotency-Key`), never loses one.
+///   cut may roll it back. Replay bookkeeping: leases, failed attempts, setting aside a row that
+///   cannot be read, and deleting delivered entries (see ``ReplayClaims``). Rolling one back makes
+///   a delivered entry be sent again (with its `Idempotency-Key`), or a damaged row be set aside
+///   again; it never loses one.
 ///
 /// ## Concurrency
 /// Every method is atomic and safe to call from several tasks, and from several processes or hosts
@@ -44,22 +45,27 @@ public protocol QueueDatabase: Sendable {
 
     /// Stores a new pending entry at the head or the tail of a queue and, when `syncTag` is given,
     /// registers that sync tag in the same transaction, so that no entry is ever stored without its
-    /// registration. Durable. Returns the entry's id and the queue's size after the push.
+    /// registration. Durable. Returns the entry's id and the queue's size after the push (as
+    /// ``countEntries(queueName:state:)`` counts it).
     func pushEntry(
         _ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd, registeringSyncTag syncTag: String?
     ) async throws -> PushedEntry
 
     /// Removes and returns the first or last pending entry of a queue that no live lease holds, or
-    /// `nil` when there is none (Workbox's `shiftRequest`/`popRequest`). Durable.
+    /// `nil` when there is none (Workbox's `shiftRequest`/`popRequest`). Durable. A driver that
+    /// leases entries ahead of a replay may hold those too; it never returns one handed out.
     func removeEntry(queueName: String, at end: QueueEnd) async throws -> QueueStoreEntry?
 
     // MARK: Reading
 
-    /// Up to `limit` entries of a queue in a state, in queue order, starting after the entry with
-    /// id `after` (from the first when `nil`): pages of a large queue cost the size of the page,
-    /// not of the queue. `limit` `nil` returns them all. Entries delivered and not yet deleted (see
-    /// ``ReplayClaims/complete(_:)``) are left out.
-    func entries(queueName: String, state: EntryState, after: Int64?, limit: Int?) async throws -> [QueueStoreEntry]
+    /// Up to `limit` entries of a queue in a state, in queue order, those whose
+    /// ``QueueStoreEntry/position`` is above `afterPosition` (from the first when `nil`): pages of
+    /// a large queue cost the size of the page, not of the queue, and an entry deleted meanwhile
+    /// does not end the paging. `limit` `nil` returns them all. Entries delivered and not yet
+    /// deleted (see ``ReplayClaims/complete(_:)``) are left out.
+    func entries(
+        queueName: String, state: EntryState, afterPosition: Int64?, limit: Int?
+    ) async throws -> [QueueStoreEntry]
 
     /// The entry with this id, in any queue and state.
     func entry(id: Int64) async throws -> QueueStoreEntry?
@@ -89,8 +95,9 @@ public protocol QueueDatabase: Sendable {
 
     /// Sets pending entries of a queue aside as dead letters, recording `failure` (an operator
     /// unblocking an ordered queue whose head can never be delivered). Durable. Returns how many
-    /// moved. An entry a replay is sending stays set aside whatever that replay records, unless the
-    /// server accepts it (then it is deleted).
+    /// moved. A replay does not send an entry set aside (or deleted) before it is handed out; one
+    /// already in flight stays set aside whatever that replay records, unless the server accepts it
+    /// (then it is deleted).
     @discardableResult
     func setAsideEntries(queueName: String, ids: [Int64], failure: ReplayFailure) async throws -> Int
 
@@ -99,7 +106,7 @@ public protocol QueueDatabase: Sendable {
     func deleteEntries(ids: [Int64]) async throws -> Int
 
     /// Deletes the entries of a queue (every queue when `queueName` is `nil`) in a state (both
-    /// states when `state` is `nil`). Durable, and possible on a full disk. Returns how many.
+    /// states when `state` is `nil`). Durable. Returns how many.
     @discardableResult
     func deleteEntries(queueName: String?, state: EntryState?) async throws -> Int
 
@@ -118,12 +125,12 @@ public protocol QueueDatabase: Sendable {
 extension QueueDatabase {
     /// Every entry of a queue in a state, in queue order.
     public func entries(queueName: String, state: EntryState) async throws -> [QueueStoreEntry] {
-        try await entries(queueName: queueName, state: state, after: nil, limit: nil)
+        try await entries(queueName: queueName, state: state, afterPosition: nil, limit: nil)
     }
 
     /// The first pending entry of a queue (the next one an ordered replay sends), if any.
     public func headEntry(queueName: String) async throws -> QueueStoreEntry? {
-        try await entries(queueName: queueName, state: .pending, after: nil, limit: 1).first
+        try await entries(queueName: queueName, state: .pending, afterPosition: nil, limit: 1).first
     }
 
     /// Every queue with its size, its dead letters and its head entry, sorted by name: a few reads

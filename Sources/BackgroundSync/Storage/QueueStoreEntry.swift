@@ -45,6 +45,9 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
     public var id: Int64
     /// The queue it belongs to.
     public var queueName: String
+    /// Its place in the queue's order: lower goes first. A dead letter keeps it, so a requeued
+    /// entry goes back where it was; pages of a queue are read after a position.
+    public var position: Int64
     /// The request.
     public var requestData: StorableRequest.RequestData
     /// When it was queued.
@@ -69,6 +72,7 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
     public init(
         id: Int64,
         queueName: String,
+        position: Int64 = 0,
         requestData: StorableRequest.RequestData,
         timestamp: Date,
         metadata: [String: String]? = nil,
@@ -81,6 +85,7 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
     ) {
         self.id = id
         self.queueName = queueName
+        self.position = position
         self.requestData = requestData
         self.timestamp = timestamp
         self.metadata = metadata

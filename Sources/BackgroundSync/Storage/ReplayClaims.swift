@@ -20,6 +20,7 @@ public enum ClaimResult: Sendable {
     case empty
     /// The head entry of an ordered queue is leased by another replayer (`owner`, the raw value of
     /// a ``LeaseOwner``) whose lease has not expired: the replay must wait rather than skip it.
+    /// Only in the ordered order: concurrent claims skip such entries.
     case busy(owner: String, until: Date)
 }
 
@@ -39,9 +40,12 @@ public enum ClaimResult: Sendable {
 ///   (one whose holder is a process of this host that no longer exists, ``LeaseOwner/isAbandoned(_:)``,
 ///   or that expired, is taken);
 /// - an entry is handed out with at least half of `leaseDuration` left on its lease (a driver that
-///   leased it ahead of time leases it again before that);
+///   leased it ahead of time leases it again before that), and only while it is still pending and
+///   leased to the owner: an entry deleted or set aside after it was leased ahead is not handed out;
+/// - an entry handed out and not resolved is not handed out again by the same claims;
 /// - an entry that cannot be read (a damaged row) is neither handed out nor left blocking the queue:
-///   it becomes a dead letter with a failure of kind ``ReplayFailure/Kind/unreadableEntry``;
+///   it becomes a dead letter with a failure of kind ``ReplayFailure/Kind/unreadableEntry``, in the
+///   same write as the lease (crash-safe);
 /// - ``finish()`` leaves nothing leased: every entry handed out and not resolved, and every entry
 ///   leased ahead, goes back untouched (no attempt counted).
 ///
@@ -52,9 +56,10 @@ public protocol ReplayClaims: AnyObject, Sendable {
     func next() async throws -> ClaimResult
 
     /// Records that the entry was delivered (or expired): it is deleted. From the moment this
-    /// returns the entry is no longer listed or counted by this database instance; the deletion is
-    /// crash-safe once a later ``next()`` or ``finish()`` returned. A replay that dies before that
-    /// sends the entry again (at least once).
+    /// returns the entry is no longer listed or counted by this database instance. The deletion is
+    /// crash-safe once ``finish()`` returned; a driver may make it sooner (with a later lease), and
+    /// a replay that dies before it is made sends the entry again (at least once, with its
+    /// `Idempotency-Key`).
     func complete(_ entry: QueueStoreEntry) async throws
 
     /// Gives the entry back with its position. With a `failure`, one failed attempt is counted, the

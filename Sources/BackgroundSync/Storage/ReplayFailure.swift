@@ -18,6 +18,9 @@ public struct ReplayFailure: Sendable, Hashable, Codable {
         case unreadableEntry
         /// An operator set the entry aside (``Queue/setAside(id:reason:)``, `bgsync set-aside`).
         case setAside
+        /// Recorded by a version of the library that did not record the kind (a file shared during
+        /// a rolling upgrade, or older entries): the message and status are all there is.
+        case unrecorded
     }
 
     /// What failed.

@@ -73,6 +73,8 @@ public final class SyncService: Service {
     /// Backoff of syncs that failed without an entry to carry the schedule (custom `onSync`).
     private let tagRetries = Locked<[String: (failures: Int, next: Date)]>([:])
     private let shuttingDown = Locked(false)
+    /// Whether a graceful shutdown reached the service (for tests).
+    var isShuttingDown: Bool { shuttingDown.withLock { $0 } }
 
     /// Creates a service for `queues`, which must share one ``SyncManager`` (they do when they
     /// share a database and were not given managers).
@@ -169,9 +171,10 @@ public final class SyncService: Service {
                     triggers: triggers, timer: timer, manager: manager, registrationQueued: registrationQueued)
                 group.cancelAll()
             }
-        } onGracefulShutdown: { [queueList, shuttingDown] in
+        } onGracefulShutdown: { [shuttingDown] in
+            // Replays running in this task's children see `Task.isShuttingDownGracefully` and stop
+            // after the sends in flight.
             shuttingDown.withLock { $0 = true }
-            queueList.withLock { $0.forEach { $0.requestStop() } }
             trigger.yield(.shutdown)
         }
         configuration.logger.info("sync service stopped")

@@ -7,7 +7,7 @@ struct Delete: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Delete one entry (pending or dead letter) for good.",
         discussion: """
-            Asks for confirmation on a terminal unless --yes is given. To keep the request but stop \\
+            Asks for confirmation on a terminal unless --yes is given. To keep the request but stop \
             it from blocking its queue, use `bgsync set-aside ID` instead.
 
             Example:

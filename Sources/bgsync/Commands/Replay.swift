@@ -80,7 +80,9 @@ struct Replay: AsyncParsableCommand {
         } catch let error as BackgroundSyncError where error.code == .queueReplayFailed || error.code == .queuePaused {
             outcome.result = error.code == .queuePaused ? "paused" : "stopped"
             outcome.message = error.code == .queuePaused
-                ? error.message + "; the entry stays queued: give the request valid credentials, then replay again"
+                ? error.message
+                    + "; the entry stays queued: it needs credentials a replay can send (enqueue with --store-secrets,"
+                    + " or an app's requestWillReplay hook), then replay again"
                 : error.message
         }
         progress.finish()

@@ -69,6 +69,7 @@ struct Run: AsyncParsableCommand {
         guard let service else { return }
         let group = ServiceGroup(
             services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        try await group.run()
+        // A database that fails while the daemon runs ends it with its own status, as any command.
+        try await reportingErrors { try await group.run() }
     }
 }

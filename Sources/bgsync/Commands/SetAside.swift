@@ -8,8 +8,8 @@ struct SetAside: AsyncParsableCommand {
         commandName: "set-aside",
         abstract: "Set a pending entry aside as a dead letter, so that the entries behind it are replayed.",
         discussion: """
-            For a request that can never be delivered (a host that no longer exists) at the head of \\
-            an ordered queue. The entry is kept with its position and can be put back with \\
+            For a request that can never be delivered (a host that no longer exists) at the head of \
+            an ordered queue. The entry is kept with its position and can be put back with \
             `bgsync requeue ID`.
 
             Example:

@@ -10,47 +10,34 @@ extension SQLiteQueueDatabase {
         case crashSafe
     }
 
-    /// Runs `body` in a transaction on the writer. The write completes even if the calling task is
-    /// cancelled: GRDB's async accessors would give up with `CancellationError`, and a replay gives
-    /// its leases back from a cancelled task.
+    /// Runs `body` in a transaction on the writer's queue, without blocking the caller's thread
+    /// (the writer may wait for a commit's fsync, a checkpoint or another process's lock). The write
+    /// completes even if the calling task is cancelled: GRDB's async accessors would give up with
+    /// `CancellationError`, and a replay gives its leases back from a cancelled task.
     func write<T: Sendable>(
         _ action: String, _ durability: Durability = .durable, _ body: @escaping @Sendable (Database) throws -> T
     ) async throws -> T {
-        let synchronous = synchronous
-        switch durability {
-        case .crashSafe:
-            // Bookkeeping commits do not wait for the disk: run them in the caller's thread rather
-            // than pay two thread hops.
-            do {
-                return try Self.writeBlocking(writer) { db in
-                    try synchronous.transaction(synchronous.bookkeeping, db) { try body(db) }
-                }
-            } catch {
-                throw Self.mapError(error, path: path, action: action)
-            }
-        case .durable:
-            let (writer, path) = (writer, path)
-            return try await withUnsafeThrowingContinuation { continuation in
-                writer.asyncWriteWithoutTransaction { db in
-                    do {
-                        let value = try synchronous.transaction(synchronous.durable, db) { try body(db) }
-                        continuation.resume(returning: value)
-                    } catch {
-                        continuation.resume(throwing: Self.mapError(error, path: path, action: action))
-                    }
+        let (writer, path, synchronous) = (writer, path, synchronous)
+        let mode = durability == .durable ? synchronous.durable : synchronous.bookkeeping
+        return try await withUnsafeThrowingContinuation { continuation in
+            writer.asyncWriteWithoutTransaction { db in
+                do {
+                    continuation.resume(returning: try synchronous.transaction(mode, db) { try body(db) })
+                } catch {
+                    continuation.resume(throwing: Self.mapError(error, path: path, action: action))
                 }
             }
         }
     }
 
-    /// GRDB's blocking write (the async overload would be chosen in an async context).
-    private static func writeBlocking<T>(_ writer: any DatabaseWriter, _ body: (Database) throws -> T) throws -> T {
-        try writer.writeWithoutTransaction(body)
-    }
-
+    /// Runs `body` in a read transaction. A cancelled task gets `CancellationError`.
     func read<T: Sendable>(_ action: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
             return try await writer.read(body)
+        } catch let error as CancellationError {
+            throw error
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_INTERRUPT && Task.isCancelled {
+            throw CancellationError()
         } catch {
             throw Self.mapError(error, path: path, action: action)
         }

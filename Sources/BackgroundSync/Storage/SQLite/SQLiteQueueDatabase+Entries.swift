@@ -92,7 +92,7 @@ extension SQLiteQueueDatabase {
     }
 
     public func entries(
-        queueName: String, state: EntryState, after: Int64?, limit: Int?
+        queueName: String, state: EntryState, afterPosition: Int64?, limit: Int?
     ) async throws -> [QueueStoreEntry] {
         let hidden = undeletedIDs(queueName)
         let sqlLimit = limit.map { $0 + hidden.count } ?? -1
@@ -100,10 +100,10 @@ extension SQLiteQueueDatabase {
             // Keyset paging on the (queueName, state, position) index: a page costs its own size.
             let select = try db.cachedStatement(sql: """
                 SELECT \(EntryColumn.list) FROM entry WHERE queueName = ?1 AND state = ?2
-                AND (?3 IS NULL OR position > (SELECT position FROM entry WHERE id = ?3))
+                AND (?3 IS NULL OR position > ?3)
                 ORDER BY position LIMIT ?4
                 """)
-            return try Row.fetchAll(select, arguments: [queueName, state.rawValue, after, sqlLimit]).map(Self.decode)
+            return try Row.fetchAll(select, arguments: [queueName, state.rawValue, afterPosition, sqlLimit]).map(Self.decode)
         }
         if !hidden.isEmpty { entries.removeAll { hidden.contains($0.id) } }
         if let limit, entries.count > limit { entries.removeLast(entries.count - limit) }

@@ -39,9 +39,11 @@ extension SQLiteQueueDatabase {
     }
 
     /// Leases, in queue order, up to `limit` pending entries of a queue that no live lease holds
-    /// (this owner's included: those are in flight) and whose next attempt is due.
+    /// (this owner's included: those are in flight), other than `excluded` (handed out, even if
+    /// their lease ran out), and whose next attempt is due.
     static func leaseDue(
-        queueName: String, owner: String, limit: Int, now: Double, until expiry: Double, _ db: Database
+        queueName: String, owner: String, limit: Int, excluding excluded: Set<Int64>, now: Double,
+        until expiry: Double, _ db: Database
     ) throws -> [QueueStoreEntry] {
         var entries: [QueueStoreEntry] = []
         // Entries leased by a live holder are skipped; scan a bounded window past them. Rows are
@@ -55,6 +57,7 @@ extension SQLiteQueueDatabase {
             let cursor = try Row.fetchCursor(window, arguments: [queueName, now, limit * 4 + 64])
             while entries.count < limit, let row = try cursor.next() {
                 if liveLease(row, now: now) != nil { continue }
+                if !excluded.isEmpty, excluded.contains(try row.decode(atIndex: EntryColumn.id.rawValue)) { continue }
                 // An unreadable row was set aside (its state changed): scan again.
                 guard let entry = try lease(row, to: owner, until: expiry, db) else { continue scan }
                 entries.append(entry)

@@ -60,7 +60,7 @@ extension SQLiteQueueDatabase {
     enum EntryColumn: Int, CaseIterable {
         case id, queueName, url, method, headers, body, settings, timestamp, metadata, state, attempts
         case nextAttemptAt, leaseOwner, leaseExpiresAt, lastStatus, lastError, lastResponseExcerpt
-        case idempotencyKey, sealedSecrets, lastFailureKind
+        case idempotencyKey, sealedSecrets, lastFailureKind, position
 
         static let list = allCases.map { "\($0)" }.joined(separator: ", ")
     }
@@ -84,9 +84,7 @@ extension SQLiteQueueDatabase {
                 }
                 kind = known
             } else {
-                // Written by a version that did not record the kind (it shares the file during a
-                // rolling upgrade): its failures were HTTP statuses or missing responses.
-                kind = status == nil ? .noResponse : .httpStatus
+                kind = .unrecorded
             }
             return ReplayFailure(
                 kind: kind, status: status, message: message, responseExcerpt: try value(.lastResponseExcerpt))
@@ -117,6 +115,7 @@ extension SQLiteQueueDatabase {
             return QueueStoreEntry(
                 id: id,
                 queueName: try value(.queueName),
+                position: try value(.position),
                 requestData: data,
                 timestamp: Date(timeIntervalSince1970: timestamp),
                 metadata: metadata,

@@ -83,19 +83,10 @@ extension SQLiteQueueDatabase {
                 END;
                 """)
         }
-        // The kind of the last failure, recorded explicitly. Failures recorded before it are given
-        // the kind their text and status tell.
+        // The kind of the last failure, recorded with it. Failures recorded before have none
+        // (`ReplayFailure.Kind.unrecorded`): it is not guessed from their text.
         migrator.registerMigration("v4-failure-kind") { db in
-            try db.execute(sql: """
-                ALTER TABLE entry ADD COLUMN lastFailureKind TEXT;
-                UPDATE entry SET lastFailureKind = CASE
-                    WHEN lastStatus IS NOT NULL THEN 'httpStatus'
-                    WHEN lastError LIKE 'unreadable entry%' THEN 'unreadableEntry'
-                    WHEN lastError LIKE 'requestWillReplay failed%' THEN 'hookFailed'
-                    WHEN lastError LIKE 'cannot rebuild the request%' THEN 'invalidRequest'
-                    ELSE 'noResponse' END
-                WHERE lastError IS NOT NULL;
-                """)
+            try db.execute(sql: "ALTER TABLE entry ADD COLUMN lastFailureKind TEXT")
         }
         return migrator
     }()

@@ -8,7 +8,9 @@ import GRDB
 /// in-flight limit leased ahead. Delivered entries are deleted in the commit that leases the next
 /// ones (or at ``finish()``), so a replay pays one commit per few entries, and an ordered replay,
 /// which asks for the next entry while the current one is in flight, makes that commit during the
-/// send. Entries leased ahead are leased again once half their lease is gone.
+/// send. Entries leased ahead are leased again once half their lease is gone, and each is checked
+/// when it is handed out (one indexed read): one deleted or set aside meanwhile, by this process or
+/// another, is skipped.
 final class SQLiteReplayClaims: ReplayClaims {
     /// How many entries an ordered replay leases at a time. The price of batching: a process that
     /// dies mid-replay may send again up to this many delivered entries (each with its
@@ -36,6 +38,8 @@ final class SQLiteReplayClaims: ReplayClaims {
     private struct LeaseWork {
         var deleting: [Int64]
         var givingBack: [QueueStoreEntry]
+        /// When the entries given back were leased (they keep that time if the commit fails).
+        var givingBackLeasedAt: Date?
         var excluding: Set<Int64>
         var limit: Int
     }
@@ -68,11 +72,14 @@ final class SQLiteReplayClaims: ReplayClaims {
     }
 
     func next() async throws -> ClaimResult {
+        var justLeased = false
         while true {
             let now = clock.now
             switch state.withLock({ plan(&$0, now: now) }) {
             case .take(let entry):
-                return .claimed(entry)
+                if justLeased { return .claimed(entry) }
+                if try await stillHeld(entry) { return .claimed(entry) }
+                _ = state.withLock { $0.handedOut.remove(entry.id) }
             case .done(let result):
                 return result
             case .wait:
@@ -87,7 +94,21 @@ final class SQLiteReplayClaims: ReplayClaims {
             case .lease(let work):
                 if let busy = try await lease(work, now: now) { return busy }
                 if case .ordered = order, state.withLock({ $0.leased.isEmpty }) { return .empty }
+                justLeased = true
             }
+        }
+    }
+
+    /// Whether an entry leased ahead is still pending and leased to this owner (not deleted or set
+    /// aside since, nor taken over).
+    private func stillHeld(_ entry: QueueStoreEntry) async throws -> Bool {
+        let owner = owner
+        return try await database.read("read") { db in
+            let row = try Row.fetchOne(
+                try db.cachedStatement(sql: "SELECT state, leaseOwner FROM entry WHERE id = ?"), arguments: [entry.id])
+            guard let row else { return false }
+            let (state, holder): (String?, String?) = (try row.decode(atIndex: 0), try row.decode(atIndex: 1))
+            return state == EntryState.pending.rawValue && holder == owner
         }
     }
 
@@ -110,7 +131,7 @@ final class SQLiteReplayClaims: ReplayClaims {
             if !state.leased.isEmpty && !stale && (state.leasing || state.drained || state.leased.count > lowWater) {
                 return take(&state)
             }
-            if state.leasing { return state.leased.isEmpty || stale ? .wait : take(&state) }
+            if state.leasing { return .wait }
             if state.leased.isEmpty && state.drained && state.lastLeased == 0 { return .done(.empty) }
             let wanted = max(2 * maxInFlight - state.handedOut.count - (stale ? 0 : state.leased.count), 1)
             return .lease(startLease(&state, limit: wanted, givingBackAll: stale))
@@ -121,13 +142,14 @@ final class SQLiteReplayClaims: ReplayClaims {
     /// entries leased ahead when they are all to be leased again, lease up to `limit` more.
     private func startLease(_ state: inout State, limit: Int, givingBackAll: Bool) -> LeaseWork {
         state.leasing = true
-        var givingBack: [QueueStoreEntry] = []
+        var work = LeaseWork(
+            deleting: state.delivered, givingBack: [], givingBackLeasedAt: nil, excluding: state.handedOut, limit: limit)
         if givingBackAll {
-            givingBack = state.leased
+            (work.givingBack, work.givingBackLeasedAt) = (state.leased, state.leasedAt)
             state.leased = []
             state.leasedAt = nil
         }
-        return LeaseWork(deleting: state.delivered, givingBack: givingBack, excluding: state.handedOut, limit: limit)
+        return work
     }
 
     /// Runs one lease commit; returns a result for the caller only when an ordered queue is busy.
@@ -146,7 +168,8 @@ final class SQLiteReplayClaims: ReplayClaims {
                         now: nowSeconds, until: expiry, db)
                 case .concurrent:
                     let entries = try SQLiteQueueDatabase.leaseDue(
-                        queueName: queueName, owner: owner, limit: work.limit, now: nowSeconds, until: expiry, db)
+                        queueName: queueName, owner: owner, limit: work.limit, excluding: work.excluding,
+                        now: nowSeconds, until: expiry, db)
                     return (entries, nil)
                 }
             })
@@ -157,15 +180,18 @@ final class SQLiteReplayClaims: ReplayClaims {
             state.leasing = false
             switch outcome {
             case .success(let leased):
-                state.delivered.removeFirst(work.deleting.count)
+                state.delivered.removeFirst(min(work.deleting.count, state.delivered.count))
                 state.leasedAt = state.leased.isEmpty ? now : min(state.leasedAt ?? now, now)
                 state.leased += leased.entries
                 state.drained = leased.entries.count < work.limit
                 state.lastLeased = leased.entries.count
             case .failure:
-                // Nothing changed in the database: what was to be given back is still leased.
+                // Nothing changed in the database: what was to be given back is still leased, since
+                // the time it was leased.
                 state.leased = work.givingBack + state.leased
-                if state.leasedAt == nil, !state.leased.isEmpty { state.leasedAt = now }
+                if let leasedAt = work.givingBackLeasedAt {
+                    state.leasedAt = min(state.leasedAt ?? leasedAt, leasedAt)
+                }
             }
             defer { state.waiters = [] }
             return state.waiters
@@ -177,11 +203,13 @@ final class SQLiteReplayClaims: ReplayClaims {
     }
 
     func complete(_ entry: QueueStoreEntry) async throws {
+        // Noted under the claims' lock: a lease that takes the delivery for deletion (and forgets
+        // it once deleted) can only do so after it is noted.
         state.withLock { state in
             state.handedOut.remove(entry.id)
             state.delivered.append(entry.id)
+            database.noteDeliveries(CollectionOfOne(entry.id), of: queueName)
         }
-        database.noteDeliveries(CollectionOfOne(entry.id), of: queueName)
     }
 
     func release(_ entry: QueueStoreEntry, failure: ReplayFailure?, nextAttemptAt: Date?) async throws {
