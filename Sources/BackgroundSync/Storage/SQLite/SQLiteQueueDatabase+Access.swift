@@ -43,6 +43,23 @@ extension SQLiteQueueDatabase {
         }
     }
 
+    /// Runs one statement's read in the caller's thread, outside an explicit transaction (a single
+    /// `SELECT` is atomic on its own): GRDB's async read hops to a reader's queue and back, and
+    /// opens and commits a transaction around it. In WAL mode a reader never waits for the writer.
+    func readInPlace<T>(_ action: String, _ body: (Database) throws -> T) throws -> T {
+        do {
+            return try Self.readBlocking(writer, body)
+        } catch {
+            throw Self.mapError(error, path: path, action: action)
+        }
+    }
+
+    /// GRDB's blocking read without a transaction (the async overload would be chosen in an async
+    /// context).
+    private static func readBlocking<T>(_ reader: any DatabaseReader, _ body: (Database) throws -> T) throws -> T {
+        try reader.unsafeRead(body)
+    }
+
     /// The writer connection's `PRAGMA synchronous`, set per transaction: durable writes commit with
     /// the configured mode (FULL by default: on disk before the call returns), replay bookkeeping
     /// with NORMAL (it survives a crash of the process; after a power cut the last of it may be

@@ -78,7 +78,7 @@ final class SQLiteReplayClaims: ReplayClaims {
             switch state.withLock({ plan(&$0, now: now) }) {
             case .take(let entry):
                 if justLeased { return .claimed(entry) }
-                if try await stillHeld(entry) { return .claimed(entry) }
+                if try stillHeld(entry) { return .claimed(entry) }
                 _ = state.withLock { $0.handedOut.remove(entry.id) }
             case .done(let result):
                 return result
@@ -100,10 +100,10 @@ final class SQLiteReplayClaims: ReplayClaims {
     }
 
     /// Whether an entry leased ahead is still pending and leased to this owner (not deleted or set
-    /// aside since, nor taken over).
-    private func stillHeld(_ entry: QueueStoreEntry) async throws -> Bool {
-        let owner = owner
-        return try await database.read("read") { db in
+    /// aside since, nor taken over). One indexed read on a reader connection, in the caller's thread:
+    /// in WAL mode a reader does not wait for the writer.
+    private func stillHeld(_ entry: QueueStoreEntry) throws -> Bool {
+        try database.readInPlace("read") { db in
             let row = try Row.fetchOne(
                 try db.cachedStatement(sql: "SELECT state, leaseOwner FROM entry WHERE id = ?"), arguments: [entry.id])
             guard let row else { return false }
