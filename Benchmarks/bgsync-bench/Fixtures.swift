@@ -29,6 +29,11 @@ enum Fixtures {
             try db.execute(sql: "UPDATE queue SET tailPosition = ? WHERE name = ?", arguments: [start + Int64(count), name])
         }
         try writer.close()
+        // The file's pages on disk before anything is measured: the kernel would otherwise write
+        // them back in the middle of the measured pushes, whose fsyncs would wait for them.
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        try handle.synchronize()
+        try handle.close()
     }
 
     /// A loopback server that answers every request at once with a 201.
