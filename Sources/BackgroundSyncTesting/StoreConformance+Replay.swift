@@ -237,6 +237,34 @@ extension StoreConformance {
                 try expectEqual(dead.map(path), ["1", "2"], "set aside")
                 try expectEqual(dead.first?.lastFailure?.kind, .setAside, "a release does not undo a set-aside")
             },
+            check("in order, an entry given back untouched is the next one handed out") { store in
+                let database = try await store.open()
+                try await push((1...10).map(String.init), to: "q", database)
+                let claims = ordered(database, clock: ManualWallClock())
+                try await claims.complete(try await claimed(claims, "1"))
+                let second = try await claimed(claims, "2")
+                try await claims.release(second, failure: nil, nextAttemptAt: nil)
+                try expectEqual(path(try await claimed(claims, "2 again")), "2", "after a give-back")
+                try await claims.finish()
+            },
+            check("concurrent claims hand out no entry deleted or set aside after it was leased") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                let ids = try await push((1...30).map(String.init), to: "q", one)
+                let claims = one.claims(
+                    queueName: "q", order: .concurrent(maxInFlight: 4), owner: .current(), leaseDuration: .seconds(60),
+                    clock: ManualWallClock())
+                let first = try await claimed(claims, "first")
+                // Another process removes every other entry but the last, whatever the claims hold.
+                let others = ids.filter { $0 != first.id && $0 != ids.last }
+                try await two.deleteEntries(ids: others.enumerated().filter { $0.offset % 2 == 0 }.map(\.element))
+                try await two.setAsideEntries(
+                    queueName: "q", ids: others.enumerated().filter { $0.offset % 2 == 1 }.map(\.element),
+                    failure: ReplayFailure(kind: .setAside, message: "by hand"))
+                try await claims.complete(first)
+                let rest = try await drain(claims).map(\.id)
+                try await claims.finish()
+                try expectEqual(rest, [ids[29]], "handed out after the removals")
+            },
             check("writes complete in a cancelled task") { store in
                 let database = try await store.open()
                 try await push(["1", "2"], to: "q", database)

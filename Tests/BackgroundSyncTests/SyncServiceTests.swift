@@ -210,6 +210,7 @@ struct SyncServiceTests {
 
         #expect(server.bodies == ["0"], "the send in flight finished; no new one started")
         #expect(try await queue.size() == 4)
+        #expect(try await queue.syncManager.getTags() == [queue.syncTag], "what is left stays registered")
         for _ in 0..<4 { release.signal() }
         #expect(try await queue.replayRequests().delivered == 4, "no lease was left behind")
     }

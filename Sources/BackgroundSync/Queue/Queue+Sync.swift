@@ -1,4 +1,5 @@
 import Foundation
+import ServiceLifecycle
 
 extension Queue {
     /// Registers the queue's sync tag. Never throws: a registration that cannot be written is
@@ -48,6 +49,11 @@ extension Queue {
                 try await onSync(self)
             } else {
                 try await replayRequests()
+            }
+            // A graceful shutdown cut the sync short: what is left keeps the registration, so that
+            // the next run (of this process or another) syncs it.
+            if Task.isShuttingDownGracefully, (try? await size()) ?? 0 > 0 {
+                await registerSync()
             }
         } catch {
             if finish() && event.lastChance {
@@ -110,9 +116,16 @@ extension Queue {
             }
             guard let running = runningReplay else { break }
             let result = await running.wait()
-            // The replay this call joined was cancelled, this call was not: run one of its own.
-            if case .failure(let error) = result, error is CancellationError, !Task.isCancelled { continue }
-            return try result.get()
+            // The replay this call joined was cancelled, or stopped by a shutdown, and this call was
+            // not: run one of its own.
+            switch result {
+            case .failure(let error) where error is CancellationError && !Task.isCancelled:
+                continue
+            case .success(let summary) where summary.stoppedByShutdown && !Task.isShuttingDownGracefully:
+                continue
+            default:
+                return try result.get()
+            }
         }
         let join = ReplayJoin()
         runningReplay = join
@@ -137,23 +150,36 @@ final class ReplayJoin: Sendable {
 
     private let state = Locked(State())
 
-    /// The replay's result, or `CancellationError` when the waiting task is cancelled first.
+    /// The replay's result; `CancellationError` when the waiting task is cancelled first, and an
+    /// empty summary stopped by shutdown when the waiting task's service group shuts down first.
     func wait() async -> Result<ReplaySummary, any Error> {
         let id = UUID()
-        return await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                let ready = state.withLock { state -> Result<ReplaySummary, any Error>? in
-                    if let result = state.result { return result }
-                    if Task.isCancelled { return .failure(CancellationError()) }
-                    state.waiters[id] = continuation
-                    return nil
+        var stopped = ReplaySummary()
+        stopped.stoppedByShutdown = true
+        let early = stopped
+        return await withGracefulShutdownHandler {
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { continuation in
+                    let ready = state.withLock { state -> Result<ReplaySummary, any Error>? in
+                        if let result = state.result { return result }
+                        if Task.isCancelled { return .failure(CancellationError()) }
+                        if Task.isShuttingDownGracefully { return .success(early) }
+                        state.waiters[id] = continuation
+                        return nil
+                    }
+                    if let ready { continuation.resume(returning: ready) }
                 }
-                if let ready { continuation.resume(returning: ready) }
+            } onCancel: {
+                self.stopWaiting(id, with: .failure(CancellationError()))
             }
-        } onCancel: {
-            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
-            waiter?.resume(returning: .failure(CancellationError()))
+        } onGracefulShutdown: {
+            self.stopWaiting(id, with: .success(early))
         }
+    }
+
+    private func stopWaiting(_ id: UUID, with result: Result<ReplaySummary, any Error>) {
+        let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
+        waiter?.resume(returning: result)
     }
 
     func resolve(_ result: Result<ReplaySummary, any Error>) {

@@ -9,15 +9,19 @@ extension ReplayRunner {
         _ claims: any ReplayClaims, maxInFlight: Int, summary: inout ReplaySummary
     ) async throws {
         let failure = Locked<BackgroundSyncError?>(nil)
+        // A graceful shutdown stopped a worker that had an entry to send.
+        let stopped = Locked(false)
         let outcomes = try await withThrowingTaskGroup(of: [ReplayOutcome].self) { group in
             for _ in 0..<maxInFlight {
                 group.addTask {
                     var outcomes: [ReplayOutcome] = []
                     while failure.withLock({ $0 == nil }), !mustStop {
                         guard case .claimed(let entry) = try await claims.next() else { break }
-                        // Another worker may have stopped the replay while this one waited for it.
+                        // Another worker may have stopped the replay while this one waited for it. (A
+                        // give-back that fails leaves the entry to `finish()`.)
                         if failure.withLock({ $0 != nil }) || mustStop {
-                            try await claims.release(entry, failure: nil, nextAttemptAt: nil)
+                            try? await claims.release(entry, failure: nil, nextAttemptAt: nil)
+                            if Task.isShuttingDownGracefully { stopped.withLock { $0 = true } }
                             break
                         }
                         let outcome = try await replay(entry, claims: claims)
@@ -34,6 +38,7 @@ extension ReplayRunner {
             return all
         }
         for outcome in outcomes { summary.count(outcome) }
+        summary.stoppedByShutdown = stopped.withLock { $0 }
         if let failure = failure.withLock({ $0 }) { throw failure }
     }
 }

@@ -36,5 +36,6 @@ extension ReplayRunner {
         if case .busy(let owner, let until) = next, !mustStop {
             throw busyError(owner: owner, until: until)
         }
+        if case .claimed = next, Task.isShuttingDownGracefully { summary.stoppedByShutdown = true }
     }
 }

@@ -9,6 +9,9 @@ public struct ReplaySummary: Sendable, Hashable {
     public var deadLettered = 0
     /// Entries removed because they were older than ``QueueOptions/maxRetentionTime``.
     public var expired = 0
+    /// Whether a graceful shutdown stopped the replay while entries were left to send (they stay
+    /// queued, and the queue's sync stays registered).
+    public internal(set) var stoppedByShutdown = false
 
     /// Creates an empty summary.
     public init() {}

@@ -223,16 +223,18 @@ public final class SyncService: Service {
         var earliest: Date?
         for queue in queues where tags.contains(queue.syncTag) {
             if await queue.isPaused { continue }
-            let due = dueDate(queue, head: try await queue.headEntry())
+            let due = dueDate(queue, head: try await queue.headEntry(), now: configuration.clock.now)
             if let due, earliest.map({ due < $0 }) ?? true { earliest = due }
         }
         return earliest
     }
 
-    /// When the queue's sync is due: its head entry's next attempt, else the tag's own backoff
-    /// after a failed sync; `nil` when nothing holds it back.
-    private func dueDate(_ queue: Queue, head: QueueStoreEntry?) -> Date? {
-        head?.nextAttemptAt ?? tagRetries.withLock { $0[queue.syncTag]?.next }
+    /// When the queue's sync is due: its head entry's next attempt while that is ahead, else the
+    /// tag's own backoff after a failed sync (a custom `onSync` that failed, or a head another
+    /// process holds); `nil` when nothing holds it back.
+    private func dueDate(_ queue: Queue, head: QueueStoreEntry?, now: Date) -> Date? {
+        if let next = head?.nextAttemptAt, next > now { return next }
+        return tagRetries.withLock { $0[queue.syncTag]?.next } ?? head?.nextAttemptAt
     }
 
     /// Dispatches the sync of every registered queue that is due, concurrently.
@@ -255,7 +257,7 @@ public final class SyncService: Service {
                     configuration.logger.info("cannot read queue", metadata: ["queue": "\(queue.name)", "error": "\(error)"])
                     continue
                 }
-                let due = dueDate(queue, head: head)
+                let due = dueDate(queue, head: head, now: now)
                 // Times make a round trip through the database as seconds since 1970; allow for the rounding.
                 var isDue = due.map { $0.timeIntervalSince(now) <= 0.001 } ?? true
                 if case .connectivity = trigger, head?.lastFailure?.kind == .noResponse { isDue = true }

@@ -163,7 +163,8 @@ struct FailureView: Encodable {
         case ReplayFailure.Kind.hookFailed.rawValue: return "hook failed"
         case ReplayFailure.Kind.invalidRequest.rawValue: return "invalid request"
         case ReplayFailure.Kind.unreadableEntry.rawValue: return "unreadable"
-        default: return "set aside"
+        case ReplayFailure.Kind.setAside.rawValue: return "set aside"
+        default: return status.map { "HTTP \($0)" } ?? "failed"
         }
     }
 }

@@ -43,14 +43,40 @@ extension SQLiteQueueDatabase {
         }
     }
 
-    /// Runs one statement's read in the caller's thread, outside an explicit transaction (a single
-    /// `SELECT` is atomic on its own): GRDB's async read hops to a reader's queue and back, and
-    /// opens and commits a transaction around it. In WAL mode a reader never waits for the writer.
-    func readInPlace<T>(_ action: String, _ body: (Database) throws -> T) throws -> T {
+    /// Whether an entry is pending and leased to `owner`: the check a replay makes before it hands
+    /// out an entry it leased ahead. It runs on every hand-out, so on a file it is one statement on
+    /// a read-only connection of its own, in the caller's thread, without a transaction (a single
+    /// `SELECT` is atomic): GRDB's pooled async read hops to a reader's queue and back and wraps the
+    /// statement in a transaction, and a blocking read from the pool could wait for a reader held
+    /// by an async read that needs this very thread to finish. In WAL mode this connection never
+    /// waits for the writer, and nothing else uses it.
+    func isLeased(_ id: Int64, to owner: String) async throws -> Bool {
+        @Sendable func check(_ db: Database) throws -> Bool {
+            let row = try Row.fetchOne(
+                try db.cachedStatement(sql: "SELECT state, leaseOwner FROM entry WHERE id = ?"), arguments: [id])
+            guard let row else { return false }
+            let (state, holder): (String?, String?) = (try row.decode(atIndex: 0), try row.decode(atIndex: 1))
+            return state == EntryState.pending.rawValue && holder == owner
+        }
+        guard writer is DatabasePool else { return try await read("read", check) }
         do {
-            return try Self.readBlocking(writer, body)
+            return try Self.readBlocking(try leaseChecker(), check)
         } catch {
-            throw Self.mapError(error, path: path, action: action)
+            throw Self.mapError(error, path: path, action: "read")
+        }
+    }
+
+    /// The read-only connection of ``isLeased(_:to:)``, opened the first time.
+    private func leaseChecker() throws -> DatabaseQueue {
+        try leaseCheckConnection.withLock { connection in
+            if let connection { return connection }
+            var configuration = GRDB.Configuration()
+            configuration.readonly = true
+            configuration.busyMode = .timeout(10)
+            configuration.label = "BackgroundSync.leaseCheck"
+            let opened = try DatabaseQueue(path: path, configuration: configuration)
+            connection = opened
+            return opened
         }
     }
 

@@ -57,6 +57,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     let pushes: GroupCommit<Database, PendingPush, PushedEntry>
     /// Entries replays delivered and have not deleted yet, by queue: left out of counts and lists.
     let undeletedDeliveries: Locked<[String: Set<Int64>]>
+    /// The read-only connection replays check their leases with, opened when first needed.
+    let leaseCheckConnection = Locked<DatabaseQueue?>(nil)
     /// A folder this instance created and removes when it goes away (``temporary()``).
     private let ownedDirectory: URL?
 

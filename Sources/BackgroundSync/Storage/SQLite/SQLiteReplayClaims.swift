@@ -72,14 +72,20 @@ final class SQLiteReplayClaims: ReplayClaims {
     }
 
     func next() async throws -> ClaimResult {
-        var justLeased = false
+        // Entries this call leased need no check; those leased by an earlier call do.
+        var justLeased: Set<Int64> = []
         while true {
             let now = clock.now
             switch state.withLock({ plan(&$0, now: now) }) {
             case .take(let entry):
-                if justLeased { return .claimed(entry) }
-                if try stillHeld(entry) { return .claimed(entry) }
-                _ = state.withLock { $0.handedOut.remove(entry.id) }
+                if justLeased.contains(entry.id) { return .claimed(entry) }
+                if try await database.isLeased(entry.id, to: owner) { return .claimed(entry) }
+                state.withLock { state in
+                    state.handedOut.remove(entry.id)
+                    // In order, nothing may be sent past it (it may be pending again, or held by
+                    // someone else): lease again from the head.
+                    if case .ordered = order { state.leasedAt = .distantPast }
+                }
             case .done(let result):
                 return result
             case .wait:
@@ -92,23 +98,11 @@ final class SQLiteReplayClaims: ReplayClaims {
                     if !waiting { continuation.resume() }
                 }
             case .lease(let work):
-                if let busy = try await lease(work, now: now) { return busy }
+                let (busy, leased) = try await lease(work, now: now)
+                if let busy { return busy }
                 if case .ordered = order, state.withLock({ $0.leased.isEmpty }) { return .empty }
-                justLeased = true
+                justLeased.formUnion(leased)
             }
-        }
-    }
-
-    /// Whether an entry leased ahead is still pending and leased to this owner (not deleted or set
-    /// aside since, nor taken over). One indexed read on a reader connection, in the caller's thread:
-    /// in WAL mode a reader does not wait for the writer.
-    private func stillHeld(_ entry: QueueStoreEntry) throws -> Bool {
-        try database.readInPlace("read") { db in
-            let row = try Row.fetchOne(
-                try db.cachedStatement(sql: "SELECT state, leaseOwner FROM entry WHERE id = ?"), arguments: [entry.id])
-            guard let row else { return false }
-            let (state, holder): (String?, String?) = (try row.decode(atIndex: 0), try row.decode(atIndex: 1))
-            return state == EntryState.pending.rawValue && holder == owner
         }
     }
 
@@ -152,8 +146,9 @@ final class SQLiteReplayClaims: ReplayClaims {
         return work
     }
 
-    /// Runs one lease commit; returns a result for the caller only when an ordered queue is busy.
-    private func lease(_ work: LeaseWork, now: Date) async throws -> ClaimResult? {
+    /// Runs one lease commit; returns a result for the caller when an ordered queue is busy, and the
+    /// ids it leased.
+    private func lease(_ work: LeaseWork, now: Date) async throws -> (ClaimResult?, [Int64]) {
         let (queueName, owner, order) = (queueName, owner, order)
         let (nowSeconds, expiry) = (now.timeIntervalSince1970, now.timeIntervalSince1970 + leaseDuration.timeInterval)
         let outcome: Result<(entries: [QueueStoreEntry], busy: (owner: String, until: Date)?), any Error>
@@ -199,7 +194,7 @@ final class SQLiteReplayClaims: ReplayClaims {
         waiters.forEach { $0.resume() }
         let leased = try outcome.get()
         database.forgetDeliveries(work.deleting, of: queueName)
-        return leased.busy.map { .busy(owner: $0.owner, until: $0.until) }
+        return (leased.busy.map { .busy(owner: $0.owner, until: $0.until) }, leased.entries.map(\.id))
     }
 
     func complete(_ entry: QueueStoreEntry) async throws {
@@ -222,7 +217,11 @@ final class SQLiteReplayClaims: ReplayClaims {
                 try SQLiteQueueDatabase.giveBack(CollectionOfOne(entry.id), owner: owner, db)
             }
         }
-        _ = state.withLock { $0.handedOut.remove(entry.id) }
+        state.withLock { state in
+            state.handedOut.remove(entry.id)
+            // Given back untouched, it comes first again in order: so must the ones leased after it.
+            if failure == nil, case .ordered = order { state.leasedAt = .distantPast }
+        }
     }
 
     func deadLetter(_ entry: QueueStoreEntry, failure: ReplayFailure) async throws {
