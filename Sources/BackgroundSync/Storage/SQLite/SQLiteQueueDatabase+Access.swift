@@ -165,7 +165,8 @@ extension SQLiteQueueDatabase {
                 do {
                     var pushed = try insert(batch, db, openEnds: openEnds)
                     // The sizes leave out deliveries not deleted yet (while a replay runs).
-                    for queueName in Set(batch.map(\.queueName)) {
+                    let replaying = !undeletedDeliveries.withLock { $0.isEmpty }
+                    for queueName in replaying ? Set(batch.map(\.queueName)) : [] {
                         let hidden = undeletedIDs(queueName, in: undeletedDeliveries)
                         guard !hidden.isEmpty else { continue }
                         let undeleted = try pendingCount(of: hidden, db)
