@@ -38,7 +38,9 @@ extension ReplayRunner {
             return all
         }
         for outcome in outcomes { summary.count(outcome) }
-        summary.stoppedByShutdown = stopped.withLock { $0 }
+        // Workers also stop at the top of their loop without taking an entry: a shutdown with no
+        // failure may have left entries behind (a joiner that is not shutting down replays again).
+        summary.stoppedByShutdown = stopped.withLock { $0 } || (Task.isShuttingDownGracefully && failure.withLock { $0 == nil })
         if let failure = failure.withLock({ $0 }) { throw failure }
     }
 }

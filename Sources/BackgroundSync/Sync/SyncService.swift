@@ -71,7 +71,10 @@ public final class SyncService: Service {
     /// The configuration.
     public let configuration: Configuration
     /// Backoff of syncs that failed without an entry to carry the schedule (custom `onSync`).
-    private let tagRetries = Locked<[String: (failures: Int, next: Date)]>([:])
+    /// For each tag whose last sync failed: how many in a row, when to try again, and the head
+    /// entry's next attempt as it was before that sync (if the failed sync did not move it, the
+    /// failure is not the head's to schedule).
+    private let tagRetries = Locked<[String: (failures: Int, next: Date, headNextAttemptAt: Date?)]>([:])
     private let shuttingDown = Locked(false)
     /// Whether a graceful shutdown reached the service (for tests).
     var isShuttingDown: Bool { shuttingDown.withLock { $0 } }
@@ -229,12 +232,14 @@ public final class SyncService: Service {
         return earliest
     }
 
-    /// When the queue's sync is due: its head entry's next attempt while that is ahead, else the
-    /// tag's own backoff after a failed sync (a custom `onSync` that failed, or a head another
-    /// process holds); `nil` when nothing holds it back.
+    /// When the queue's sync is due: its head entry's next attempt while that is ahead; else the
+    /// tag's own backoff after a sync that failed without recording anything on the head (a custom
+    /// `onSync` that threw, a head another process holds); `nil` when nothing holds it back.
     private func dueDate(_ queue: Queue, head: QueueStoreEntry?, now: Date) -> Date? {
         if let next = head?.nextAttemptAt, next > now { return next }
-        return tagRetries.withLock { $0[queue.syncTag]?.next } ?? head?.nextAttemptAt
+        guard let retry = tagRetries.withLock({ $0[queue.syncTag] }), retry.headNextAttemptAt == head?.nextAttemptAt
+        else { return head?.nextAttemptAt }
+        return retry.next
     }
 
     /// Dispatches the sync of every registered queue that is due, concurrently.
@@ -264,13 +269,13 @@ public final class SyncService: Service {
                 guard isDue, !shuttingDown.withLock({ $0 }) else { continue }
                 let lastChance = queue.options.retryPolicy.isLastAttempt(afterAttempts: head?.attempts ?? 0)
                 group.addTask {
-                    await self.dispatch(queue, lastChance: lastChance, manager: manager)
+                    await self.dispatch(queue, lastChance: lastChance, headNextAttemptAt: head?.nextAttemptAt, manager: manager)
                 }
             }
         }
     }
 
-    private func dispatch(_ queue: Queue, lastChance: Bool, manager: SyncManager) async {
+    private func dispatch(_ queue: Queue, lastChance: Bool, headNextAttemptAt: Date?, manager: SyncManager) async {
         let event = SyncEvent(tag: queue.syncTag, lastChance: lastChance)
         do {
             try await manager.dispatch(event)
@@ -281,7 +286,7 @@ public final class SyncService: Service {
                 let failures = (retries[queue.syncTag]?.failures ?? 0) + 1
                 var random = SystemRandomNumberGenerator()
                 let delay = queue.options.retryPolicy.delay(afterAttempts: failures, using: &random)
-                retries[queue.syncTag] = (failures, now.addingTimeInterval(delay.timeInterval))
+                retries[queue.syncTag] = (failures, now.addingTimeInterval(delay.timeInterval), headNextAttemptAt)
             }
             configuration.logger.debug(
                 "sync failed; it stays registered",

@@ -72,7 +72,7 @@ extension SQLiteQueueDatabase {
             if let connection { return connection }
             var configuration = GRDB.Configuration()
             configuration.readonly = true
-            configuration.busyMode = .timeout(10)
+            configuration.busyMode = .timeout(busyTimeout.timeInterval)
             configuration.label = "BackgroundSync.leaseCheck"
             let opened = try DatabaseQueue(path: path, configuration: configuration)
             connection = opened

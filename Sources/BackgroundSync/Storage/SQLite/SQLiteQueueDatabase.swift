@@ -59,6 +59,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     let undeletedDeliveries: Locked<[String: Set<Int64>]>
     /// The read-only connection replays check their leases with, opened when first needed.
     let leaseCheckConnection = Locked<DatabaseQueue?>(nil)
+    /// How long a statement waits for another connection's lock (``Configuration/busyTimeout``).
+    let busyTimeout: Duration
     /// A folder this instance created and removes when it goes away (``temporary()``).
     private let ownedDirectory: URL?
 
@@ -72,6 +74,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         self.path = url.path
         self.identity = "sqlite:" + url.resolvingSymlinksInPath().path
         self.ownedDirectory = ownedDirectory
+        self.busyTimeout = configuration.busyTimeout
         writer = try Self.openPool(at: url, configuration: configuration)
         synchronous = SynchronousModes(durable: configuration.synchronous)
         let undeletedDeliveries = Locked<[String: Set<Int64>]>([:])
@@ -84,6 +87,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         path = ":memory:"
         identity = "memory:" + UUID().uuidString
         ownedDirectory = nil
+        busyTimeout = Configuration().busyTimeout
         do {
             let queue = try DatabaseQueue(configuration: Self.grdbConfiguration(Configuration()))
             try Self.migrator.migrate(queue)

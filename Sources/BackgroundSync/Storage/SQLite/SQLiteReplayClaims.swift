@@ -21,6 +21,10 @@ final class SQLiteReplayClaims: ReplayClaims {
         /// Leased ahead and not handed out yet, in queue order, and when they were leased.
         var leased: [QueueStoreEntry] = []
         var leasedAt: Date?
+        /// In order: an entry went back (or turned out not to be ours), so what is leased ahead
+        /// must go back too and the next lease start from the head. A lease under way does not
+        /// clear it.
+        var restartFromHead = false
         /// Handed out and not resolved yet.
         var handedOut: Set<Int64> = []
         /// Delivered and not deleted yet, oldest first.
@@ -84,7 +88,7 @@ final class SQLiteReplayClaims: ReplayClaims {
                     state.handedOut.remove(entry.id)
                     // In order, nothing may be sent past it (it may be pending again, or held by
                     // someone else): lease again from the head.
-                    if case .ordered = order { state.leasedAt = .distantPast }
+                    if case .ordered = order { state.restartFromHead = true }
                 }
             case .done(let result):
                 return result
@@ -117,7 +121,7 @@ final class SQLiteReplayClaims: ReplayClaims {
         }
         switch order {
         case .ordered:
-            if !state.leased.isEmpty && !stale { return take(&state) }
+            if !state.leased.isEmpty && !stale && !state.restartFromHead { return take(&state) }
             if state.leasing { return .wait }
             return .lease(startLease(&state, limit: Self.orderedLeaseAhead, givingBackAll: true))
         case .concurrent(let maxInFlight):
@@ -142,6 +146,7 @@ final class SQLiteReplayClaims: ReplayClaims {
             (work.givingBack, work.givingBackLeasedAt) = (state.leased, state.leasedAt)
             state.leased = []
             state.leasedAt = nil
+            state.restartFromHead = false
         }
         return work
     }
@@ -220,7 +225,7 @@ final class SQLiteReplayClaims: ReplayClaims {
         state.withLock { state in
             state.handedOut.remove(entry.id)
             // Given back untouched, it comes first again in order: so must the ones leased after it.
-            if failure == nil, case .ordered = order { state.leasedAt = .distantPast }
+            if failure == nil, case .ordered = order { state.restartFromHead = true }
         }
     }
 
