@@ -144,6 +144,9 @@ extension SQLiteQueueDatabase {
         undeletedDeliveries: Locked<[String: Set<Int64>]>
     ) -> GroupCommit<Database, PendingPush, PushedEntry> {
         let openEnds = OpenEnds([:])
+        // The sync tags the open transaction registered: a gathered batch writes each tag once,
+        // not once per arrival.
+        let openTags = Locked<Set<String>>([])
         let gatherDelay: (@Sendable (Duration) -> Duration)?
         if synchronous.durable == Configuration.Synchronous.normal.rawValue {
             gatherDelay = nil
@@ -155,6 +158,7 @@ extension SQLiteQueueDatabase {
             schedule: { work in writer.asyncWriteWithoutTransaction { db in work(db) } },
             transaction: { db, writes in
                 openEnds.withLock { $0.removeAll(keepingCapacity: true) }
+                openTags.withLock { $0.removeAll(keepingCapacity: true) }
                 do {
                     try synchronous.transaction(synchronous.durable, db) { try writes() }
                 } catch {
@@ -175,7 +179,8 @@ extension SQLiteQueueDatabase {
                         }
                     }
                     let registeredAt = Date().timeIntervalSince1970
-                    for tag in Set(batch.compactMap(\.syncTag)) {
+                    for item in batch {
+                        guard let tag = item.syncTag, openTags.withLock({ $0.insert(tag).inserted }) else { continue }
                         try registerSyncTag(tag, at: registeredAt, db)
                     }
                     return pushed
