@@ -270,14 +270,18 @@ extension StoreConformance {
                 try await push(["1", "2"], to: "q", database)
                 let claims = ordered(database, clock: ManualWallClock())
                 let head = try await claimed(claims, "head")
-                let task = Task {
-                    withUnsafeCurrentTask { $0?.cancel() }
-                    try await claims.release(
-                        head, failure: ReplayFailure(kind: .noResponse, message: "offline"), nextAttemptAt: nil)
-                    try await claims.finish()
-                    _ = try await database.pushEntry(entry("3"), queueName: "q", at: .tail, registeringSyncTag: nil)
+                // A child task cancelled before it runs: every call below happens with cancellation set.
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.cancelAll()
+                    group.addTask {
+                        try expect(Task.isCancelled, "the child task runs cancelled")
+                        try await claims.release(
+                            head, failure: ReplayFailure(kind: .noResponse, message: "offline"), nextAttemptAt: nil)
+                        try await claims.finish()
+                        _ = try await database.pushEntry(entry("3"), queueName: "q", at: .tail, registeringSyncTag: nil)
+                    }
+                    try await group.waitForAll()
                 }
-                try await task.value
                 try expectEqual(try await paths("q", database), ["1", "2", "3"], "the push")
                 try expectEqual(try await database.entry(id: head.id)?.attempts, 1, "the release")
                 let other = ordered(try await store.open(), clock: ManualWallClock())

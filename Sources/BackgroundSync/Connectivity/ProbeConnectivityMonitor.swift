@@ -58,8 +58,9 @@ public struct ProbeConnectivityMonitor: ConnectivityMonitor {
 
     public func statusUpdates() -> AsyncStream<ConnectivityStatus> {
         let (stream, continuation) = AsyncStream.makeStream(of: ConnectivityStatus.self)
-        // The protocol hands out a stream, so its producer is a task of its own; it lives exactly
-        // as long as the consumer's iteration: ending or cancelling that iteration cancels it.
+        // The protocol hands out a stream, so its producer is a task of its own (and, gated by a base
+        // monitor, the probing a child of it that a new base status replaces); both live exactly as
+        // long as the consumer's iteration: ending or cancelling that iteration cancels them.
         let task = Task {
             if let base {
                 // Probe while the base monitor says online; report offline at once when it does not.
