@@ -109,7 +109,7 @@ public final class ScriptedTransport: HTTPTransport {
         hanging.forEach { $0.resume(returning: step) }
     }
 
-    public func send(_ request: URLRequest) async throws -> (Data, HTTPURLResponse) {
+    public func send(_ request: URLRequest) async throws -> ServerResponse {
         let (step, watchers) = state.withLock { state -> (Step, [CheckedContinuation<Void, Never>]) in
             state.requests.append(request)
             let step = state.script.isEmpty ? whenUnscripted : state.script.removeFirst()
@@ -119,15 +119,12 @@ public final class ScriptedTransport: HTTPTransport {
         return try await perform(step, request)
     }
 
-    private func perform(_ step: Step, _ request: URLRequest) async throws -> (Data, HTTPURLResponse) {
+    private func perform(_ step: Step, _ request: URLRequest) async throws -> ServerResponse {
         switch step {
         case .fail(let error):
             throw error
         case .answer(let status, let headers, let body):
-            let url = request.url ?? URL(fileURLWithPath: "/")
-            guard let response = HTTPURLResponse(url: url, statusCode: status, httpVersion: "HTTP/1.1", headerFields: headers)
-            else { throw URLError(.badServerResponse) }
-            return (body, response)
+            return ServerResponse(status: status, headers: headers, body: body)
         case .passThrough:
             guard let base else { throw URLError(.unsupportedURL) }
             return try await base.send(request)

@@ -23,7 +23,7 @@ struct HooksAndSecretsTests {
         server.respond { request, index in
             .respond(.text(#"{"id":\#(index + 100)}"#, status: 201, headers: ["X-Served-By": "loopback"]))
         }
-        let responses = Box<[(Int64, ReplayResponse)]>([])
+        let responses = Box<[(Int64, ServerResponse)]>([])
         let options = QueueOptions(
             requestWillReplay: { request, entry in
                 var request = request

@@ -1,22 +1,5 @@
 import Foundation
 
-/// A response received by a replay, as handed to the app.
-public struct ReplayResponse: Sendable, Hashable {
-    /// The HTTP status.
-    public var status: Int
-    /// Header fields, names lower-cased.
-    public var headers: [String: String]
-    /// The body.
-    public var body: Data
-
-    /// Creates a response.
-    public init(status: Int, headers: [String: String] = [:], body: Data = Data()) {
-        self.status = status
-        self.headers = headers
-        self.body = body
-    }
-}
-
 /// Something that happened to a queue, for a UI ("3 posts waiting", a toast on delivery) or a log.
 public struct QueueEvent: Sendable {
     /// What happened.
@@ -24,7 +7,7 @@ public struct QueueEvent: Sendable {
         /// A request was stored.
         case enqueued
         /// A request was delivered; the server's response.
-        case replayed(ReplayResponse)
+        case replayed(ServerResponse)
         /// A replay failed and the entry will be tried again after `delay`: its failed `attempts`
         /// so far and the failure.
         case retryScheduled(delay: Duration, attempts: Int, failure: ReplayFailure)

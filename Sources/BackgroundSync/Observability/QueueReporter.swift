@@ -60,7 +60,7 @@ final class QueueReporter: Sendable {
         await emit(.enqueued, entryID: pushed.id, size: pushed.size)
     }
 
-    func delivered(_ entry: QueueStoreEntry, _ response: ReplayResponse) async {
+    func delivered(_ entry: QueueStoreEntry, _ response: ServerResponse) async {
         metrics.replayed.increment()
         logger.debug(
             "request replayed", metadata: ["background-sync.entry": "\(entry.id)", "http.status": "\(response.status)"])

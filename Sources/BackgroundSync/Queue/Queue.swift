@@ -142,7 +142,11 @@ public actor Queue {
     }
 
     private nonisolated func add(_ entry: QueueEntry, at end: QueueEnd) async throws -> Int64 {
-        let stored = try capture.capture(entry)
+        try await add(captured: capture.capture(entry), at: end)
+    }
+
+    /// Stores an entry already captured (its idempotency key set, its secrets protected).
+    nonisolated func add(captured stored: UnidentifiedQueueStoreEntry, at end: QueueEnd) async throws -> Int64 {
         // Outside a sync, the registration is written with the entry when the manager keeps its
         // registrations in the same database: one transaction, one fsync.
         let registersWithEntry = registersWithEntries && !syncState.withLock { $0.inProgress }

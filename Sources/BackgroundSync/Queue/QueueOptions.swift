@@ -26,10 +26,17 @@ public struct QueueOptions: Sendable {
     /// time in order and replay stops at the first that must be retried. Above 1, the concurrent
     /// mode for independent requests: entries in backoff are skipped, not waited for.
     public var maxConcurrentReplays: Int
-    /// Add an `Idempotency-Key` header (a random UUID) when a `POST` or `PATCH` without one is
-    /// queued; it is stored and sent unchanged with every replay, so a server that honours it
-    /// applies a replayed request once. Default: `true`.
+    /// Add an idempotency key header (a random UUID) when a `POST` or `PATCH` without one is sent
+    /// through ``Queue/send(_:metadata:)`` or queued; it is stored and sent unchanged with every
+    /// replay, so a server that honours it applies the request once however often it arrives.
+    /// Default: `true`.
     public var addsIdempotencyKey: Bool
+    /// The header field that carries the idempotency key. A request that already has it keeps its
+    /// own value. Default: `Idempotency-Key` (Stripe, the IETF httpapi draft); others use
+    /// `X-Idempotency-Key` or `PayPal-Request-Id`.
+    public var idempotencyKeyHeader: String
+    /// How a new key is written in ``idempotencyKeyHeader``. Default: ``IdempotencyKeyFormat/token``.
+    public var idempotencyKeyFormat: IdempotencyKeyFormat
     /// What happens to secret headers (``secretHeaderNames``) at enqueue. Default: ``SecretHeaderStorage/strip``.
     public var secretHeaders: SecretHeaderStorage
     /// The header fields treated as secrets, lower-cased. Default: `authorization`, `cookie`,
@@ -44,13 +51,13 @@ public struct QueueOptions: Sendable {
     /// the entry's deletion commits (delivered entries are deleted a few at a time, with the next
     /// leases): if the process dies in between, the entry is sent again and the hook runs again (at
     /// least once). Default: `nil`.
-    public var requestDidReplay: (@Sendable (QueueStoreEntry, ReplayResponse) async -> Void)?
+    public var requestDidReplay: (@Sendable (QueueStoreEntry, ServerResponse) async -> Void)?
     /// Called when an entry becomes a dead letter, with the entry as stored. Default: `nil`.
     public var onDeadLetter: (@Sendable (QueueStoreEntry) async -> Void)?
     /// Called when the server answers 401 or 403. Return `true` once fresh credentials are in place
     /// (``requestWillReplay`` applies them) to send the entry again at once; `false` pauses the
     /// queue until ``Queue/resume()``. Nothing is dropped either way. Default: `nil` (pause).
-    public var onAuthenticationRequired: (@Sendable (QueueStoreEntry, ReplayResponse) async -> Bool)?
+    public var onAuthenticationRequired: (@Sendable (QueueStoreEntry, ServerResponse) async -> Bool)?
     /// How long a replay holds the entry it sends before another replayer may take it over (a
     /// process that dies holding it is detected sooner when it ran on the same host). An ordered
     /// replay leases a few entries ahead and leases them again once half of this has passed.
@@ -76,12 +83,14 @@ public struct QueueOptions: Sendable {
         classifier: ReplayClassifier = .default,
         maxConcurrentReplays: Int = 1,
         addsIdempotencyKey: Bool = true,
+        idempotencyKeyHeader: String = "Idempotency-Key",
+        idempotencyKeyFormat: IdempotencyKeyFormat = .token,
         secretHeaders: SecretHeaderStorage = .strip,
         secretHeaderNames: Set<String> = ["authorization", "cookie", "proxy-authorization"],
         requestWillReplay: (@Sendable (URLRequest, QueueStoreEntry) async throws -> URLRequest)? = nil,
-        requestDidReplay: (@Sendable (QueueStoreEntry, ReplayResponse) async -> Void)? = nil,
+        requestDidReplay: (@Sendable (QueueStoreEntry, ServerResponse) async -> Void)? = nil,
         onDeadLetter: (@Sendable (QueueStoreEntry) async -> Void)? = nil,
-        onAuthenticationRequired: (@Sendable (QueueStoreEntry, ReplayResponse) async -> Bool)? = nil,
+        onAuthenticationRequired: (@Sendable (QueueStoreEntry, ServerResponse) async -> Bool)? = nil,
         leaseDuration: Duration = .seconds(300),
         clock: any WallClock = SystemWallClock(),
         metricsFactory: (any MetricsFactory)? = nil,
@@ -94,6 +103,8 @@ public struct QueueOptions: Sendable {
         self.classifier = classifier
         self.maxConcurrentReplays = maxConcurrentReplays
         self.addsIdempotencyKey = addsIdempotencyKey
+        self.idempotencyKeyHeader = idempotencyKeyHeader
+        self.idempotencyKeyFormat = idempotencyKeyFormat
         self.secretHeaders = secretHeaders
         self.secretHeaderNames = secretHeaderNames
         self.requestWillReplay = requestWillReplay
@@ -104,5 +115,22 @@ public struct QueueOptions: Sendable {
         self.clock = clock
         self.metricsFactory = metricsFactory
         self.logger = logger
+    }
+}
+
+/// How a new idempotency key is written in its header field.
+public enum IdempotencyKeyFormat: Sendable, Hashable {
+    /// A bare lower-case UUID, `6f1c…`: what Stripe and most APIs take.
+    case token
+    /// A structured-field string, the UUID in double quotes (`"6f1c…"`), as the IETF httpapi
+    /// `Idempotency-Key` draft specifies.
+    case structuredFieldString
+
+    /// The header value for `key`.
+    func headerValue(_ key: String) -> String {
+        switch self {
+        case .token: key
+        case .structuredFieldString: "\"" + key + "\""
+        }
     }
 }

@@ -38,10 +38,9 @@ extension ReplayRunner {
                     underlying: error, claims: claims)
             }
         }
-        let body: Data
-        let http: HTTPURLResponse
+        let response: ServerResponse
         do {
-            (body, http) = try await transport.send(request)
+            response = try await transport.send(request)
         } catch {
             // A send the replay's cancellation interrupted is no failed attempt.
             if Task.isCancelled { return try await giveBack(entry, claims: claims) }
@@ -49,15 +48,10 @@ extension ReplayRunner {
                 entry, ReplayFailure(kind: .noResponse, message: describeError(error)), retryAfter: nil,
                 message: "replay of \(target) got no response", underlying: error, claims: claims)
         }
-        var headers: [String: String] = [:]
-        for (field, value) in http.allHeaderFields {
-            if let field = field as? String, let value = value as? String { headers[field.lowercased()] = value }
-        }
-        let response = ReplayResponse(status: http.statusCode, headers: headers, body: body)
         var failure: ReplayFailure {
             ReplayFailure(
                 kind: .httpStatus, status: response.status, message: "HTTP \(response.status)",
-                responseExcerpt: body.isEmpty ? nil : Data(body.prefix(1024)))
+                responseExcerpt: response.body.isEmpty ? nil : Data(response.body.prefix(1024)))
         }
         switch options.classifier(response) {
         case .delivered:
@@ -68,7 +62,7 @@ extension ReplayRunner {
         case .deadLetter:
             return try await deadLetter(entry, failure, claims: claims)
         case .retry:
-            let retryAfter = headers["retry-after"].flatMap { RetryPolicy.parseRetryAfter($0, now: options.clock.now) }
+            let retryAfter = response.headers["retry-after"].flatMap { RetryPolicy.parseRetryAfter($0, now: options.clock.now) }
             return try await retry(
                 entry, failure, retryAfter: retryAfter, message: "replay of \(target) got HTTP \(response.status)",
                 underlying: nil, claims: claims)

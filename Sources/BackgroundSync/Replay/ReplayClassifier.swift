@@ -2,15 +2,15 @@ import Foundation
 
 /// Decides what a replay does with an entry once the server answered.
 public struct ReplayClassifier: Sendable {
-    private let classify: @Sendable (ReplayResponse) -> ReplayDecision
+    private let classify: @Sendable (ServerResponse) -> ReplayDecision
 
     /// A classifier from a closure.
-    public init(_ classify: @escaping @Sendable (ReplayResponse) -> ReplayDecision) {
+    public init(_ classify: @escaping @Sendable (ServerResponse) -> ReplayDecision) {
         self.classify = classify
     }
 
     /// Classifies a response.
-    public func callAsFunction(_ response: ReplayResponse) -> ReplayDecision {
+    public func callAsFunction(_ response: ServerResponse) -> ReplayDecision {
         classify(response)
     }
 

@@ -29,7 +29,7 @@ public struct ReplaySummary: Sendable, Hashable {
 /// What became of one entry a replay took.
 enum ReplayOutcome: Sendable {
     /// The server accepted it; it is deleted.
-    case delivered(ReplayResponse)
+    case delivered(ServerResponse)
     /// Set aside as a dead letter; replay goes on.
     case deadLettered
     /// Older than the retention time; deleted and reported.

@@ -4,7 +4,7 @@ import Logging
 import FoundationNetworking
 #endif
 
-/// Turns a ``QueueEntry`` into what is stored: the request serialised, an `Idempotency-Key` added
+/// Turns a ``QueueEntry`` into what is stored: the request serialised, an idempotency key added
 /// to POST and PATCH, and secret header fields stripped or sealed, as ``QueueOptions`` say.
 struct RequestCapture: Sendable {
     let options: QueueOptions
@@ -27,14 +27,35 @@ struct RequestCapture: Sendable {
             idempotencyKey: idempotencyKey, sealedSecrets: sealedSecrets)
     }
 
-    /// The key sent in the `Idempotency-Key` header: the request's own, or a new one for POST and
+    /// The key sent in the idempotency key header: the request's own, or a new one for POST and
     /// PATCH when ``QueueOptions/addsIdempotencyKey`` is on.
     private func idempotencyKey(for data: inout StorableRequest.RequestData) -> String? {
-        if let existing = data.headers["idempotency-key"] { return existing }
-        guard options.addsIdempotencyKey, data.method == "POST" || data.method == "PATCH" else { return nil }
-        let key = UUID.random().lowercasedString
-        data.headers["idempotency-key"] = key
+        let field = options.idempotencyKeyHeader.lowercased()
+        if let existing = data.headers[field] { return existing }
+        guard needsIdempotencyKey(method: data.method) else { return nil }
+        let key = newIdempotencyKey()
+        data.headers[field] = key
         return key
+    }
+
+    private func needsIdempotencyKey(method: String) -> Bool {
+        options.addsIdempotencyKey && (method == "POST" || method == "PATCH")
+    }
+
+    private func newIdempotencyKey() -> String {
+        options.idempotencyKeyFormat.headerValue(UUID.random().lowercasedString)
+    }
+
+    /// `request` with an idempotency key header added when ``capture(_:)`` would add one, so that
+    /// a live attempt and every replay of the request carry the same key.
+    func addingIdempotencyKey(to request: URLRequest) -> URLRequest {
+        let method = (request.httpMethod ?? "GET").uppercased()
+        guard needsIdempotencyKey(method: method),
+            request.value(forHTTPHeaderField: options.idempotencyKeyHeader) == nil
+        else { return request }
+        var request = request
+        request.setValue(newIdempotencyKey(), forHTTPHeaderField: options.idempotencyKeyHeader)
+        return request
     }
 
     /// Applies ``QueueOptions/secretHeaders`` to the request's headers; returns the sealed secrets

@@ -3,12 +3,17 @@ import Foundation
 import FoundationNetworking
 #endif
 
-/// Sends one HTTP request and returns the response, whatever its status.
+/// Sends one HTTP request and returns the server's answer, whatever its status.
 ///
-/// A thrown error means no response was received (no connectivity, connection reset, timeout):
-/// replay keeps the entry and retries later. Any response, 4xx and 5xx included, is returned, and
-/// the queue classifies it.
+/// A thrown error means no response was received (no connectivity, connection refused or reset,
+/// timeout): the queue keeps the request and retries later. Any response, 4xx and 5xx included, is
+/// returned, and the queue classifies it. A transport must not follow redirects for methods other
+/// than GET and HEAD (a write must not be turned into a GET); a 3xx it does not follow is returned
+/// as is.
+///
+/// ``URLSessionTransport`` is the default; the `BackgroundSyncAsyncHTTPClient` product has one for
+/// Linux services; `ScriptedTransport` of `BackgroundSyncTesting` is for tests.
 public protocol HTTPTransport: Sendable {
-    /// Sends `request` and returns the response body and head.
-    func send(_ request: URLRequest) async throws -> (Data, HTTPURLResponse)
+    /// Sends `request` and returns the server's answer.
+    func send(_ request: URLRequest) async throws -> ServerResponse
 }

@@ -46,12 +46,11 @@ struct Demo: AsyncParsableCommand {
             request.httpMethod = "POST"
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")
             request.httpBody = try JSONEncoder().encode(["title": title, "content": "Written offline."])
-            do {
-                let (_, response) = try await transport.send(request)
-                print("   POST \(title) → HTTP \(response.statusCode) (unexpected: the server is down)")
-            } catch {
-                let id = try await queue.pushRequest(request, metadata: ["title": title])
-                print("   POST \(title) → no connection (\(Self.reason(error))); queued as entry \(id).")
+            switch try await queue.send(request, metadata: ["title": title]) {
+            case .sent(let response):
+                print("   POST \(title) → HTTP \(response.status) (unexpected: the server is down)")
+            case .queued(let id, let reason):
+                print("   POST \(title) → queued as entry \(id) (\(reason)).")
             }
         }
 
@@ -83,17 +82,6 @@ struct Demo: AsyncParsableCommand {
         }
     }
 
-    private static func reason(_ error: any Error) -> String {
-        if let error = error as? URLError {
-            switch error.code {
-            case .cannotConnectToHost: return "connection refused"
-            case .notConnectedToInternet: return "offline"
-            case .timedOut: return "timed out"
-            default: return "URLError \(error.code.rawValue)"
-            }
-        }
-        return "\(error)"
-    }
 }
 
 /// The demo's server: stores the posts it receives and answers 201 with the new id.

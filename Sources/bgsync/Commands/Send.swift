@@ -38,26 +38,21 @@ struct Send: AsyncParsableCommand {
         try await reportingErrors {
             var urlRequest = try request.request()
             urlRequest.timeoutInterval = timeout
-            let reason: String
-            do {
-                let (_, response) = try await URLSessionTransport().send(urlRequest)
-                switch ReplayDecision.forStatus(response.statusCode) {
-                case .delivered:
-                    print("sent: HTTP \(response.statusCode)")
-                    return
-                case .deadLetter:
-                    print("refused by the server: HTTP \(response.statusCode) (not queued)")
-                    throw ExitStatus.refused
-                case .retry, .pauseForAuthentication:
-                    reason = "HTTP \(response.statusCode)"
-                }
-            } catch let error as URLError {
-                reason = error.localizedDescription
-            }
             let queue = try Queue(
                 name: request.queue, options: request.queueOptions, database: try database.open(.create))
-            let id = try await queue.pushRequest(urlRequest)
-            print("queued as entry \(id) in '\(request.queue)' (\(reason))")
+            if request.dropsSecrets {
+                printError("warning: secret headers are sent now but not stored; pass --store-secrets to keep them for a replay")
+            }
+            switch try await queue.send(urlRequest) {
+            case .sent(let response) where ReplayDecision.forStatus(response.status) == .deadLetter:
+                print("refused by the server: HTTP \(response.status) (not queued)")
+                throw ExitStatus.refused
+            case .sent(let response):
+                print("sent: HTTP \(response.status)")
+                return
+            case .queued(let id, let reason):
+                print("queued as entry \(id) in '\(request.queue)' (\(reason))")
+            }
             if failOnQueue { throw ExitStatus.queued }
         }
     }

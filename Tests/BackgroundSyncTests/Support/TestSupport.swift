@@ -80,7 +80,7 @@ final class FaultInjectingTransport: HTTPTransport {
         self.base = base
     }
 
-    func send(_ request: URLRequest) async throws -> (Data, HTTPURLResponse) {
+    func send(_ request: URLRequest) async throws -> ServerResponse {
         calls.withLock { $0 += 1 }
         if let failure = failures.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
             throw failure
