@@ -14,6 +14,10 @@ let package = Package(
         // Test doubles (manual clock, manual connectivity, scripted transport) and the store
         // conformance suite, for the tests of apps and of storage drivers.
         .library(name: "BackgroundSyncTesting", targets: ["BackgroundSyncTesting"]),
+        // A transport on AsyncHTTPClient, for Linux services (links NIO: not for iOS apps).
+        .library(name: "BackgroundSyncAsyncHTTPClient", targets: ["BackgroundSyncAsyncHTTPClient"]),
+        // A swift-openapi-runtime client middleware that queues failed write operations (no NIO).
+        .library(name: "BackgroundSyncOpenAPI", targets: ["BackgroundSyncOpenAPI"]),
         .executable(name: "bgsync", targets: ["bgsync"]),
     ],
     dependencies: [
@@ -23,6 +27,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-openapi-runtime", from: "1.13.4"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        .package(url: "https://github.com/swift-server/swift-openapi-async-http-client", from: "1.5.0"),
     ],
     targets: [
         // The core: requests, queue, storage driver protocol, SQLite store, sync manager,
@@ -38,6 +47,23 @@ let package = Package(
             ]
         ),
         .target(name: "BackgroundSyncTesting", dependencies: ["BackgroundSync"]),
+        .target(
+            name: "BackgroundSyncAsyncHTTPClient",
+            dependencies: [
+                "BackgroundSync",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        .target(
+            name: "BackgroundSyncOpenAPI",
+            dependencies: [
+                "BackgroundSync",
+                .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ]
+        ),
         // A small HTTP/1.1 server on POSIX sockets, bound to loopback, with fault injection.
         // Used by `bgsync demo` and the tests; not a product.
         .target(name: "LoopbackHTTPServer"),
@@ -56,8 +82,10 @@ let package = Package(
             name: "bgsync-bench",
             dependencies: [
                 "BackgroundSync",
+                "BackgroundSyncAsyncHTTPClient",
                 "LoopbackHTTPServer",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             path: "Benchmarks/bgsync-bench"
         ),
@@ -72,11 +100,17 @@ let package = Package(
             dependencies: [
                 "BackgroundSync",
                 "BackgroundSyncTesting",
+                "BackgroundSyncAsyncHTTPClient",
+                "BackgroundSyncOpenAPI",
                 "LoopbackHTTPServer",
                 "BackgroundSyncTestChild",
                 "bgsync",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
+                .product(name: "OpenAPIAsyncHTTPClient", package: "swift-openapi-async-http-client"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ]
         ),
     ],

@@ -31,6 +31,17 @@ extension Queue {
     ///   be; `CancellationError` when the calling task was cancelled during the attempt (then
     ///   nothing is stored, and the server may or may not have received the request).
     public nonisolated func send(_ request: URLRequest, metadata: [String: String]? = nil) async throws -> SendResult {
+        try await send(request, metadata: metadata, attempt: transport.send)
+    }
+
+    /// ``send(_:metadata:)`` with the live attempt made by `attempt` instead of the queue's
+    /// transport: for a client that has its own (an OpenAPI client's middleware chain, a session
+    /// with the app's delegate). `attempt` gets the request with its idempotency key added and
+    /// returns the server's answer, or throws when none came. Replays use the queue's transport.
+    public nonisolated func send(
+        _ request: URLRequest, metadata: [String: String]? = nil,
+        attempt: @Sendable (URLRequest) async throws -> ServerResponse
+    ) async throws -> SendResult {
         let request = capture.addingIdempotencyKey(to: request)
         let stored = try capture.capture(QueueEntry(request: request, timestamp: options.clock.now, metadata: metadata))
         if control.pausedStatus != nil {
@@ -41,7 +52,7 @@ extension Queue {
         }
         let reason: SendResult.QueuedReason
         do {
-            let response = try await transport.send(request)
+            let response = try await attempt(request)
             switch options.classifier(response) {
             case .delivered, .deadLetter:
                 return .sent(response)

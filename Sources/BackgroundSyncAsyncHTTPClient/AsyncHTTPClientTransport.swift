@@ -1,0 +1,115 @@
+import AsyncHTTPClient
+import BackgroundSync
+import Foundation
+import NIOCore
+import NIOHTTP1
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// An ``HTTPTransport`` on AsyncHTTPClient, for Linux services and servers: replays (and
+/// `Queue.send`) go through an `HTTPClient` on SwiftNIO instead of `URLSession`.
+///
+/// ```swift
+/// let queue = try Queue(name: "webhooks", transport: AsyncHTTPClientTransport())
+/// ```
+///
+/// - A request's `timeoutInterval` is the deadline of the whole exchange (head and body).
+/// - Redirects are followed for GET and HEAD only (up to ``Configuration/maxRedirects``); a write
+///   that is redirected comes back as its 3xx response, never turned into a GET.
+/// - A response body is kept up to ``Configuration/maxResponseBodySize``; the rest is read and
+///   dropped, so a huge answer is still an answer.
+/// - Connection refused or reset, a timeout, a TLS failure: thrown, so the entry stays queued.
+public struct AsyncHTTPClientTransport: HTTPTransport {
+    /// How the transport behaves. Every parameter has a default.
+    public struct Configuration: Sendable {
+        /// The most bytes of a response body kept. Default: 16 MiB.
+        public var maxResponseBodySize: Int
+        /// How many redirects a GET or HEAD follows. Default: 5.
+        public var maxRedirects: Int
+
+        /// Creates a configuration; every parameter has its default.
+        public init(maxResponseBodySize: Int = 16 << 20, maxRedirects: Int = 5) {
+            self.maxResponseBodySize = maxResponseBodySize
+            self.maxRedirects = maxRedirects
+        }
+    }
+
+    /// The client requests go through.
+    public let client: HTTPClient
+    /// The configuration.
+    public let configuration: Configuration
+
+    /// Creates a transport over `client` (default: ``sharedClient``). A client the app passes
+    /// should be created with `redirectConfiguration: .disallow` (else AsyncHTTPClient follows a
+    /// write's redirect itself, turning a POST into a GET on 301, 302 and 303) and
+    /// `connectionPool.retryConnectionEstablishment = false`; the app shuts it down after the queues
+    /// that use it are gone.
+    public init(client: HTTPClient = AsyncHTTPClientTransport.sharedClient, configuration: Configuration = Configuration()) {
+        self.client = client
+        self.configuration = configuration
+    }
+
+    /// The client used when none is given: on NIO's singleton event loop group, with redirects
+    /// left to the transport, and a connection that cannot be made failing the request at once
+    /// (the queue retries it with its backoff; AsyncHTTPClient's own retries would hold an offline
+    /// replay for the connect timeout). It lives as long as the process and is never shut down.
+    public static let sharedClient: HTTPClient = {
+        var configuration = HTTPClient.Configuration(redirectConfiguration: .disallow)
+        configuration.connectionPool.retryConnectionEstablishment = false
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
+
+    public func send(_ request: URLRequest) async throws -> ServerResponse {
+        guard let url = request.url else { throw HTTPClientError.invalidURL }
+        let method = (request.httpMethod ?? "GET").uppercased()
+        let deadline = NIODeadline.now() + .nanoseconds(Int64(max(request.timeoutInterval, 0.001) * 1e9))
+        var target = url
+        var redirects = 0
+        while true {
+            var outgoing = HTTPClientRequest(url: target.absoluteString)
+            outgoing.method = HTTPMethod(rawValue: method)
+            for (field, value) in request.allHTTPHeaderFields ?? [:] {
+                outgoing.headers.add(name: field, value: value)
+            }
+            if let body = request.httpBody {
+                outgoing.body = .bytes(ByteBuffer(bytes: body))
+            }
+            let response = try await client.execute(outgoing, deadline: deadline)
+            if method == "GET" || method == "HEAD", redirects < configuration.maxRedirects,
+                let next = redirectTarget(of: response, from: target)
+            {
+                for try await _ in response.body {}
+                redirects += 1
+                target = next
+                continue
+            }
+            return try await serverResponse(response)
+        }
+    }
+
+    private func redirectTarget(of response: HTTPClientResponse, from url: URL) -> URL? {
+        switch response.status {
+        case .movedPermanently, .found, .seeOther, .temporaryRedirect, .permanentRedirect:
+            guard let location = response.headers.first(name: "location"),
+                let next = URL(string: location, relativeTo: url)?.absoluteURL,
+                next.scheme == "http" || next.scheme == "https"
+            else { return nil }
+            return next
+        default:
+            return nil
+        }
+    }
+
+    private func serverResponse(_ response: HTTPClientResponse) async throws -> ServerResponse {
+        var body = Data()
+        let limit = configuration.maxResponseBodySize
+        for try await chunk in response.body where body.count < limit {
+            body.append(contentsOf: chunk.readableBytesView.prefix(limit - body.count))
+        }
+        return ServerResponse(
+            status: Int(response.status.code),
+            headerFields: response.headers.map { (name: $0.name, value: $0.value) },
+            body: body)
+    }
+}

@@ -1,0 +1,106 @@
+import BackgroundSync
+import BackgroundSyncAsyncHTTPClient
+import Foundation
+import LoopbackHTTPServer
+import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// The transports the library ships, put through the same exchanges with a real loopback server.
+enum TransportKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
+    case urlSession
+    case asyncHTTPClient
+
+    func make() -> any HTTPTransport {
+        switch self {
+        case .urlSession: URLSessionTransport()
+        case .asyncHTTPClient: AsyncHTTPClientTransport()
+        }
+    }
+
+    var testDescription: String { rawValue }
+}
+
+@Suite("Transports against a loopback server")
+struct TransportTests {
+    @Test(arguments: TransportKind.allCases)
+    func bodiesAndHeaderFieldsGoThroughBothWays(_ kind: TransportKind) async throws {
+        let server = try RecordingServer()
+        server.respond { _, _ in
+            .respond(LoopbackHTTPServer.Response(
+                status: 201, headers: ["X-Custom": "yes", "Content-Type": "application/octet-stream"],
+                body: Data([0, 1, 2, 255])))
+        }
+        var request = postRequest(server.url, body: "", headers: ["X-Trace": "abc", "Content-Type": "application/octet-stream"])
+        request.httpBody = Data([255, 0, 10, 13, 128])
+        let response = try await kind.make().send(request)
+        #expect(response.status == 201)
+        #expect(response.headers["x-custom"] == "yes")
+        #expect(response.body == Data([0, 1, 2, 255]))
+        let received = try #require(server.received.current.first)
+        #expect(received.method == "POST")
+        #expect(received.headers["x-trace"] == "abc")
+        #expect(received.body == Data([255, 0, 10, 13, 128]))
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func errorStatusesAreAnswersNotErrors(_ kind: TransportKind) async throws {
+        let server = try RecordingServer()
+        server.respond { _, index in .respond(.text("no", status: index == 0 ? 503 : 422)) }
+        let transport = kind.make()
+        #expect(try await transport.send(postRequest(server.url, body: "a")).status == 503)
+        #expect(try await transport.send(postRequest(server.url, body: "b")).status == 422)
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func aWriteIsNotRedirectedButAReadIs(_ kind: TransportKind) async throws {
+        let server = try RecordingServer()
+        server.respond { request, _ in
+            request.path == "/api/posts"
+                ? .respond(.text("moved", status: 302, headers: ["Location": "/elsewhere"]))
+                : .respond(.text("here"))
+        }
+        let transport = kind.make()
+        let write = try await transport.send(postRequest(server.url, body: "payload"))
+        #expect(write.status == 302)
+        #expect(server.received.current.map(\.path) == ["/api/posts"])
+
+        let read = try await transport.send(URLRequest(url: server.url))
+        #expect(read.status == 200)
+        #expect(String(decoding: read.body, as: UTF8.self) == "here")
+        #expect(server.received.current.map(\.path) == ["/api/posts", "/api/posts", "/elsewhere"])
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func aServerThatDoesNotAnswerInTimeIsNoResponse(_ kind: TransportKind) async throws {
+        let server = try RecordingServer()
+        server.respond { _, _ in .hang(.seconds(10)) }
+        var request = postRequest(server.url, body: "slow")
+        request.timeoutInterval = 1
+        await #expect(throws: (any Error).self) { try await kind.make().send(request) }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func refusedAndResetConnectionsAreNoResponse(_ kind: TransportKind) async throws {
+        let server = try RecordingServer()
+        server.respond { _, _ in .reset }
+        let transport = kind.make()
+        await #expect(throws: (any Error).self) { try await transport.send(postRequest(server.url, body: "reset")) }
+        let url = server.url
+        server.server.stop()
+        await #expect(throws: (any Error).self) { try await transport.send(postRequest(url, body: "refused")) }
+    }
+
+    @Test(arguments: TransportKind.allCases)
+    func aQueueReplaysThroughTheTransport(_ kind: TransportKind) async throws {
+        let server = try RecordingServer()
+        let database = try SQLiteQueueDatabase.temporary()
+        let queue = try Queue(name: uniqueQueueName(), database: database, transport: kind.make())
+        for index in 0..<3 { try await queue.pushRequest(postRequest(server.url, body: "post-\(index)")) }
+        #expect(try await queue.replayRequests().delivered == 3)
+        #expect(server.bodies == ["post-0", "post-1", "post-2"])
+        let keys = Set(server.received.current.compactMap { $0.headers["idempotency-key"] })
+        #expect(keys.count == 3)
+    }
+}
