@@ -63,7 +63,7 @@ public struct StoreConformance: Sendable {
     }
 
     /// Every check, in the order of the contract's documentation.
-    public static var checks: [Check] { entryChecks + replayChecks }
+    public static var checks: [Check] { entryChecks + recordChecks + replayChecks }
 
     /// Runs one check on a new store, then removes the store.
     public func run(_ check: Check) async throws {

@@ -41,6 +41,14 @@ private struct ReorderingDatabase: QueueDatabase {
     ) async throws -> PushedEntry {
         try await base.pushEntry(entry, queueName: queueName, at: end, registeringSyncTag: syncTag)
     }
+    func saveEntry(
+        _ entry: UnidentifiedQueueStoreEntry, queueName: String, registeringSyncTag syncTag: String?
+    ) async throws -> PushedEntry {
+        try await base.saveEntry(entry, queueName: queueName, registeringSyncTag: syncTag)
+    }
+    func deleteEntries(queueName: String, recordKey: String) async throws -> Int {
+        try await base.deleteEntries(queueName: queueName, recordKey: recordKey)
+    }
     func removeEntry(queueName: String, at end: QueueEnd) async throws -> QueueStoreEntry? {
         try await base.removeEntry(queueName: queueName, at: end)
     }

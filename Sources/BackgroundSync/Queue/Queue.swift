@@ -147,11 +147,27 @@ public actor Queue {
 
     /// Stores an entry already captured (its idempotency key set, its secrets protected).
     nonisolated func add(captured stored: UnidentifiedQueueStoreEntry, at end: QueueEnd) async throws -> Int64 {
+        try await write(stored) { [database, name] tag in
+            try await database.pushEntry(stored, queueName: name, at: end, registeringSyncTag: tag)
+        }
+    }
+
+    /// Stores an entry by its record key (see ``QueueDatabase/saveEntry(_:queueName:registeringSyncTag:)``).
+    nonisolated func save(captured stored: UnidentifiedQueueStoreEntry) async throws -> Int64 {
+        try await write(stored) { [database, name] tag in
+            try await database.saveEntry(stored, queueName: name, registeringSyncTag: tag)
+        }
+    }
+
+    /// Runs a write that stores an entry, and applies the sync rules: the tag is registered with
+    /// the entry, or after it, or (during a sync) noted for after the sync.
+    private nonisolated func write(
+        _ stored: UnidentifiedQueueStoreEntry, _ body: (_ syncTag: String?) async throws -> PushedEntry
+    ) async throws -> Int64 {
         // Outside a sync, the registration is written with the entry when the manager keeps its
         // registrations in the same database: one transaction, one fsync.
         let registersWithEntry = registersWithEntries && !syncState.withLock { $0.inProgress }
-        let pushed = try await database.pushEntry(
-            stored, queueName: name, at: end, registeringSyncTag: registersWithEntry ? syncTag : nil)
+        let pushed = try await body(registersWithEntry ? syncTag : nil)
         await reporter.enqueued(pushed, method: stored.requestData.method)
         let duringSync = syncState.withLock { state -> Bool in
             if state.inProgress { state.requestsAdded = true }

@@ -51,6 +51,23 @@ public protocol QueueDatabase: Sendable {
         _ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd, registeringSyncTag syncTag: String?
     ) async throws -> PushedEntry
 
+    /// Stores `entry` as the current version of its ``UnidentifiedQueueStoreEntry/recordKey`` in a
+    /// queue (an ``Outbox`` saving a record), registering `syncTag` in the same transaction when
+    /// given. When the queue's last entry with that key is not held by a live lease (pending or a
+    /// dead letter), it is replaced in place: its content (request, timestamp, metadata, keys,
+    /// secrets) becomes `entry`'s, it keeps its position, and it is pending again with its attempts,
+    /// next attempt and last failure cleared. Otherwise (no entry has the key, or a replay holds it
+    /// and may be sending the old content now) `entry` goes at the tail as a new entry, so that the
+    /// new version is sent after the old one. Durable. Returns the entry's id and the queue's size.
+    /// Throws ``BackgroundSyncError/Code/invalidRequest`` when `entry` has no record key.
+    func saveEntry(
+        _ entry: UnidentifiedQueueStoreEntry, queueName: String, registeringSyncTag syncTag: String?
+    ) async throws -> PushedEntry
+
+    /// Deletes every entry of a queue with this record key, in any state. Durable. Returns how
+    /// many existed. A replay already sending one of them completes that send.
+    func deleteEntries(queueName: String, recordKey: String) async throws -> Int
+
     /// Removes and returns the first or last pending entry of a queue that no live lease holds, or
     /// `nil` when there is none (Workbox's `shiftRequest`/`popRequest`). Durable. A driver that
     /// leases entries ahead of a replay may hold those too; it never returns one handed out.

@@ -22,6 +22,9 @@ public struct UnidentifiedQueueStoreEntry: Sendable, Hashable {
     public var idempotencyKey: String?
     /// Secret header fields sealed with AES-GCM (``SecretHeaderStorage/encrypted(_:)``), if any.
     public var sealedSecrets: Data?
+    /// The app's key for the thing the entry carries (an ``Outbox`` record's id), by which
+    /// ``QueueDatabase/saveEntry(_:queueName:registeringSyncTag:)`` replaces it; `nil` for a plain request.
+    public var recordKey: String?
 
     /// Creates an entry to store.
     public init(
@@ -29,13 +32,15 @@ public struct UnidentifiedQueueStoreEntry: Sendable, Hashable {
         timestamp: Date = Date(),
         metadata: [String: String]? = nil,
         idempotencyKey: String? = nil,
-        sealedSecrets: Data? = nil
+        sealedSecrets: Data? = nil,
+        recordKey: String? = nil
     ) {
         self.requestData = requestData
         self.timestamp = timestamp
         self.metadata = metadata
         self.idempotencyKey = idempotencyKey
         self.sealedSecrets = sealedSecrets
+        self.recordKey = recordKey
     }
 }
 
@@ -67,6 +72,8 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
     public var idempotencyKey: String?
     /// Secret header fields sealed with AES-GCM, if any.
     public var sealedSecrets: Data?
+    /// The app's key for what the entry carries (an ``Outbox`` record's id), if any.
+    public var recordKey: String?
 
     /// Creates a stored entry (drivers use this when they read a row).
     public init(
@@ -81,7 +88,8 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
         nextAttemptAt: Date? = nil,
         lastFailure: ReplayFailure? = nil,
         idempotencyKey: String? = nil,
-        sealedSecrets: Data? = nil
+        sealedSecrets: Data? = nil,
+        recordKey: String? = nil
     ) {
         self.id = id
         self.queueName = queueName
@@ -95,5 +103,6 @@ public struct QueueStoreEntry: Sendable, Hashable, Identifiable {
         self.lastFailure = lastFailure
         self.idempotencyKey = idempotencyKey
         self.sealedSecrets = sealedSecrets
+        self.recordKey = recordKey
     }
 }

@@ -87,9 +87,18 @@ public final class SyncService: Service {
         self.configuration = configuration
     }
 
+    /// Creates a service for `queues` and the queues of `outboxes` (``Outbox/queue``): their syncs
+    /// run as those of any queue.
+    public convenience init(
+        queues: [Queue] = [], outboxes: [any OutboxSyncing], configuration: Configuration = Configuration()
+    ) {
+        self.init(queues: queues + outboxes.map(\.queue), configuration: configuration)
+    }
+
     /// Creates a service for every queue of `database`, those there at start and those other
     /// processes create later (seen at each ``Configuration/pollInterval``), each opened with
-    /// `options`: what `bgsync run` does.
+    /// `options`: what `bgsync run` does. Outboxes (`outbox:` queues) are left alone: only the
+    /// app that owns one can upload its records.
     public init(database: any QueueDatabase, options: QueueOptions = QueueOptions(), configuration: Configuration = Configuration()) {
         self.source = .discovered(database: database, options: options, manager: SyncManager.shared(for: database))
         self.queueList = Locked([])
@@ -100,7 +109,8 @@ public final class SyncService: Service {
     private func discoverQueues() async throws {
         guard case .discovered(let database, let options, let manager) = source else { return }
         let known = Set(queues.map(\.name))
-        for name in try await database.queueNames() where !known.contains(name) {
+        // An outbox's records are uploaded by the app's closure, which only the app has.
+        for name in try await database.queueNames() where !known.contains(name) && !name.hasPrefix(Queue.outboxNamePrefix) {
             let queue = try Queue(name: name, options: options, database: database, syncManager: manager)
             queueList.withLock { $0.append(queue) }
             configuration.logger.info("replaying queue", metadata: ["queue": "\(name)"])

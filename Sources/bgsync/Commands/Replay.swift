@@ -45,7 +45,10 @@ struct Replay: AsyncParsableCommand {
             if let queue, !known.contains(queue) {
                 throw CLIError("no queue named '\(queue)'")
             }
-            for name in queue.map({ [$0] }) ?? known {
+            if let queue, isOutbox(queue) {
+                throw CLIError("'\(queue)' is an outbox: its records are uploaded by the app that owns it")
+            }
+            for name in queue.map({ [$0] }) ?? known.filter({ !isOutbox($0) }) {
                 outcomes.append(try await replay(name, db))
             }
         }

@@ -31,6 +31,9 @@ struct Sync: AsyncParsableCommand {
             guard !name.isEmpty, try await db.queueNames().contains(name) else {
                 throw CLIError("no queue handles the sync tag '\(tag)' (a queue's tag is \(prefix)<queue name>)")
             }
+            guard !isOutbox(name) else {
+                throw CLIError("'\(name)' is an outbox: its records are uploaded by the app that owns it")
+            }
             let queue = try Queue(name: name, options: QueueOptions(logger: quietLogger), database: db)
             do {
                 try await queue.syncManager.dispatch(SyncEvent(tag: tag, lastChance: lastChance))

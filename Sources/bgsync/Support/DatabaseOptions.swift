@@ -56,3 +56,8 @@ struct OutputOptions: ParsableArguments {
     @Flag(help: "Print one JSON document (an array for lists) with stable field names.")
     var json = false
 }
+
+/// Whether a queue is an app's outbox (its records are uploaded by the app, not replayed here).
+func isOutbox(_ queueName: String) -> Bool {
+    queueName.hasPrefix(Queue.outboxNamePrefix)
+}

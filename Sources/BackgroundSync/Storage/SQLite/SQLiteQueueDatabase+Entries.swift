@@ -32,8 +32,8 @@ extension SQLiteQueueDatabase {
     static func insert(_ batch: [PendingPush], _ db: Database, openEnds: OpenEnds) throws -> [PushedEntry] {
         let insertEntry = try db.cachedStatement(sql: """
             INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata,
-                idempotencyKey, sealedSecrets)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                idempotencyKey, sealedSecrets, recordKey)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
         var results: [PushedEntry] = []
         results.reserveCapacity(batch.count)
@@ -50,7 +50,7 @@ extension SQLiteQueueDatabase {
             let row = item.row
             try insertEntry.execute(arguments: [
                 item.queueName, position, row.url, row.method, row.headers, row.body, row.settings,
-                row.timestamp, row.metadata, row.idempotencyKey, row.sealedSecrets,
+                row.timestamp, row.metadata, row.idempotencyKey, row.sealedSecrets, row.recordKey,
             ])
             ends.pendingCount += 1
             results.append(PushedEntry(id: db.lastInsertedRowID, size: ends.pendingCount))

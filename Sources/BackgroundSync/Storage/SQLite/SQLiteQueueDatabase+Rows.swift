@@ -13,6 +13,7 @@ extension SQLiteQueueDatabase {
         var metadata: String?
         var idempotencyKey: String?
         var sealedSecrets: Data?
+        var recordKey: String?
 
         init(_ entry: UnidentifiedQueueStoreEntry) throws {
             let data = entry.requestData
@@ -26,6 +27,7 @@ extension SQLiteQueueDatabase {
             metadata = entry.metadata.map(FlatJSON.encode)
             idempotencyKey = entry.idempotencyKey
             sealedSecrets = entry.sealedSecrets
+            recordKey = entry.recordKey
         }
 
         private static func json(_ value: some Encodable) throws -> String {
@@ -60,7 +62,7 @@ extension SQLiteQueueDatabase {
     enum EntryColumn: Int, CaseIterable {
         case id, queueName, url, method, headers, body, settings, timestamp, metadata, state, attempts
         case nextAttemptAt, leaseOwner, leaseExpiresAt, lastStatus, lastError, lastResponseExcerpt
-        case idempotencyKey, sealedSecrets, lastFailureKind, position
+        case idempotencyKey, sealedSecrets, lastFailureKind, position, recordKey
 
         static let list = allCases.map { "\($0)" }.joined(separator: ", ")
     }
@@ -124,7 +126,8 @@ extension SQLiteQueueDatabase {
                 nextAttemptAt: nextAttemptAt.map(Date.init(timeIntervalSince1970:)),
                 lastFailure: try failure(),
                 idempotencyKey: try value(.idempotencyKey),
-                sealedSecrets: try value(.sealedSecrets))
+                sealedSecrets: try value(.sealedSecrets),
+                recordKey: try value(.recordKey))
         } catch {
             throw BackgroundSyncError(.storage, "entry \(id) cannot be read: \(error)", entryID: id)
         }

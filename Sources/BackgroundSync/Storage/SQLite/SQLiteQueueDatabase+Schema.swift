@@ -88,6 +88,13 @@ extension SQLiteQueueDatabase {
         migrator.registerMigration("v4-failure-kind") { db in
             try db.execute(sql: "ALTER TABLE entry ADD COLUMN lastFailureKind TEXT")
         }
+        // The record key of an outbox's entries, by which a save finds the entry it replaces.
+        migrator.registerMigration("v5-record-key") { db in
+            try db.execute(sql: """
+                ALTER TABLE entry ADD COLUMN recordKey TEXT;
+                CREATE INDEX entry_record_key ON entry(queueName, recordKey, position) WHERE recordKey IS NOT NULL;
+                """)
+        }
         return migrator
     }()
 }
