@@ -27,14 +27,18 @@ extension ReplayRunner {
         }
         // Described only when something went wrong: this runs for every replayed entry.
         var target: String { "entry \(entry.id) (\(entry.requestData.method) \(entry.requestData.url))" }
-        if let hook = options.requestWillReplay {
+        let plugins = control.requestPlugins
+        if !plugins.isEmpty || options.requestWillReplay != nil {
+            var stage = "a requestWillFetch plugin"
             do {
-                request = try await hook(request, entry)
+                for plugin in plugins { request = try await plugin.requestWillFetch(request) }
+                stage = "requestWillReplay"
+                if let hook = options.requestWillReplay { request = try await hook(request, entry) }
             } catch {
                 if Task.isCancelled { return try await giveBack(entry, claims: claims) }
-                let failure = ReplayFailure(kind: .hookFailed, message: "requestWillReplay failed: " + describeError(error))
+                let failure = ReplayFailure(kind: .hookFailed, message: "\(stage) failed: " + describeError(error))
                 return try await retry(
-                    entry, failure, retryAfter: nil, message: "requestWillReplay failed for \(target)",
+                    entry, failure, retryAfter: nil, message: "\(stage) failed for \(target)",
                     underlying: error, claims: claims)
             }
         }

@@ -43,6 +43,14 @@ enum ReplayOutcome: Sendable {
 /// The state a queue's replays share with the queue: the pause a 401/403 sets.
 final class ReplayControl: Sendable {
     private let paused = Locked<Int?>(nil)
+    private let plugins = Locked<[any StrategyPlugin]>([])
+
+    /// The `requestWillFetch` plugins of the strategy the queue's ``BackgroundSyncPlugin`` serves,
+    /// which run on each replayed request too.
+    var requestPlugins: [any StrategyPlugin] {
+        get { plugins.withLock { $0 } }
+        set { plugins.withLock { $0 = newValue } }
+    }
 
     /// The status that paused the queue, until ``resume()``.
     var pausedStatus: Int? { paused.withLock { $0 } }

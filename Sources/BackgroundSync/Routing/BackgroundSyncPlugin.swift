@@ -1,0 +1,78 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// The Workbox plugin that queues the requests of a strategy that fail, to replay them when the
+/// queue's sync runs.
+///
+/// ```swift
+/// let sync = try BackgroundSyncPlugin(name: "posts", options: QueueOptions(maxRetentionTime: .seconds(24 * 3600)))
+/// let router = Router(routes: [
+///     Route(.post, .urlMatching(/\/api\/.*\.json/), handler: NetworkOnly(plugins: [sync])),
+/// ])
+/// ```
+///
+/// As in Workbox it acts in ``fetchDidFail(_:)``: only requests that got no usable response are
+/// queued (add ``StatusPlugin`` to the strategy to queue 5xx answers too). Unlike Workbox it adds
+/// the idempotency key before the first attempt (so the attempt and every replay carry one key),
+/// stores the request as the strategy received it, and runs the strategy's `requestWillFetch`
+/// plugins again at each replay. A plugin serves one strategy: the last ``NetworkOnly`` it was
+/// given to.
+public struct BackgroundSyncPlugin: StrategyPlugin {
+    /// The queue failed requests go to.
+    public let queue: Queue
+
+    /// Creates the plugin and its queue (Workbox's `new BackgroundSyncPlugin(name, options)`).
+    /// - Throws: what ``Queue/init(name:options:database:transport:syncManager:)`` throws.
+    public init(
+        name: String, options: QueueOptions = QueueOptions(), database: (any QueueDatabase)? = nil,
+        transport: any HTTPTransport = URLSessionTransport(), syncManager: SyncManager? = nil
+    ) throws {
+        self.queue = try Queue(name: name, options: options, database: database, transport: transport, syncManager: syncManager)
+    }
+
+    /// Creates the plugin over an existing queue.
+    public init(queue: Queue) {
+        self.queue = queue
+    }
+
+    /// Queues the request as the strategy received it.
+    public func fetchDidFail(_ failure: FetchFailure) async throws {
+        _ = try await queueFailed(failure)
+    }
+
+    /// Stores the failed request; returns its entry id.
+    func queueFailed(_ failure: FetchFailure) async throws -> Int64 {
+        try await queue.pushRequest(failure.originalRequest)
+    }
+
+    /// The request with the queue's idempotency key added (before the first attempt).
+    func preparing(_ request: URLRequest) -> URLRequest {
+        queue.capture.addingIdempotencyKey(to: request)
+    }
+}
+
+/// The seed's status plugin: turns an answer with a retryable status (5xx by default) into a
+/// failure, so that a ``BackgroundSyncPlugin`` later in the list queues it.
+public struct StatusPlugin: StrategyPlugin {
+    /// The statuses treated as failures.
+    public let failingStatuses: Set<Int>
+
+    /// Creates the plugin. Default: every 5xx.
+    public init(failingStatuses: Set<Int> = Set(500...599)) {
+        self.failingStatuses = failingStatuses
+    }
+
+    /// The error thrown for a failing status.
+    public struct ServerError: Error, Sendable, CustomStringConvertible {
+        /// The status the server answered.
+        public var status: Int
+        public var description: String { "server error: HTTP \(status)" }
+    }
+
+    public func fetchDidSucceed(request: URLRequest, response: ServerResponse) async throws -> ServerResponse {
+        if failingStatuses.contains(response.status) { throw ServerError(status: response.status) }
+        return response
+    }
+}
