@@ -117,14 +117,13 @@ public final class SyncService: Service {
         }
     }
 
-    /// Runs the service until graceful shutdown or cancellation: the connectivity monitor, the
-    /// registration watcher, the retry timer and the syncs are child tasks of this call, so
-    /// cancelling it stops them all (a running replay gives its entries back untouched).
-    public func run() async throws {
+    /// The manager of the service's queues (`nil` when it has none), with the queues of a database
+    /// discovered so far.
+    private func resolveManager() async throws -> SyncManager? {
         let manager: SyncManager
         switch source {
         case .fixed(let first):
-            guard let first else { return }
+            guard let first else { return nil }
             manager = first
         case .discovered(_, _, let shared):
             manager = shared
@@ -133,6 +132,39 @@ public final class SyncService: Service {
         guard queues.allSatisfy({ $0.syncManager === manager }) else {
             throw BackgroundSyncError(.invalidRequest, "the queues of a SyncService must share one SyncManager")
         }
+        return manager
+    }
+
+    /// Runs, in the calling task, one round of the syncs that are due now (registered, not paused,
+    /// the head entry out of its backoff), concurrently, and returns when they are done: for a
+    /// process that is woken up for a short while, such as an iOS background task, instead of
+    /// ``run()``. Cancelling the calling task stops the replays after the sends in flight.
+    public func runDueSyncs() async throws {
+        guard let manager = try await resolveManager() else { return }
+        await syncDue(.start, manager: manager)
+    }
+
+    /// When the next sync is due: now when a registered queue can sync at once, the end of the
+    /// earliest backoff otherwise, `nil` when no registered queue waits (nothing to schedule).
+    /// What an iOS background task request takes as its earliest begin date.
+    public func nextDueDate() async throws -> Date? {
+        guard let manager = try await resolveManager() else { return nil }
+        let tags = Set(try await manager.getTags())
+        let now = configuration.clock.now
+        var earliest: Date?
+        for queue in queues where tags.contains(queue.syncTag) {
+            if await queue.isPaused { continue }
+            let due = max(dueDate(queue, head: try await queue.headEntry(), now: now) ?? now, now)
+            if earliest.map({ due < $0 }) ?? true { earliest = due }
+        }
+        return earliest
+    }
+
+    /// Runs the service until graceful shutdown or cancellation: the connectivity monitor, the
+    /// registration watcher, the retry timer and the syncs are child tasks of this call, so
+    /// cancelling it stops them all (a running replay gives its entries back untouched).
+    public func run() async throws {
+        guard let manager = try await resolveManager() else { return }
         // Entries left without a registration (a sync dropped on its last chance, a crash between
         // commit and registration) are synced too: nothing waits for a push that may never come.
         for queue in queues where try await queue.size() > 0 {
