@@ -94,3 +94,19 @@ struct ObservabilityTests {
         #expect(lines.current.allSatisfy { $0.0 <= .warning })
     }
 }
+
+@Suite("Queue sizes for a badge")
+struct QueueSizesTests {
+    @Test func theStreamStartsWithTheCurrentSizeAndFollowsChanges() async throws {
+        let server = try RecordingServer()
+        let queue = try Queue(name: uniqueQueueName(), database: try SQLiteQueueDatabase.temporary())
+        try await queue.pushRequest(postRequest(server.url, body: "before"))
+        var sizes = queue.sizes().makeAsyncIterator()
+        #expect(await sizes.next() == 1)
+        try await queue.pushRequest(postRequest(server.url, body: "after"))
+        #expect(await sizes.next() == 2)
+        try await queue.replayRequests()
+        #expect(await sizes.next() == 1)
+        #expect(await sizes.next() == 0)
+    }
+}
