@@ -9,8 +9,8 @@ import FoundationNetworking
 ///
 /// ```swift
 /// let queue = try Queue(name: "posts")
-/// try await queue.pushRequest(QueueEntry(request: request))   // stored, sync registered
-/// try await queue.replayRequests()                             // or: a SyncEvent for queue.syncTag
+/// let result = try await queue.send(request)    // tried now; stored (and a sync registered) if it failed
+/// try await queue.replayRequests()              // or: a SyncEvent for queue.syncTag
 /// ```
 ///
 /// - Durability: ``pushRequest(_:)`` returns once the entry is committed to the database.
@@ -184,11 +184,18 @@ public actor Queue {
     // MARK: - Removing and reading
 
     /// Removes and returns the last entry, skipping (and deleting) expired ones; `nil` when empty.
+    ///
+    /// Workbox's semantics, and their cost: the entry is deleted (durably) *before* the caller
+    /// does anything with it. A process killed before the caller sent it or pushed it back loses
+    /// it, and ``unshiftRequest(_:)`` stores it again as a new entry (new id, attempts and failure
+    /// history reset). A sync handler that must not lose requests uses ``replayRequests()`` (entries
+    /// are leased and deleted only after the server answered) or an ``Outbox``.
     public func popRequest() async throws -> QueueEntry? {
         try await removeUnexpired { try await $0.popEntry() }
     }
 
     /// Removes and returns the first entry, skipping (and deleting) expired ones; `nil` when empty.
+    /// Deleted before the caller sends it: see ``popRequest()`` for what that costs.
     public func shiftRequest() async throws -> QueueEntry? {
         try await removeUnexpired { try await $0.shiftEntry() }
     }
