@@ -78,6 +78,7 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
     private let lock = NSLock()
     private var listenSocket: Int32 = -1
     private var connections: Set<Int32> = []
+    /// Whether requests are served; when `false` with a listening socket, connections are reset.
     private var running = false
     private var acceptDone: DispatchSemaphore?
     /// Wakes the threads that hang or delay a response when the server stops.
@@ -90,7 +91,7 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
     }
 
     deinit {
-        stop()
+        close()
     }
 
     /// The port the server listens on (the last one, once stopped).
@@ -104,10 +105,20 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
     }
 
     /// Starts listening on 127.0.0.1 at `port` (0: a free port chosen by the system) and returns the
-    /// port. Starting a running server does nothing.
+    /// port. Starting a running server does nothing; starting a stopped one on its own port (or
+    /// port 0) serves again on the socket it kept.
     @discardableResult
     public func start(port: UInt16 = 0) throws -> UInt16 {
-        try lock.withLock {
+        let kept = lock.withLock { () -> Bool in
+            if listenSocket >= 0, !running, port == 0 || port == boundPort {
+                running = true
+                return true
+            }
+            return false
+        }
+        if kept { return self.port }
+        if lock.withLock({ listenSocket >= 0 && !running }) { close() }
+        return try lock.withLock {
             if running { return boundPort }
             let fd = socket(AF_INET, Self.streamType, 0)
             guard fd >= 0 else { throw Self.posixError("socket") }
@@ -146,22 +157,31 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
         }
     }
 
-    /// Stops listening and drops every open connection; returns once no new connection can be
-    /// accepted. Requests in a handler finish on their own threads.
+    /// Stops serving: drops every open connection, wakes the requests a handler holds, and resets
+    /// each new connection at once (a client sees "connection reset", no response). The port stays
+    /// the server's, so that no other server takes it meanwhile and ``start(port:)`` serves on it
+    /// again.
     public func stop() {
-        let done: DispatchSemaphore? = lock.withLock {
-            guard running else { return nil }
+        lock.withLock {
             running = false
-            shutdown(listenSocket, Int32(SHUT_RDWR))
             for connection in connections {
                 shutdown(connection, Int32(SHUT_RDWR))
             }
-            return acceptDone
         }
-        guard let done else { return }
         stopCondition.lock()
         stopCondition.broadcast()
         stopCondition.unlock()
+    }
+
+    /// Stops serving and closes the port; returns once no new connection can be accepted.
+    private func close() {
+        stop()
+        let done: DispatchSemaphore? = lock.withLock {
+            guard listenSocket >= 0 else { return nil }
+            shutdown(listenSocket, Int32(SHUT_RDWR))
+            return acceptDone
+        }
+        guard let done else { return }
         done.wait()
         lock.withLock {
             _ = closeSocket(listenSocket)
@@ -176,13 +196,17 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
                 if errno == EINTR { continue }
                 return
             }
-            let accepted = lock.withLock { () -> Bool in
-                guard running else { return false }
+            let (accepted, listening) = lock.withLock { () -> (Bool, Bool) in
+                guard running else { return (false, listenSocket == fd) }
                 connections.insert(client)
-                return true
+                return (true, true)
             }
             guard accepted else {
+                // Stopped: reset the connection (no answer); closed: end the loop.
+                var linger = SocketLinger(l_onoff: 1, l_linger: 0)
+                setsockopt(client, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<SocketLinger>.size))
                 _ = closeSocket(client)
+                if listening { continue }
                 return
             }
             #if canImport(Darwin)
@@ -372,15 +396,15 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
         }
     }
 
-    private static func posixError(_ what: String) -> POSIXError {
+    static func posixError(_ what: String) -> POSIXError {
         POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO, userInfo: [NSLocalizedDescriptionKey: what])
     }
 
     #if canImport(Darwin)
-    private static let streamType = SOCK_STREAM
+    static let streamType = SOCK_STREAM
     private static let sendFlags: Int32 = 0
     #else
-    private static let streamType = Int32(SOCK_STREAM.rawValue)
+    static let streamType = Int32(SOCK_STREAM.rawValue)
     private static let sendFlags = Int32(MSG_NOSIGNAL)
     #endif
 }
@@ -392,3 +416,41 @@ private typealias SocketLinger = Darwin.linger
 private func closeSocket(_ fd: Int32) -> Int32 { Glibc.close(fd) }
 private typealias SocketLinger = Glibc.linger
 #endif
+
+/// A loopback port where nothing listens, held so that no server takes it: connections to it are
+/// refused. Released when the value goes.
+public final class ClosedPort: @unchecked Sendable {
+    // `@unchecked Sendable`: the descriptor is written once in `init` and closed in `deinit`.
+    private let fd: Int32
+    /// The port.
+    public let port: UInt16
+
+    /// Binds a socket to a free loopback port without listening on it.
+    public init() throws {
+        let fd = socket(AF_INET, LoopbackHTTPServer.streamType, 0)
+        guard fd >= 0 else { throw LoopbackHTTPServer.posixError("socket") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else {
+            let error = LoopbackHTTPServer.posixError("bind 127.0.0.1:0")
+            _ = closeSocket(fd)
+            throw error
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        self.fd = fd
+        self.port = UInt16(bigEndian: address.sin_port)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    public var baseURL: URL { URL(string: "http://127.0.0.1:\(port)")! }
+
+    deinit { _ = closeSocket(fd) }
+}

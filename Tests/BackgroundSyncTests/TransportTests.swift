@@ -87,9 +87,12 @@ struct TransportTests {
         server.respond { _, _ in .reset }
         let transport = kind.make()
         await #expect(throws: (any Error).self) { try await transport.send(postRequest(server.url, body: "reset")) }
-        let url = server.url
+        let closed = try ClosedPort()
+        let refused = closed.baseURL.appendingPathComponent("api")
+        await #expect(throws: (any Error).self) { try await transport.send(postRequest(refused, body: "refused")) }
         server.server.stop()
-        await #expect(throws: (any Error).self) { try await transport.send(postRequest(url, body: "refused")) }
+        await #expect(throws: (any Error).self) { try await transport.send(postRequest(server.url, body: "stopped")) }
+        #expect(server.received.current.count == 1)
     }
 
     @Test(arguments: TransportKind.allCases)
