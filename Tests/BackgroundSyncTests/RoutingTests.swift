@@ -31,7 +31,7 @@ struct RoutingTests {
         let server = try RecordingServer()
         server.respond { _, index in index == 0 ? .reset : .respond(.text("ok", status: 201)) }
         let sync = try makePlugin()
-        let router = Router(routes: [Route(.post, .prefix(server.url.absoluteString), handler: NetworkOnly(plugins: [sync]))])
+        let router = FetchRouter(routes: [FetchRoute(.post, .prefix(server.url.absoluteString), handler: NetworkOnly(plugins: [sync]))])
 
         let failure = await #expect(throws: StrategyFailure.self) {
             try await router.handle(postRequest(server.url, body: "hello"))
@@ -49,8 +49,8 @@ struct RoutingTests {
         let url = server.url
         server.server.stop()
         let sync = try makePlugin()
-        let router = Router(routes: [
-            Route(.post, .urlMatching(/\/api\/.*\.json$/), handler: NetworkOnly(plugins: [sync]))
+        let router = FetchRouter(routes: [
+            FetchRoute(.post, .urlMatching(/\/api\/.*\.json$/), handler: NetworkOnly(plugins: [sync]))
         ])
         // Wrong URL (no .json), then wrong method.
         let wrongURL = await #expect(throws: StrategyFailure.self) { try await router.handle(postRequest(url, body: "a")) }
@@ -103,7 +103,7 @@ struct RoutingTests {
         let server = try RecordingServer()
         server.respond { _, _ in .respond(.text("bad", status: 422)) }
         let sync = try makePlugin()
-        let router = Router(routes: [Route(nil, .predicate { $0.path.hasPrefix("/api/") }, handler: NetworkOnly(plugins: [StatusPlugin(), sync]))])
+        let router = FetchRouter(routes: [FetchRoute(nil, .predicate { $0.path.hasPrefix("/api/") }, handler: NetworkOnly(plugins: [StatusPlugin(), sync]))])
         #expect(try await router.handle(postRequest(server.url, body: "x")).status == 422)
         #expect(try await sync.queue.size() == 0)
     }

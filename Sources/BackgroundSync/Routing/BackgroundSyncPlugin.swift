@@ -8,8 +8,8 @@ import FoundationNetworking
 ///
 /// ```swift
 /// let sync = try BackgroundSyncPlugin(name: "posts", options: QueueOptions(maxRetentionTime: .seconds(24 * 3600)))
-/// let router = Router(routes: [
-///     Route(.post, .urlMatching(/\/api\/.*\.json/), handler: NetworkOnly(plugins: [sync])),
+/// let router = FetchRouter(routes: [
+///     FetchRoute(.post, .urlMatching(/\/api\/.*\.json/), handler: NetworkOnly(plugins: [sync])),
 /// ])
 /// ```
 ///

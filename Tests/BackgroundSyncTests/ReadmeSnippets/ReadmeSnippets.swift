@@ -56,9 +56,9 @@ enum ReadmeSnippets {
     static func routes(request: URLRequest) async throws {
         // README: begin
         let sync = try BackgroundSyncPlugin(name: "posts", options: QueueOptions(maxRetentionTime: .seconds(24 * 3600)))
-        let router = Router(routes: [
+        let router = FetchRouter(routes: [
             // POSTs to .../api/....json; StatusPlugin turns a 5xx into a failure, so it is queued too.
-            Route(.post, .urlMatching(/\/api\/.*\.json/), handler: NetworkOnly(plugins: [StatusPlugin(), sync])),
+            FetchRoute(.post, .urlMatching(/\/api\/.*\.json/), handler: NetworkOnly(plugins: [StatusPlugin(), sync])),
         ])
 
         do {

@@ -4,7 +4,7 @@ import FoundationNetworking
 #endif
 
 /// A route: which requests (method and URL) a strategy handles — Workbox's `registerRoute`.
-public struct Route: Sendable {
+public struct FetchRoute: Sendable {
     /// How a route matches a request's URL.
     public struct URLMatcher: Sendable {
         private let matches: @Sendable (URL) -> Bool
@@ -79,25 +79,25 @@ public struct Route: Sendable {
 ///
 /// ```swift
 /// let sync = try BackgroundSyncPlugin(name: "posts")
-/// let router = Router(routes: [
-///     Route(.post, .prefix("https://api.example.com/posts"), handler: NetworkOnly(plugins: [StatusPlugin(), sync])),
+/// let router = FetchRouter(routes: [
+///     FetchRoute(.post, .prefix("https://api.example.com/posts"), handler: NetworkOnly(plugins: [StatusPlugin(), sync])),
 /// ])
 /// let response = try await router.handle(request)   // a failed POST is queued and replayed later
 /// ```
-public struct Router: Sendable {
+public struct FetchRouter: Sendable {
     /// The routes, tried in order.
-    public private(set) var routes: [Route]
+    public private(set) var routes: [FetchRoute]
     /// The strategy for requests no route matches.
     public var defaultHandler: NetworkOnly
 
     /// Creates a router.
-    public init(routes: [Route] = [], defaultHandler: NetworkOnly = NetworkOnly()) {
+    public init(routes: [FetchRoute] = [], defaultHandler: NetworkOnly = NetworkOnly()) {
         self.routes = routes
         self.defaultHandler = defaultHandler
     }
 
     /// Adds a route after the others (Workbox's `registerRoute`).
-    public mutating func register(_ route: Route) {
+    public mutating func register(_ route: FetchRoute) {
         routes.append(route)
     }
 
