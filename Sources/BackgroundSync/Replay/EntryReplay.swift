@@ -26,7 +26,10 @@ extension ReplayRunner {
             return try await deadLetter(entry, failure, claims: claims)
         }
         // Described only when something went wrong: this runs for every replayed entry.
-        var target: String { "entry \(entry.id) (\(entry.requestData.method) \(entry.requestData.url))" }
+        var target: String {
+            if let record = entry.recordKey { return "record \(record) (entry \(entry.id))" }
+            return "entry \(entry.id) (\(entry.requestData.method) \(entry.requestData.url))"
+        }
         let plugins = control.requestPlugins
         if !plugins.isEmpty || options.requestWillReplay != nil {
             var stage = "a requestWillFetch plugin"
