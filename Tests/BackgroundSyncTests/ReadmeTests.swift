@@ -1,18 +1,25 @@
 import Foundation
 import Testing
 
-/// The README's Swift blocks are code that builds: each one appears in `ReadmeSnippets/`, which
-/// the test target compiles (Apple-only ones there behind `#if`, compiled on those platforms).
+/// The Swift blocks of the README and of docs/ are code that builds: each one appears in
+/// `ReadmeSnippets/`, which the test target compiles (Apple-only ones there behind `#if`, compiled
+/// on those platforms; the testing page's tests run with the others).
 @Suite("README")
 struct ReadmeTests {
     static let root = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-    /// The README's ```swift blocks, in order.
-    static func readmeBlocks() throws -> [String] {
-        let readme = try String(contentsOf: root.appendingPathComponent("README.md"), encoding: .utf8)
-        return readme.components(separatedBy: "```swift\n").dropFirst().map { $0.components(separatedBy: "```")[0] }
+    /// The pages whose Swift blocks are checked.
+    static let pages = ["README.md", "docs/TestingBackgroundSync.md"]
+
+    /// The ```swift blocks of a page, in order.
+    static func blocks(of page: String) throws -> [String] {
+        let text = try String(contentsOf: root.appendingPathComponent(page), encoding: .utf8)
+        return text.components(separatedBy: "```swift\n").dropFirst().map { $0.components(separatedBy: "```")[0] }
     }
+
+    /// The README's ```swift blocks, in order.
+    static func readmeBlocks() throws -> [String] { try blocks(of: "README.md") }
 
     /// A block without its import lines (those are at the top of the snippet file), trimmed.
     static func normalized(_ block: String) -> (body: String, imports: [String]) {
@@ -54,10 +61,11 @@ struct ReadmeTests {
     @Test func everySwiftBlockIsCompiledCode() throws {
         let regions = try Self.snippetRegions()
         var used = Set<String>()
-        for block in try Self.readmeBlocks() where !block.hasPrefix("// Package.swift") {
+        let blocks = try Self.pages.flatMap { page in try Self.blocks(of: page).map { (page, $0) } }
+        for (page, block) in blocks where !block.hasPrefix("// Package.swift") {
             let (body, imports) = Self.normalized(block)
             let match = regions.first { $0.text == body }
-            #expect(match != nil, "README block not found in ReadmeSnippets/ (update both):\n\(body)")
+            #expect(match != nil, "\(page) block not found in ReadmeSnippets/ (update both):\n\(body)")
             guard let match else { continue }
             used.insert(match.text)
             for module in imports {
@@ -65,7 +73,7 @@ struct ReadmeTests {
             }
         }
         for region in regions where !used.contains(region.text) {
-            Issue.record("\(region.file) holds a snippet the README no longer has:\n\(region.text)")
+            Issue.record("\(region.file) holds a snippet the pages no longer have:\n\(region.text)")
         }
     }
 
