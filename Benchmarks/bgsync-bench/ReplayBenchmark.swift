@@ -91,7 +91,7 @@ struct ReplayBenchmark {
     }
 
     /// The baseline: the same requests through the same transport, `inFlight` at a time.
-    func bare(url: URL, count: Int, inFlight: Int, transport: URLSessionTransport) async throws -> Double {
+    func bare(url: URL, count: Int, inFlight: Int, transport: any HTTPTransport) async throws -> Double {
         let requests = (0..<count).map { Self.request(url, $0) }
         let start = ContinuousClock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -113,13 +113,13 @@ struct ReplayBenchmark {
     }
 
     /// The queue: `count` entries stored beforehand, then one `replayRequests()` timed.
-    func drain(url: URL, count: Int, concurrency: Int, transport: URLSessionTransport) async throws -> Double {
+    func drain(url: URL, count: Int, concurrency: Int, transport: any HTTPTransport) async throws -> Double {
         try await measuredDrain(url: url, count: count, concurrency: concurrency, transport: transport).rate
     }
 
     /// A drain's rate and the process's CPU time per entry while it ran.
     func measuredDrain(
-        url: URL, count: Int, concurrency: Int, transport: URLSessionTransport
+        url: URL, count: Int, concurrency: Int, transport: any HTTPTransport
     ) async throws -> (rate: Double, cpuMicroseconds: Double) {
         let path = freshPath("drain-\(concurrency)")
         try Fixtures.fill(path: path, queue: "bench", url: url.absoluteString, count: count)

@@ -19,11 +19,11 @@ if CommandLine.arguments.count == 4 && CommandLine.arguments[1] == "--drain-chil
 let arguments = Set(CommandLine.arguments.dropFirst())
 let known: Set<String> = ["--quick", "--json"]
 if let unknown = arguments.first(where: { !known.contains($0) && !$0.hasPrefix("--only=") }) {
-    FileHandle.standardError.write(Data("bgsync-bench: unknown option '\(unknown)' (use --quick, --json, --only=enqueue,replay,scale,memory; diagnostics: split,group,pairs)\n".utf8))
+    FileHandle.standardError.write(Data("bgsync-bench: unknown option '\(unknown)' (use --quick, --json, --only=enqueue,replay,ahc,scale,memory; diagnostics: split,group,pairs)\n".utf8))
     exit(2)
 }
 let quick = arguments.contains("--quick")
-// `--only=enqueue,replay,scale,memory` runs some groups (for profiling); default: all.
+// `--only=enqueue,replay,ahc,scale,memory` runs some groups (for profiling); default: all.
 let only = CommandLine.arguments.first { $0.hasPrefix("--only=") }
     .map { Set($0.dropFirst("--only=".count).split(separator: ",").map(String.init)) }
 func runs(_ group: String) -> Bool { only?.contains(group) ?? true }
@@ -58,6 +58,9 @@ if only?.contains("pairs") == true {  // a diagnostic, only when asked for
 }
 if runs("replay") {
     results += try await ReplayBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
+}
+if runs("ahc") {
+    results += try await AsyncHTTPClientBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
 }
 if runs("scale") {
     results += try await ScaleBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }

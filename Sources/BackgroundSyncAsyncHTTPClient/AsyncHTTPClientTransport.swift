@@ -62,19 +62,33 @@ public struct AsyncHTTPClientTransport: HTTPTransport {
 
     public func send(_ request: URLRequest) async throws -> ServerResponse {
         guard let url = request.url else { throw HTTPClientError.invalidURL }
-        let method = (request.httpMethod ?? "GET").uppercased()
-        let deadline = NIODeadline.now() + .nanoseconds(Int64(max(request.timeoutInterval, 0.001) * 1e9))
+        return try await execute(
+            url: url, method: (request.httpMethod ?? "GET").uppercased(), headers: request.allHTTPHeaderFields ?? [:],
+            body: request.httpBody, timeout: request.timeoutInterval)
+    }
+
+    /// Sends a stored request without building a `URLRequest`.
+    public func send(_ request: StorableRequest) async throws -> ServerResponse {
+        let data = request.toObject()
+        return try await execute(
+            url: request.url, method: data.method, headers: data.headers, body: data.body, timeout: data.timeoutInterval)
+    }
+
+    private func execute(
+        url: URL, method: String, headers: [String: String], body: Data?, timeout: TimeInterval
+    ) async throws -> ServerResponse {
+        let deadline = NIODeadline.now() + .nanoseconds(Int64(max(timeout, 0.001) * 1e9))
+        var fields = HTTPHeaders()
+        fields.reserveCapacity(headers.count)
+        for (field, value) in headers { fields.add(name: field, value: value) }
+        let bytes = body.map { ByteBuffer(bytes: $0) }
         var target = url
         var redirects = 0
         while true {
             var outgoing = HTTPClientRequest(url: target.absoluteString)
             outgoing.method = HTTPMethod(rawValue: method)
-            for (field, value) in request.allHTTPHeaderFields ?? [:] {
-                outgoing.headers.add(name: field, value: value)
-            }
-            if let body = request.httpBody {
-                outgoing.body = .bytes(ByteBuffer(bytes: body))
-            }
+            outgoing.headers = fields
+            if let bytes { outgoing.body = .bytes(bytes) }
             let response = try await client.execute(outgoing, deadline: deadline)
             if method == "GET" || method == "HEAD", redirects < configuration.maxRedirects,
                 let next = redirectTarget(of: response, from: target)

@@ -5,8 +5,8 @@ import FoundationNetworking
 
 extension ReplayRunner {
     /// Sends one claimed entry, classifies the answer and records the outcome on `claims`:
-    /// expired → deleted; cannot be rebuilt → dead letter; the `requestWillReplay` hook threw or no
-    /// response came → retry; a response → what ``QueueOptions/classifier`` decides. A delivery is
+    /// expired → deleted; cannot be rebuilt → dead letter; a `requestWillFetch` plugin or the
+    /// `requestWillReplay` hook threw, or no response came → retry; a response → what ``QueueOptions/classifier`` decides. A delivery is
     /// reported (event, metrics, ``QueueOptions/requestDidReplay``) before this returns. Throws only
     /// when the store fails; the entry then goes back at ``ReplayClaims/finish()`` or when its
     /// lease expires. Nothing is lost either way.
@@ -18,20 +18,24 @@ extension ReplayRunner {
             await reporter.expired(entry)
             return .expired
         }
-        var request: URLRequest
-        do {
-            request = try capture.rebuild(entry)
-        } catch {
-            let failure = ReplayFailure(kind: .invalidRequest, message: "cannot rebuild the request: \(error)")
-            return try await deadLetter(entry, failure, claims: claims)
-        }
         // Described only when something went wrong: this runs for every replayed entry.
         var target: String {
             if let record = entry.recordKey { return "record \(record) (entry \(entry.id))" }
             return "entry \(entry.id) (\(entry.requestData.method) \(entry.requestData.url))"
         }
         let plugins = control.requestPlugins
-        if !plugins.isEmpty || options.requestWillReplay != nil {
+        var outgoing: Outgoing
+        do {
+            if plugins.isEmpty && options.requestWillReplay == nil && entry.sealedSecrets == nil {
+                outgoing = .stored(try StorableRequest(requestData: entry.requestData))
+            } else {
+                outgoing = .built(try capture.rebuild(entry))
+            }
+        } catch {
+            let failure = ReplayFailure(kind: .invalidRequest, message: "cannot rebuild the request: \(error)")
+            return try await deadLetter(entry, failure, claims: claims)
+        }
+        if case .built(var request) = outgoing {
             var stage = "a requestWillFetch plugin"
             do {
                 for plugin in plugins { request = try await plugin.requestWillFetch(request) }
@@ -44,10 +48,14 @@ extension ReplayRunner {
                     entry, failure, retryAfter: nil, message: "\(stage) failed for \(target)",
                     underlying: error, claims: claims)
             }
+            outgoing = .built(request)
         }
         let response: ServerResponse
         do {
-            response = try await transport.send(request)
+            switch outgoing {
+            case .stored(let stored): response = try await transport.send(stored)
+            case .built(let request): response = try await transport.send(request)
+            }
         } catch {
             // A send the replay's cancellation interrupted is no failed attempt.
             if Task.isCancelled { return try await giveBack(entry, claims: claims) }
@@ -141,4 +149,11 @@ extension ReplayRunner {
         }
         return .deadLettered
     }
+}
+
+/// What a replay sends: the stored request as it is, or a `URLRequest` rebuilt for what changes
+/// it (plugins, the `requestWillReplay` hook, sealed secret header fields).
+private enum Outgoing {
+    case stored(StorableRequest)
+    case built(URLRequest)
 }

@@ -16,4 +16,17 @@ import FoundationNetworking
 public protocol HTTPTransport: Sendable {
     /// Sends `request` and returns the server's answer.
     func send(_ request: URLRequest) async throws -> ServerResponse
+
+    /// Sends a request as the queue stores it (already checked: an absolute http(s) URL, header
+    /// names lower-cased). A replay calls this when nothing changes the stored request before it
+    /// goes (no `requestWillFetch` plugin, no `requestWillReplay` hook, no sealed secret header
+    /// fields), so that a transport that does not speak `URLRequest` natively need not build one.
+    /// Default: ``send(_:)-(URLRequest)`` with ``StorableRequest/toRequest()``.
+    func send(_ request: StorableRequest) async throws -> ServerResponse
+}
+
+extension HTTPTransport {
+    public func send(_ request: StorableRequest) async throws -> ServerResponse {
+        try await send(request.toRequest())
+    }
 }
