@@ -107,4 +107,42 @@ struct RoutingTests {
         #expect(try await router.handle(postRequest(server.url, body: "x")).status == 422)
         #expect(try await sync.queue.size() == 0)
     }
+
+    @Test func aRequestDoesNotOvertakeTheEntriesItsOrderedQueueHolds() async throws {
+        let server = try RecordingServer()
+        let sync = try makePlugin()
+        try await sync.queue.pushRequest(postRequest(server.url, body: "first"))
+        let failure = await #expect(throws: StrategyFailure.self) {
+            try await NetworkOnly(plugins: [sync]).handle(postRequest(server.url, body: "second"))
+        }
+        #expect(failure?.underlying is QueueBehindError)
+        #expect(server.received.current.isEmpty)
+        #expect(try await sync.queue.replayRequests().delivered == 2)
+        #expect(server.bodies == ["first", "second"])
+    }
+
+    @Test func aPluginThatThrowsInFetchDidFailCannotKeepTheRequestFromTheQueue() async throws {
+        struct Failing: StrategyPlugin {
+            func fetchDidFail(_ failure: FetchFailure) async throws { throw URLError(.unknown) }
+        }
+        let server = try RecordingServer()
+        server.respond { _, _ in .reset }
+        let sync = try makePlugin()
+        await #expect(throws: URLError.self) {
+            try await NetworkOnly(plugins: [Failing(), sync]).handle(postRequest(server.url, body: "x"))
+        }
+        #expect(try await sync.queue.size() == 1)
+    }
+
+    @Test func aStrategyBuiltAgainDoesNotChangeWhatReplaysRun() async throws {
+        let server = try RecordingServer()
+        server.respond { _, index in .respond(.text("", status: index == 0 ? 503 : 201)) }
+        let tokens = TokenPlugin()
+        let sync = try makePlugin()
+        let strategy = NetworkOnly(plugins: [tokens, StatusPlugin(), sync])
+        _ = NetworkOnly(plugins: [sync])   // built elsewhere, without the token plugin
+        await #expect(throws: StrategyFailure.self) { try await strategy.handle(postRequest(server.url, body: "a")) }
+        #expect(try await sync.queue.replayRequests().delivered == 1)
+        #expect(server.received.current.map { $0.headers["x-token"] } == ["token-1", "token-2"])
+    }
 }

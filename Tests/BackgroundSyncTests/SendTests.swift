@@ -145,18 +145,55 @@ struct SendTests {
         #expect(transport.requests.isEmpty)
     }
 
-    @Test func aCancelledSendStoresNothingAndSaysSo() async throws {
+    @Test func aCancelledSendIsStoredWithItsKeyAndSaysSo() async throws {
         let transport = ScriptedTransport()
         transport.script(.hang)
         let (queue, database) = try makeQueue(transport: transport)
         let url = URL(string: "http://127.0.0.1:9/api")!
-        await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { _ = try await queue.send(postRequest(url, body: "x")) }
+        let result = await withTaskGroup(of: SendResult?.self) { group in
+            group.addTask { try? await queue.send(postRequest(url, body: "x")) }
             await transport.waitForHanging(1)
             group.cancelAll()
-            await #expect(throws: CancellationError.self) { try await group.next() }
+            return await group.next() ?? nil
         }
-        #expect(try await database.countEntries(queueName: queue.name, state: .pending) == 0)
+        guard case .queued(let id, .interrupted) = result else {
+            Issue.record("expected queued as interrupted, got \(String(describing: result))")
+            return
+        }
+        let stored = try #require(try await database.entry(id: id))
+        let sentKey = transport.requests.first?.value(forHTTPHeaderField: "Idempotency-Key")
+        #expect(sentKey != nil && stored.idempotencyKey == sentKey)
+    }
+
+    @Test func theFailedAttemptIsRecordedSoASyncDoesNotResendAtOnce() async throws {
+        let server = try RecordingServer()
+        server.respond { _, _ in .respond(.text("busy", status: 503, headers: ["Retry-After": "120"])) }
+        let clock = ManualWallClock()
+        let (queue, database) = try makeQueue(options: QueueOptions(clock: clock))
+        let result = try await queue.send(postRequest(server.url, body: "x"))
+        let id = try #require(result.queuedEntryID)
+        let stored = try #require(try await database.entry(id: id))
+        #expect(stored.attempts == 1)
+        #expect(stored.lastFailure?.kind == .httpStatus && stored.lastFailure?.status == 503)
+        #expect(stored.lastFailure?.responseExcerpt == Data("busy".utf8))
+        let next = try #require(stored.nextAttemptAt)
+        #expect(next.timeIntervalSince(clock.now) >= 119.9)
+        let service = SyncService(queues: [queue], configuration: .init(connectivity: nil, clock: clock))
+        try await service.runDueSyncs()
+        #expect(server.received.current.count == 1, "Retry-After holds the replay back")
+        #expect(abs(try #require(try await service.nextDueDate()).timeIntervalSince(next)) < 0.01)
+    }
+
+    @Test func aBodyStreamIsReadOnceAndSentWhole() async throws {
+        let server = try RecordingServer()
+        server.respond { _, index in .respond(.text("", status: index == 0 ? 503 : 201)) }
+        let (queue, _) = try makeQueue()
+        var request = URLRequest(url: server.url)
+        request.httpMethod = "POST"
+        request.httpBodyStream = InputStream(data: Data("streamed body".utf8))
+        _ = try await queue.send(request)
+        #expect(try await queue.replayRequests().delivered == 1)
+        #expect(server.bodies == ["streamed body", "streamed body"])
     }
 
     @Test func aPausedQueueStoresWithoutTrying() async throws {

@@ -21,29 +21,39 @@ extension Queue {
     /// - No response, or an answer ``QueueOptions/classifier`` retries or pauses on (5xx, 408,
     ///   425, 429, 401/403 by default): the request is stored as ``pushRequest(_:metadata:)``
     ///   stores it (secret header fields protected) with a sync registered, and the result is
-    ///   ``SendResult/queued(entryID:reason:)``.
+    ///   ``SendResult/queued(entryID:reason:)``. The failed attempt is recorded with the entry (one
+    ///   attempt, its failure, the retry policy's backoff and `Retry-After`), so a sync does not
+    ///   send it again at once.
     /// - Any other answer, a refusal included, is ``SendResult/sent(_:)``: nothing is stored.
     /// - An ordered queue (``QueueOptions/maxConcurrentReplays`` 1) that holds pending entries, or
     ///   a paused queue, stores the request without trying it, so that it does not overtake them.
+    /// - Cancelled during the attempt, the request is stored all the same (the server may have
+    ///   received it; its replay carries the same key), and the result says
+    ///   ``SendResult/QueuedReason/interrupted``; delete the entry if the write is no longer wanted.
     ///
     /// - Throws: ``BackgroundSyncError/Code/invalidRequest`` for a request that cannot be stored
     ///   (checked before anything is sent); a storage error when it had to be queued and could not
-    ///   be; `CancellationError` when the calling task was cancelled during the attempt (then
-    ///   nothing is stored, and the server may or may not have received the request).
+    ///   be.
     public nonisolated func send(_ request: URLRequest, metadata: [String: String]? = nil) async throws -> SendResult {
         try await send(request, metadata: metadata, attempt: transport.send)
     }
 
     /// ``send(_:metadata:)`` with the live attempt made by `attempt` instead of the queue's
     /// transport: for a client that has its own (an OpenAPI client's middleware chain, a session
-    /// with the app's delegate). `attempt` gets the request with its idempotency key added and
-    /// returns the server's answer, or throws when none came. Replays use the queue's transport.
+    /// with the app's delegate). `attempt` gets the request with its idempotency key added (and a
+    /// body stream read into `httpBody`) and returns the server's answer, or throws when none came.
+    /// Replays use the queue's transport.
     public nonisolated func send(
         _ request: URLRequest, metadata: [String: String]? = nil,
         attempt: @Sendable (URLRequest) async throws -> ServerResponse
     ) async throws -> SendResult {
-        let request = capture.addingIdempotencyKey(to: request)
-        let stored = try capture.capture(QueueEntry(request: request, timestamp: options.clock.now, metadata: metadata))
+        var request = capture.addingIdempotencyKey(to: request)
+        var stored = try capture.capture(QueueEntry(request: request, timestamp: options.clock.now, metadata: metadata))
+        if request.httpBodyStream != nil {
+            // The capture read the stream to its end: send what it read.
+            request.httpBodyStream = nil
+            request.httpBody = stored.requestData.body
+        }
         if control.pausedStatus != nil {
             return .queued(entryID: try await add(captured: stored, at: .tail), reason: .paused)
         }
@@ -51,6 +61,8 @@ extension Queue {
             return .queued(entryID: try await add(captured: stored, at: .tail), reason: .behindPendingEntries)
         }
         let reason: SendResult.QueuedReason
+        let failure: ReplayFailure
+        var retryAfter: Duration?
         do {
             let response = try await attempt(request)
             switch options.classifier(response) {
@@ -58,11 +70,26 @@ extension Queue {
                 return .sent(response)
             case .retry, .pauseForAuthentication:
                 reason = .status(response)
+                failure = ReplayFailure(
+                    kind: .httpStatus, status: response.status, message: "HTTP \(response.status)",
+                    responseExcerpt: response.body.isEmpty ? nil : Data(response.body.prefix(1024)))
+                retryAfter = response.headers["retry-after"].flatMap { RetryPolicy.parseRetryAfter($0, now: options.clock.now) }
             }
         } catch {
-            if Task.isCancelled || error is CancellationError { throw CancellationError() }
-            reason = .noResponse(describeError(error))
+            if Task.isCancelled || error is CancellationError {
+                reason = .interrupted
+                failure = ReplayFailure(kind: .noResponse, message: "the attempt was cancelled")
+            } else {
+                reason = .noResponse(describeError(error))
+                failure = ReplayFailure(kind: .noResponse, message: describeError(error))
+            }
         }
+        let delay = runner.random.withLock {
+            options.retryPolicy.delay(afterAttempts: 1, retryAfter: retryAfter, using: &$0)
+        }
+        stored.attempts = 1
+        stored.lastFailure = failure
+        stored.nextAttemptAt = options.clock.now.addingTimeInterval(delay.timeInterval)
         return .queued(entryID: try await add(captured: stored, at: .tail), reason: reason)
     }
 }

@@ -22,6 +22,9 @@ public enum SendResult: Sendable, Hashable {
         case behindPendingEntries
         /// The queue is paused (the server asked for credentials); the request was not tried.
         case paused
+        /// The calling task was cancelled during the attempt: the server may or may not have the
+        /// request; its replay carries the same idempotency key.
+        case interrupted
     }
 
     /// The server's answer when the request was sent; `nil` when it was queued.
@@ -44,6 +47,7 @@ extension SendResult.QueuedReason: CustomStringConvertible {
         case .status(let response): "HTTP \(response.status)"
         case .behindPendingEntries: "earlier requests are still queued"
         case .paused: "the queue is paused until credentials are renewed"
+        case .interrupted: "the attempt was cancelled"
         }
     }
 }

@@ -43,13 +43,19 @@ enum ReplayOutcome: Sendable {
 /// The state a queue's replays share with the queue: the pause a 401/403 sets.
 final class ReplayControl: Sendable {
     private let paused = Locked<Int?>(nil)
-    private let plugins = Locked<[any StrategyPlugin]>([])
+    private let plugins = Locked<(attached: Bool, list: [any StrategyPlugin])>((false, []))
 
     /// The `requestWillFetch` plugins of the strategy the queue's ``BackgroundSyncPlugin`` serves,
     /// which run on each replayed request too.
-    var requestPlugins: [any StrategyPlugin] {
-        get { plugins.withLock { $0 } }
-        set { plugins.withLock { $0 = newValue } }
+    var requestPlugins: [any StrategyPlugin] { plugins.withLock { $0.list } }
+
+    /// Sets ``requestPlugins`` the first time a strategy is built with the queue's plugin; later
+    /// calls change nothing.
+    func attachRequestPlugins(_ list: [any StrategyPlugin]) {
+        plugins.withLock { plugins in
+            guard !plugins.attached else { return }
+            plugins = (true, list)
+        }
     }
 
     /// The status that paused the queue, until ``resume()``.

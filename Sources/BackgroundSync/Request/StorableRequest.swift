@@ -236,7 +236,7 @@ public struct StorableRequest: Sendable, Hashable {
         return headers
     }
 
-    private static func readAll(_ stream: InputStream) throws -> Data {
+    static func readAll(_ stream: InputStream) throws -> Data {
         var data = Data()
         stream.open()
         defer { stream.close() }

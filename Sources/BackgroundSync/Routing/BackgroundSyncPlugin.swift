@@ -17,8 +17,9 @@ import FoundationNetworking
 /// queued (add ``StatusPlugin`` to the strategy to queue 5xx answers too). Unlike Workbox it adds
 /// the idempotency key before the first attempt (so the attempt and every replay carry one key),
 /// stores the request as the strategy received it, and runs the strategy's `requestWillFetch`
-/// plugins again at each replay. A plugin serves one strategy: the last ``NetworkOnly`` it was
-/// given to.
+/// plugins again at each replay (those of the first ``NetworkOnly`` it is given to). Like
+/// ``Queue/send(_:metadata:)``, it does not let a request overtake the entries its ordered queue
+/// holds.
 public struct BackgroundSyncPlugin: StrategyPlugin {
     /// The queue failed requests go to.
     public let queue: Queue
@@ -51,6 +52,25 @@ public struct BackgroundSyncPlugin: StrategyPlugin {
     func preparing(_ request: URLRequest) -> URLRequest {
         queue.capture.addingIdempotencyKey(to: request)
     }
+
+    /// Why a request must be queued without being tried: the queue is paused, or ordered with
+    /// entries waiting (it must not overtake them); `nil` when it may go now.
+    func mustWait() async throws -> QueueBehindError? {
+        if queue.control.pausedStatus != nil { return QueueBehindError(reason: .paused) }
+        if queue.options.maxConcurrentReplays <= 1, try await queue.size() > 0 {
+            return QueueBehindError(reason: .behindPendingEntries)
+        }
+        return nil
+    }
+}
+
+/// The failure a ``NetworkOnly`` strategy reports when its ``BackgroundSyncPlugin``'s queue made a
+/// request wait without being tried (``StrategyFailure/underlying``).
+public struct QueueBehindError: Error, Sendable, CustomStringConvertible {
+    /// Why: ``SendResult/QueuedReason/paused`` or ``SendResult/QueuedReason/behindPendingEntries``.
+    public var reason: SendResult.QueuedReason
+
+    public var description: String { "not tried: \(reason)" }
 }
 
 /// The seed's status plugin: turns an answer with a retryable status (5xx by default) into a

@@ -12,26 +12,46 @@ public struct NetworkOnly: Sendable {
     /// The transport fetches go through.
     public let transport: any HTTPTransport
 
-    /// Creates the strategy. Each ``BackgroundSyncPlugin`` among `plugins` is given the others'
-    /// `requestWillFetch`, which its queue then runs at each replay.
+    /// Creates the strategy. A ``BackgroundSyncPlugin`` among `plugins` that no strategy was
+    /// given before gets the others' `requestWillFetch`, which its queue then runs at each replay;
+    /// it keeps those of that first strategy, so a strategy built again (per request, in a test)
+    /// changes nothing for the queue.
     public init(plugins: [any StrategyPlugin] = [], transport: any HTTPTransport = URLSessionTransport()) {
         self.plugins = plugins
         self.transport = transport
         for case let sync as BackgroundSyncPlugin in plugins {
-            sync.queue.control.requestPlugins = plugins.filter { !($0 is BackgroundSyncPlugin) }
+            sync.queue.control.attachRequestPlugins(plugins.filter { !($0 is BackgroundSyncPlugin) })
         }
     }
 
     /// Fetches `request`: `requestWillFetch` plugins, the transport, then `fetchDidSucceed`
     /// plugins; on failure, `fetchDidFail` plugins and ``StrategyFailure``.
     ///
+    /// With a ``BackgroundSyncPlugin``: the idempotency key is added before the attempt; when its
+    /// queue is paused, or ordered with entries waiting, the request is queued behind them without
+    /// being tried (so it does not overtake them); on failure it is queued first, before the other
+    /// plugins' `fetchDidFail` run (one of them throwing cannot lose it). A cancelled attempt is a
+    /// failure like any other: the request is queued (the server may have it; its replay carries
+    /// the same key).
+    ///
     /// - Returns: the server's answer, as the plugins left it (a 4xx included: it is an answer).
     /// - Throws: ``StrategyFailure`` when no usable answer came (with the ids of the entries the
-    ///   strategy's ``BackgroundSyncPlugin``s queued); what a `requestWillFetch` plugin threw;
-    ///   `CancellationError` when the task was cancelled (nothing is queued then).
+    ///   strategy's ``BackgroundSyncPlugin``s queued); what a `requestWillFetch` plugin threw.
     public func handle(_ request: URLRequest) async throws -> ServerResponse {
         var original = request
-        for case let sync as BackgroundSyncPlugin in plugins { original = sync.preparing(original) }
+        if let stream = original.httpBodyStream {
+            // Read once: the attempt and the queue both need the body.
+            original.httpBodyStream = nil
+            original.httpBody = try StorableRequest.readAll(stream)
+        }
+        let syncPlugins = plugins.compactMap { $0 as? BackgroundSyncPlugin }
+        for sync in syncPlugins { original = sync.preparing(original) }
+        for sync in syncPlugins {
+            if let reason = try await sync.mustWait() {
+                let failure = FetchFailure(originalRequest: original, request: original, error: reason, response: nil)
+                throw try await fail(failure, error: reason, response: nil)
+            }
+        }
         var prepared = original
         for plugin in plugins { prepared = try await plugin.requestWillFetch(prepared) }
         var answer: ServerResponse?
@@ -41,18 +61,21 @@ public struct NetworkOnly: Sendable {
             for plugin in plugins { response = try await plugin.fetchDidSucceed(request: prepared, response: response) }
             return response
         } catch {
-            if Task.isCancelled || error is CancellationError { throw CancellationError() }
             let failure = FetchFailure(originalRequest: original, request: prepared, error: error, response: answer)
-            var queued: [StrategyFailure.QueuedEntry] = []
-            for plugin in plugins {
-                if let sync = plugin as? BackgroundSyncPlugin {
-                    queued.append(.init(queueName: sync.queue.name, entryID: try await sync.queueFailed(failure)))
-                } else {
-                    try await plugin.fetchDidFail(failure)
-                }
-            }
-            throw StrategyFailure(underlying: error, response: answer, queued: queued)
+            throw try await fail(failure, error: error, response: answer)
         }
+    }
+
+    /// Runs the failure callbacks, the queueing ones first; returns the error to throw.
+    private func fail(_ failure: FetchFailure, error: any Error, response: ServerResponse?) async throws -> StrategyFailure {
+        var queued: [StrategyFailure.QueuedEntry] = []
+        for case let sync as BackgroundSyncPlugin in plugins {
+            queued.append(.init(queueName: sync.queue.name, entryID: try await sync.queueFailed(failure)))
+        }
+        for plugin in plugins where !(plugin is BackgroundSyncPlugin) {
+            try await plugin.fetchDidFail(failure)
+        }
+        return StrategyFailure(underlying: error, response: response, queued: queued)
     }
 }
 

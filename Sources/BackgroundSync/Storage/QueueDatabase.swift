@@ -45,7 +45,8 @@ public protocol QueueDatabase: Sendable {
 
     /// Stores a new pending entry at the head or the tail of a queue and, when `syncTag` is given,
     /// registers that sync tag in the same transaction, so that no entry is ever stored without its
-    /// registration. Durable. Returns the entry's id and the queue's size after the push (as
+    /// registration. The entry starts with the attempts, next attempt and failure it is given.
+    /// Durable. Returns the entry's id and the queue's size after the push (as
     /// ``countEntries(queueName:state:)`` counts it).
     func pushEntry(
         _ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd, registeringSyncTag syncTag: String?
@@ -53,12 +54,15 @@ public protocol QueueDatabase: Sendable {
 
     /// Stores `entry` as the current version of its ``UnidentifiedQueueStoreEntry/recordKey`` in a
     /// queue (an ``Outbox`` saving a record), registering `syncTag` in the same transaction when
-    /// given. When the queue's last entry with that key is not held by a live lease (pending or a
-    /// dead letter), it is replaced in place: its content (request, timestamp, metadata, keys,
-    /// secrets) becomes `entry`'s, it keeps its position, and it is pending again with its attempts,
-    /// next attempt and last failure cleared. Otherwise (no entry has the key, or a replay holds it
-    /// and may be sending the old content now) `entry` goes at the tail as a new entry, so that the
-    /// new version is sent after the old one. Durable. Returns the entry's id and the queue's size.
+    /// given. When the queue's last entry with that key is not held by a replay (pending or a dead
+    /// letter), it is replaced in place: its content (request, timestamp, metadata, keys, secrets)
+    /// becomes `entry`'s, it keeps its position, and it is pending again with `entry`'s attempts,
+    /// next attempt and failure (none for a new version). Otherwise `entry` goes at the tail as a
+    /// new entry, so that the new version is sent after the old one. Held by a replay means: under
+    /// a live lease (a replay may be sending the old content now, or have leased it ahead), or
+    /// delivered by a replay whose deletion of it is not committed yet (see
+    /// ``ReplayClaims/complete(_:)``) — replacing that one would let the pending deletion take the
+    /// new version with it. Durable. Returns the entry's id and the queue's size.
     /// Throws ``BackgroundSyncError/Code/invalidRequest`` when `entry` has no record key.
     func saveEntry(
         _ entry: UnidentifiedQueueStoreEntry, queueName: String, registeringSyncTag syncTag: String?
@@ -140,6 +144,19 @@ public protocol QueueDatabase: Sendable {
 }
 
 extension QueueDatabase {
+    /// For a driver written before outboxes: refuses, so that an ``Outbox`` on it fails with a
+    /// clear error (the conformance suite's record checks fail too until it implements this).
+    public func saveEntry(
+        _ entry: UnidentifiedQueueStoreEntry, queueName: String, registeringSyncTag syncTag: String?
+    ) async throws -> PushedEntry {
+        throw BackgroundSyncError(.invalidRequest, "this store (\(Self.self)) cannot save entries by record key")
+    }
+
+    /// For a driver written before outboxes: refuses (see ``saveEntry(_:queueName:registeringSyncTag:)``).
+    public func deleteEntries(queueName: String, recordKey: String) async throws -> Int {
+        throw BackgroundSyncError(.invalidRequest, "this store (\(Self.self)) cannot delete entries by record key")
+    }
+
     /// Every entry of a queue in a state, in queue order.
     public func entries(queueName: String, state: EntryState) async throws -> [QueueStoreEntry] {
         try await entries(queueName: queueName, state: state, afterPosition: nil, limit: nil)

@@ -25,6 +25,14 @@ public struct UnidentifiedQueueStoreEntry: Sendable, Hashable {
     /// The app's key for the thing the entry carries (an ``Outbox`` record's id), by which
     /// ``QueueDatabase/saveEntry(_:queueName:registeringSyncTag:)`` replaces it; `nil` for a plain request.
     public var recordKey: String?
+    /// Attempts already made before it was stored (``Queue/send(_:metadata:)`` stores a request
+    /// whose live attempt failed with 1). Default: 0.
+    public var attempts: Int
+    /// The earliest time of the first replay (the backoff after a failed live attempt); `nil`: at
+    /// once.
+    public var nextAttemptAt: Date?
+    /// What the failed live attempt met, if any.
+    public var lastFailure: ReplayFailure?
 
     /// Creates an entry to store.
     public init(
@@ -33,7 +41,10 @@ public struct UnidentifiedQueueStoreEntry: Sendable, Hashable {
         metadata: [String: String]? = nil,
         idempotencyKey: String? = nil,
         sealedSecrets: Data? = nil,
-        recordKey: String? = nil
+        recordKey: String? = nil,
+        attempts: Int = 0,
+        nextAttemptAt: Date? = nil,
+        lastFailure: ReplayFailure? = nil
     ) {
         self.requestData = requestData
         self.timestamp = timestamp
@@ -41,6 +52,9 @@ public struct UnidentifiedQueueStoreEntry: Sendable, Hashable {
         self.idempotencyKey = idempotencyKey
         self.sealedSecrets = sealedSecrets
         self.recordKey = recordKey
+        self.attempts = attempts
+        self.nextAttemptAt = nextAttemptAt
+        self.lastFailure = lastFailure
     }
 }
 

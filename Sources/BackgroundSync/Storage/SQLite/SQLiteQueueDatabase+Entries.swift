@@ -32,8 +32,9 @@ extension SQLiteQueueDatabase {
     static func insert(_ batch: [PendingPush], _ db: Database, openEnds: OpenEnds) throws -> [PushedEntry] {
         let insertEntry = try db.cachedStatement(sql: """
             INSERT INTO entry(queueName, position, url, method, headers, body, settings, timestamp, metadata,
-                idempotencyKey, sealedSecrets, recordKey)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                idempotencyKey, sealedSecrets, recordKey, attempts, nextAttemptAt, lastFailureKind, lastStatus,
+                lastError, lastResponseExcerpt)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
         var results: [PushedEntry] = []
         results.reserveCapacity(batch.count)
@@ -50,7 +51,8 @@ extension SQLiteQueueDatabase {
             let row = item.row
             try insertEntry.execute(arguments: [
                 item.queueName, position, row.url, row.method, row.headers, row.body, row.settings,
-                row.timestamp, row.metadata, row.idempotencyKey, row.sealedSecrets, row.recordKey,
+                row.timestamp, row.metadata, row.idempotencyKey, row.sealedSecrets, row.recordKey, row.attempts,
+                row.nextAttemptAt, row.failureKind, row.failureStatus, row.failureMessage, row.failureExcerpt,
             ])
             ends.pendingCount += 1
             results.append(PushedEntry(id: db.lastInsertedRowID, size: ends.pendingCount))

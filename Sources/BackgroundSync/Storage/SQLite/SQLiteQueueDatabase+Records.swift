@@ -25,14 +25,15 @@ extension SQLiteQueueDatabase {
             {
                 try db.cachedStatement(sql: """
                     UPDATE entry SET url = ?, method = ?, headers = ?, body = ?, settings = ?, timestamp = ?,
-                        metadata = ?, idempotencyKey = ?, sealedSecrets = ?, state = 'pending', attempts = 0,
-                        nextAttemptAt = NULL, leaseOwner = NULL, leaseExpiresAt = NULL, lastStatus = NULL,
-                        lastError = NULL, lastResponseExcerpt = NULL, lastFailureKind = NULL
+                        metadata = ?, idempotencyKey = ?, sealedSecrets = ?, state = 'pending', attempts = ?,
+                        nextAttemptAt = ?, leaseOwner = NULL, leaseExpiresAt = NULL, lastFailureKind = ?,
+                        lastStatus = ?, lastError = ?, lastResponseExcerpt = ?
                     WHERE id = ?
                     """
                 ).execute(arguments: [
                     row.url, row.method, row.headers, row.body, row.settings, row.timestamp, row.metadata,
-                    row.idempotencyKey, row.sealedSecrets, lastID,
+                    row.idempotencyKey, row.sealedSecrets, row.attempts, row.nextAttemptAt, row.failureKind,
+                    row.failureStatus, row.failureMessage, row.failureExcerpt, lastID,
                 ])
                 id = lastID
             } else {

@@ -14,6 +14,12 @@ extension SQLiteQueueDatabase {
         var idempotencyKey: String?
         var sealedSecrets: Data?
         var recordKey: String?
+        var attempts: Int
+        var nextAttemptAt: Double?
+        var failureKind: String?
+        var failureStatus: Int?
+        var failureMessage: String?
+        var failureExcerpt: Data?
 
         init(_ entry: UnidentifiedQueueStoreEntry) throws {
             let data = entry.requestData
@@ -28,6 +34,12 @@ extension SQLiteQueueDatabase {
             idempotencyKey = entry.idempotencyKey
             sealedSecrets = entry.sealedSecrets
             recordKey = entry.recordKey
+            attempts = entry.attempts
+            nextAttemptAt = entry.nextAttemptAt?.timeIntervalSince1970
+            failureKind = entry.lastFailure?.kind.rawValue
+            failureStatus = entry.lastFailure?.status
+            failureMessage = entry.lastFailure?.message
+            failureExcerpt = entry.lastFailure?.responseExcerpt
         }
 
         private static func json(_ value: some Encodable) throws -> String {
