@@ -26,6 +26,12 @@ import FoundationNetworking
 /// full request (base URL, path and query, header fields, body bytes) and the operation throws
 /// ``RequestQueuedError``. Any other answer is returned to the client as it came. Replays go
 /// through the queue's ``HTTPTransport``, byte for byte.
+///
+/// Put it last in the client's `middlewares`, next to the transport: the middlewares before it
+/// shape the request that is stored, and those after it do not run at replay. Credentials an
+/// earlier middleware added (`Authorization`) are secret header fields: not stored by default, so
+/// add them back at replay with ``QueueOptions/requestWillReplay``. Any error from the rest of the
+/// chain counts as "no response" and queues the operation.
 public struct BackgroundSyncMiddleware: ClientMiddleware {
     /// The queue that stores failed operations.
     public let queue: Queue

@@ -44,6 +44,18 @@ extension StoreConformance {
                     entry.attempts == 0 && entry.lastFailure == nil && entry.nextAttemptAt == nil,
                     "a saved entry starts afresh: attempts \(entry.attempts), failure \(String(describing: entry.lastFailure))")
             },
+            check("a save does not replace an entry delivered and not yet deleted") { store in
+                let database = try await store.open()
+                _ = try await database.saveEntry(record("k", "v1"), queueName: "q", registeringSyncTag: nil)
+                let claims = database.claims(
+                    queueName: "q", order: .ordered, owner: .current(), leaseDuration: .seconds(300), clock: SystemWallClock())
+                let delivered = try await claimed(claims, "v1")
+                try await claims.complete(delivered)
+                let saved = try await database.saveEntry(record("k", "v2"), queueName: "q", registeringSyncTag: nil)
+                try expect(saved.id != delivered.id, "a save replaced an entry whose delivery is not deleted yet")
+                try await claims.finish()
+                try expectEqual(try await paths("q", database), ["v2"], "queue after the replay finished")
+            },
             check("delete by record key removes that record's entries only") { store in
                 let database = try await store.open()
                 _ = try await database.saveEntry(record("k1", "one"), queueName: "q", registeringSyncTag: nil)

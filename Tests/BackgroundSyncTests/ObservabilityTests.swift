@@ -95,7 +95,7 @@ struct ObservabilityTests {
     }
 }
 
-@Suite("Queue sizes for a badge")
+@Suite("Queue sizes for a badge", .timeLimit(.minutes(1)))
 struct QueueSizesTests {
     @Test func theStreamStartsWithTheCurrentSizeAndFollowsChanges() async throws {
         let server = try RecordingServer()
@@ -106,7 +106,12 @@ struct QueueSizesTests {
         try await queue.pushRequest(postRequest(server.url, body: "after"))
         #expect(await sizes.next() == 2)
         try await queue.replayRequests()
-        #expect(await sizes.next() == 1)
-        #expect(await sizes.next() == 0)
+        // The replay's events may come after both deliveries: the count goes down to 0, through 1 or not.
+        var after: [Int] = []
+        while let size = await sizes.next() {
+            after.append(size)
+            if size == 0 { break }
+        }
+        #expect(after == [1, 0] || after == [0])
     }
 }

@@ -14,9 +14,11 @@ import Foundation
 /// }
 /// ```
 ///
-/// The first element is the size read when iteration starts; then each change that
-/// ``Queue/events()`` reports, a value only when it differs from the last one. Iteration ends when
-/// the task is cancelled or the queue is released; a size that cannot be read ends it too.
+/// The first element is the size read when iteration starts; then, at each of the queue's events
+/// (``Queue/events()``), the size read again — events of concurrent pushes and replays arrive in
+/// any order, so the size they carry is not used — a value only when it differs from the last one.
+/// Iteration ends when the task is cancelled or the queue is released; a size that cannot be read
+/// ends it too.
 public struct QueueSizes: AsyncSequence, Sendable {
     public typealias Element = Int
 
@@ -39,10 +41,11 @@ public struct QueueSizes: AsyncSequence, Sendable {
                 self.last = size
                 return size
             }
-            while let event = await events.next() {
-                if event.size != last {
-                    self.last = event.size
-                    return event.size
+            while await events.next() != nil {
+                guard let size = try? await queue.size() else { return nil }
+                if size != last {
+                    self.last = size
+                    return size
                 }
             }
             return nil

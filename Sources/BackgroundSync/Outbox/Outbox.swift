@@ -22,8 +22,12 @@ import FoundationNetworking
 ///   each one once `upload` returned. The first that throws stops the sync and stays first, with
 ///   the queue's retry policy (backoff, attempts) and events; throw ``OutboxRejection`` for a
 ///   record the server refused for good: it is set aside (``rejected()``) and the sync goes on.
-/// - Records survive restarts and crashes; a record being uploaded when the process dies is
-///   uploaded again (at least once), so `upload` should be idempotent (send the record's id).
+/// - Records survive restarts and crashes, and never expire; a record being uploaded when the
+///   process dies is uploaded again (at least once), so `upload` should be idempotent (send the
+///   record's id).
+/// - A record that a running sync has already taken is not replaced by a save: the one being
+///   uploaded, and those the store leased ahead of it (up to 8 with the SQLite store). The new
+///   version goes to the end and is uploaded after the old one.
 ///
 /// The records are entries of a ``Queue`` named `outbox:<name>` (``queue``) on the same database
 /// as request queues; `bgsync list --queue outbox:posts` shows them. Only a process that knows
@@ -42,10 +46,11 @@ public final class Outbox<Record: Codable & Sendable & Identifiable>: OutboxSync
     ///
     /// - Parameters:
     ///   - name: the outbox's name, unique among the outboxes of `database`.
-    ///   - options: retry policy, hooks, logging, clock. The outbox sends one record at a time and
-    ///     classifies `upload`'s outcome itself, so ``QueueOptions/maxConcurrentReplays``,
+    ///   - options: retry policy, hooks, logging, clock. Records never expire, and the outbox sends
+    ///     one record at a time and classifies `upload`'s outcome itself, so
+    ///     ``QueueOptions/maxRetentionTime``, ``QueueOptions/maxConcurrentReplays``,
     ///     ``QueueOptions/classifier``, the idempotency key and secret header options are not used.
-    ///     Default: ``defaultOptions`` (records never expire).
+    ///     Default: ``QueueOptions`` defaults.
     ///   - database: where records are stored; default: the shared SQLite database at
     ///     ``SQLiteQueueDatabase/defaultPath()``.
     ///   - syncManager: who runs the outbox's syncs; default: the database's shared manager.
@@ -53,7 +58,7 @@ public final class Outbox<Record: Codable & Sendable & Identifiable>: OutboxSync
     ///     Throwing keeps it for a later sync; ``OutboxRejection`` sets it aside.
     public init(
         name: String,
-        options: QueueOptions = Outbox.defaultOptions,
+        options: QueueOptions = QueueOptions(),
         database: (any QueueDatabase)? = nil,
         syncManager: SyncManager? = nil,
         upload: @escaping @Sendable (Record) async throws -> Void
@@ -62,6 +67,8 @@ public final class Outbox<Record: Codable & Sendable & Identifiable>: OutboxSync
             throw BackgroundSyncError(.invalidRequest, "an outbox name cannot be empty")
         }
         var options = options
+        // A record is the user's data, not a request that goes stale.
+        options.maxRetentionTime = .seconds(100 * 365 * 24 * 60 * 60)
         options.maxConcurrentReplays = 1
         options.classifier = .default
         options.addsIdempotencyKey = false
@@ -80,20 +87,15 @@ public final class Outbox<Record: Codable & Sendable & Identifiable>: OutboxSync
         self.endpoint = endpoint
     }
 
-    /// The options an outbox uses when none are given: ``QueueOptions`` defaults, except that
-    /// records never expire (a record is the user's data, not a request that goes stale).
-    public static var defaultOptions: QueueOptions {
-        QueueOptions(maxRetentionTime: .seconds(100 * 365 * 24 * 60 * 60))
-    }
-
     /// The address the records' entries carry (never contacted: the upload closure sends them).
     private let endpoint: URL
 
     /// Stores `record` (insert, or replace the waiting record with its id, which keeps its place)
-    /// and registers the outbox's sync. Returns once it is on disk. A record with this id that is
-    /// being uploaded right now is not replaced: the new version is queued after it.
+    /// and registers the outbox's sync. Returns once it is on disk. A record with this id that a
+    /// running sync has taken (being uploaded, or leased ahead) is not replaced: the new version is
+    /// queued at the end, after it.
     public func save(_ record: Record) async throws {
-        let key = String(describing: record.id)
+        let key = Self.key(record.id)
         var request = URLRequest(url: endpoint)
         request.httpMethod = "POST"
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
@@ -125,7 +127,7 @@ public final class Outbox<Record: Codable & Sendable & Identifiable>: OutboxSync
     /// upload of it already under way completes.
     @discardableResult
     public func delete(id: Record.ID) async throws -> Bool {
-        try await queue.database.deleteEntries(queueName: queue.name, recordKey: String(describing: id)) > 0
+        try await queue.database.deleteEntries(queueName: queue.name, recordKey: Self.key(id)) > 0
     }
 
     /// Uploads the waiting records now, in order: ``Queue/replayRequests()`` of ``queue``.
@@ -139,6 +141,17 @@ public final class Outbox<Record: Codable & Sendable & Identifiable>: OutboxSync
     /// The outbox's events (saved, uploaded, retry scheduled, rejected), each with the count after it.
     public func events() -> AsyncStream<QueueEvent> {
         queue.events()
+    }
+
+    /// The record key of an id: its JSON when the id is `Encodable` (UUID, Int, String and most
+    /// ids: distinct ids give distinct keys), else its description.
+    static func key(_ id: Record.ID) -> String {
+        if let encodable = id as? any Encodable {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            if let data = try? encoder.encode(encodable) { return String(decoding: data, as: UTF8.self) }
+        }
+        return String(describing: id)
     }
 
     private static func record(_ entry: QueueStoreEntry) throws -> Record {

@@ -59,10 +59,15 @@ public struct FetchRoute: Sendable {
         /// A method by name (upper-cased).
         public init(stringLiteral value: String) { self.init(rawValue: value) }
 
+        /// `GET`.
         public static let get: Method = "GET"
+        /// `POST`.
         public static let post: Method = "POST"
+        /// `PUT`.
         public static let put: Method = "PUT"
+        /// `PATCH`.
         public static let patch: Method = "PATCH"
+        /// `DELETE`.
         public static let delete: Method = "DELETE"
     }
 

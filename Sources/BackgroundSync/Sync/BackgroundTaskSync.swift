@@ -7,7 +7,7 @@ import Foundation
 ///
 /// ```swift
 /// // Info.plist: BGTaskSchedulerPermittedIdentifiers = ["com.example.app.sync"],
-/// //             UIBackgroundModes = ["processing"]
+/// //             UIBackgroundModes = ["processing"] (both are required)
 /// let backgroundSync = BackgroundTaskSync(identifier: "com.example.app.sync", service: service)
 /// backgroundSync.register()          // before the app finishes launching
 /// // when the app goes to the background:
@@ -34,17 +34,20 @@ public struct BackgroundTaskSync: Sendable {
 
     /// Registers the task's launch handler. Call it before the app finishes launching, once.
     /// Returns `false` when the identifier is not permitted in Info.plist.
+    ///
+    /// The handler first submits the next request (so that one stands even if the system expires
+    /// this task), then runs the due syncs, then submits again for the new next due date.
     @discardableResult
     public func register() -> Bool {
-        let service = service
         let hook = self
         return BGTaskScheduler.shared.register(forTaskWithIdentifier: identifier, using: nil) { task in
             let task = SendableTask(task)
             // The system calls this handler synchronously and ends the task when told to: the work
             // needs a task of its own, which the expiration handler cancels.
             let work = Task {
-                let outcome = await Result(catching: { try await service.runDueSyncs() })
-                try? await hook.schedule()
+                await hook.scheduleLogging()
+                let outcome = await Result(catching: { try await hook.service.runDueSyncs() })
+                if !Task.isCancelled { await hook.scheduleLogging() }
                 task.task.setTaskCompleted(success: (try? outcome.get()) != nil && !Task.isCancelled)
             }
             task.task.expirationHandler = { work.cancel() }
@@ -66,9 +69,21 @@ extension BackgroundTaskSync {
     /// Schedules the task each time a sync is registered (a request queued, a record saved), until
     /// the calling task is cancelled: run it in a task of the app's, such as SwiftUI's `.task { }`.
     public func scheduleWhenQueued() async {
-        guard let manager = service.queues.first?.syncManager else { return }
+        guard let manager = service.syncManager else { return }
         for await _ in manager.registrations() {
-            try? await schedule()
+            await scheduleLogging()
+        }
+    }
+
+    /// ``schedule()``, its failure logged (a request `BGTaskScheduler` refuses — an identifier
+    /// missing from Info.plist, `UIBackgroundModes` without `processing` — is said, not swallowed).
+    func scheduleLogging() async {
+        do {
+            try await schedule()
+        } catch {
+            service.configuration.logger.warning(
+                "cannot schedule the background sync task",
+                metadata: ["task": "\(identifier)", "error": "\(error)"])
         }
     }
 }

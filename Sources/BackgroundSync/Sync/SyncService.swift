@@ -117,6 +117,15 @@ public final class SyncService: Service {
         }
     }
 
+    /// The manager that runs the service's syncs: that of its queues, or of its database; `nil`
+    /// for a service without queues.
+    public var syncManager: SyncManager? {
+        switch source {
+        case .fixed(let first): first
+        case .discovered(_, _, let manager): manager
+        }
+    }
+
     /// The manager of the service's queues (`nil` when it has none), with the queues of a database
     /// discovered so far.
     private func resolveManager() async throws -> SyncManager? {

@@ -55,7 +55,7 @@ enum ReadmeSnippets {
 
     static func routes(request: URLRequest) async throws {
         // README: begin
-        let sync = try BackgroundSyncPlugin(name: "posts", options: QueueOptions(maxRetentionTime: .seconds(24 * 3600)))
+        let sync = try BackgroundSyncPlugin(name: "json-posts", options: QueueOptions(maxRetentionTime: .seconds(24 * 3600)))
         let router = FetchRouter(routes: [
             // POSTs to .../api/....json; StatusPlugin turns a 5xx into a failure, so it is queued too.
             FetchRoute(.post, .urlMatching(/\/api\/.*\.json/), handler: NetworkOnly(plugins: [StatusPlugin(), sync])),
@@ -88,7 +88,7 @@ enum ReadmeSnippets {
 
     static func syncService(outbox: Outbox<Note>, logger: Logger) async throws {
         // README: begin
-        let posts = try Queue(name: "posts", options: QueueOptions(
+        let comments = try Queue(name: "comments", options: QueueOptions(
             requestWillReplay: { request, _ in          // credentials are added at replay, never stored
                 var request = request
                 request.setValue("Bearer \(try await tokens.fresh())", forHTTPHeaderField: "Authorization")
@@ -97,7 +97,7 @@ enum ReadmeSnippets {
             requestDidReplay: { entry, response in      // the app sees the server's answer
                 print("entry \(entry.id) delivered: HTTP \(response.status)")
             }))
-        let service = SyncService(queues: [posts], outboxes: [outbox])   // netlink on Linux, NWPathMonitor on Apple
+        let service = SyncService(queues: [comments], outboxes: [outbox])   // netlink on Linux, NWPathMonitor on Apple
         let group = ServiceGroup(services: [service], gracefulShutdownSignals: [.sigterm], logger: logger)
         try await group.run()
         // README: end
