@@ -58,6 +58,11 @@ extension StoreConformance {
                     timestamp: Date(timeIntervalSince1970: 1_800_000_000.25),
                     metadata: ["draft": "42", "emoji": "✓", "empty": ""],
                     idempotencyKey: "4c1e8d0e-7a39-4a53-9d1a-6f0b3f9e2c11", sealedSecrets: Data([9, 8, 7]))
+                var tried = entry("tried")
+                tried.attempts = 1
+                tried.nextAttemptAt = Date(timeIntervalSince1970: 1_800_000_120.5)
+                tried.lastFailure = ReplayFailure(
+                    kind: .httpStatus, status: 503, message: "HTTP 503", responseExcerpt: Data("busy".utf8))
                 let id = try await database.pushEntry(stored, queueName: "q", at: .tail, registeringSyncTag: nil).id
                 guard let read = try await database.entry(id: id) else { throw Expectation(message: "entry \(id) not found") }
                 try expectEqual(read.requestData, stored.requestData, "request")
@@ -71,6 +76,13 @@ extension StoreConformance {
                 try expectEqual(read.state, .pending, "state")
                 try expectEqual(read.attempts, 0, "attempts")
                 try expect(read.lastFailure == nil && read.nextAttemptAt == nil, "a new entry has no failure")
+                let triedID = try await database.pushEntry(tried, queueName: "q", at: .tail, registeringSyncTag: nil).id
+                guard let readTried = try await database.entry(id: triedID) else { throw Expectation(message: "entry \(triedID) not found") }
+                try expectEqual(readTried.attempts, 1, "attempts of an entry pushed after a failed attempt")
+                try expectEqual(readTried.lastFailure, tried.lastFailure, "failure of an entry pushed after a failed attempt")
+                try expect(
+                    readTried.nextAttemptAt.map { abs($0.timeIntervalSince(tried.nextAttemptAt!)) < 0.001 } == true,
+                    "next attempt: expected \(tried.nextAttemptAt!), got \(String(describing: readTried.nextAttemptAt))")
                 try expect(try await database.entry(id: id + 1_000_000) == nil, "an unknown id gives nil")
             },
             check("pages follow queue order, and an entry deleted meanwhile does not end them") { store in

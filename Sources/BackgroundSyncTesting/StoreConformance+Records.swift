@@ -47,8 +47,11 @@ extension StoreConformance {
             check("a save does not replace an entry delivered and not yet deleted") { store in
                 let database = try await store.open()
                 _ = try await database.saveEntry(record("k", "v1"), queueName: "q", registeringSyncTag: nil)
+                // Leased an hour ago (a replay whose send outlived its lease): only the delivery
+                // not yet deleted holds the entry now.
+                let clock = ManualWallClock(start: Date().addingTimeInterval(-3600))
                 let claims = database.claims(
-                    queueName: "q", order: .ordered, owner: .current(), leaseDuration: .seconds(300), clock: SystemWallClock())
+                    queueName: "q", order: .ordered, owner: .current(), leaseDuration: .seconds(300), clock: clock)
                 let delivered = try await claimed(claims, "v1")
                 try await claims.complete(delivered)
                 let saved = try await database.saveEntry(record("k", "v2"), queueName: "q", registeringSyncTag: nil)

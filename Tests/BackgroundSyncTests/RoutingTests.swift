@@ -128,9 +128,11 @@ struct RoutingTests {
         let server = try RecordingServer()
         server.respond { _, _ in .reset }
         let sync = try makePlugin()
-        await #expect(throws: URLError.self) {
+        let failure = await #expect(throws: StrategyFailure.self) {
             try await NetworkOnly(plugins: [Failing(), sync]).handle(postRequest(server.url, body: "x"))
         }
+        #expect(failure?.isQueued == true, "the caller learns the entry id")
+        #expect(failure?.pluginError is URLError)
         #expect(try await sync.queue.size() == 1)
     }
 

@@ -30,10 +30,12 @@ extension Queue {
     /// - Cancelled during the attempt, the request is stored all the same (the server may have
     ///   received it; its replay carries the same key), and the result says
     ///   ``SendResult/QueuedReason/interrupted``; delete the entry if the write is no longer wanted.
+    ///   No attempt is counted for it, as for a replay that is cancelled.
     ///
     /// - Throws: ``BackgroundSyncError/Code/invalidRequest`` for a request that cannot be stored
-    ///   (checked before anything is sent); a storage error when it had to be queued and could not
-    ///   be.
+    ///   (checked before anything is sent); `CancellationError` when the task was cancelled before
+    ///   the attempt (nothing sent, nothing stored); a storage error when it had to be queued and
+    ///   could not be.
     public nonisolated func send(_ request: URLRequest, metadata: [String: String]? = nil) async throws -> SendResult {
         try await send(request, metadata: metadata, attempt: transport.send)
     }
@@ -60,9 +62,9 @@ extension Queue {
         if options.maxConcurrentReplays <= 1, try await store.size() > 0 {
             return .queued(entryID: try await add(captured: stored, at: .tail), reason: .behindPendingEntries)
         }
+        // Nothing is sent for a task cancelled before the attempt.
+        try Task.checkCancellation()
         let reason: SendResult.QueuedReason
-        let failure: ReplayFailure
-        var retryAfter: Duration?
         do {
             let response = try await attempt(request)
             switch options.classifier(response) {
@@ -70,26 +72,39 @@ extension Queue {
                 return .sent(response)
             case .retry, .pauseForAuthentication:
                 reason = .status(response)
-                failure = ReplayFailure(
-                    kind: .httpStatus, status: response.status, message: "HTTP \(response.status)",
-                    responseExcerpt: response.body.isEmpty ? nil : Data(response.body.prefix(1024)))
-                retryAfter = response.headers["retry-after"].flatMap { RetryPolicy.parseRetryAfter($0, now: options.clock.now) }
+                recordFailedAttempt(&stored, response: response, error: nil)
             }
         } catch {
             if Task.isCancelled || error is CancellationError {
+                // Interrupted, not failed: no attempt counted, as when a replay is cancelled.
                 reason = .interrupted
-                failure = ReplayFailure(kind: .noResponse, message: "the attempt was cancelled")
             } else {
                 reason = .noResponse(describeError(error))
-                failure = ReplayFailure(kind: .noResponse, message: describeError(error))
+                recordFailedAttempt(&stored, response: nil, error: error)
             }
+        }
+        return .queued(entryID: try await add(captured: stored, at: .tail), reason: reason)
+    }
+
+    /// Records a failed live attempt on an entry about to be stored: one attempt, its failure, and
+    /// the retry policy's backoff (at least `Retry-After`), so that a sync does not send it again at
+    /// once.
+    nonisolated func recordFailedAttempt(
+        _ stored: inout UnidentifiedQueueStoreEntry, response: ServerResponse?, error: (any Error)?
+    ) {
+        var retryAfter: Duration?
+        if let response {
+            stored.lastFailure = ReplayFailure(
+                kind: .httpStatus, status: response.status, message: "HTTP \(response.status)",
+                responseExcerpt: response.body.isEmpty ? nil : Data(response.body.prefix(1024)))
+            retryAfter = response.headers["retry-after"].flatMap { RetryPolicy.parseRetryAfter($0, now: options.clock.now) }
+        } else {
+            stored.lastFailure = ReplayFailure(kind: .noResponse, message: error.map(describeError) ?? "no response")
         }
         let delay = runner.random.withLock {
             options.retryPolicy.delay(afterAttempts: 1, retryAfter: retryAfter, using: &$0)
         }
         stored.attempts = 1
-        stored.lastFailure = failure
         stored.nextAttemptAt = options.clock.now.addingTimeInterval(delay.timeInterval)
-        return .queued(entryID: try await add(captured: stored, at: .tail), reason: reason)
     }
 }

@@ -55,6 +55,11 @@ extension Queue {
             if Task.isShuttingDownGracefully, (try? await size()) ?? 0 > 0 {
                 await registerSync()
             }
+            // A concurrent replay skips entries in backoff and succeeds: they keep a registration,
+            // so that a service's timer syncs them when the head's backoff ends.
+            if let next = try? await headEntry()?.nextAttemptAt, next > options.clock.now {
+                await registerSync()
+            }
         } catch {
             if finish() && event.lastChance {
                 await registerSync()

@@ -43,9 +43,17 @@ public struct BackgroundSyncPlugin: StrategyPlugin {
         _ = try await queueFailed(failure)
     }
 
-    /// Stores the failed request; returns its entry id.
+    /// Stores the failed request, with its failed attempt recorded (none when it was not tried);
+    /// returns its entry id.
     func queueFailed(_ failure: FetchFailure) async throws -> Int64 {
-        try await queue.pushRequest(failure.originalRequest)
+        var stored = try queue.capture.capture(
+            QueueEntry(request: failure.originalRequest, timestamp: queue.options.clock.now))
+        // Not tried (queued behind others), or interrupted by cancellation: no attempt to count.
+        let interrupted = Task.isCancelled || failure.error is CancellationError
+        if !(failure.error is QueueBehindError) && !interrupted {
+            queue.recordFailedAttempt(&stored, response: failure.response, error: failure.error)
+        }
+        return try await queue.add(captured: stored, at: .tail)
     }
 
     /// The request with the queue's idempotency key added (before the first attempt).

@@ -66,16 +66,25 @@ public struct NetworkOnly: Sendable {
         }
     }
 
-    /// Runs the failure callbacks, the queueing ones first; returns the error to throw.
+    /// Runs the failure callbacks, the queueing ones first; returns the error to throw. Once the
+    /// request is queued, an error from another plugin's `fetchDidFail` is kept in the failure
+    /// (``StrategyFailure/pluginError``) rather than thrown in its place, so the caller still
+    /// learns the entry id.
     private func fail(_ failure: FetchFailure, error: any Error, response: ServerResponse?) async throws -> StrategyFailure {
         var queued: [StrategyFailure.QueuedEntry] = []
         for case let sync as BackgroundSyncPlugin in plugins {
             queued.append(.init(queueName: sync.queue.name, entryID: try await sync.queueFailed(failure)))
         }
+        var pluginError: (any Error)?
         for plugin in plugins where !(plugin is BackgroundSyncPlugin) {
-            try await plugin.fetchDidFail(failure)
+            do {
+                try await plugin.fetchDidFail(failure)
+            } catch {
+                if queued.isEmpty { throw error }
+                pluginError = pluginError ?? error
+            }
         }
-        return StrategyFailure(underlying: error, response: response, queued: queued)
+        return StrategyFailure(underlying: error, response: response, queued: queued, pluginError: pluginError)
     }
 }
 
@@ -95,6 +104,8 @@ public struct StrategyFailure: Error, Sendable, CustomStringConvertible {
     public var response: ServerResponse?
     /// The entries the strategy's ``BackgroundSyncPlugin``s stored; empty when none did.
     public var queued: [QueuedEntry]
+    /// What another plugin's `fetchDidFail` threw after the request was queued, if anything.
+    public var pluginError: (any Error)?
 
     /// Whether the request was stored for a later replay.
     public var isQueued: Bool { !queued.isEmpty }

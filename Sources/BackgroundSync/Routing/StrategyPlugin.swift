@@ -20,7 +20,9 @@ public protocol StrategyPlugin: Sendable {
     /// Called before the request is sent, in plugin order; returns the request to send. A thrown
     /// error fails the fetch without sending. Also runs before each replay of a request that the
     /// strategy's ``BackgroundSyncPlugin`` queued (which stores the request as it was before these
-    /// plugins ran), so a plugin that adds a fresh credential adds it at every replay.
+    /// plugins ran), so a plugin that adds a fresh credential adds it at every replay. The queue
+    /// keeps the plugin values of the first strategy it served: a plugin reads what changes (a
+    /// token) when it is called, rather than holding it from its creation.
     func requestWillFetch(_ request: URLRequest) async throws -> URLRequest
 
     /// Called with the server's answer, in plugin order; returns the response to use. Throwing

@@ -55,9 +55,14 @@ public struct BackgroundTaskSync: Sendable {
     }
 
     /// Submits a request to run the task at ``SyncService/nextDueDate()``, needing a network
-    /// connection; does nothing when no sync waits. A new request replaces an earlier one.
+    /// connection; when no sync waits, cancels the one submitted before. A new request replaces an
+    /// earlier one.
     public func schedule() async throws {
-        guard let due = try await service.nextDueDate() else { return }
+        guard let due = try await service.nextDueDate() else {
+            // Nothing waits: withdraw a request made while something did.
+            BGTaskScheduler.shared.cancel(taskRequestWithIdentifier: identifier)
+            return
+        }
         let request = BGProcessingTaskRequest(identifier: identifier)
         request.requiresNetworkConnectivity = true
         request.earliestBeginDate = due
