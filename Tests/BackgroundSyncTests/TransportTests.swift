@@ -80,8 +80,12 @@ struct TransportTests {
         request.timeoutInterval = 1
         let start = ContinuousClock.now
         await #expect(throws: (any Error).self) { try await kind.make().send(request) }
-        // The hang ends (the server closes) after 30 s: an error well before is the timeout.
-        #expect(ContinuousClock.now - start < .seconds(15))
+        // The hang ends (the server closes) after 30 s: an error well before is the timeout. Under
+        // the thread sanitizer, with the whole suite running in parallel several times slower,
+        // durations say nothing, so the bound is checked in normal runs only.
+        if ProcessInfo.processInfo.environment["TSAN_OPTIONS"] == nil {
+            #expect(ContinuousClock.now - start < .seconds(15))
+        }
     }
 
     @Test(arguments: TransportKind.allCases)
