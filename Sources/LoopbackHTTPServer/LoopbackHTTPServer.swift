@@ -120,29 +120,8 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
         if lock.withLock({ listenSocket >= 0 && !running }) { close() }
         return try lock.withLock {
             if running { return boundPort }
-            let fd = socket(AF_INET, Self.streamType, 0)
-            guard fd >= 0 else { throw Self.posixError("socket") }
-            var yes: Int32 = 1
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = port.bigEndian
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let bound = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
-            guard bound == 0, listen(fd, 128) == 0 else {
-                let error = Self.posixError("bind 127.0.0.1:\(port)")
-                _ = closeSocket(fd)
-                throw error
-            }
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            _ = withUnsafeMutablePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-            }
-            boundPort = UInt16(bigEndian: address.sin_port)
+            let (fd, bound) = try bindLoopbackSocket(port: port, reuseAddress: true, listening: true)
+            boundPort = bound
             listenSocket = fd
             running = true
             let done = DispatchSemaphore(value: 0)
@@ -410,47 +389,9 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
 }
 
 #if canImport(Darwin)
-private func closeSocket(_ fd: Int32) -> Int32 { Darwin.close(fd) }
-private typealias SocketLinger = Darwin.linger
+func closeSocket(_ fd: Int32) -> Int32 { Darwin.close(fd) }
+typealias SocketLinger = Darwin.linger
 #else
-private func closeSocket(_ fd: Int32) -> Int32 { Glibc.close(fd) }
-private typealias SocketLinger = Glibc.linger
+func closeSocket(_ fd: Int32) -> Int32 { Glibc.close(fd) }
+typealias SocketLinger = Glibc.linger
 #endif
-
-/// A loopback port where nothing listens, held so that no server takes it: connections to it are
-/// refused. Released when the value goes.
-public final class ClosedPort: @unchecked Sendable {
-    // `@unchecked Sendable`: the descriptor is written once in `init` and closed in `deinit`.
-    private let fd: Int32
-    /// The port.
-    public let port: UInt16
-
-    /// Binds a socket to a free loopback port without listening on it.
-    public init() throws {
-        let fd = socket(AF_INET, LoopbackHTTPServer.streamType, 0)
-        guard fd >= 0 else { throw LoopbackHTTPServer.posixError("socket") }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0 else {
-            let error = LoopbackHTTPServer.posixError("bind 127.0.0.1:0")
-            _ = closeSocket(fd)
-            throw error
-        }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        self.fd = fd
-        self.port = UInt16(bigEndian: address.sin_port)
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    public var baseURL: URL { URL(string: "http://127.0.0.1:\(port)")! }
-
-    deinit { _ = closeSocket(fd) }
-}

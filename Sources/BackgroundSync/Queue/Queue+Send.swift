@@ -92,15 +92,9 @@ extension Queue {
     nonisolated func recordFailedAttempt(
         _ stored: inout UnidentifiedQueueStoreEntry, response: ServerResponse?, error: (any Error)?
     ) {
-        var retryAfter: Duration?
-        if let response {
-            stored.lastFailure = ReplayFailure(
-                kind: .httpStatus, status: response.status, message: "HTTP \(response.status)",
-                responseExcerpt: response.body.isEmpty ? nil : Data(response.body.prefix(1024)))
-            retryAfter = response.headers["retry-after"].flatMap { RetryPolicy.parseRetryAfter($0, now: options.clock.now) }
-        } else {
-            stored.lastFailure = ReplayFailure(kind: .noResponse, message: error.map(describeError) ?? "no response")
-        }
+        stored.lastFailure = response?.failure
+            ?? ReplayFailure(kind: .noResponse, message: error.map(describeError) ?? "no response")
+        let retryAfter = response?.retryAfter(now: options.clock.now)
         let delay = runner.random.withLock {
             options.retryPolicy.delay(afterAttempts: 1, retryAfter: retryAfter, using: &$0)
         }

@@ -63,11 +63,7 @@ extension ReplayRunner {
                 entry, ReplayFailure(kind: .noResponse, message: describeError(error)), retryAfter: nil,
                 message: "replay of \(target) got no response", underlying: error, claims: claims)
         }
-        var failure: ReplayFailure {
-            ReplayFailure(
-                kind: .httpStatus, status: response.status, message: "HTTP \(response.status)",
-                responseExcerpt: response.body.isEmpty ? nil : Data(response.body.prefix(1024)))
-        }
+        var failure: ReplayFailure { response.failure }  // built only when the entry is not delivered
         switch options.classifier(response) {
         case .delivered:
             try await claims.complete(entry)
@@ -77,7 +73,7 @@ extension ReplayRunner {
         case .deadLetter:
             return try await deadLetter(entry, failure, claims: claims)
         case .retry:
-            let retryAfter = response.headers["retry-after"].flatMap { RetryPolicy.parseRetryAfter($0, now: options.clock.now) }
+            let retryAfter = response.retryAfter(now: options.clock.now)
             return try await retry(
                 entry, failure, retryAfter: retryAfter, message: "replay of \(target) got HTTP \(response.status)",
                 underlying: nil, claims: claims)

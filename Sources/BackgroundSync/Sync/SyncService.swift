@@ -158,15 +158,8 @@ public final class SyncService: Service {
     /// What an iOS background task request takes as its earliest begin date.
     public func nextDueDate() async throws -> Date? {
         guard let manager = try await resolveManager() else { return nil }
-        let tags = Set(try await manager.getTags())
         let now = configuration.clock.now
-        var earliest: Date?
-        for queue in queues where tags.contains(queue.syncTag) {
-            if await queue.isPaused { continue }
-            let due = max(dueDate(queue, head: try await queue.headEntry(), now: now) ?? now, now)
-            if earliest.map({ due < $0 }) ?? true { earliest = due }
-        }
-        return earliest
+        return try await registeredDueDates(manager: manager, now: now).map { max($0 ?? now, now) }.min()
     }
 
     /// Runs the service until graceful shutdown or cancellation: the connectivity monitor, the
@@ -273,14 +266,18 @@ public final class SyncService: Service {
 
     /// The earliest time a registered queue's sync becomes due, if one is waiting on a backoff.
     private func nextDeadline(manager: SyncManager) async throws -> Date? {
+        try await registeredDueDates(manager: manager, now: configuration.clock.now).compactMap { $0 }.min()
+    }
+
+    /// ``dueDate(_:head:now:)`` of each registered queue that is not paused.
+    private func registeredDueDates(manager: SyncManager, now: Date) async throws -> [Date?] {
         let tags = Set(try await manager.getTags())
-        var earliest: Date?
+        var dates: [Date?] = []
         for queue in queues where tags.contains(queue.syncTag) {
             if await queue.isPaused { continue }
-            let due = dueDate(queue, head: try await queue.headEntry(), now: configuration.clock.now)
-            if let due, earliest.map({ due < $0 }) ?? true { earliest = due }
+            dates.append(dueDate(queue, head: try await queue.headEntry(), now: now))
         }
-        return earliest
+        return dates
     }
 
     /// When the queue's sync is due: its head entry's next attempt while that is ahead; else the

@@ -31,6 +31,19 @@ public struct ServerResponse: Sendable, Hashable {
         for field in headerFields { appendHeader(field.name, field.value) }
     }
 
+    /// The delay the server asked for in `Retry-After` (seconds or an HTTP date), if any.
+    func retryAfter(now: Date) -> Duration? {
+        headers["retry-after"].flatMap { RetryPolicy.parseRetryAfter($0, now: now) }
+    }
+
+    /// The failure recorded for this answer when it is retried, paused on or refused: its status
+    /// and the first KiB of its body.
+    var failure: ReplayFailure {
+        ReplayFailure(
+            kind: .httpStatus, status: status, message: "HTTP \(status)",
+            responseExcerpt: body.isEmpty ? nil : Data(body.prefix(1024)))
+    }
+
     /// Adds a header field, joining it to an earlier one of the same name.
     public mutating func appendHeader(_ name: String, _ value: String) {
         let name = name.lowercased()
