@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// `bgsync`: inspect and drive swift-background-sync queues from the command line.
 @main
@@ -23,4 +24,25 @@ struct BGSync: AsyncParsableCommand {
             Requeue.self, SetAside.self, Delete.self, Purge.self, Run.self, Demo.self,
         ]
     )
+
+    /// Refuses arguments that are not UTF-8 before parsing: Swift would turn their bytes into
+    /// U+FFFD, and the request stored would not be the one given.
+    static func main() async {
+        if let problem = nonUTF8Argument(CommandLine.unsafeArgv, count: Int(CommandLine.argc)) {
+            printError(problem)
+            Foundation.exit(ExitStatus.badInput.rawValue)
+        }
+        await main(nil)
+    }
+}
+
+/// A one-line description of the first argument (after the program's name) whose bytes are not
+/// UTF-8, or `nil` when all are.
+func nonUTF8Argument(_ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>, count: Int) -> String? {
+    for index in 1..<max(count, 1) {
+        guard let pointer = argv[index], String(validatingCString: pointer) == nil else { continue }
+        let repaired = String(decoding: UnsafeRawBufferPointer(start: pointer, count: strlen(pointer)), as: UTF8.self)
+        return "argument \(index) ('\(repaired)') is not valid UTF-8; give a binary body with --data-file"
+    }
+    return nil
 }

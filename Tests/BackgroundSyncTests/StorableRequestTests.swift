@@ -106,4 +106,23 @@ struct StorableRequestTests {
             try StorableRequest(requestData: .init(url: "https://a.example/", method: "PO ST"))
         }
     }
+
+    @Test(arguments: [
+        ("X-A", "b\r\nX-Evil: 1", "holds a control character (0x0D)"),
+        ("X-A", "b\u{01}c", "holds a control character (0x01)"),
+        ("X-A", "b\u{7F}", "holds a control character (0x7F)"),
+        ("X A", "b", "header name 'x a' is not a token"),
+        ("X-A:", "b", "is not a token"),
+        ("", "b", "a header field has an empty name"),
+    ])
+    func headerFieldsThatAreNotHTTPAreRefused(name: String, value: String, message: String) throws {
+        let error = try #require(throws: BackgroundSyncError.self) {
+            try StorableRequest(requestData: .init(url: "https://api.example.com/x", headers: [name: value]))
+        }
+        #expect(error.code == .invalidRequest)
+        #expect(error.message.contains(message), "\(error.message)")
+        // A tab inside a value is fine.
+        _ = try StorableRequest(requestData: .init(url: "https://api.example.com/x", headers: ["X-A": "b\tc"]))
+    }
 }
+

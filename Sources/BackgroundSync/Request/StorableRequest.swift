@@ -194,20 +194,28 @@ public struct StorableRequest: Sendable, Hashable {
                 .invalidRequest,
                 "invalid request: \(data.method) \(data.url) has a body of \(body.count) bytes, which cannot be sent again")
         }
-        for (name, value) in data.headers where !isFieldName(name) || !isFieldValue(value) {
-            throw BackgroundSyncError(.invalidRequest, "invalid request: header '\(name)' is not a valid header field")
-        }
+        for (name, value) in data.headers { try validateHeaderField(name: name, value: value) }
         return url
     }
 
-    /// A header name is an RFC 9110 token: no colon, whitespace or control character.
-    private static func isFieldName(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.allSatisfy(isTokenByte)
-    }
-
-    /// A header value holds no CR, LF or NUL (they would split or end the header).
-    private static func isFieldValue(_ value: String) -> Bool {
-        !value.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 }
+    /// Checks one header field as RFC 9110 defines it: the name a token (letters, digits and
+    /// ``!#$%&'*+-.^_`|~``), the value without control characters other than a tab (a CR or LF
+    /// would split the field, a NUL end it). Throws ``BackgroundSyncError/Code/invalidRequest``
+    /// naming the field; request capture runs the same check on every field.
+    public static func validateHeaderField(name: String, value: String) throws {
+        guard !name.isEmpty else {
+            throw BackgroundSyncError(.invalidRequest, "invalid request: a header field has an empty name")
+        }
+        guard name.utf8.allSatisfy(isTokenByte) else {
+            throw BackgroundSyncError(
+                .invalidRequest,
+                "invalid request: header name '\(name)' is not a token (no spaces, colons or control characters)")
+        }
+        if let byte = value.utf8.first(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) {
+            throw BackgroundSyncError(
+                .invalidRequest,
+                "invalid request: the value of header '\(name)' holds a control character (0x\(String(byte, radix: 16, uppercase: true).leftPadded(2)))")
+        }
     }
 
     /// Header names lower-cased; fields whose names differ only in case are joined with ", ", in
@@ -252,5 +260,12 @@ public struct StorableRequest: Sendable, Hashable {
             data.append(buffer, count: count)
         }
         return data
+    }
+}
+
+extension String {
+    /// The string padded on the left with zeros to `width` characters.
+    fileprivate func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }

@@ -24,23 +24,27 @@ struct Delete: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let db = try database.open(.write)
-            guard let entry = try await db.entry(id: id) else { throw CLIError("no entry with id \(id)") }
-            let what = "\(entry.state == .dead ? "dead letter" : "pending entry") \(id) "
-                + "(\(entry.requestData.method) \(entry.requestData.url)) of '\(entry.queueName)'"
-            if !yes && isTerminal(STDIN_FILENO) {
-                FileHandle.standardError.write(Data("Delete \(what)? This cannot be undone. [y/N] ".utf8))
-                guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
-                    return print("nothing deleted")
+            try await database.checkThenChange { db -> (entry: QueueStoreEntry, what: String)? in
+                guard let entry = try await db.entry(id: id) else { throw CLIError("no entry with id \(id)") }
+                let what = "\(entry.state == .dead ? "dead letter" : "pending entry") \(id) "
+                    + "(\(entry.requestData.method) \(entry.requestData.url)) of '\(entry.queueName)'"
+                if !yes && isTerminal(STDIN_FILENO) {
+                    FileHandle.standardError.write(Data("Delete \(what)? This cannot be undone. [y/N] ".utf8))
+                    guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
+                        print("nothing deleted")
+                        return nil
+                    }
                 }
+                return (entry, what)
+            } change: { db, found in
+                let queue = try Queue(name: found.entry.queueName, options: QueueOptions(logger: quietLogger), database: db)
+                if found.entry.state == .dead {
+                    try await queue.deleteDeadLetter(id: id)
+                } else {
+                    try await queue.deletePendingEntry(id: id)
+                }
+                print("deleted \(found.what)")
             }
-            let queue = try Queue(name: entry.queueName, options: QueueOptions(logger: quietLogger), database: db)
-            if entry.state == .dead {
-                try await queue.deleteDeadLetter(id: id)
-            } else {
-                try await queue.deletePendingEntry(id: id)
-            }
-            print("deleted \(what)")
         }
     }
 }

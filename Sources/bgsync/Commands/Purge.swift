@@ -27,20 +27,27 @@ struct Purge: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let db = try database.open(.write)
-            let summaries = try await db.queueSummaries().filter { queue == nil || $0.name == queue }
-            if let queue, summaries.isEmpty { throw CLIError("no queue named '\(queue)'") }
-            let count = summaries.reduce(0) { $0 + $1.deadLetterCount + (dead ? 0 : $1.size) }
-            if count == 0 { return print("nothing to delete") }
-            let what = "\(count) \(dead ? "dead letters" : "entries")" + (queue.map { " from '\($0)'" } ?? " from every queue")
-            if !yes && isTerminal(STDIN_FILENO) {
-                FileHandle.standardError.write(Data("Delete \(what)? This cannot be undone. [y/N] ".utf8))
-                guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
-                    return print("nothing deleted")
+            try await database.checkThenChange { db -> Void? in
+                let summaries = try await db.queueSummaries().filter { queue == nil || $0.name == queue }
+                if let queue, summaries.isEmpty { throw CLIError("no queue named '\(queue)'") }
+                let count = summaries.reduce(0) { $0 + $1.deadLetterCount + (dead ? 0 : $1.size) }
+                if count == 0 {
+                    print("nothing to delete")
+                    return nil
                 }
+                let what = "\(count) \(dead ? "dead letters" : "entries")" + (queue.map { " from '\($0)'" } ?? " from every queue")
+                if !yes && isTerminal(STDIN_FILENO) {
+                    FileHandle.standardError.write(Data("Delete \(what)? This cannot be undone. [y/N] ".utf8))
+                    guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
+                        print("nothing deleted")
+                        return nil
+                    }
+                }
+                return ()
+            } change: { db, _ in
+                let deleted = try await db.deleteEntries(queueName: queue, state: dead ? .dead : nil)
+                print("deleted \(deleted) \(dead ? "dead letters" : "entries")")
             }
-            let deleted = try await db.deleteEntries(queueName: queue, state: dead ? .dead : nil)
-            print("deleted \(deleted) \(dead ? "dead letters" : "entries")")
         }
     }
 }

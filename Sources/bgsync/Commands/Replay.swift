@@ -40,16 +40,19 @@ struct Replay: AsyncParsableCommand {
     func run() async throws {
         var outcomes: [Outcome] = []
         try await reportingErrors {
-            let db = try database.open(.write)
-            let known = try await db.queueNames()
-            if let queue, !known.contains(queue) {
-                throw CLIError("no queue named '\(queue)'")
-            }
-            if let queue, isOutbox(queue) {
-                throw CLIError("'\(queue)' is an outbox: its records are uploaded by the app that owns it")
-            }
-            for name in queue.map({ [$0] }) ?? known.filter({ !isOutbox($0) }) {
-                outcomes.append(try await replay(name, db))
+            try await database.checkThenChange { db in
+                let known = try await db.queueNames()
+                if let queue, !known.contains(queue) {
+                    throw CLIError("no queue named '\(queue)'")
+                }
+                if let queue, isOutbox(queue) {
+                    throw CLIError("'\(queue)' is an outbox: its records are uploaded by the app that owns it")
+                }
+                return queue.map { [$0] } ?? known.filter { !isOutbox($0) }
+            } change: { db, names in
+                for name in names {
+                    outcomes.append(try await replay(name, db))
+                }
             }
         }
         if output.json {

@@ -27,24 +27,30 @@ struct Requeue: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let db = try database.open(.write)
             // The queue's own requeue: moves the entries back and registers the queue's sync.
-            func open(_ name: String) throws -> Queue {
+            func open(_ name: String, _ db: SQLiteQueueDatabase) throws -> Queue {
                 try Queue(name: name, options: QueueOptions(logger: quietLogger), database: db)
             }
-            if let id {
-                guard let entry = try await db.entry(id: id) else { throw CLIError("no entry with id \(id)") }
-                guard entry.state == .dead else { throw CLIError("entry \(id) is not a dead letter") }
-                try await open(entry.queueName).requeueDeadLetter(id: id)
-                return print("requeued entry \(id) in '\(entry.queueName)'")
+            try await database.checkThenChange { db -> [String]? in
+                if let id {
+                    guard let entry = try await db.entry(id: id) else { throw CLIError("no entry with id \(id)") }
+                    guard entry.state == .dead else { throw CLIError("entry \(id) is not a dead letter") }
+                    return [entry.queueName]
+                }
+                let known = try await db.queueNames()
+                if let queue, !known.contains(queue) { throw CLIError("no queue named '\(queue)'") }
+                return queue.map { [$0] } ?? known
+            } change: { db, names in
+                if let id, let name = names.first {
+                    try await open(name, db).requeueDeadLetter(id: id)
+                    return print("requeued entry \(id) in '\(name)'")
+                }
+                var total = 0
+                for name in names {
+                    total += try await open(name, db).requeueAllDeadLetters()
+                }
+                print("requeued \(total) dead letters")
             }
-            let known = try await db.queueNames()
-            if let queue, !known.contains(queue) { throw CLIError("no queue named '\(queue)'") }
-            var total = 0
-            for name in queue.map({ [$0] }) ?? known {
-                total += try await open(name).requeueAllDeadLetters()
-            }
-            print("requeued \(total) dead letters")
         }
     }
 }

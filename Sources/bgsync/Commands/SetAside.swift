@@ -26,12 +26,15 @@ struct SetAside: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let db = try database.open(.write)
-            guard let entry = try await db.entry(id: id) else { throw CLIError("no entry with id \(id)") }
-            guard entry.state == .pending else { throw CLIError("entry \(id) is already a dead letter") }
-            let queue = try Queue(name: entry.queueName, options: QueueOptions(logger: quietLogger), database: db)
-            try await queue.setAside(id: id, reason: reason)
-            print("set entry \(id) of '\(entry.queueName)' aside as a dead letter")
+            try await database.checkThenChange { db -> String? in
+                guard let entry = try await db.entry(id: id) else { throw CLIError("no entry with id \(id)") }
+                guard entry.state == .pending else { throw CLIError("entry \(id) is already a dead letter") }
+                return entry.queueName
+            } change: { db, queueName in
+                let queue = try Queue(name: queueName, options: QueueOptions(logger: quietLogger), database: db)
+                try await queue.setAside(id: id, reason: reason)
+                print("set entry \(id) of '\(queueName)' aside as a dead letter")
+            }
         }
     }
 }

@@ -25,22 +25,25 @@ struct Sync: AsyncParsableCommand {
     func run() async throws {
         var failed = false
         try await reportingErrors {
-            let db = try database.open(.write)
             let prefix = "background-sync:"
             let name = tag.hasPrefix(prefix) ? String(tag.dropFirst(prefix.count)) : ""
-            guard !name.isEmpty, try await db.queueNames().contains(name) else {
-                throw CLIError("no queue handles the sync tag '\(tag)' (a queue's tag is \(prefix)<queue name>)")
-            }
+            let unknown = CLIError("no queue handles the sync tag '\(tag)' (a queue's tag is \(prefix)<queue name>)")
+            guard !name.isEmpty else { throw unknown }
             guard !isOutbox(name) else {
                 throw CLIError("'\(name)' is an outbox: its records are uploaded by the app that owns it")
             }
-            let queue = try Queue(name: name, options: QueueOptions(logger: quietLogger), database: db)
-            do {
-                try await queue.syncManager.dispatch(SyncEvent(tag: tag, lastChance: lastChance))
-                print("sync '\(tag)' succeeded; \(try await queue.size()) entries left")
-            } catch let error as BackgroundSyncError where error.code == .queueReplayFailed || error.code == .queuePaused {
-                print("sync '\(tag)' failed: \(error.message)")
-                failed = true
+            try await database.checkThenChange { db -> Void? in
+                guard try await db.queueNames().contains(name) else { throw unknown }
+                return ()
+            } change: { db, _ in
+                let queue = try Queue(name: name, options: QueueOptions(logger: quietLogger), database: db)
+                do {
+                    try await queue.syncManager.dispatch(SyncEvent(tag: tag, lastChance: lastChance))
+                    print("sync '\(tag)' succeeded; \(try await queue.size()) entries left")
+                } catch let error as BackgroundSyncError where error.code == .queueReplayFailed || error.code == .queuePaused {
+                    print("sync '\(tag)' failed: \(error.message)")
+                    failed = true
+                }
             }
         }
         if failed { throw ExitStatus.retryableFailure }

@@ -33,9 +33,30 @@ enum ExitStatus {
     }
 }
 
-/// Prints `bgsync: <message>` on stderr.
+/// Prints `bgsync: <message>` on stderr, on one line: control characters in the message (a CR or
+/// LF echoed from the input) are written as escapes.
 func printError(_ message: String) {
-    FileHandle.standardError.write(Data("bgsync: \(message)\n".utf8))
+    FileHandle.standardError.write(Data("bgsync: \(escapingControlCharacters(message))\n".utf8))
+}
+
+/// `text` with its control characters written as `\r`, `\n`, `\t` or `\u{…}`.
+func escapingControlCharacters(_ text: String) -> String {
+    guard text.unicodeScalars.contains(where: isControl) else { return text }
+    var escaped = ""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\r": escaped += "\\r"
+        case "\n": escaped += "\\n"
+        case "\t": escaped += "\\t"
+        case _ where isControl(scalar): escaped += "\\u{\(String(scalar.value, radix: 16, uppercase: true))}"
+        default: escaped.unicodeScalars.append(scalar)
+        }
+    }
+    return escaped
+}
+
+private func isControl(_ scalar: Unicode.Scalar) -> Bool {
+    scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value)
 }
 
 /// Runs a command body; errors become one line on stderr and their exit status (see

@@ -51,6 +51,30 @@ struct DatabaseOptions: ParsableArguments {
     }
 }
 
+extension DatabaseOptions {
+    /// For commands that change an existing database: runs `check` on the database opened
+    /// read-only, then, unless it threw (bad input: the command refuses) or returned `nil` (nothing
+    /// to do), `change` on the database opened for writing with what `check` found. Opening for
+    /// writing can write to the file (SQLite's WAL set-up), so a command that refuses leaves the
+    /// file's bytes as they were. A database that cannot be opened read-only (one that needs a
+    /// schema upgrade) is checked on the writing connection instead.
+    func checkThenChange<Found>(
+        _ check: (SQLiteQueueDatabase) async throws -> Found?,
+        change: (SQLiteQueueDatabase, Found) async throws -> Void
+    ) async throws {
+        let readOnly: SQLiteQueueDatabase
+        do {
+            readOnly = try open(.read)
+        } catch let error as BackgroundSyncError where error.code == .storage && FileManager.default.fileExists(atPath: resolvedPath) {
+            let db = try open(.write)
+            if let found = try await check(db) { try await change(db, found) }
+            return
+        }
+        guard let found = try await check(readOnly) else { return }
+        try await change(try open(.write), found)
+    }
+}
+
 /// `--json`, for every command that reads.
 struct OutputOptions: ParsableArguments {
     @Flag(help: "Print one JSON document (an array for lists) with stable field names.")

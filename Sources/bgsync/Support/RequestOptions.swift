@@ -34,12 +34,14 @@ struct RequestOptions: ParsableArguments {
         }
     }
 
-    /// Builds and checks the request; every problem is one `CLIError` line.
+    /// Builds and checks the request exactly as given: a header field or method that is not valid
+    /// HTTP is refused (one `BackgroundSyncError` or `CLIError` line), never dropped or changed.
     func request() throws -> URLRequest {
-        guard let parsed = URL(string: url), parsed.scheme != nil else {
+        // Checked here, before the database is opened (Queue checks it too, after).
+        guard !queue.isEmpty else { throw CLIError("a queue name cannot be empty") }
+        guard URL(string: url)?.scheme != nil else {
             throw CLIError("invalid URL '\(url)': not an absolute http or https URL")
         }
-        var request = URLRequest(url: parsed)
         var body: Data?
         if let data { body = Data(data.utf8) }
         if let dataFile {
@@ -48,20 +50,22 @@ struct RequestOptions: ParsableArguments {
             }
             body = contents
         }
-        request.httpMethod = (method ?? (body == nil ? "GET" : "POST")).uppercased()
-        request.httpBody = body
+        var fields: [String: String] = [:]
         for header in headers {
             guard let colon = header.firstIndex(of: ":") else {
                 throw CLIError("invalid header '\(header)': expected 'Name: value'")
             }
-            let name = header[..<colon].trimmingCharacters(in: .whitespaces)
-            let value = header[header.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-            guard !name.isEmpty else { throw CLIError("invalid header '\(header)': the name is empty") }
-            request.addValue(value, forHTTPHeaderField: name)
+            // Only optional whitespace (spaces and tabs) around the value is dropped, as HTTP does.
+            let name = String(header[..<colon])
+            let value = String(header[header.index(after: colon)...]).trimmingOptionalWhitespace()
+            try StorableRequest.validateHeaderField(name: name, value: value)
+            let key = name.lowercased()
+            fields[key] = fields[key].map { "\($0), \(value)" } ?? value
         }
         // The library's checks (scheme, host, method, body on GET) as one line.
-        _ = try StorableRequest.fromRequest(request)
-        return request
+        let data = StorableRequest.RequestData(
+            url: url, method: method ?? (body == nil ? "GET" : "POST"), headers: fields, body: body)
+        return try StorableRequest(requestData: data).toRequest()
     }
 
     /// Queue options for requests from the command line: secrets stored only when asked.
@@ -75,5 +79,14 @@ struct RequestOptions: ParsableArguments {
             let name = header.split(separator: ":", maxSplits: 1).first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
             return name.map(QueueOptions().secretHeaderNames.contains) ?? false
         }
+    }
+}
+
+extension String {
+    /// The string without leading and trailing spaces and tabs (HTTP's optional whitespace).
+    func trimmingOptionalWhitespace() -> String {
+        let isOWS = { (character: Character) in character == " " || character == "\t" }
+        guard let first = firstIndex(where: { !isOWS($0) }), let last = lastIndex(where: { !isOWS($0) }) else { return "" }
+        return String(self[first...last])
     }
 }

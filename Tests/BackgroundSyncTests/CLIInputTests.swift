@@ -1,0 +1,111 @@
+import BackgroundSync
+import Foundation
+import Testing
+
+/// Hostile input to `bgsync`: refused in one line with status 2, never altered, never dropped, and
+/// a refusal leaves the database file's bytes as they were.
+@Suite("bgsync refuses bad input as given", .timeLimit(.minutes(2)))
+struct CLIInputTests {
+    let folder: URL
+    let db: String
+
+    init() throws {
+        folder = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-input-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        db = folder.appendingPathComponent("queue.sqlite").path
+    }
+
+    private func run(_ arguments: [String]) throws -> CLIRun {
+        try bgsync(arguments + ["--db", db])
+    }
+
+    /// A refusal: status 2, exactly one line on stderr naming the problem, nothing on stdout.
+    private func expectRefused(_ run: CLIRun, mentioning text: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(run.status == 2, "\(run.stderr)", sourceLocation: sourceLocation)
+        #expect(run.stdout.isEmpty, sourceLocation: sourceLocation)
+        #expect(run.stderr.hasPrefix("bgsync: "), sourceLocation: sourceLocation)
+        #expect(run.stderr.filter { $0 == "\n" || $0 == "\r\n" || $0 == "\r" }.count == 1, "\(run.stderr.debugDescription)",
+                sourceLocation: sourceLocation)
+        #expect(run.stderr.contains(text), "\(run.stderr)", sourceLocation: sourceLocation)
+    }
+
+    @Test func headerFieldsWithControlCharactersAreRefused() throws {
+        let url = "https://api.example.com/posts"
+        // A CR LF in a value would smuggle a second header field; a lone CR, another control
+        // character or a bad name is just as wrong. Each is refused, even next to a good field.
+        let split = try run(["enqueue", url, "-H", "X-A: b\r\nX-Evil: 1", "-H", "X-B: c", "-d", "x"])
+        expectRefused(split, mentioning: "header 'X-A' holds a control character (0x0D)")
+        expectRefused(try run(["enqueue", url, "-H", "X-A: b\r", "-d", "x"]), mentioning: "(0x0D)")
+        expectRefused(try run(["enqueue", url, "-H", "X-A: b\u{01}c", "-d", "x"]), mentioning: "(0x01)")
+        expectRefused(try run(["enqueue", url, "-H", "X A: b", "-d", "x"]), mentioning: "header name 'X A' is not a token")
+        expectRefused(try run(["send", url, "-H", "X-A: b\nc", "-d", "x"]), mentioning: "(0x0A)")
+        // The echoed method keeps to one line: its CR LF is written as escapes.
+        let method = try run(["enqueue", url, "-X", "POST\r\nX-Evil: 1", "-d", "x"])
+        expectRefused(method, mentioning: #"'POST\r\nX-EVIL: 1' is not an HTTP method"#)
+        #expect(!FileManager.default.fileExists(atPath: db), "a refused request created the database")
+
+        // A tab inside a value is allowed; spaces and tabs around it are HTTP's optional whitespace.
+        let fine = try run(["enqueue", url, "-H", "X-A: \t b\tc \t", "-H", "x-a: d", "-d", "x"])
+        #expect(fine.status == 0, "\(fine.stderr)")
+        let show = try run(["show", "1", "--json"])
+        #expect(show.stdout.contains(#""x-a" : "b\tc, d""#), "\(show.stdout)")
+    }
+
+    @Test func argumentsThatAreNotUTF8AreRefused() throws {
+        // Process turns Swift strings into UTF-8; a shell passes the raw bytes.
+        let bgsyncPath = builtProductURL("bgsync").path
+        for (argument, index) in [(#"-d "$(printf 'abc\377\376')""#, 4), (#"--queue "$(printf 'q\377')" -d x"#, 4)] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", #"exec "$0" enqueue https://api.example.com/posts "# + argument + #" --db "$1""#, bgsyncPath, db]
+            let err = Pipe()
+            process.standardError = err
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 2, "\(stderr)")
+            #expect(stderr.contains("argument \(index) ("), "\(stderr)")
+            #expect(stderr.contains("is not valid UTF-8; give a binary body with --data-file"), "\(stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: db))
+    }
+
+    /// The bytes of the database and of its WAL, if there is one.
+    private func snapshot() throws -> [Data?] {
+        try ["", "-wal"].map { suffix in
+            FileManager.default.fileExists(atPath: db + suffix) ? try Data(contentsOf: URL(fileURLWithPath: db + suffix)) : nil
+        }
+    }
+
+    @Test func refusingLeavesTheFileAsItWas() throws {
+        for body in ["one", "two"] {
+            #expect(try run(["enqueue", "http://127.0.0.1:9/posts", "--queue", "posts", "-d", body]).status == 0)
+        }
+        #expect(try run(["set-aside", "2"]).status == 0)
+        let before = try snapshot()
+        let refusals: [([String], String)] = [
+            (["enqueue", "https://api.example.com/x", "--queue", "", "-d", "x"], "a queue name cannot be empty"),
+            (["replay", "--queue", ""], "no queue named ''"),
+            (["replay", "--queue", "nosuch"], "no queue named 'nosuch'"),
+            (["purge", "--queue", "nosuch", "--yes"], "no queue named 'nosuch'"),
+            (["requeue", "999"], "no entry with id 999"),
+            (["requeue", "1"], "entry 1 is not a dead letter"),
+            (["requeue", "--all-dead", "--queue", "nosuch"], "no queue named 'nosuch'"),
+            (["sync", "--tag", ""], "no queue handles the sync tag ''"),
+            (["sync", "--tag", "background-sync:nosuch"], "no queue handles the sync tag"),
+            (["delete", "999", "--yes"], "no entry with id 999"),
+            (["set-aside", "999"], "no entry with id 999"),
+            (["set-aside", "2"], "entry 2 is already a dead letter"),
+        ]
+        for (arguments, message) in refusals {
+            expectRefused(try run(arguments), mentioning: message)
+            #expect(try snapshot() == before, "\(arguments) changed the database file")
+        }
+        // Nothing to do writes nothing either.
+        #expect(try run(["purge", "--dead", "--queue", "posts", "--yes"]).stdout == "deleted 1 dead letters\n")
+        let drained = try snapshot()
+        #expect(try run(["purge", "--dead", "--queue", "posts", "--yes"]).stdout == "nothing to delete\n")
+        #expect(try snapshot() == drained)
+    }
+}
