@@ -51,6 +51,18 @@ struct CLIInputTests {
         #expect(show.stdout.contains(#""x-a" : "b\tc, d""#), "\(show.stdout)")
     }
 
+    @Test func credentialsInTheURLAreNotStoredAndTheCommandSaysSo() throws {
+        let run = try run(["enqueue", "https://user:s3cr3t@api.example.com/posts?x=1", "-d", "x"])
+        #expect(run.status == 0)
+        #expect(run.stderr == "bgsync: warning: secret headers and URL credentials are not stored; pass --store-secrets to keep them\n")
+        let show = try self.run(["show", "1"])
+        #expect(show.stdout.contains("POST https://api.example.com/posts?x=1"), "\(show.stdout)")
+        for suffix in ["", "-wal"] {
+            let bytes = FileManager.default.contents(atPath: db + suffix) ?? Data()
+            #expect(bytes.range(of: Data("s3cr3t".utf8)) == nil)
+        }
+    }
+
     @Test func argumentsThatAreNotUTF8AreRefused() throws {
         // Process turns Swift strings into UTF-8; a shell passes the raw bytes.
         let bgsyncPath = builtProductURL("bgsync").path

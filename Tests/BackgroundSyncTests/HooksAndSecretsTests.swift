@@ -110,6 +110,45 @@ struct HooksAndSecretsTests {
         #expect(server.received.current.first?.headers["authorization"] == "Bearer s3cr3t-sealed")
     }
 
+    /// The URLs a replay sends, through URLSession to the real server.
+    private struct URLRecordingTransport: HTTPTransport {
+        let urls = Box<[String]>([])
+        func send(_ request: URLRequest) async throws -> ServerResponse {
+            urls.withLock { $0.append(request.url?.absoluteString ?? "") }
+            return try await URLSessionTransport().send(request)
+        }
+    }
+
+    @Test(arguments: ["strip", "encrypted", "plain"])
+    func credentialsInTheURLAreSecretsToo(storage: String) async throws {
+        let server = try RecordingServer()
+        let database = try SQLiteQueueDatabase.temporary()
+        let port = try #require(server.url.port)
+        let plainURL = "http://127.0.0.1:\(port)/api/posts?q=a%20b&r=%C3%A9"
+        let withCredentials = "http://user:s3cr3t-pw@127.0.0.1:\(port)/api/posts?q=a%20b&r=%C3%A9"
+        let key = SymmetricKey(size: .bits256)
+        let secrets: SecretHeaderStorage = switch storage {
+        case "strip": .strip
+        case "encrypted": .encrypted(key)
+        default: .plain
+        }
+        let transport = URLRecordingTransport()
+        let queue = try Queue(
+            name: uniqueQueueName(), options: QueueOptions(secretHeaders: secrets), database: database, transport: transport)
+        try await queue.pushRequest(postRequest(try #require(URL(string: withCredentials)), body: "a"))
+
+        let stored = try #require(try await database.entries(queueName: queue.name, state: .pending).first)
+        let onDisk = try diskBytes(database).range(of: Data("s3cr3t".utf8)) != nil
+        #expect(onDisk == (storage == "plain"))
+        // The rest of the URL is kept byte for byte.
+        #expect(stored.requestData.url == (storage == "plain" ? withCredentials : plainURL))
+        #expect((stored.sealedSecrets != nil) == (storage == "encrypted"))
+
+        try await queue.replayRequests()
+        #expect(transport.urls.current == [storage == "strip" ? plainURL : withCredentials])
+        #expect(server.received.current.first?.target == "/api/posts?q=a%20b&r=%C3%A9")
+    }
+
     @Test func secretsSealedWithAnotherKeyAreDeadLetteredNotSentWithout() async throws {
         let server = try RecordingServer()
         let database = try SQLiteQueueDatabase.temporary()

@@ -58,13 +58,16 @@ struct RequestCapture: Sendable {
         return request
     }
 
-    /// Applies ``QueueOptions/secretHeaders`` to the request's headers; returns the sealed secrets
-    /// to store, if any.
+    /// Applies ``QueueOptions/secretHeaders`` to the request's secret headers and to the
+    /// credentials in its URL; returns the sealed secrets to store, if any.
     private func protectSecrets(_ data: inout StorableRequest.RequestData) throws -> Data? {
         if case .plain = options.secretHeaders { return nil }
-        let (kept, secrets) = SecretSealer.split(data.headers, names: options.secretHeaderNames)
+        var (kept, secrets) = SecretSealer.split(data.headers, names: options.secretHeaderNames)
+        let (url, userInfo) = SecretSealer.splitUserInfo(data.url)
+        if let userInfo { secrets[SecretSealer.userInfoKey] = userInfo }
         guard !secrets.isEmpty else { return nil }
         data.headers = kept
+        data.url = url
         switch options.secretHeaders {
         case .plain:
             return nil
@@ -74,9 +77,10 @@ struct RequestCapture: Sendable {
                 return !warned
             }
             if options.requestWillReplay == nil && firstTime {
+                let names = secrets.keys.sorted().map { $0 == SecretSealer.userInfoKey ? "URL credentials" : $0 }
                 logger.warning(
-                    "secret headers are not stored and no requestWillReplay hook adds them back: replays go without them",
-                    metadata: ["background-sync.headers": "\(secrets.keys.sorted().joined(separator: ","))"])
+                    "secret headers and URL credentials are not stored and no requestWillReplay hook adds them back: replays go without them",
+                    metadata: ["background-sync.headers": "\(names.joined(separator: ","))"])
             }
             return nil
         case .encrypted(let key):
@@ -86,15 +90,19 @@ struct RequestCapture: Sendable {
 
     /// Rebuilds the request of a stored entry, its sealed secret header fields opened and put back.
     func rebuild(_ entry: QueueStoreEntry) throws -> URLRequest {
-        var request = try StorableRequest(requestData: entry.requestData).toRequest()
-        if let sealed = entry.sealedSecrets {
-            guard case .encrypted(let key) = options.secretHeaders else {
-                throw BackgroundSyncError(
-                    .invalidRequest, "the entry has encrypted secret headers but the queue has no key")
-            }
-            for (field, value) in try SecretSealer.open(sealed, key: key) {
-                request.setValue(value, forHTTPHeaderField: field)
-            }
+        guard let sealed = entry.sealedSecrets else { return try StorableRequest(requestData: entry.requestData).toRequest() }
+        guard case .encrypted(let key) = options.secretHeaders else {
+            throw BackgroundSyncError(
+                .invalidRequest, "the entry has encrypted secret headers but the queue has no key")
+        }
+        var secrets = try SecretSealer.open(sealed, key: key)
+        var data = entry.requestData
+        if let userInfo = secrets.removeValue(forKey: SecretSealer.userInfoKey) {
+            data.url = SecretSealer.insertUserInfo(userInfo, into: data.url)
+        }
+        var request = try StorableRequest(requestData: data).toRequest()
+        for (field, value) in secrets {
+            request.setValue(value, forHTTPHeaderField: field)
         }
         return request
     }

@@ -2,7 +2,7 @@ import Crypto
 import Foundation
 
 /// What happens to secret header fields (`Authorization`, `Cookie`, `Proxy-Authorization` by
-/// default) when a request is queued.
+/// default) and to credentials in the URL (`https://user:password@host/…`) when a request is queued.
 public enum SecretHeaderStorage: Sendable {
     /// Not written to disk (the default). Add credentials back at replay time with
     /// ``QueueOptions/requestWillReplay``; without that hook a warning is logged once per queue.
@@ -17,6 +17,33 @@ public enum SecretHeaderStorage: Sendable {
 
 /// Seals and opens the secret header fields of an entry.
 enum SecretSealer {
+    /// The key, among the sealed fields, of the URL's user information: not a header name (a colon
+    /// is not allowed in one).
+    static let userInfoKey = ":userinfo"
+
+    /// Splits `url` into the URL without its user information (`user:password@`) and that
+    /// information, if any. The rest of the URL is kept byte for byte.
+    static func splitUserInfo(_ url: String) -> (url: String, userInfo: String?) {
+        guard let authority = authorityRange(url), let at = url[authority].lastIndex(of: "@") else { return (url, nil) }
+        let userInfo = String(url[authority.lowerBound..<at])
+        return (String(url[..<authority.lowerBound]) + String(url[url.index(after: at)...]), userInfo)
+    }
+
+    /// `url` with `userInfo` put back in front of its host.
+    static func insertUserInfo(_ userInfo: String, into url: String) -> String {
+        guard let authority = authorityRange(url) else { return url }
+        return String(url[..<authority.lowerBound]) + userInfo + "@" + String(url[authority.lowerBound...])
+    }
+
+    /// Where the authority (`user:password@host:port`) of an absolute URL is: after `://`, up to
+    /// the first `/`, `?` or `#`.
+    private static func authorityRange(_ url: String) -> Range<String.Index>? {
+        guard let separator = url.range(of: "://") else { return nil }
+        let start = separator.upperBound
+        let end = url[start...].firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? url.endIndex
+        return start..<end
+    }
+
     /// Splits `headers` into the fields that may be stored and the secret ones.
     static func split(_ headers: [String: String], names: Set<String>) -> (kept: [String: String], secrets: [String: String]) {
         // The usual case, on every push: no secret header; the headers are kept as they are.

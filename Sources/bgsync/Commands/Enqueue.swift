@@ -21,7 +21,7 @@ struct Enqueue: AsyncParsableCommand {
             let queue = try Queue(
                 name: request.queue, options: request.queueOptions, database: try database.open(.create))
             if request.dropsSecrets {
-                printError("warning: secret headers are not stored; pass --store-secrets to keep them")
+                printError("warning: secret headers and URL credentials are not stored; pass --store-secrets to keep them")
             }
             print(try await queue.pushRequest(urlRequest))
         }

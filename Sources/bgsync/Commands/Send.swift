@@ -41,7 +41,7 @@ struct Send: AsyncParsableCommand {
             let queue = try Queue(
                 name: request.queue, options: request.queueOptions, database: try database.open(.create))
             if request.dropsSecrets {
-                printError("warning: secret headers are sent now but not stored; pass --store-secrets to keep them for a replay")
+                printError("warning: secret headers and URL credentials are sent now but not stored; pass --store-secrets to keep them for a replay")
             }
             switch try await queue.send(urlRequest) {
             case .sent(let response) where ReplayDecision.forStatus(response.status) == .deadLetter:

@@ -25,7 +25,7 @@ struct RequestOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Read the body from a file.", valueName: "file"))
     var dataFile: String?
 
-    @Flag(help: "Store Authorization, Cookie and Proxy-Authorization headers as given (they are dropped otherwise).")
+    @Flag(help: "Store Authorization, Cookie and Proxy-Authorization headers and user:password in the URL as given (they are dropped otherwise).")
     var storeSecrets = false
 
     func validate() throws {
@@ -73,9 +73,12 @@ struct RequestOptions: ParsableArguments {
         QueueOptions(secretHeaders: storeSecrets ? .plain : .strip, logger: quietLogger)
     }
 
-    /// Whether a secret header is given without `--store-secrets` (it would be dropped).
+    /// Whether a secret header or credentials in the URL are given without `--store-secrets`
+    /// (they would not be stored).
     var dropsSecrets: Bool {
-        !storeSecrets && headers.contains { header in
+        guard !storeSecrets else { return false }
+        if let parsed = URL(string: url), parsed.user != nil || parsed.password != nil { return true }
+        return headers.contains { header in
             let name = header.split(separator: ":", maxSplits: 1).first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
             return name.map(QueueOptions().secretHeaderNames.contains) ?? false
         }
