@@ -225,4 +225,28 @@ struct SQLiteQueueDatabaseTests {
         try await store.pushEntry(UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/", method: "POST")))
         #expect(try await store.size() == 1)
     }
+
+    /// A read-only open creates no `-wal` or `-shm` file next to a closed database, and a close
+    /// removes the files a writer made.
+    @Test func readOnlyOpeningCreatesNoFileAndCloseRemovesTheWAL() async throws {
+        let folder = try temporaryFolder()
+        let path = folder.appendingPathComponent("queue.sqlite").path
+        let writer = try SQLiteQueueDatabase(path: path)
+        let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "https://example.com/a", method: "POST"))
+        _ = try await writer.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
+        #expect(FileManager.default.fileExists(atPath: path + "-wal"))
+        try writer.close()
+        await #expect(throws: BackgroundSyncError.self) { try await writer.queueNames() }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path) == ["queue.sqlite"])
+
+        let reader = try SQLiteQueueDatabase(path: path, configuration: .init(readOnly: true))
+        #expect(try await reader.queueNames() == ["q"])
+        #expect(try await reader.countEntries(queueName: "q", state: .pending) == 1)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path) == ["queue.sqlite"])
+        await #expect(throws: (any Error).self) {
+            _ = try await reader.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
+        }
+        try reader.close()
+    }
 }
+

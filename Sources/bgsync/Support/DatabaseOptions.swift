@@ -45,9 +45,11 @@ struct DatabaseOptions: ParsableArguments {
         if access != .create && !FileManager.default.fileExists(atPath: path) {
             throw CLIError("no database at '\(path)'")
         }
-        return try SQLiteQueueDatabase(
+        let database = try SQLiteQueueDatabase(
             path: path,
             configuration: .init(busyTimeout: .milliseconds(Int64(busyTimeout * 1000)), readOnly: access == .read))
+        OpenedDatabases.closeAtExit(database)
+        return database
     }
 }
 
@@ -72,6 +74,32 @@ extension DatabaseOptions {
         }
         guard let found = try await check(readOnly) else { return }
         try await change(try open(.write), found)
+    }
+}
+
+/// The databases a command opened, closed when the process exits, whatever the exit path
+/// (ArgumentParser calls `exit` for an error status, and objects are not released then). The last
+/// connection's close removes `-wal` and `-shm` when no other process has the file open: left
+/// behind, they would keep the main file's permissions of the moment they were created, and
+/// another user allowed to read the file could not.
+enum OpenedDatabases {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var databases: [SQLiteQueueDatabase] = []
+
+    static func closeAtExit(_ database: SQLiteQueueDatabase) {
+        lock.withLock {
+            if databases.isEmpty { atexit { OpenedDatabases.closeAll() } }
+            databases.append(database)
+        }
+    }
+
+    private static func closeAll() {
+        let all = lock.withLock {
+            defer { databases = [] }
+            return databases
+        }
+        // A close that fails (a read still running) leaves the files as SQLite keeps them.
+        for database in all.reversed() { try? database.close() }
     }
 }
 

@@ -14,8 +14,9 @@ extension SQLiteQueueDatabase {
     /// with mode 0600, then migrates (or, read-only, checks that no migration is needed).
     static func openPool(at url: URL, configuration: Configuration) throws -> DatabasePool {
         var config = grdbConfiguration(configuration)
+        let openPath = configuration.readOnly ? readOnlyPath(url.path) : url.path
         if FileManager.default.fileExists(atPath: url.path) {
-            try checkExistingFile(at: url.path, configuration: config)
+            try checkExistingFile(at: url.path, openPath: openPath, configuration: config)
         } else if configuration.readOnly {
             throw BackgroundSyncError(.storage, "no database at '\(url.path)'")
         } else {
@@ -23,7 +24,7 @@ extension SQLiteQueueDatabase {
         }
         config.readonly = configuration.readOnly
         do {
-            let pool = try DatabasePool(path: url.path, configuration: config)
+            let pool = try DatabasePool(path: openPath, configuration: config)
             if configuration.readOnly {
                 guard try pool.read(migrator.hasCompletedMigrations) else {
                     throw BackgroundSyncError(
@@ -44,6 +45,24 @@ extension SQLiteQueueDatabase {
         }
     }
 
+
+    /// What a read-only connection opens: the file itself while a `-wal` file exists (a writer
+    /// may have it open; SQLite reads the WAL, and its `-shm` read-only if it cannot write it), else
+    /// the file as an immutable URI, so that SQLite creates no `-wal` or `-shm` file: one created
+    /// by another user would keep the owner from writing, and a folder the reader cannot write
+    /// would keep it from reading.
+    static func readOnlyPath(_ path: String) -> String {
+        guard sqliteTakesURIs, !FileManager.default.fileExists(atPath: path + "-wal") else { return path }
+        var allowed = CharacterSet.urlPathAllowed
+        allowed.remove(charactersIn: "?#%")
+        return "file:" + (path.addingPercentEncoding(withAllowedCharacters: allowed) ?? path) + "?immutable=1"
+    }
+
+    /// Whether the SQLite library reads `file:` URIs in file names (built with `SQLITE_USE_URI`).
+    private static let sqliteTakesURIs: Bool = {
+        let options = try? DatabaseQueue().read { db in try String.fetchAll(db, sql: "PRAGMA compile_options") }
+        return options?.contains("USE_URI") ?? false
+    }()
 
     static func grdbConfiguration(_ configuration: Configuration) -> GRDB.Configuration {
         var config = GRDB.Configuration()
@@ -74,12 +93,12 @@ extension SQLiteQueueDatabase {
             throw BackgroundSyncError(
                 .storage, "cannot create the database file '\(url.path)': \(String(cString: strerror(code)))")
         }
-        close(fd)
+        closeDescriptor(fd)
     }
 
     /// Checks, read-only, that an existing file is a SQLite database whose schema this version
     /// knows, so that a wrong or newer file is reported without being modified.
-    private static func checkExistingFile(at path: String, configuration: GRDB.Configuration) throws {
+    private static func checkExistingFile(at path: String, openPath: String, configuration: GRDB.Configuration) throws {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
             throw BackgroundSyncError(.notADatabase, "'\(path)' is a directory, not a database file")
@@ -92,7 +111,7 @@ extension SQLiteQueueDatabase {
         var readOnly = configuration
         readOnly.readonly = true
         do {
-            let queue = try DatabaseQueue(path: path, configuration: readOnly)
+            let queue = try DatabaseQueue(path: openPath, configuration: readOnly)
             let superseded = try queue.read { db -> Bool in
                 _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM sqlite_master")
                 return try migrator.hasBeenSuperseded(db)
@@ -109,4 +128,9 @@ extension SQLiteQueueDatabase {
             throw mapError(error, path: path, action: "open")
         }
     }
+}
+
+/// The C library's `close`, which the database's own `close()` hides inside its type.
+private func closeDescriptor(_ descriptor: Int32) {
+    _ = close(descriptor)
 }

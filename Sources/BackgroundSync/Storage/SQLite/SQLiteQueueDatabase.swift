@@ -35,6 +35,12 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         public var busyTimeout: Duration
         /// Open without ever writing to the file (for inspection tools): the file must exist and be
         /// up to date; every write throws. Default: `false`.
+        ///
+        /// Nothing is created next to the file either: when it has no `-wal` file (no process has
+        /// it open for writing), it is read as it is on disk, without SQLite's `-wal` and `-shm`
+        /// files, so a user who may read the file but not write it or its folder can read it, and
+        /// leaves no file the owner cannot use. Writes another process starts after the opening are
+        /// then not seen.
         public var readOnly: Bool
 
         /// Creates a configuration; every parameter has its default.
@@ -105,6 +111,24 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     deinit {
         if let ownedDirectory {
             try? FileManager.default.removeItem(at: ownedDirectory)
+        }
+    }
+
+    /// Closes the file's connections now instead of when the instance goes away. The last
+    /// connection to the file in any process checkpoints the WAL and removes the `-wal` and `-shm`
+    /// files, so a short-lived tool that exits without its objects being released should call it:
+    /// files left behind keep the main file's permissions of the moment they were created, which
+    /// can keep another user from reading. Every later use of this instance throws. Throws when a
+    /// read or write is still running (the database then stays open).
+    public func close() throws {
+        do {
+            try leaseCheckConnection.withLock { connection in
+                try connection?.close()
+                connection = nil
+            }
+            try writer.close()
+        } catch {
+            throw Self.mapError(error, path: path, action: "close")
         }
     }
 

@@ -1,0 +1,118 @@
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A database file shared between users: one may read it without being able to write it, and
+/// nothing a reader does keeps the owner from writing. The commands run as other users through
+/// `setpriv`, which needs root (CI runs as root).
+@Suite(
+    "A database shared between users", .timeLimit(.minutes(2)),
+    .enabled(if: getuid() == 0, "needs root to run bgsync as other users (setpriv); CI runs as root"))
+struct SharedFileTests {
+    static let owner: uid_t = 65534  // nobody
+    static let reader: uid_t = 4242  // a user with no entry in /etc/passwd
+
+    let folder: URL
+    let db: String
+    /// A copy of `bgsync` every user may run (the build folder may not be reachable to them).
+    let binary: String
+
+    init() throws {
+        folder = URL(fileURLWithPath: "/tmp").appendingPathComponent("bgsync-shared-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        db = folder.appendingPathComponent("queue.sqlite").path
+        binary = folder.appendingPathComponent("bgsync").path
+        try FileManager.default.copyItem(atPath: builtProductURL("bgsync").path, toPath: binary)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: binary)
+    }
+
+    /// Runs `bgsync` as `uid` (its own group, no others), with the test's database.
+    private func run(as uid: uid_t, _ arguments: [String]) throws -> CLIRun {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        process.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", binary] + arguments + ["--db", db]
+        process.environment = ["PATH": "/usr/bin:/bin", "HOME": "/tmp"]
+        let (out, err) = (Pipe(), Pipe())
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let errData = Box(Data())
+        let reader = Thread { errData.withLock { $0 = err.fileHandleForReading.readDataToEndOfFile() } }
+        reader.start()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        while !reader.isFinished { usleep(1000) }
+        return CLIRun(
+            status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+            stderr: String(decoding: errData.current, as: UTF8.self))
+    }
+
+    private func files() throws -> [String: uid_t] {
+        var owners: [String: uid_t] = [:]
+        for name in try FileManager.default.contentsOfDirectory(atPath: folder.path) where name != "bgsync" {
+            var info = stat()
+            #expect(stat(folder.appendingPathComponent(name).path, &info) == 0)
+            owners[name] = info.st_uid
+        }
+        return owners
+    }
+
+    private func expectReads(as uid: uid_t, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        for arguments in [["queues"], ["list"], ["show", "1"]] {
+            let run = try run(as: uid, arguments)
+            #expect(run.status == 0, "\(arguments): \(run.stderr)", sourceLocation: sourceLocation)
+            if arguments != ["queues"] {
+                #expect(run.stdout.contains("http://127.0.0.1:9/posts"), sourceLocation: sourceLocation)
+            }
+        }
+    }
+
+    @Test func readCommandsWorkOnAFileTheUserCannotWrite() throws {
+        // The folder and the file belong to the owner; the reader may read the file, not write
+        // either. Then the owner itself, with a 0400 file.
+        try FileManager.default.setAttributes([.posixPermissions: 0o755, .ownerAccountID: Self.owner], ofItemAtPath: folder.path)
+        #expect(try run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "x"]).status == 0)
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: db)
+        try expectReads(as: Self.reader)
+        try FileManager.default.setAttributes([.posixPermissions: 0o400], ofItemAtPath: db)
+        try expectReads(as: Self.owner)
+        #expect(try files() == ["queue.sqlite": Self.owner])
+        let write = try run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "y"])
+        #expect(write.status == 4, "\(write.stderr)")
+        #expect(write.stderr.contains("readonly") || write.stderr.contains("read-only"), "\(write.stderr)")
+    }
+
+    @Test func aReaderLeavesNothingTheOwnerCannotUse() throws {
+        // A folder everyone may write to: a reader's SQLite could create -wal and -shm files there.
+        try FileManager.default.setAttributes([.posixPermissions: 0o777], ofItemAtPath: folder.path)
+        #expect(try run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "x"]).status == 0)
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: db)
+        try expectReads(as: Self.reader)
+        #expect(try files() == ["queue.sqlite": Self.owner], "the reader left files behind")
+        let second = try run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "y"])
+        #expect(second.status == 0, "\(second.stderr)")
+
+        // While the owner's daemon holds the file open (its -wal and -shm exist, 0644): the reader
+        // reads through them and the owner keeps them.
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        daemon.arguments = ["--reuid=\(Self.owner)", "--regid=\(Self.owner)", "--clear-groups", binary, "run", "--db", db]
+        daemon.standardOutput = FileHandle.nullDevice
+        daemon.standardError = FileHandle.nullDevice
+        try daemon.run()
+        defer {
+            daemon.terminate()
+            daemon.waitUntilExit()
+        }
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline, try files().count < 3 { usleep(10_000) }
+        #expect(try files() == ["queue.sqlite": Self.owner, "queue.sqlite-wal": Self.owner, "queue.sqlite-shm": Self.owner])
+        try expectReads(as: Self.reader)
+        #expect(try files().values.allSatisfy { $0 == Self.owner })
+        let third = try run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "z"])
+        #expect(third.status == 0, "\(third.stderr)")
+    }
+}
