@@ -327,7 +327,7 @@ struct CLIBadInputTests {
         Case(name: "unknown queue", setup: .valid, arguments: ["list", "--queue", "ghost"], message: "no queue named 'ghost'"),
         Case(name: "database is a directory", setup: .directory, arguments: ["list"], message: "is a directory, not a database file"),
         Case(name: "not a database", setup: .text, arguments: ["list"], message: "is not a SQLite database"),
-        Case(name: "corrupt database", setup: .corrupt, arguments: ["queues"], message: "corrupt", status: 4),
+        Case(name: "corrupt database", setup: .corrupt, arguments: ["queues"], message: "is damaged (database disk image is malformed)", status: 4),
         Case(name: "newer schema", setup: .newerSchema, arguments: ["enqueue", "https://a.example/", "-d", "x"], message: "newer version of swift-background-sync", status: 4),
         Case(name: "missing database", setup: .none, arguments: ["list"], message: "no database at"),
     ]

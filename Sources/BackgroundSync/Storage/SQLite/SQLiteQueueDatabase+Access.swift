@@ -98,14 +98,19 @@ extension SQLiteQueueDatabase {
         let bookkeeping = Configuration.Synchronous.normal.rawValue
         /// The mode the writer connection is in; read and changed on the writer only.
         private let current: Locked<String>
+        /// The database file, which takes no write once found damaged (``DamagedFiles``).
+        private let path: String
 
-        init(durable: Configuration.Synchronous) {
+        init(durable: Configuration.Synchronous, path: String) {
             self.durable = durable.rawValue
             current = Locked(durable.rawValue)
+            self.path = path
         }
 
         /// Sets `mode` on the writer connection if needed, then runs `body` in a transaction.
+        /// Every write goes through here; none goes to a file found damaged.
         func transaction<T>(_ mode: String, _ db: Database, _ body: () throws -> T) throws -> T {
+            try DamagedFiles.refuseWrites(path: path)
             if current.withLock({ $0 }) != mode {
                 try db.execute(sql: "PRAGMA synchronous = \(mode)")
                 current.withLock { $0 = mode }

@@ -10,7 +10,7 @@ extension SQLiteQueueDatabase {
             case .SQLITE_NOTADB:
                 return BackgroundSyncError(.notADatabase, "'\(path)' is not a SQLite database")
             case .SQLITE_CORRUPT:
-                return BackgroundSyncError(.storage, "'\(path)' is corrupt (\(error.message ?? "malformed"))")
+                return DamagedFiles.record(path: path, message: error.message ?? "database disk image is malformed")
             case .SQLITE_FULL:
                 return BackgroundSyncError(.storage, "cannot \(action) '\(path)': the disk is full")
             case .SQLITE_BUSY, .SQLITE_LOCKED:

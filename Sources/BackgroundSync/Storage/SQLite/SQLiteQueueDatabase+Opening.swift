@@ -16,6 +16,7 @@ extension SQLiteQueueDatabase {
         var config = grdbConfiguration(configuration)
         let openPath = configuration.readOnly ? readOnlyPath(url.path) : url.path
         if FileManager.default.fileExists(atPath: url.path) {
+            if !configuration.readOnly { try DamagedFiles.checkMarker(path: url.path) }
             try checkExistingFile(at: url.path, openPath: openPath, configuration: config)
         } else if configuration.readOnly {
             throw BackgroundSyncError(.storage, "no database at '\(url.path)'")

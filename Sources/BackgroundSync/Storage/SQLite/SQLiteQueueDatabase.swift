@@ -82,7 +82,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         self.ownedDirectory = ownedDirectory
         self.busyTimeout = configuration.busyTimeout
         writer = try Self.openPool(at: url, configuration: configuration)
-        synchronous = SynchronousModes(durable: configuration.synchronous)
+        synchronous = SynchronousModes(durable: configuration.synchronous, path: self.path)
         let undeletedDeliveries = Locked<[String: Set<Int64>]>([:])
         self.undeletedDeliveries = undeletedDeliveries
         pushes = Self.makePushes(
@@ -101,7 +101,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         } catch {
             throw Self.mapError(error, path: ":memory:", action: "open")
         }
-        synchronous = SynchronousModes(durable: .full)
+        synchronous = SynchronousModes(durable: .full, path: path)
         let undeletedDeliveries = Locked<[String: Set<Int64>]>([:])
         self.undeletedDeliveries = undeletedDeliveries
         pushes = Self.makePushes(
@@ -126,6 +126,9 @@ public final class SQLiteQueueDatabase: QueueDatabase {
                 try connection?.close()
                 connection = nil
             }
+            // The pool's read-only readers first: the last connection to close is the one that
+            // checkpoints and removes the WAL, and a read-only one cannot.
+            (writer as? DatabasePool)?.releaseMemory()
             try writer.close()
         } catch {
             throw Self.mapError(error, path: path, action: "close")
