@@ -237,12 +237,12 @@ struct SQLiteQueueDatabaseTests {
         #expect(FileManager.default.fileExists(atPath: path + "-wal"))
         try writer.close()
         await #expect(throws: BackgroundSyncError.self) { try await writer.queueNames() }
-        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path) == ["queue.sqlite"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == ["queue.sqlite", "queue.sqlite.reserve"])
 
         let reader = try SQLiteQueueDatabase(path: path, configuration: .init(readOnly: true))
         #expect(try await reader.queueNames() == ["q"])
         #expect(try await reader.countEntries(queueName: "q", state: .pending) == 1)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path) == ["queue.sqlite"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == ["queue.sqlite", "queue.sqlite.reserve"])
         await #expect(throws: (any Error).self) {
             _ = try await reader.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
         }

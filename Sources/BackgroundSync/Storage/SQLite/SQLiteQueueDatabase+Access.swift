@@ -13,16 +13,20 @@ extension SQLiteQueueDatabase {
     /// Runs `body` in a transaction on the writer's queue, without blocking the caller's thread
     /// (the writer may wait for a commit's fsync, a checkpoint or another process's lock). The write
     /// completes even if the calling task is cancelled: GRDB's async accessors would give up with
-    /// `CancellationError`, and a replay gives its leases back from a cancelled task.
+    /// `CancellationError`, and a replay gives its leases back from a cancelled task. On a full
+    /// disk it makes room and tries again (see ``DiskReserve``): such writes are bookkeeping and
+    /// deletions, which give space back.
     func write<T: Sendable>(
         _ action: String, _ durability: Durability = .durable, _ body: @escaping @Sendable (Database) throws -> T
     ) async throws -> T {
-        let (writer, path, synchronous) = (writer, path, synchronous)
+        let (writer, path, synchronous, reserve) = (writer, path, synchronous, reserve)
         let mode = durability == .durable ? synchronous.durable : synchronous.bookkeeping
         return try await withUnsafeThrowingContinuation { continuation in
             writer.asyncWriteWithoutTransaction { db in
                 do {
-                    continuation.resume(returning: try synchronous.transaction(mode, db) { try body(db) })
+                    continuation.resume(returning: try Self.makingRoom(db, path: path, reserve: reserve) {
+                        try synchronous.transaction(mode, db) { try body(db) }
+                    })
                 } catch {
                     continuation.resume(throwing: Self.mapError(error, path: path, action: action))
                 }
@@ -146,7 +150,7 @@ extension SQLiteQueueDatabase {
     /// because a durable commit waits for the disk (see ``GroupCommit``).
     static func makePushes(
         writer: any DatabaseWriter, path: String, synchronous: SynchronousModes,
-        undeletedDeliveries: Locked<[String: Set<Int64>]>
+        undeletedDeliveries: Locked<[String: Set<Int64>]>, reserve: DiskReserve?
     ) -> GroupCommit<Database, PendingPush, PushedEntry> {
         let openEnds = OpenEnds([:])
         // The sync tags the open transaction registered: a gathered batch writes each tag once,
@@ -167,6 +171,9 @@ extension SQLiteQueueDatabase {
                 do {
                     try synchronous.transaction(synchronous.durable, db) { try writes() }
                 } catch {
+                    // On a full disk, the WAL gives its space back; the group commit then tries
+                    // each push again on its own. Pushes never keep the reserve's space.
+                    if isDiskFull(error, path: path) { truncateWAL(db, path: path, reserve: reserve) }
                     throw mapError(error, path: path, action: "write to")
                 }
             },

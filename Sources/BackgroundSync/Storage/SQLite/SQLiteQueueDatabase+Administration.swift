@@ -77,9 +77,25 @@ extension SQLiteQueueDatabase {
             arguments += [state.rawValue]
         }
         let filter = conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND ")
-        return try await write("delete from") { [arguments] db in
-            try db.execute(sql: "DELETE FROM entry" + filter, arguments: arguments)
-            return db.changesCount
+        do {
+            return try await write("delete from") { [arguments] db in
+                try db.execute(sql: "DELETE FROM entry" + filter, arguments: arguments)
+                return db.changesCount
+            }
+        } catch let error as BackgroundSyncError where error.code == .storage && (Self.freeBytes(near: path) ?? .max) < 1 << 20 {
+            // On a full disk, deleting many entries at once may not fit in the room the WAL has:
+            // delete them a few at a time, the WAL emptied after each batch.
+            var deleted = 0
+            while true {
+                let count = try await write("delete from") { [arguments] db in
+                    try db.execute(
+                        sql: "DELETE FROM entry WHERE id IN (SELECT id FROM entry\(filter) LIMIT 64)", arguments: arguments)
+                    return db.changesCount
+                }
+                if count == 0 { return deleted }
+                deleted += count
+                try await writer.writeWithoutTransaction { [path, reserve] db in Self.truncateWAL(db, path: path, reserve: reserve) }
+            }
         }
     }
 

@@ -12,7 +12,33 @@ import Darwin
 extension SQLiteQueueDatabase {
     /// Opens the pool on `url`: checks an existing file read-only first, creates a missing one
     /// with mode 0600, then migrates (or, read-only, checks that no migration is needed).
-    static func openPool(at url: URL, configuration: Configuration) throws -> DatabasePool {
+    /// On a full disk (SQLite cannot make its `-wal` and `-shm` files), the opening for writing
+    /// releases the file's reserve and tries again, so that entries can still be deleted; a file
+    /// it created is removed when the opening fails.
+    static func openPool(at url: URL, configuration: Configuration, reserve: DiskReserve? = nil) throws -> DatabasePool {
+        let created = !FileManager.default.fileExists(atPath: url.path)
+        do {
+            return try openPoolOnce(at: url, configuration: configuration)
+        } catch let error as BackgroundSyncError where error.code == .storage && (freeBytes(near: url.path) ?? .max) < 64 << 10 {
+            guard let reserve, reserve.release() else {
+                if created { try? FileManager.default.removeItem(at: url) }
+                throw error
+            }
+            do {
+                return try openPoolOnce(at: url, configuration: configuration)
+            } catch {
+                if created { try? FileManager.default.removeItem(at: url) }
+                throw error
+            }
+        } catch {
+            if created, (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) == 0 {
+                try? FileManager.default.removeItem(at: url)
+            }
+            throw error
+        }
+    }
+
+    private static func openPoolOnce(at url: URL, configuration: Configuration) throws -> DatabasePool {
         var config = grdbConfiguration(configuration)
         let openPath = configuration.readOnly ? readOnlyPath(url.path) : url.path
         if FileManager.default.fileExists(atPath: url.path) {
@@ -71,7 +97,9 @@ extension SQLiteQueueDatabase {
         config.label = "BackgroundSync"
         let synchronous = configuration.synchronous.rawValue
         config.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+            // A WAL that grew (a long read held checkpoints back) is cut back to 4 MiB when it
+            // restarts, instead of keeping its largest size.
+            try db.execute(sql: "PRAGMA synchronous = \(synchronous); PRAGMA journal_size_limit = 4194304")
         }
         return config
     }

@@ -42,12 +42,21 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         /// leaves no file the owner cannot use. Writes another process starts after the opening are
         /// then not seen.
         public var readOnly: Bool
+        /// Bytes held in a file next to the database (`<file>.reserve`) so that entries can still
+        /// be deleted, and a queue drained, when the disk is full: SQLite's WAL needs room even to
+        /// delete. Released only for that, and made again once there is room. `0`: no reserve.
+        /// Default: 256 KiB.
+        public var diskReserve: Int
 
         /// Creates a configuration; every parameter has its default.
-        public init(synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(10), readOnly: Bool = false) {
+        public init(
+            synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(10), readOnly: Bool = false,
+            diskReserve: Int = 256 << 10
+        ) {
             self.synchronous = synchronous
             self.busyTimeout = busyTimeout
             self.readOnly = readOnly
+            self.diskReserve = diskReserve
         }
     }
 
@@ -57,6 +66,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     /// have the same identity.
     public let identity: String
     let writer: any DatabaseWriter
+    /// Space held for deletions on a full disk; `nil` in memory and read-only.
+    let reserve: DiskReserve?
     /// `PRAGMA synchronous` for durable writes (the configured mode) and for replay bookkeeping.
     let synchronous: SynchronousModes
     /// Concurrent pushes share transactions (group commit).
@@ -81,16 +92,22 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         self.identity = "sqlite:" + url.resolvingSymlinksInPath().path
         self.ownedDirectory = ownedDirectory
         self.busyTimeout = configuration.busyTimeout
-        writer = try Self.openPool(at: url, configuration: configuration)
+        let reserve = configuration.readOnly || configuration.diskReserve <= 0
+            ? nil : DiskReserve(databasePath: url.path, size: configuration.diskReserve)
+        self.reserve = reserve
+        writer = try Self.openPool(at: url, configuration: configuration, reserve: reserve)
+        reserve?.ensure()
         synchronous = SynchronousModes(durable: configuration.synchronous, path: self.path)
         let undeletedDeliveries = Locked<[String: Set<Int64>]>([:])
         self.undeletedDeliveries = undeletedDeliveries
         pushes = Self.makePushes(
-            writer: writer, path: self.path, synchronous: synchronous, undeletedDeliveries: undeletedDeliveries)
+            writer: writer, path: self.path, synchronous: synchronous, undeletedDeliveries: undeletedDeliveries,
+            reserve: reserve)
     }
 
     private init(memory: Void) throws {
         path = ":memory:"
+        reserve = nil
         identity = "memory:" + UUID().uuidString
         ownedDirectory = nil
         busyTimeout = Configuration().busyTimeout
@@ -105,7 +122,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         let undeletedDeliveries = Locked<[String: Set<Int64>]>([:])
         self.undeletedDeliveries = undeletedDeliveries
         pushes = Self.makePushes(
-            writer: writer, path: path, synchronous: synchronous, undeletedDeliveries: undeletedDeliveries)
+            writer: writer, path: path, synchronous: synchronous, undeletedDeliveries: undeletedDeliveries,
+            reserve: reserve)
     }
 
     deinit {
@@ -130,6 +148,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             // checkpoints and removes the WAL, and a read-only one cannot.
             (writer as? DatabasePool)?.releaseMemory()
             try writer.close()
+            // The -wal and -shm files are gone: their room may make the reserve again.
+            reserve?.restoreIfReleased()
         } catch {
             throw Self.mapError(error, path: path, action: "close")
         }
