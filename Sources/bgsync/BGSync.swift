@@ -25,14 +25,32 @@ struct BGSync: AsyncParsableCommand {
         ]
     )
 
-    /// Refuses arguments that are not UTF-8 before parsing: Swift would turn their bytes into
-    /// U+FFFD, and the request stored would not be the one given.
+    /// Refuses arguments that are not UTF-8 before parsing (Swift would turn their bytes into
+    /// U+FFFD, and the request stored would not be the one given), and writes an argument's
+    /// control characters as escapes where ArgumentParser's messages echo it.
     static func main() async {
         if let problem = nonUTF8Argument(CommandLine.unsafeArgv, count: Int(CommandLine.argc)) {
             printError(problem)
             Foundation.exit(ExitStatus.badInput.rawValue)
         }
-        await main(nil)
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let status = exitCode(for: error)
+            // Help and version go to stdout as ArgumentParser prints them.
+            guard status != .success else { exit(withError: error) }
+            var message = fullMessage(for: error)
+            for argument in CommandLine.arguments.dropFirst() where escapingControlCharacters(argument) != argument {
+                message = message.replacingOccurrences(of: argument, with: escapingControlCharacters(argument))
+            }
+            if !message.isEmpty { FileHandle.standardError.write(Data((message + "\n").utf8)) }
+            Foundation.exit(status.rawValue)
+        }
     }
 }
 

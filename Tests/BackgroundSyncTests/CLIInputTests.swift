@@ -63,6 +63,13 @@ struct CLIInputTests {
         }
     }
 
+    @Test func usageErrorsEscapeTheControlCharactersTheyEcho() throws {
+        let run = try run(["list", "--x\r\nInjected: y"])
+        #expect(run.status == 64)
+        #expect(run.stderr.hasPrefix(#"Error: Unknown option '--x\r\nInjected: y'"#), "\(run.stderr)")
+        #expect(!run.stderr.split(separator: "\n").contains { $0.hasPrefix("Injected") })
+    }
+
     @Test func argumentsThatAreNotUTF8AreRefused() throws {
         // Process turns Swift strings into UTF-8; a shell passes the raw bytes.
         let bgsyncPath = builtProductURL("bgsync").path
