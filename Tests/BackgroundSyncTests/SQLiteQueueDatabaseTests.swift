@@ -226,9 +226,9 @@ struct SQLiteQueueDatabaseTests {
         #expect(try await store.size() == 1)
     }
 
-    /// A read-only open creates no `-wal` or `-shm` file next to a closed database, and a close
-    /// removes the files a writer made.
-    @Test func readOnlyOpeningCreatesNoFileAndCloseRemovesTheWAL() async throws {
+    /// A close removes the files a writer made; a read-only open by the file's owner reads through
+    /// SQLite's WAL (another user reads a snapshot: `SharedFileTests`), and refuses writes.
+    @Test func closeRemovesTheWALAndReadOnlyOpeningRefusesWrites() async throws {
         let folder = try temporaryFolder()
         let path = folder.appendingPathComponent("queue.sqlite").path
         let writer = try SQLiteQueueDatabase(path: path)
@@ -239,10 +239,10 @@ struct SQLiteQueueDatabaseTests {
         await #expect(throws: BackgroundSyncError.self) { try await writer.queueNames() }
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == ["queue.sqlite", "queue.sqlite.reserve"])
 
+        #expect(!SQLiteQueueDatabase.readsAsSnapshot(path), "the owner reads through SQLite's locks")
         let reader = try SQLiteQueueDatabase(path: path, configuration: .init(readOnly: true))
         #expect(try await reader.queueNames() == ["q"])
         #expect(try await reader.countEntries(queueName: "q", state: .pending) == 1)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == ["queue.sqlite", "queue.sqlite.reserve"])
         await #expect(throws: (any Error).self) {
             _ = try await reader.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
         }

@@ -14,18 +14,28 @@ import Darwin
 /// copies what can be read into a new file.
 ///
 /// The finding is kept in this process and in a marker file next to the database
-/// (`<file>.damaged`, naming the file's device and inode), so that other processes refuse to write
-/// too; a marker whose file was replaced (another inode) is stale and removed.
+/// (`<file>.damaged`), so that processes that open the file later refuse to write too. Both name
+/// the file by its device and inode: a file moved in place since (a salvaged copy renamed over
+/// it) is not refused, and its stale marker is removed; a file this library creates at that path
+/// removes the marker too. A process that has the file open already learns of the damage when
+/// SQLite reports it to that process.
 enum DamagedFiles {
-    private struct Marker: Codable {
+    private struct Identity: Codable, Equatable {
         var device: UInt64
         var inode: UInt64
+    }
+
+    private struct Marker: Codable {
+        var file: Identity
         var message: String
         var seenAt: Date
     }
 
-    /// Damaged files this process saw, by path, with SQLite's message.
-    private static let seen = Locked<[String: String]>([:])
+    /// Damaged files this process saw, by path: the file's identity then, and SQLite's message.
+    private static let seen = Locked<[String: (file: Identity, message: String)]>([:])
+    /// Files this process reads as snapshots (immutable URIs): a read there that fails may be a
+    /// writer's checkpoint under way, not damage.
+    private static let snapshotReads = Locked<Set<String>>([])
 
     static func markerPath(_ path: String) -> String { path + ".damaged" }
 
@@ -37,28 +47,40 @@ enum DamagedFiles {
                 + "with `bgsync salvage --db \(path) --to NEW_FILE` (SQLiteQueueDatabase.salvage) and use that file")
     }
 
+    static func noteSnapshotRead(path: String) {
+        _ = snapshotReads.withLock { $0.insert(path) }
+    }
+
     /// Notes that `path` is damaged, in this process and (if the folder can be written) in the
-    /// marker file, and returns the error to report.
+    /// marker file, and returns the error to report. A file read as a snapshot is not marked.
     static func record(path: String, message: String) -> BackgroundSyncError {
-        guard path != ":memory:" else { return error(path: path, message: message) }
-        seen.withLock { $0[path] = $0[path] ?? message }
-        if let identity = fileIdentity(path),
-            let data = try? JSONEncoder().encode(
-                Marker(device: identity.device, inode: identity.inode, message: message, seenAt: Date()))
-        {
+        if snapshotReads.withLock({ $0.contains(path) }) {
+            return BackgroundSyncError(
+                .storage,
+                "cannot read '\(path)' (\(message)): it changed while it was read without locks (its owner's "
+                    + "process started writing), or it is damaged; try again")
+        }
+        guard path != ":memory:", let file = identity(path) else { return error(path: path, message: message) }
+        seen.withLock { $0[path] = $0[path] ?? (file, message) }
+        if let data = try? JSONEncoder().encode(Marker(file: file, message: message, seenAt: Date())) {
             // Best effort: a reader that may not write the folder still refuses in its own process.
             _ = FileManager.default.createFile(atPath: markerPath(path), contents: data, attributes: [.posixPermissions: 0o644])
         }
         return error(path: path, message: message)
     }
 
-    /// Throws if `path` was found damaged, by this process or (through its marker) another one.
+    /// Throws if `path` was found damaged by this process and is still the same file.
     static func refuseWrites(path: String) throws {
-        if let message = seen.withLock({ $0[path] }) { throw error(path: path, message: message) }
+        guard let found = seen.withLock({ $0[path] }) else { return }
+        guard identity(path) == found.file else {
+            forget(path: path)
+            return
+        }
+        throw error(path: path, message: found.message)
     }
 
-    /// At opening for writing: reads the marker of `path`, throws if it names this very file, and
-    /// removes it if the file was replaced since.
+    /// At opening for writing: throws if this process or a marker says the file is damaged, and
+    /// removes a marker whose file was replaced since.
     static func checkMarker(path: String) throws {
         try refuseWrites(path: path)
         let marker = markerPath(path)
@@ -66,16 +88,22 @@ enum DamagedFiles {
         guard let found = try? JSONDecoder().decode(Marker.self, from: data) else {
             throw error(path: path, message: "its marker file '\(marker)' says so")
         }
-        if let identity = fileIdentity(path), identity.device == found.device, identity.inode == found.inode {
-            seen.withLock { $0[path] = found.message }
+        if identity(path) == found.file {
+            seen.withLock { $0[path] = (found.file, found.message) }
             throw error(path: path, message: found.message)
         }
         try? FileManager.default.removeItem(atPath: marker)
     }
 
-    private static func fileIdentity(_ path: String) -> (device: UInt64, inode: UInt64)? {
+    /// Forgets what was found about `path` (a new file was created there).
+    static func forget(path: String) {
+        _ = seen.withLock { $0.removeValue(forKey: path) }
+        try? FileManager.default.removeItem(atPath: markerPath(path))
+    }
+
+    private static func identity(_ path: String) -> Identity? {
         var info = stat()
         guard stat(path, &info) == 0 else { return nil }
-        return (UInt64(truncatingIfNeeded: info.st_dev), UInt64(truncatingIfNeeded: info.st_ino))
+        return Identity(device: UInt64(truncatingIfNeeded: info.st_dev), inode: UInt64(truncatingIfNeeded: info.st_ino))
     }
 }

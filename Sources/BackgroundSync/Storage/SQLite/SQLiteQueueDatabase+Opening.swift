@@ -16,38 +16,61 @@ extension SQLiteQueueDatabase {
     /// releases the file's reserve and tries again, so that entries can still be deleted; a file
     /// it created is removed when the opening fails.
     static func openPool(at url: URL, configuration: Configuration, reserve: DiskReserve? = nil) throws -> DatabasePool {
-        let created = !FileManager.default.fileExists(atPath: url.path)
+        var created = false
+        // Removes the file this opening created, if nothing was written to it (another process
+        // may have created it at the same moment and written since).
+        func removeCreated() {
+            guard created, !FileManager.default.fileExists(atPath: url.path + "-wal"),
+                (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) == 0
+            else { return }
+            try? FileManager.default.removeItem(at: url)
+        }
         do {
-            return try openPoolOnce(at: url, configuration: configuration)
-        } catch let error as BackgroundSyncError where error.code == .storage && (freeBytes(near: url.path) ?? .max) < 64 << 10 {
+            return try openPoolOnce(at: url, configuration: configuration, created: &created)
+        } catch let error as BackgroundSyncError where isDiskFull(error, path: url.path) {
             guard let reserve, reserve.release() else {
-                if created { try? FileManager.default.removeItem(at: url) }
+                removeCreated()
                 throw error
             }
             do {
-                return try openPoolOnce(at: url, configuration: configuration)
+                return try openPoolOnce(at: url, configuration: configuration, created: &created)
             } catch {
-                if created { try? FileManager.default.removeItem(at: url) }
+                removeCreated()
                 throw error
             }
         } catch {
-            if created, (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) == 0 {
-                try? FileManager.default.removeItem(at: url)
-            }
+            removeCreated()
             throw error
         }
     }
 
-    private static func openPoolOnce(at url: URL, configuration: Configuration) throws -> DatabasePool {
-        var config = grdbConfiguration(configuration)
-        let openPath = configuration.readOnly ? readOnlyPath(url.path) : url.path
+    private static func openPoolOnce(at url: URL, configuration: Configuration, created: inout Bool) throws -> DatabasePool {
+        if configuration.readOnly {
+            do {
+                return try openPoolOnce(at: url, configuration: configuration, snapshot: readsAsSnapshot(url.path))
+            } catch let error as BackgroundSyncError where error.code == .storage && canReadAsSnapshot(url.path) {
+                // Read access to the file, not write access to its folder: a snapshot needs none.
+                return try openPoolOnce(at: url, configuration: configuration, snapshot: true)
+            }
+        }
         if FileManager.default.fileExists(atPath: url.path) {
-            if !configuration.readOnly { try DamagedFiles.checkMarker(path: url.path) }
+            try DamagedFiles.checkMarker(path: url.path)
+        } else if try createFile(at: url) {
+            created = true
+            // A marker left by a damaged file of the same name does not apply to this new one.
+            DamagedFiles.forget(path: url.path)
+        }
+        return try openPoolOnce(at: url, configuration: configuration, snapshot: false)
+    }
+
+    private static func openPoolOnce(at url: URL, configuration: Configuration, snapshot: Bool) throws -> DatabasePool {
+        var config = grdbConfiguration(configuration)
+        let openPath = snapshot ? snapshotURI(url.path) : url.path
+        if snapshot { DamagedFiles.noteSnapshotRead(path: url.path) }
+        if FileManager.default.fileExists(atPath: url.path) {
             try checkExistingFile(at: url.path, openPath: openPath, configuration: config)
         } else if configuration.readOnly {
             throw BackgroundSyncError(.storage, "no database at '\(url.path)'")
-        } else {
-            try createFile(at: url)
         }
         config.readonly = configuration.readOnly
         do {
@@ -73,13 +96,25 @@ extension SQLiteQueueDatabase {
     }
 
 
-    /// What a read-only connection opens: the file itself while a `-wal` file exists (a writer
-    /// may have it open; SQLite reads the WAL, and its `-shm` read-only if it cannot write it), else
-    /// the file as an immutable URI, so that SQLite creates no `-wal` or `-shm` file: one created
-    /// by another user would keep the owner from writing, and a folder the reader cannot write
-    /// would keep it from reading.
-    static func readOnlyPath(_ path: String) -> String {
-        guard sqliteTakesURIs, !FileManager.default.fileExists(atPath: path + "-wal") else { return path }
+    /// Whether a read-only opening reads the file as a snapshot (an immutable URI) rather than
+    /// through SQLite's locks and WAL: when no `-wal` file exists (no process has the file open
+    /// for writing) and the reader is not the file's owner. SQLite would otherwise create `-wal`
+    /// and `-shm` files owned by the reader, which keep the owner from writing. A snapshot takes
+    /// no lock: a writer that starts meanwhile is not seen, and a read that overlaps its
+    /// checkpoint may fail (reported as such, never as damage) or see a mix of old and new pages.
+    static func readsAsSnapshot(_ path: String) -> Bool {
+        guard canReadAsSnapshot(path) else { return false }
+        var info = stat()
+        return stat(path, &info) == 0 && info.st_uid != geteuid()
+    }
+
+    /// Whether a snapshot read is possible: no `-wal` file, and SQLite takes URIs.
+    static func canReadAsSnapshot(_ path: String) -> Bool {
+        sqliteTakesURIs && !FileManager.default.fileExists(atPath: path + "-wal")
+    }
+
+    /// The immutable URI of a file.
+    static func snapshotURI(_ path: String) -> String {
         var allowed = CharacterSet.urlPathAllowed
         allowed.remove(charactersIn: "?#%")
         return "file:" + (path.addingPercentEncoding(withAllowedCharacters: allowed) ?? path) + "?immutable=1"
@@ -105,8 +140,9 @@ extension SQLiteQueueDatabase {
     }
 
     /// Creates the folder (0700) and an empty file (0600) so that SQLite never creates it with the
-    /// process umask.
-    private static func createFile(at url: URL) throws {
+    /// process umask. Returns whether this call created the file (another process may have).
+    @discardableResult
+    private static func createFile(at url: URL) throws -> Bool {
         let directory = url.deletingLastPathComponent()
         do {
             try FileManager.default.createDirectory(
@@ -118,11 +154,12 @@ extension SQLiteQueueDatabase {
         let fd = open(url.path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
         if fd < 0 {
             let code = errno
-            if code == EEXIST { return }
+            if code == EEXIST { return false }
             throw BackgroundSyncError(
                 .storage, "cannot create the database file '\(url.path)': \(String(cString: strerror(code)))")
         }
         closeDescriptor(fd)
+        return true
     }
 
     /// Checks, read-only, that an existing file is a SQLite database whose schema this version

@@ -48,7 +48,8 @@ extension SQLiteQueueDatabase {
         let source: DatabaseQueue
         let found: SalvagedRows
         do {
-            source = try DatabaseQueue(path: readOnlyPath(damaged), configuration: configuration)
+            let openPath = canReadAsSnapshot(damaged) ? snapshotURI(damaged) : damaged
+            source = try DatabaseQueue(path: openPath, configuration: configuration)
             // Outside a transaction: an error of SQLite's on a damaged page rolls back the
             // transaction it happens in, and each statement below reads what it can on its own.
             found = try source.inDatabase { db in try SalvagedRows(db) }
