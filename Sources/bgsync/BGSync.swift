@@ -33,6 +33,10 @@ struct BGSync: AsyncParsableCommand {
             printError(problem)
             Foundation.exit(ExitStatus.badInput.rawValue)
         }
+        if let value = getenv("BGSYNC_DB"), String(validatingCString: value) == nil {
+            printError("$BGSYNC_DB is not valid UTF-8")
+            Foundation.exit(ExitStatus.badInput.rawValue)
+        }
         do {
             var command = try parseAsRoot()
             if var asyncCommand = command as? AsyncParsableCommand {
@@ -45,8 +49,12 @@ struct BGSync: AsyncParsableCommand {
             // Help and version go to stdout as ArgumentParser prints them.
             guard status != .success else { exit(withError: error) }
             var message = fullMessage(for: error)
-            for argument in CommandLine.arguments.dropFirst() where escapingControlCharacters(argument) != argument {
-                message = message.replacingOccurrences(of: argument, with: escapingControlCharacters(argument))
+            // ArgumentParser echoes a whole argument, or the value after its `=`.
+            for argument in CommandLine.arguments.dropFirst() {
+                let parts = [argument] + (argument.firstIndex(of: "=").map { [String(argument[argument.index(after: $0)...])] } ?? [])
+                for part in parts where escapingControlCharacters(part) != part {
+                    message = message.replacingOccurrences(of: part, with: escapingControlCharacters(part))
+                }
             }
             if !message.isEmpty { FileHandle.standardError.write(Data((message + "\n").utf8)) }
             Foundation.exit(status.rawValue)

@@ -248,5 +248,39 @@ struct SQLiteQueueDatabaseTests {
         }
         try reader.close()
     }
+
+    /// Values of the wrong type in a file salvage reads are counted or set aside, never a crash,
+    /// and a failed row does not stop the others.
+    @Test func salvageSurvivesGarbledValues() async throws {
+        let folder = try temporaryFolder()
+        let path = folder.appendingPathComponent("queue.sqlite").path
+        let database = try SQLiteQueueDatabase(path: path)
+        for index in 1...3 {
+            let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "https://example.com/\(index)", method: "POST"))
+            _ = try await database.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: "sync-q")
+        }
+        try database.close()
+        try sqlite(path, """
+            UPDATE queue SET headPosition = 'abc', tailPosition = x'00';
+            UPDATE syncRegistration SET registeredAt = 'never';
+            UPDATE entry SET state = 'zz' WHERE id = 2;
+            UPDATE entry SET queueName = x'FF' WHERE id = 3;
+            """)
+        let destination = folder.appendingPathComponent("salvaged.sqlite").path
+        let report = try SQLiteQueueDatabase.salvage(from: path, to: destination)
+        #expect(report.salvaged == 2)
+        #expect(report.setAside == 1)
+        #expect(report.unreadable == 1, "the entry whose queue name is not text cannot be written")
+        #expect(!FileManager.default.fileExists(atPath: destination + ".partial"))
+        let copy = try SQLiteQueueDatabase(path: destination)
+        #expect(try await copy.entries(queueName: "q", state: .pending).map(\.id) == [1])
+        #expect(try await copy.entries(queueName: "q", state: .dead).map(\.id) == [2])
+        // New ids go on after the damaged file's last one.
+        let next = try await copy.pushEntry(
+            UnidentifiedQueueStoreEntry(requestData: .init(url: "https://example.com/4", method: "POST")),
+            queueName: "q", at: .tail, registeringSyncTag: nil)
+        #expect(next.id == 4)
+        try copy.close()
+    }
 }
 

@@ -8,8 +8,9 @@ struct Salvage: AsyncParsableCommand {
         abstract: "Copy every entry that can still be read from a damaged database into a new file.",
         discussion: """
             The damaged file is opened read-only and left as it was. Entries keep their id, queue, \
-            position, attempts, idempotency key and metadata. Then use the new file (move it in \
-            place of the damaged one, or pass it with --db).
+            position, attempts, idempotency key and metadata. Then use the new file: pass it with \
+            --db, or stop every process that has the damaged file open, move the new file over it \
+            (mv, not cp) and delete the damaged file's -wal and -shm files.
 
             Example:
               bgsync salvage --db queue.sqlite --to queue-salvaged.sqlite

@@ -72,7 +72,11 @@ extension DatabaseOptions {
             if let found = try await check(db) { try await change(db, found) }
             return
         }
-        guard let found = try await check(readOnly) else { return }
+        let found = try await check(readOnly)
+        // Closed before the writing connection opens: the last connection to close is then the
+        // writer, which checkpoints and removes the WAL.
+        try? readOnly.close()
+        guard let found else { return }
         try await change(try open(.write), found)
     }
 }
@@ -84,6 +88,7 @@ extension DatabaseOptions {
 /// another user allowed to read the file could not.
 enum OpenedDatabases {
     private static let lock = NSLock()
+    // Safe: read and written only under `lock`.
     nonisolated(unsafe) private static var databases: [SQLiteQueueDatabase] = []
 
     static func closeAtExit(_ database: SQLiteQueueDatabase) {

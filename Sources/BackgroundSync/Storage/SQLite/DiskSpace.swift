@@ -1,6 +1,10 @@
 import Foundation
 import GRDB
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Room on the file system of a database, for when the disk is full.
 ///
 /// Deleting is how space comes back, and in WAL mode a deletion, too, appends pages to the WAL
@@ -34,13 +38,31 @@ final class DiskReserve: Sendable {
         // Not worth trying (writing up to `size` bytes) without the room for it.
         if let free = SQLiteQueueDatabase.freeBytes(near: path), free < size { return }
         let temporary = path + ".tmp"
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(count: size), attributes: [.posixPermissions: 0o600]),
-            (try? FileManager.default.moveItem(atPath: temporary, toPath: path)) != nil
-        else {
+        guard Self.allocate(temporary, size: size), (try? FileManager.default.moveItem(atPath: temporary, toPath: path)) != nil else {
             try? FileManager.default.removeItem(atPath: temporary)
             return
         }
+        #if canImport(Darwin)
+        // Room, not data: not worth a place in the device's backups.
+        var url = URL(fileURLWithPath: path)
+        var values = URLResourceValues()
+        values.isExcludedFromBackup = true
+        try? url.setResourceValues(values)
+        #endif
         released.withLock { $0 = false }
+    }
+
+    /// Creates a file of `size` bytes whose blocks are allocated: `posix_fallocate` where there is
+    /// one (a file of zeros would take no room on a file system that compresses), else zeros.
+    private static func allocate(_ path: String, size: Int) -> Bool {
+        #if canImport(Glibc)
+        let descriptor = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { return false }
+        defer { close(descriptor) }
+        return posix_fallocate(descriptor, 0, off_t(size)) == 0
+        #else
+        return FileManager.default.createFile(atPath: path, contents: Data(count: size), attributes: [.posixPermissions: 0o600])
+        #endif
     }
 
     /// Deletes the reserve; returns whether there was one.
@@ -97,6 +119,7 @@ extension SQLiteQueueDatabase {
     /// Whether an error means the disk is full: SQLite's `SQLITE_FULL`, or an I/O error on a file
     /// system with (almost) no room left (creating the `-shm` file reports an I/O error).
     static func isDiskFull(_ error: any Error, path: String) -> Bool {
+        if let error = error as? BackgroundSyncError { return error.underlying is DiskFull }
         guard let error = error as? DatabaseError else { return false }
         switch error.resultCode {
         case .SQLITE_FULL: return true
@@ -119,11 +142,17 @@ extension SQLiteQueueDatabase {
     /// The error for a full disk: what could not be done, and what to free.
     static func diskFullError(path: String, action: String) -> BackgroundSyncError {
         let free = freeBytes(near: path).map { bytes in
-            bytes < 1 << 20 ? " (\(bytes >> 10) KiB free)" : " (\(bytes >> 20) MiB free)"
-        } ?? ""
+            bytes < 1 << 20 ? "\(bytes >> 10) KiB free" : "\(bytes >> 20) MiB free"
+        } ?? "no room"
         return BackgroundSyncError(
             .storage,
-            "cannot \(action) '\(path)': the disk is full\(free); free space on its file system — deleting entries "
-                + "(`bgsync purge`, `bgsync delete`) works even on a full disk")
+            "cannot \(action) '\(path)': the disk is full (\(free)); free space on its file system — deleting entries "
+                + "(`bgsync purge`, `bgsync delete`) works even on a full disk",
+            underlying: DiskFull())
     }
+}
+
+/// The underlying error of a write a full disk had no room for.
+struct DiskFull: Error, CustomStringConvertible {
+    var description: String { "no space left on the device" }
 }

@@ -14,19 +14,23 @@ extension SQLiteQueueDatabase {
     /// (the writer may wait for a commit's fsync, a checkpoint or another process's lock). The write
     /// completes even if the calling task is cancelled: GRDB's async accessors would give up with
     /// `CancellationError`, and a replay gives its leases back from a cancelled task. On a full
-    /// disk it makes room and tries again (see ``DiskReserve``): such writes are bookkeeping and
-    /// deletions, which give space back.
+    /// disk it makes room and tries again (see ``DiskReserve``); a write that adds data (an
+    /// outbox save) passes `mayUseReserve: false`, since the reserve is held for what frees space.
     func write<T: Sendable>(
-        _ action: String, _ durability: Durability = .durable, _ body: @escaping @Sendable (Database) throws -> T
+        _ action: String, _ durability: Durability = .durable, mayUseReserve: Bool = true,
+        truncatingWALAfter: Bool = false, _ body: @escaping @Sendable (Database) throws -> T
     ) async throws -> T {
-        let (writer, path, synchronous, reserve) = (writer, path, synchronous, reserve)
+        let (writer, path, synchronous) = (writer, path, synchronous)
+        let reserve = mayUseReserve ? reserve : nil
         let mode = durability == .durable ? synchronous.durable : synchronous.bookkeeping
         return try await withUnsafeThrowingContinuation { continuation in
             writer.asyncWriteWithoutTransaction { db in
                 do {
-                    continuation.resume(returning: try Self.makingRoom(db, path: path, reserve: reserve) {
+                    let result = try Self.makingRoom(db, path: path, reserve: reserve) {
                         try synchronous.transaction(mode, db) { try body(db) }
-                    })
+                    }
+                    if truncatingWALAfter { Self.truncateWAL(db, path: path, reserve: reserve) }
+                    continuation.resume(returning: result)
                 } catch {
                     continuation.resume(throwing: Self.mapError(error, path: path, action: action))
                 }

@@ -77,31 +77,34 @@ extension SQLiteQueueDatabase {
             arguments += [state.rawValue]
         }
         let filter = conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND ")
+        // Entries queued after the call are not deleted, even when it goes in batches.
+        let last = try await read("read") { db in try Int64.fetchOne(db, sql: "SELECT max(id) FROM entry") ?? 0 }
+        let bounded = (filter.isEmpty ? " WHERE " : filter + " AND ") + "id <= ?"
+        arguments += [last]
         do {
             return try await write("delete from") { [arguments] db in
-                try db.execute(sql: "DELETE FROM entry" + filter, arguments: arguments)
+                try db.execute(sql: "DELETE FROM entry" + bounded, arguments: arguments)
                 return db.changesCount
             }
-        } catch let error as BackgroundSyncError where error.code == .storage && (Self.freeBytes(near: path) ?? .max) < 1 << 20 {
+        } catch let error as BackgroundSyncError where Self.isDiskFull(error, path: path) {
             // On a full disk, deleting many entries at once may not fit in the room the WAL has:
             // delete them a few at a time, the WAL emptied after each batch.
             var deleted = 0
             while true {
-                let count = try await write("delete from") { [arguments] db in
+                let count = try await write("delete from", truncatingWALAfter: true) { [arguments] db in
                     try db.execute(
-                        sql: "DELETE FROM entry WHERE id IN (SELECT id FROM entry\(filter) LIMIT 64)", arguments: arguments)
+                        sql: "DELETE FROM entry WHERE id IN (SELECT id FROM entry\(bounded) LIMIT 64)", arguments: arguments)
                     return db.changesCount
                 }
                 if count == 0 { return deleted }
                 deleted += count
-                try await writer.writeWithoutTransaction { [path, reserve] db in Self.truncateWAL(db, path: path, reserve: reserve) }
             }
         }
     }
 
     public func registerSyncTag(_ tag: String, at date: Date) async throws {
         let seconds = date.timeIntervalSince1970
-        try await write("write to") { db in try Self.registerSyncTag(tag, at: seconds, db) }
+        try await write("write to", mayUseReserve: false) { db in try Self.registerSyncTag(tag, at: seconds, db) }
     }
 
     /// Registers a sync tag in the open transaction (a registered tag keeps its first date).

@@ -10,7 +10,7 @@ extension SQLiteQueueDatabase {
         }
         let row = try EntryRow(entry)
         let hidden = Set(undeletedDeliveries.withLock { $0[queueName] ?? [] })
-        return try await write("write to") { db in
+        return try await write("write to", mayUseReserve: false) { db in
             let now = Date().timeIntervalSince1970
             if let syncTag { try Self.registerSyncTag(syncTag, at: now, db) }
             let last = try Row.fetchOne(

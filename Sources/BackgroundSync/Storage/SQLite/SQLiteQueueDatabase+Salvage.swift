@@ -58,11 +58,23 @@ extension SQLiteQueueDatabase {
             throw BackgroundSyncError(
                 .storage, "cannot read '\(damaged)' at all (\(describe(error))): nothing can be salvaged")
         }
-        let target = try SQLiteQueueDatabase(path: destination)
-        defer { try? target.close() }
-        let setAside = try target.writer.write { db in try found.insert(into: db) }
+        // Written under another name and moved in place once complete: a salvage that fails
+        // leaves no half-written destination behind.
+        let partial = destination + ".partial"
+        for suffix in ["", "-wal", "-shm", ".reserve"] { try? FileManager.default.removeItem(atPath: partial + suffix) }
+        let outcome: (copied: Int, setAside: Int, unwritable: Int)
+        do {
+            let target = try SQLiteQueueDatabase(path: partial, configuration: .init(diskReserve: 0))
+            outcome = try target.writer.write { db in try found.insert(into: db) }
+            try target.close()
+            try FileManager.default.moveItem(atPath: partial, toPath: destination)
+        } catch {
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: partial + suffix) }
+            throw mapError(error, path: destination, action: "write to")
+        }
         return SalvageReport(
-            salvaged: found.entries.count, unreadable: found.unreadable, setAside: setAside, queues: found.queueNames)
+            salvaged: outcome.copied, unreadable: found.unreadable + outcome.unwritable, setAside: outcome.setAside,
+            queues: found.queueNames)
     }
 
     private static func describe(_ error: any Error) -> String {
@@ -78,6 +90,8 @@ private struct SalvagedRows {
     var queues: [Row] = []
     var registrations: [Row] = []
     var lastEntryID: Int64?
+    /// The highest id any scan read.
+    var highestID: Int64?
     var unreadable = 0
 
     /// The entry columns copied, `id` and `queueName` first; leases are left behind.
@@ -111,16 +125,11 @@ private struct SalvagedRows {
             // A partial index lists only some entries; the order index lists all.
             if scan.complete, index == "entry_order" { indexed = Set(scan.ids) }
         }
-        // Between the two ends the table could be read to, each id is tried on its own.
-        var probed: [Int64] = []
-        let low = forwards.ids.last ?? 0
-        if !forwards.complete, let high = backwards.ids.last ?? lastEntryID, high > low, high - low <= Self.probeLimit {
-            probed = ((low + 1)..<high).filter { !ids.contains($0) }
-        }
+        highestID = ids.max()
         let columns = entryColumns.map { "\"\($0)\"" }.joined(separator: ", ")
         let read = try db.makeStatement(sql: "SELECT \(columns) FROM entry WHERE id = ?")
         var failed = 0
-        for id in ids.union(probed).sorted() {
+        func readEntry(_ id: Int64) {
             do {
                 if let row = try Row.fetchOne(read, arguments: [id]) {
                     entries.append(entryColumns.map { row[$0] as DatabaseValue })
@@ -129,6 +138,16 @@ private struct SalvagedRows {
                 if indexed == nil || indexed?.contains(id) == true { failed += 1 }
             }
         }
+        // Between the ends the table could be read to, each id is also tried on its own (up to
+        // the last id the file gave out when nothing could be read backwards).
+        let low = forwards.ids.last ?? 0
+        let high = backwards.ids.last ?? ((lastEntryID ?? low) + 1)
+        let probing = !forwards.complete && high > low + 1 && high - low <= Self.probeLimit
+        for id in ids.sorted() where !probing || id <= low { readEntry(id) }
+        if probing {
+            for id in (low + 1)..<high { readEntry(id) }
+        }
+        for id in ids.sorted() where probing && id >= high { readEntry(id) }
         if let indexed {
             let copied = Set(entries.compactMap { Int64.fromDatabaseValue($0[0]) })
             unreadable = indexed.subtracting(copied).count
@@ -137,43 +156,63 @@ private struct SalvagedRows {
         }
     }
 
+    /// A column of a row read from the damaged file, if it has the type asked for (a garbled
+    /// value is `nil`, never a crash).
+    private static func value<T: DatabaseValueConvertible>(_ row: Row, _ column: String) -> T? {
+        guard let value = row[column] as DatabaseValue? else { return nil }
+        return T.fromDatabaseValue(value)
+    }
+
     var queueNames: [String] {
-        let names = Set(queues.compactMap { $0["name"] as String? })
+        let names = Set(queues.compactMap { Self.value($0, "name") as String? })
             .union(entries.compactMap { String.fromDatabaseValue($0[1]) })
         return names.sorted()
     }
 
-    /// Writes the rows into the new file; returns how many entries were set aside.
-    func insert(into db: Database) throws -> Int {
+    /// Writes the rows into the new file: each entry on its own (a garbled row that the new
+    /// file's constraints refuse is counted, not fatal). Returns how many entries were copied,
+    /// set aside, and refused.
+    func insert(into db: Database) throws -> (copied: Int, setAside: Int, unwritable: Int) {
         for name in queueNames {
-            let row = queues.first { ($0["name"] as String?) == name }
+            let row = queues.first { (Self.value($0, "name") as String?) == name }
             try db.execute(
                 sql: "INSERT INTO queue(name, headPosition, tailPosition) VALUES (?, ?, ?)",
-                arguments: [name, (row?["headPosition"] as Int64?) ?? 1, (row?["tailPosition"] as Int64?) ?? 0])
+                arguments: [
+                    name, row.flatMap { Self.value($0, "headPosition") as Int64? } ?? 1,
+                    row.flatMap { Self.value($0, "tailPosition") as Int64? } ?? 0,
+                ])
         }
         for row in registrations {
-            try db.execute(
-                sql: "INSERT OR IGNORE INTO syncRegistration(tag, registeredAt) VALUES (?, ?)",
-                arguments: [row["tag"] as String?, row["registeredAt"] as Double?])
+            guard let tag = Self.value(row, "tag") as String?, let date = Self.value(row, "registeredAt") as Double? else { continue }
+            try db.execute(sql: "INSERT OR IGNORE INTO syncRegistration(tag, registeredAt) VALUES (?, ?)", arguments: [tag, date])
         }
         let columns = entryColumns.map { "\"\($0)\"" }.joined(separator: ", ")
         let placeholders = Array(repeating: "?", count: entryColumns.count).joined(separator: ", ")
         let insert = try db.makeStatement(sql: "INSERT INTO entry(\(columns)) VALUES (\(placeholders))")
+        var copied: [Int64] = []
+        var unwritable = 0
         for values in entries {
-            try insert.execute(arguments: StatementArguments(values))
+            do {
+                try db.inSavepoint {
+                    try insert.execute(arguments: StatementArguments(values))
+                    return .commit
+                }
+                if let id = Int64.fromDatabaseValue(values[0]) { copied.append(id) }
+            } catch {
+                unwritable += 1
+            }
         }
         // New ids go on after the damaged file's last one, so none is given twice.
-        if let lastEntryID {
-            try db.execute(
-                sql: "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'entry'", arguments: [lastEntryID])
-        }
+        let last = max(lastEntryID ?? 0, highestID ?? 0)
+        try db.execute(sql: "DELETE FROM sqlite_sequence WHERE name = 'entry'")
+        try db.execute(sql: "INSERT INTO sqlite_sequence(name, seq) VALUES ('entry', ?)", arguments: [last])
         // A row read from a damaged page may hold garbled fields: each entry is read back as a
         // replay would, and one that does not decode is set aside with the reason.
         var setAside = 0
         let readBack = try db.makeStatement(
             sql: "SELECT \(SQLiteQueueDatabase.EntryColumn.list) FROM entry WHERE id = ?")
-        for values in entries {
-            guard let id = Int64.fromDatabaseValue(values[0]), let row = try Row.fetchOne(readBack, arguments: [id]) else { continue }
+        for id in copied {
+            guard let row = try Row.fetchOne(readBack, arguments: [id]) else { continue }
             let problem: String
             do {
                 let entry = try SQLiteQueueDatabase.decode(row)
@@ -190,7 +229,7 @@ private struct SalvagedRows {
                 arguments: [ReplayFailure.Kind.unreadableEntry.rawValue, "salvaged from a damaged file: \(problem)", id])
             setAside += 1
         }
-        return setAside
+        return (copied.count, setAside, unwritable)
     }
 
     /// The rows a statement reads before it meets the damage.

@@ -17,6 +17,10 @@ import GRDB
 /// - Opening a file that is not a SQLite database, or that a newer version of this library wrote,
 ///   throws ``BackgroundSyncError/Code/notADatabase`` or ``BackgroundSyncError/Code/schemaTooNew``
 ///   and leaves the file untouched.
+/// - Files next to the database: SQLite's `-wal` and `-shm` while it is open; `<file>.reserve`,
+///   room held for deletions on a full disk (``Configuration/diskReserve``; excluded from
+///   backups on Apple platforms); `<file>.damaged`, once SQLite found the file damaged (it then
+///   takes no more writes: ``salvage(from:to:)``). Remove them with the database.
 public final class SQLiteQueueDatabase: QueueDatabase {
     /// How a ``SQLiteQueueDatabase`` is opened.
     public struct Configuration: Sendable {
@@ -136,9 +140,13 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     /// connection to the file in any process checkpoints the WAL and removes the `-wal` and `-shm`
     /// files, so a short-lived tool that exits without its objects being released should call it:
     /// files left behind keep the main file's permissions of the moment they were created, which
-    /// can keep another user from reading. Every later use of this instance throws. Throws when a
-    /// read or write is still running (the database then stays open).
+    /// can keep another user from reading. Reads and writes under way are waited for; every later
+    /// use of this instance throws. Throws if SQLite cannot close (the database then stays open).
+    /// A ``shared(path:)`` instance that is closed is no longer handed out.
     public func close() throws {
+        Self.sharedDatabases.withLock { databases in
+            if let key = databases.first(where: { $0.value === self })?.key { databases[key] = nil }
+        }
         do {
             try leaseCheckConnection.withLock { connection in
                 try connection?.close()
