@@ -15,8 +15,8 @@ struct CLIInputTests {
         db = folder.appendingPathComponent("queue.sqlite").path
     }
 
-    private func run(_ arguments: [String]) throws -> CLIRun {
-        try bgsync(arguments + ["--db", db])
+    private func run(_ arguments: [String]) async throws -> CLIRun {
+        try await bgsync(arguments + ["--db", db])
     }
 
     /// A refusal: status 2, exactly one line on stderr naming the problem, nothing on stdout.
@@ -29,33 +29,33 @@ struct CLIInputTests {
         #expect(run.stderr.contains(text), "\(run.stderr)", sourceLocation: sourceLocation)
     }
 
-    @Test func headerFieldsWithControlCharactersAreRefused() throws {
+    @Test func headerFieldsWithControlCharactersAreRefused() async throws {
         let url = "https://api.example.com/posts"
         // A CR LF in a value would smuggle a second header field; a lone CR, another control
         // character or a bad name is just as wrong. Each is refused, even next to a good field.
-        let split = try run(["enqueue", url, "-H", "X-A: b\r\nX-Evil: 1", "-H", "X-B: c", "-d", "x"])
+        let split = try await run(["enqueue", url, "-H", "X-A: b\r\nX-Evil: 1", "-H", "X-B: c", "-d", "x"])
         expectRefused(split, mentioning: "header 'X-A' holds a control character (0x0D)")
-        expectRefused(try run(["enqueue", url, "-H", "X-A: b\r", "-d", "x"]), mentioning: "(0x0D)")
-        expectRefused(try run(["enqueue", url, "-H", "X-A: b\u{01}c", "-d", "x"]), mentioning: "(0x01)")
-        expectRefused(try run(["enqueue", url, "-H", "X A: b", "-d", "x"]), mentioning: "header name 'X A' is not a token")
-        expectRefused(try run(["send", url, "-H", "X-A: b\nc", "-d", "x"]), mentioning: "(0x0A)")
+        expectRefused(try await run(["enqueue", url, "-H", "X-A: b\r", "-d", "x"]), mentioning: "(0x0D)")
+        expectRefused(try await run(["enqueue", url, "-H", "X-A: b\u{01}c", "-d", "x"]), mentioning: "(0x01)")
+        expectRefused(try await run(["enqueue", url, "-H", "X A: b", "-d", "x"]), mentioning: "header name 'X A' is not a token")
+        expectRefused(try await run(["send", url, "-H", "X-A: b\nc", "-d", "x"]), mentioning: "(0x0A)")
         // The echoed method keeps to one line: its CR LF is written as escapes.
-        let method = try run(["enqueue", url, "-X", "POST\r\nX-Evil: 1", "-d", "x"])
+        let method = try await run(["enqueue", url, "-X", "POST\r\nX-Evil: 1", "-d", "x"])
         expectRefused(method, mentioning: #"'POST\r\nX-EVIL: 1' is not an HTTP method"#)
         #expect(!FileManager.default.fileExists(atPath: db), "a refused request created the database")
 
         // A tab inside a value is allowed; spaces and tabs around it are HTTP's optional whitespace.
-        let fine = try run(["enqueue", url, "-H", "X-A: \t b\tc \t", "-H", "x-a: d", "-d", "x"])
+        let fine = try await run(["enqueue", url, "-H", "X-A: \t b\tc \t", "-H", "x-a: d", "-d", "x"])
         #expect(fine.status == 0, "\(fine.stderr)")
-        let show = try run(["show", "1", "--json"])
+        let show = try await run(["show", "1", "--json"])
         #expect(show.stdout.contains(#""x-a" : "b\tc, d""#), "\(show.stdout)")
     }
 
-    @Test func credentialsInTheURLAreNotStoredAndTheCommandSaysSo() throws {
-        let run = try run(["enqueue", "https://user:s3cr3t@api.example.com/posts?x=1", "-d", "x"])
+    @Test func credentialsInTheURLAreNotStoredAndTheCommandSaysSo() async throws {
+        let run = try await run(["enqueue", "https://user:s3cr3t@api.example.com/posts?x=1", "-d", "x"])
         #expect(run.status == 0)
         #expect(run.stderr == "bgsync: warning: secret headers and URL credentials are not stored; pass --store-secrets to keep them\n")
-        let show = try self.run(["show", "1"])
+        let show = try await self.run(["show", "1"])
         #expect(show.stdout.contains("POST https://api.example.com/posts?x=1"), "\(show.stdout)")
         for suffix in ["", "-wal"] {
             let bytes = FileManager.default.contents(atPath: db + suffix) ?? Data()
@@ -63,14 +63,14 @@ struct CLIInputTests {
         }
     }
 
-    @Test func usageErrorsEscapeTheControlCharactersTheyEcho() throws {
-        let run = try run(["list", "--x\r\nInjected: y"])
+    @Test func usageErrorsEscapeTheControlCharactersTheyEcho() async throws {
+        let run = try await run(["list", "--x\r\nInjected: y"])
         #expect(run.status == 64)
         #expect(run.stderr.hasPrefix(#"Error: Unknown option '--x\r\nInjected: y'"#), "\(run.stderr)")
         #expect(!run.stderr.split(separator: "\n").contains { $0.hasPrefix("Injected") })
     }
 
-    @Test func argumentsThatAreNotUTF8AreRefused() throws {
+    @Test func argumentsThatAreNotUTF8AreRefused() async throws {
         // Process turns Swift strings into UTF-8; a shell passes the raw bytes.
         let bgsyncPath = builtProductURL("bgsync").path
         for (argument, index) in [(#"-d "$(printf 'abc\377\376')""#, 4), (#"--queue "$(printf 'q\377')" -d x"#, 4)] {
@@ -98,11 +98,11 @@ struct CLIInputTests {
         }
     }
 
-    @Test func refusingLeavesTheFileAsItWas() throws {
+    @Test func refusingLeavesTheFileAsItWas() async throws {
         for body in ["one", "two"] {
-            #expect(try run(["enqueue", "http://127.0.0.1:9/posts", "--queue", "posts", "-d", body]).status == 0)
+            #expect(try await run(["enqueue", "http://127.0.0.1:9/posts", "--queue", "posts", "-d", body]).status == 0)
         }
-        #expect(try run(["set-aside", "2"]).status == 0)
+        #expect(try await run(["set-aside", "2"]).status == 0)
         let before = try snapshot()
         let refusals: [([String], String)] = [
             (["enqueue", "https://api.example.com/x", "--queue", "", "-d", "x"], "a queue name cannot be empty"),
@@ -119,13 +119,13 @@ struct CLIInputTests {
             (["set-aside", "2"], "entry 2 is already a dead letter"),
         ]
         for (arguments, message) in refusals {
-            expectRefused(try run(arguments), mentioning: message)
+            expectRefused(try await run(arguments), mentioning: message)
             #expect(try snapshot() == before, "\(arguments) changed the database file")
         }
         // Nothing to do writes nothing either.
-        #expect(try run(["purge", "--dead", "--queue", "posts", "--yes"]).stdout == "deleted 1 dead letters\n")
+        #expect(try await run(["purge", "--dead", "--queue", "posts", "--yes"]).stdout == "deleted 1 dead letters\n")
         let drained = try snapshot()
-        #expect(try run(["purge", "--dead", "--queue", "posts", "--yes"]).stdout == "nothing to delete\n")
+        #expect(try await run(["purge", "--dead", "--queue", "posts", "--yes"]).stdout == "nothing to delete\n")
         #expect(try snapshot() == drained)
     }
 }

@@ -14,8 +14,13 @@ struct CLIRun {
     var stderr: String
 }
 
-/// Runs the built `bgsync` with `arguments` (stdin is /dev/null: not a terminal).
-func bgsync(_ arguments: [String], environment: [String: String] = [:]) throws -> CLIRun {
+/// Runs the built `bgsync` with `arguments` (stdin is /dev/null: not a terminal), waiting for it
+/// off the cooperative pool.
+func bgsync(_ arguments: [String], environment: [String: String] = [:]) async throws -> CLIRun {
+    try await offCooperativePool { try bgsyncBlocking(arguments, environment: environment) }
+}
+
+private func bgsyncBlocking(_ arguments: [String], environment: [String: String]) throws -> CLIRun {
     let process = Process()
     process.executableURL = builtProductURL("bgsync")
     process.arguments = arguments
@@ -52,115 +57,115 @@ struct CLITests {
         db = folder.appendingPathComponent("queue.sqlite").path
     }
 
-    private func run(_ arguments: [String]) throws -> CLIRun {
-        try bgsync(arguments + ["--db", db])
+    private func run(_ arguments: [String]) async throws -> CLIRun {
+        try await bgsync(arguments + ["--db", db])
     }
 
-    @Test func enqueueListShowAndQueues() throws {
-        let first = try run(["enqueue", "https://api.example.com/posts", "--queue", "posts",
+    @Test func enqueueListShowAndQueues() async throws {
+        let first = try await run(["enqueue", "https://api.example.com/posts", "--queue", "posts",
                              "-H", "Content-Type: application/json", "-H", "Authorization: Bearer secret-token",
                              "--store-secrets", "-d", #"{"title":"Hello"}"#])
         #expect(first.status == 0, "\(first.stderr)")
         #expect(first.stdout == "1\n")
-        let second = try run(["enqueue", "https://api.example.com/comments", "-X", "PUT", "-d", "x"])
+        let second = try await run(["enqueue", "https://api.example.com/comments", "-X", "PUT", "-d", "x"])
         #expect(second.stdout == "2\n")
 
-        let list = try run(["list"])
+        let list = try await run(["list"])
         #expect(list.status == 0)
         #expect(list.stdout.contains("POST    https://api.example.com/posts"))
         #expect(list.stdout.contains("PUT     https://api.example.com/comments"))
 
-        let show = try run(["show", "1"])
+        let show = try await run(["show", "1"])
         #expect(show.stdout.contains("POST https://api.example.com/posts"))
         #expect(show.stdout.contains("authorization: (masked)"))
         #expect(!show.stdout.contains("secret-token"))
         #expect(show.stdout.contains(#"{"title":"Hello"}"#))
 
-        let queues = try run(["queues", "--json"])
+        let queues = try await run(["queues", "--json"])
         let parsed = try JSONSerialization.jsonObject(with: Data(queues.stdout.utf8)) as? [[String: Any]]
         #expect(parsed?.map { $0["name"] as? String } == ["default", "posts"])
         #expect(parsed?.allSatisfy { $0["pending"] as? Int == 1 && $0["dead"] as? Int == 0 && $0.keys.contains("oldestAgeSeconds") } == true)
 
-        let listed = try JSONSerialization.jsonObject(with: Data(try run(["list", "--json"]).stdout.utf8)) as? [[String: Any]]
+        let listed = try JSONSerialization.jsonObject(with: Data(try await run(["list", "--json"]).stdout.utf8)) as? [[String: Any]]
         #expect(Set(listed?.first?.keys.map { $0 } ?? []) == [
             "id", "queue", "state", "method", "url", "queuedAt", "ageSeconds", "attempts", "nextAttemptAt",
             "lastFailure", "idempotencyKey", "metadata",
         ])
-        let shown = try JSONSerialization.jsonObject(with: Data(try run(["show", "1", "--json"]).stdout.utf8)) as? [String: Any]
+        let shown = try JSONSerialization.jsonObject(with: Data(try await run(["show", "1", "--json"]).stdout.utf8)) as? [String: Any]
         #expect((shown?["headers"] as? [String: String])?["authorization"] == "(masked)")
         #expect(shown?["body"] as? String == #"{"title":"Hello"}"#)
     }
 
-    @Test func sendDeliversOrQueues() throws {
+    @Test func sendDeliversOrQueues() async throws {
         let server = try RecordingServer()
         server.respond { request, _ in
             request.path == "/missing" ? .respond(.text("no", status: 404)) : .respond(.text("ok", status: 201))
         }
-        let sent = try run(["send", server.url.absoluteString, "-d", "now"])
+        let sent = try await run(["send", server.url.absoluteString, "-d", "now"])
         #expect(sent.status == 0)
         #expect(sent.stdout == "sent: HTTP 201\n")
 
-        let refused = try run(["send", server.server.baseURL.appendingPathComponent("missing").absoluteString, "-d", "x"])
+        let refused = try await run(["send", server.server.baseURL.appendingPathComponent("missing").absoluteString, "-d", "x"])
         #expect(refused.status == 5, "refused for good: not retryable")
         #expect(refused.stdout.contains("HTTP 404 (not queued)"))
 
         let port = server.server.port
         server.server.stop()
-        let queued = try run(["send", server.url.absoluteString, "-d", "later", "--queue", "posts"])
+        let queued = try await run(["send", server.url.absoluteString, "-d", "later", "--queue", "posts"])
         #expect(queued.status == 0)
         #expect(queued.stdout.hasPrefix("queued as entry"))
-        let strict = try run(["send", server.url.absoluteString, "-d", "later2", "--queue", "posts", "--fail-on-queue"])
+        let strict = try await run(["send", server.url.absoluteString, "-d", "later2", "--queue", "posts", "--fail-on-queue"])
         #expect(strict.status == 3)
 
         try server.server.start(port: port)
-        let replay = try run(["replay"])
+        let replay = try await run(["replay"])
         #expect(replay.status == 0, "\(replay.stdout)\(replay.stderr)")
         #expect(replay.stdout.contains("posts: delivered #1"))
         #expect(replay.stdout.contains("posts: drained, 2 delivered"))
         #expect(server.bodies == ["now", "x", "later", "later2"])
     }
 
-    @Test func replayStopsOnARetryableFailureWithStatusOne() throws {
+    @Test func replayStopsOnARetryableFailureWithStatusOne() async throws {
         let server = try RecordingServer()
         server.respond { _, _ in .respond(.text("down", status: 503)) }
-        _ = try run(["enqueue", server.url.absoluteString, "-d", "a", "--queue", "q"])
-        let replay = try run(["replay", "--queue", "q"])
+        _ = try await run(["enqueue", server.url.absoluteString, "-d", "a", "--queue", "q"])
+        let replay = try await run(["replay", "--queue", "q"])
         #expect(replay.status == 1)
         #expect(replay.stdout.contains("q: stopped, 1 left"))
-        let list = try run(["list", "--queue", "q"])
+        let list = try await run(["list", "--queue", "q"])
         #expect(list.stdout.contains("HTTP 503"))
     }
 
-    @Test func syncDispatchesTheTagOfAQueue() throws {
+    @Test func syncDispatchesTheTagOfAQueue() async throws {
         let server = try RecordingServer()
-        _ = try run(["enqueue", server.url.absoluteString, "-d", "synced", "--queue", "posts"])
-        let sync = try run(["sync", "--tag", "background-sync:posts"])
+        _ = try await run(["enqueue", server.url.absoluteString, "-d", "synced", "--queue", "posts"])
+        let sync = try await run(["sync", "--tag", "background-sync:posts"])
         #expect(sync.status == 0, "\(sync.stderr)")
         #expect(sync.stdout.contains("succeeded; 0 entries left"))
         #expect(server.bodies == ["synced"])
     }
 
-    @Test func deadLettersCanBeRequeuedAndPurged() throws {
+    @Test func deadLettersCanBeRequeuedAndPurged() async throws {
         let server = try RecordingServer()
         let accept = Box(false)
         server.respond { _, _ in accept.current ? .respond(.text("ok")) : .respond(.text("bad", status: 422)) }
         for body in ["a", "b", "c"] {
-            _ = try run(["enqueue", server.url.absoluteString, "-d", body, "--queue", "q"])
+            _ = try await run(["enqueue", server.url.absoluteString, "-d", body, "--queue", "q"])
         }
-        #expect(try run(["replay"]).stdout.contains("3 dead-lettered"))
-        let dead = try run(["list", "--dead"])
+        #expect(try await run(["replay"]).stdout.contains("3 dead-lettered"))
+        let dead = try await run(["list", "--dead"])
         #expect(dead.stdout.contains("HTTP 422"))
 
-        #expect(try run(["requeue", "2"]).stdout == "requeued entry 2 in 'q'\n")
-        #expect(try run(["requeue", "2"]).status == 2, "no longer a dead letter")
-        #expect(try run(["purge", "--dead", "--yes"]).stdout == "deleted 2 dead letters\n")
+        #expect(try await run(["requeue", "2"]).stdout == "requeued entry 2 in 'q'\n")
+        #expect(try await run(["requeue", "2"]).status == 2, "no longer a dead letter")
+        #expect(try await run(["purge", "--dead", "--yes"]).stdout == "deleted 2 dead letters\n")
         accept.withLock { $0 = true }
-        #expect(try run(["replay"]).status == 0)
+        #expect(try await run(["replay"]).status == 0)
         #expect(server.bodies.suffix(1) == ["b"])
 
-        for body in ["d", "e"] { _ = try run(["enqueue", "http://127.0.0.1:9/x", "-d", body, "--queue", "q"]) }
-        #expect(try run(["purge", "--queue", "q"]).stdout == "deleted 2 entries\n", "no terminal: no question")
-        #expect(try run(["requeue", "--all-dead"]).stdout == "requeued 0 dead letters\n")
+        for body in ["d", "e"] { _ = try await run(["enqueue", "http://127.0.0.1:9/x", "-d", body, "--queue", "q"]) }
+        #expect(try await run(["purge", "--queue", "q"]).stdout == "deleted 2 entries\n", "no terminal: no question")
+        #expect(try await run(["requeue", "--all-dead"]).stdout == "requeued 0 dead letters\n")
     }
 
     @Test func runStopsOnSIGTERMOnlyAfterTheSendInFlightAndLosesNothing() async throws {
@@ -175,7 +180,7 @@ struct CLITests {
             return .respond(.text("ok", status: 201))
         }
         for body in ["a", "b", "c"] {
-            _ = try run(["enqueue", server.url.absoluteString, "-d", body, "--queue", "q"])
+            _ = try await run(["enqueue", server.url.absoluteString, "-d", body, "--queue", "q"])
         }
         let daemon = Process()
         daemon.executableURL = builtProductURL("bgsync")
@@ -203,14 +208,14 @@ struct CLITests {
         #expect(delivered.isDisjoint(with: queued), "a delivered entry is not left queued")
     }
 
-    @Test func showAndReplayTellWhatTheServerAnswered() throws {
+    @Test func showAndReplayTellWhatTheServerAnswered() async throws {
         let server = try RecordingServer()
         server.respond { request, _ in
             request.path.hasSuffix("/auth") ? .respond(.text("who are you?", status: 401))
                 : .respond(.text("server says no", status: 503))
         }
-        _ = try run(["enqueue", server.url.absoluteString, "-d", "a", "--queue", "q"])
-        let replay = try run(["replay", "--json"])
+        _ = try await run(["enqueue", server.url.absoluteString, "-d", "a", "--queue", "q"])
+        let replay = try await run(["replay", "--json"])
         #expect(replay.status == 1)
         let outcomes = try JSONSerialization.jsonObject(with: Data(replay.stdout.utf8)) as? [[String: Any]]
         #expect(outcomes?.count == 1)
@@ -220,46 +225,46 @@ struct CLITests {
         #expect((outcomes?.first?["message"] as? String)?.contains("HTTP 503") == true)
         #expect(Set(outcomes?.first?.keys.map { $0 } ?? []) == ["queue", "result", "delivered", "deadLettered", "expired", "left", "message"])
 
-        let shown = try run(["show", "1"])
+        let shown = try await run(["show", "1"])
         #expect(shown.stdout.contains("last failure (httpStatus): HTTP 503"), "\(shown.stdout)")
         #expect(shown.stdout.contains("server's answer: server says no"))
-        let json = try JSONSerialization.jsonObject(with: Data(try run(["show", "1", "--json"]).stdout.utf8)) as? [String: Any]
+        let json = try JSONSerialization.jsonObject(with: Data(try await run(["show", "1", "--json"]).stdout.utf8)) as? [String: Any]
         let failure = json?["lastFailure"] as? [String: Any]
         #expect(failure?["kind"] as? String == "httpStatus")
         #expect(failure?["status"] as? Int == 503)
         #expect(failure?["responseExcerpt"] as? String == "server says no")
 
-        _ = try run(["enqueue", server.server.baseURL.appendingPathComponent("auth").absoluteString, "-d", "b", "--queue", "auth"])
-        let paused = try run(["replay", "--queue", "auth"])
+        _ = try await run(["enqueue", server.server.baseURL.appendingPathComponent("auth").absoluteString, "-d", "b", "--queue", "auth"])
+        let paused = try await run(["replay", "--queue", "auth"])
         #expect(paused.status == 1)
         #expect(paused.stdout.contains("wants credentials"), "\(paused.stdout)")
         #expect(!paused.stdout.contains("resume()"), "no library call named to a command-line user")
     }
 
-    @Test func aStuckEntryIsSetAsideOrDeleted() throws {
+    @Test func aStuckEntryIsSetAsideOrDeleted() async throws {
         let server = try RecordingServer()
-        _ = try run(["enqueue", "http://127.0.0.1:9/gone", "-d", "stuck", "--queue", "q"])
-        _ = try run(["enqueue", server.url.absoluteString, "-d", "good", "--queue", "q"])
-        #expect(try run(["replay"]).status == 1, "the head blocks the queue")
-        let aside = try run(["set-aside", "1", "--reason", "host is gone"])
+        _ = try await run(["enqueue", "http://127.0.0.1:9/gone", "-d", "stuck", "--queue", "q"])
+        _ = try await run(["enqueue", server.url.absoluteString, "-d", "good", "--queue", "q"])
+        #expect(try await run(["replay"]).status == 1, "the head blocks the queue")
+        let aside = try await run(["set-aside", "1", "--reason", "host is gone"])
         #expect(aside.status == 0, "\(aside.stderr)")
         #expect(aside.stdout == "set entry 1 of 'q' aside as a dead letter\n")
-        #expect(try run(["replay"]).stdout.contains("q: drained, 1 delivered"))
+        #expect(try await run(["replay"]).stdout.contains("q: drained, 1 delivered"))
         #expect(server.bodies == ["good"])
-        let dead = try run(["list", "--dead"])
+        let dead = try await run(["list", "--dead"])
         #expect(dead.stdout.contains("set aside"), "\(dead.stdout)")
-        #expect(try run(["set-aside", "1"]).status == 2, "already a dead letter")
-        let deleted = try run(["delete", "1"])
+        #expect(try await run(["set-aside", "1"]).status == 2, "already a dead letter")
+        let deleted = try await run(["delete", "1"])
         #expect(deleted.status == 0, "\(deleted.stderr)")
         #expect(deleted.stdout.hasPrefix("deleted dead letter 1 "))
-        let missing = try run(["delete", "1"])
+        let missing = try await run(["delete", "1"])
         #expect(missing.status == 2)
         #expect(missing.stderr == "bgsync: no entry with id 1\n")
     }
 
     /// Another process holds the database's write lock: not bad input, a storage failure (4).
-    @Test func aLockedDatabaseIsAStorageFailure() throws {
-        _ = try run(["enqueue", "https://a.example/x", "-d", "a", "--queue", "q"])
+    @Test func aLockedDatabaseIsAStorageFailure() async throws {
+        _ = try await run(["enqueue", "https://a.example/x", "-d", "a", "--queue", "q"])
         let holder = Process()
         holder.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         holder.arguments = [
@@ -278,21 +283,21 @@ struct CLITests {
         }
         let locked = output.fileHandleForReading.readData(ofLength: 7)
         #expect(String(decoding: locked, as: UTF8.self) == "locked\n")
-        let result = try run(["enqueue", "https://a.example/y", "-d", "b", "--queue", "q", "--busy-timeout", "0.2"])
+        let result = try await run(["enqueue", "https://a.example/y", "-d", "b", "--queue", "q", "--busy-timeout", "0.2"])
         #expect(result.status == 4, "\(result.stderr)")
         #expect(result.stderr.contains("locked by another process"), "\(result.stderr)")
         #expect(result.stderr.split(separator: "\n").count == 1)
     }
 
-    @Test func helpReadsLikeAWellKeptTool() throws {
-        let help = try bgsync(["--help"])
+    @Test func helpReadsLikeAWellKeptTool() async throws {
+        let help = try await bgsync(["--help"])
         #expect(help.status == 0)
         for command in [
             "enqueue", "send", "queues", "list", "show", "replay", "sync", "requeue", "set-aside", "delete", "purge", "run",
             "demo",
         ] {
             #expect(help.stdout.contains("  \(command) "), "\(command) is listed")
-            let page = try bgsync(["help", command])
+            let page = try await bgsync(["help", command])
             #expect(page.status == 0)
             #expect(page.stdout.contains("OVERVIEW:"))
             if command != "demo" {
@@ -368,7 +373,7 @@ struct CLIBadInputTests {
             }
         }
         let before = FileManager.default.contents(atPath: path)
-        let result = try bgsync(test.arguments + ["--db", path])
+        let result = try await bgsync(test.arguments + ["--db", path])
         #expect(result.status == test.status, "\(result.stdout)\(result.stderr)")
         let lines = result.stderr.split(separator: "\n")
         #expect(lines.count == 1, "one line: \(result.stderr)")

@@ -74,21 +74,21 @@ struct DamagedFileTests {
         }
         try database.close()
         let damagedBytes = try bytes(path)
-        let enqueue = try bgsync(["enqueue", "http://127.0.0.1:9/posts/new", "--queue", "posts", "-d", "x", "--db", path])
+        let enqueue = try await bgsync(["enqueue", "http://127.0.0.1:9/posts/new", "--queue", "posts", "-d", "x", "--db", path])
         #expect(enqueue.status == 4)
         #expect(enqueue.stderr.contains("is damaged") && enqueue.stderr.contains("salvage"), "\(enqueue.stderr)")
         #expect(try bytes(path) == damagedBytes)
 
         // Salvage: a new file with what can be read; the damaged one untouched.
         let salvaged = folder.appendingPathComponent("salvaged.sqlite").path
-        let run = try bgsync(["salvage", "--db", path, "--to", salvaged, "--json"])
+        let run = try await bgsync(["salvage", "--db", path, "--to", salvaged, "--json"])
         #expect(run.status == 0, "\(run.stderr)")
         let report = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
         let (count, unreadable, setAside) = (report["salvaged"] as? Int ?? -1, report["unreadable"] as? Int ?? -1, report["setAside"] as? Int ?? -1)
         #expect(count + unreadable == 200, "\(report)")
         #expect(count >= 150 && count < 200, "one page of a 200-entry file is damaged: \(report)")
         #expect(try bytes(path) == damagedBytes)
-        #expect(try bgsync(["salvage", "--db", path, "--to", salvaged]).status == 2, "salvage never overwrites")
+        #expect(try await bgsync(["salvage", "--db", path, "--to", salvaged]).status == 2, "salvage never overwrites")
 
         // Every entry copied is the one stored, with its queue, position, key and metadata;
         // one with a field the damage garbled is a dead letter that says so.
@@ -124,7 +124,7 @@ struct DamagedFileTests {
         #expect(next.id > original.map(\.id).max() ?? 0)
         try copy.close()
         #expect(rename(salvaged, path) == 0)
-        let replaced = try bgsync(["enqueue", "http://127.0.0.1:9/posts/after", "--queue", "posts", "-d", "x", "--db", path])
+        let replaced = try await bgsync(["enqueue", "http://127.0.0.1:9/posts/after", "--queue", "posts", "-d", "x", "--db", path])
         #expect(replaced.status == 0, "\(replaced.stderr)")
         #expect(!FileManager.default.fileExists(atPath: path + ".damaged"))
     }

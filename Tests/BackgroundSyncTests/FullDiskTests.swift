@@ -34,28 +34,28 @@ struct FullDiskTests {
         let (ids, error) = try await fill(queue, url: URL(string: "http://127.0.0.1:9/posts")!)
         #expect(ids.count > 500)
         #expect(error.code == .storage)
-        #expect(error.message.contains("the disk is full") && error.message.contains("free space"), "\(error.message)")
+        #expect(error.description.contains("the disk is full") && error.message.contains("free space"), "\(error.description)")
         // Every id a push returned is stored.
         #expect(try await queue.size() == ids.count)
 
-        let enqueue = try bgsync(["enqueue", "http://127.0.0.1:9/posts", "--queue", "posts", "-d", String(repeating: "y", count: 900), "--db", path])
+        let enqueue = try await bgsync(["enqueue", "http://127.0.0.1:9/posts", "--queue", "posts", "-d", String(repeating: "y", count: 900), "--db", path])
         #expect(enqueue.status == 4, "\(enqueue.stderr)")
         #expect(enqueue.stderr.contains("the disk is full"), "\(enqueue.stderr)")
         #expect(enqueue.stderr.split(separator: "\n").count == 1)
 
         // Not a byte left: deleting one dead letter, the dead letters, then everything still works.
         try disk.fillUp()
-        #expect(try bgsync(["set-aside", "\(ids[0])", "--db", path]).status == 0)
-        #expect(try bgsync(["set-aside", "\(ids[1])", "--db", path]).status == 0)
+        #expect(try await bgsync(["set-aside", "\(ids[0])", "--db", path]).status == 0)
+        #expect(try await bgsync(["set-aside", "\(ids[1])", "--db", path]).status == 0)
         try disk.fillUp()
-        let delete = try bgsync(["delete", "\(ids[0])", "--yes", "--db", path])
+        let delete = try await bgsync(["delete", "\(ids[0])", "--yes", "--db", path])
         #expect(delete.status == 0, "\(delete.stderr)")
-        let dead = try bgsync(["purge", "--dead", "--yes", "--db", path])
+        let dead = try await bgsync(["purge", "--dead", "--yes", "--db", path])
         #expect(dead.stdout == "deleted 1 dead letters\n", "\(dead.stderr)")
         try disk.fillUp()
-        let purge = try bgsync(["purge", "--queue", "posts", "--yes", "--db", path])
+        let purge = try await bgsync(["purge", "--queue", "posts", "--yes", "--db", path])
         #expect(purge.stdout == "deleted \(ids.count - 2) entries\n", "\(purge.stderr)")
-        let queues = try bgsync(["queues", "--json", "--db", path])
+        let queues = try await bgsync(["queues", "--json", "--db", path])
         #expect(queues.stdout.contains(#""pending" : 0"#), "\(queues.stdout)")
     }
 

@@ -29,7 +29,12 @@ struct SharedFileTests {
     }
 
     /// Runs `bgsync` as `uid` (its own group, no others), with the test's database.
-    private func run(as uid: uid_t, _ arguments: [String]) throws -> CLIRun {
+    private func run(as uid: uid_t, _ arguments: [String]) async throws -> CLIRun {
+        let (binary, db) = (binary, db)
+        return try await offCooperativePool { try Self.runBlocking(binary: binary, db: db, as: uid, arguments) }
+    }
+
+    private static func runBlocking(binary: String, db: String, as uid: uid_t, _ arguments: [String]) throws -> CLIRun {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
         process.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", binary] + arguments + ["--db", db]
@@ -60,9 +65,9 @@ struct SharedFileTests {
         return owners
     }
 
-    private func expectReads(as uid: uid_t, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    private func expectReads(as uid: uid_t, sourceLocation: SourceLocation = #_sourceLocation) async throws {
         for arguments in [["queues"], ["list"], ["show", "1"]] {
-            let run = try run(as: uid, arguments)
+            let run = try await run(as: uid, arguments)
             #expect(run.status == 0, "\(arguments): \(run.stderr)", sourceLocation: sourceLocation)
             if arguments != ["queues"] {
                 #expect(run.stdout.contains("http://127.0.0.1:9/posts"), sourceLocation: sourceLocation)
@@ -70,30 +75,30 @@ struct SharedFileTests {
         }
     }
 
-    @Test func readCommandsWorkOnAFileTheUserCannotWrite() throws {
+    @Test func readCommandsWorkOnAFileTheUserCannotWrite() async throws {
         // The folder and the file belong to the owner; the reader may read the file, not write
         // either. Then the owner itself, with a 0400 file.
         try FileManager.default.setAttributes([.posixPermissions: 0o755, .ownerAccountID: Self.owner], ofItemAtPath: folder.path)
-        #expect(try run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "x"]).status == 0)
+        #expect(try await run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "x"]).status == 0)
         try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: db)
-        try expectReads(as: Self.reader)
+        try await expectReads(as: Self.reader)
         #expect(try files() == ["queue.sqlite": Self.owner, "queue.sqlite.reserve": Self.owner])
         try FileManager.default.setAttributes([.posixPermissions: 0o400], ofItemAtPath: db)
-        try expectReads(as: Self.owner)
+        try await expectReads(as: Self.owner)
         #expect(try files().values.allSatisfy { $0 == Self.owner })
-        let write = try run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "y"])
+        let write = try await run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "y"])
         #expect(write.status == 4, "\(write.stderr)")
         #expect(write.stderr.contains("readonly") || write.stderr.contains("read-only"), "\(write.stderr)")
     }
 
-    @Test func aReaderLeavesNothingTheOwnerCannotUse() throws {
+    @Test func aReaderLeavesNothingTheOwnerCannotUse() async throws {
         // A folder everyone may write to: a reader's SQLite could create -wal and -shm files there.
         try FileManager.default.setAttributes([.posixPermissions: 0o777], ofItemAtPath: folder.path)
-        #expect(try run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "x"]).status == 0)
+        #expect(try await run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "x"]).status == 0)
         try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: db)
-        try expectReads(as: Self.reader)
+        try await expectReads(as: Self.reader)
         #expect(try files() == ["queue.sqlite": Self.owner, "queue.sqlite.reserve": Self.owner], "the reader left files behind")
-        let second = try run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "y"])
+        let second = try await run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "y"])
         #expect(second.status == 0, "\(second.stderr)")
 
         // While the owner's daemon holds the file open (its -wal and -shm exist, 0644): the reader
@@ -109,14 +114,14 @@ struct SharedFileTests {
             daemon.waitUntilExit()
         }
         let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline, try files().count < 4 { usleep(10_000) }
+        while Date() < deadline, try files().count < 4 { try await Task.sleep(for: .milliseconds(10)) }
         #expect(try files() == [
             "queue.sqlite": Self.owner, "queue.sqlite-wal": Self.owner, "queue.sqlite-shm": Self.owner,
             "queue.sqlite.reserve": Self.owner,
         ])
-        try expectReads(as: Self.reader)
+        try await expectReads(as: Self.reader)
         #expect(try files().values.allSatisfy { $0 == Self.owner })
-        let third = try run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "z"])
+        let third = try await run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "z"])
         #expect(third.status == 0, "\(third.stderr)")
     }
 }

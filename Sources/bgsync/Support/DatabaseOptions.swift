@@ -67,7 +67,7 @@ extension DatabaseOptions {
         let readOnly: SQLiteQueueDatabase
         do {
             readOnly = try open(.read)
-        } catch let error as BackgroundSyncError where error.code == .storage && FileManager.default.fileExists(atPath: resolvedPath) {
+        } catch let error as BackgroundSyncError where error.code == .storage && error.message.contains("needs an upgrade") {
             let db = try open(.write)
             if let found = try await check(db) { try await change(db, found) }
             return

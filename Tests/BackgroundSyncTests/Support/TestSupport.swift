@@ -151,3 +151,11 @@ func orderedClaim(_ database: any QueueDatabase, _ queue: String) async throws -
     try await claims.finish()
     return (first, entries)
 }
+
+/// Runs blocking work (waiting for a child process) on a thread of its own: on a 2-core machine the
+/// cooperative pool has two threads, and tests that block them starve every other running test.
+func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}

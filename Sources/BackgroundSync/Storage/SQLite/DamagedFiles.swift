@@ -13,14 +13,15 @@ import Darwin
 /// end up unreadable behind the damaged page. Reading goes on, and ``SQLiteQueueDatabase/salvage(from:to:)``
 /// copies what can be read into a new file.
 ///
-/// The finding is kept in this process and in a marker file next to the database
-/// (`<file>.damaged`), so that processes that open the file later refuse to write too. Both name
-/// the file by its device and inode: a file moved in place since (a salvaged copy renamed over
-/// it) is not refused, and its stale marker is removed; a file this library creates at that path
-/// removes the marker too. A process that has the file open already learns of the damage when
-/// SQLite reports it to that process.
+/// A finding names the file by its device and inode, in this process (each instance refuses
+/// writes into the file it opened) and in a marker file next to the database (`<file>.damaged`),
+/// so that processes that open the file later refuse to write too. A file moved in place since (a
+/// salvaged copy renamed over it) is another file: it is not refused, and the stale marker is
+/// removed; a file this library creates at the path removes the marker too. A process that has
+/// the file open already learns of the damage when SQLite reports it to that process.
 enum DamagedFiles {
-    private struct Identity: Codable, Equatable {
+    /// A file, by device and inode.
+    struct Identity: Codable, Hashable, Sendable {
         var device: UInt64
         var inode: UInt64
     }
@@ -31,11 +32,8 @@ enum DamagedFiles {
         var seenAt: Date
     }
 
-    /// Damaged files this process saw, by path: the file's identity then, and SQLite's message.
-    private static let seen = Locked<[String: (file: Identity, message: String)]>([:])
-    /// Files this process reads as snapshots (immutable URIs): a read there that fails may be a
-    /// writer's checkpoint under way, not damage.
-    private static let snapshotReads = Locked<Set<String>>([])
+    /// Damaged files this process saw, with SQLite's message.
+    private static let seen = Locked<[Identity: String]>([:])
 
     static func markerPath(_ path: String) -> String { path + ".damaged" }
 
@@ -47,21 +45,11 @@ enum DamagedFiles {
                 + "with `bgsync salvage --db \(path) --to NEW_FILE` (SQLiteQueueDatabase.salvage) and use that file")
     }
 
-    static func noteSnapshotRead(path: String) {
-        _ = snapshotReads.withLock { $0.insert(path) }
-    }
-
-    /// Notes that `path` is damaged, in this process and (if the folder can be written) in the
-    /// marker file, and returns the error to report. A file read as a snapshot is not marked.
+    /// Notes that the file at `path` is damaged, in this process and (if the folder can be
+    /// written) in the marker file, and returns the error to report.
     static func record(path: String, message: String) -> BackgroundSyncError {
-        if snapshotReads.withLock({ $0.contains(path) }) {
-            return BackgroundSyncError(
-                .storage,
-                "cannot read '\(path)' (\(message)): it changed while it was read without locks (its owner's "
-                    + "process started writing), or it is damaged; try again")
-        }
         guard path != ":memory:", let file = identity(path) else { return error(path: path, message: message) }
-        seen.withLock { $0[path] = $0[path] ?? (file, message) }
+        seen.withLock { $0[file] = $0[file] ?? message }
         if let data = try? JSONEncoder().encode(Marker(file: file, message: message, seenAt: Date())) {
             // Best effort: a reader that may not write the folder still refuses in its own process.
             _ = FileManager.default.createFile(atPath: markerPath(path), contents: data, attributes: [.posixPermissions: 0o644])
@@ -69,39 +57,31 @@ enum DamagedFiles {
         return error(path: path, message: message)
     }
 
-    /// Throws if `path` was found damaged by this process and is still the same file.
-    static func refuseWrites(path: String) throws {
-        guard let found = seen.withLock({ $0[path] }) else { return }
-        guard identity(path) == found.file else {
-            forget(path: path)
-            return
-        }
-        throw error(path: path, message: found.message)
+    /// Throws if the file an instance opened (`file`, at `path`) was found damaged in this process.
+    static func refuseWrites(path: String, file: Identity?) throws {
+        guard let file, let message = seen.withLock({ $0[file] }) else { return }
+        throw error(path: path, message: message)
     }
 
-    /// At opening for writing: throws if this process or a marker says the file is damaged, and
-    /// removes a marker whose file was replaced since.
+    /// At opening for writing: throws if this process or a marker found the file now at `path`
+    /// damaged, and removes a marker that names another file.
     static func checkMarker(path: String) throws {
-        try refuseWrites(path: path)
+        guard let file = identity(path) else { return }
+        try refuseWrites(path: path, file: file)
         let marker = markerPath(path)
         guard let data = FileManager.default.contents(atPath: marker) else { return }
         guard let found = try? JSONDecoder().decode(Marker.self, from: data) else {
             throw error(path: path, message: "its marker file '\(marker)' says so")
         }
-        if identity(path) == found.file {
-            seen.withLock { $0[path] = (found.file, found.message) }
+        if found.file == file {
+            seen.withLock { $0[file] = found.message }
             throw error(path: path, message: found.message)
         }
         try? FileManager.default.removeItem(atPath: marker)
     }
 
-    /// Forgets what was found about `path` (a new file was created there).
-    static func forget(path: String) {
-        _ = seen.withLock { $0.removeValue(forKey: path) }
-        try? FileManager.default.removeItem(atPath: markerPath(path))
-    }
-
-    private static func identity(_ path: String) -> Identity? {
+    /// The device and inode of the file at `path`.
+    static func identity(_ path: String) -> Identity? {
         var info = stat()
         guard stat(path, &info) == 0 else { return nil }
         return Identity(device: UInt64(truncatingIfNeeded: info.st_dev), inode: UInt64(truncatingIfNeeded: info.st_ino))

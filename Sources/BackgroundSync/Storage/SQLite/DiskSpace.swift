@@ -3,6 +3,10 @@ import GRDB
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Room on the file system of a database, for when the disk is full.
@@ -32,37 +36,49 @@ final class DiskReserve: Sendable {
     /// bytes are written, not a sparse file, so that the space is really held.
     func ensure() {
         if FileManager.default.fileExists(atPath: path) {
+            excludeFromBackups()
             released.withLock { $0 = false }
             return
         }
         // Not worth trying (writing up to `size` bytes) without the room for it.
         if let free = SQLiteQueueDatabase.freeBytes(near: path), free < size { return }
-        let temporary = path + ".tmp"
-        guard Self.allocate(temporary, size: size), (try? FileManager.default.moveItem(atPath: temporary, toPath: path)) != nil else {
+        let temporary = path + ".tmp-" + UUID().uuidString
+        guard Self.allocate(temporary, size: size), rename(temporary, path) == 0 else {
             try? FileManager.default.removeItem(atPath: temporary)
             return
         }
+        excludeFromBackups()
+        released.withLock { $0 = false }
+    }
+
+    /// Room, not data: not worth a place in the device's backups.
+    private func excludeFromBackups() {
         #if canImport(Darwin)
-        // Room, not data: not worth a place in the device's backups.
         var url = URL(fileURLWithPath: path)
         var values = URLResourceValues()
         values.isExcludedFromBackup = true
         try? url.setResourceValues(values)
         #endif
-        released.withLock { $0 = false }
     }
 
-    /// Creates a file of `size` bytes whose blocks are allocated: `posix_fallocate` where there is
-    /// one (a file of zeros would take no room on a file system that compresses), else zeros.
+    /// Creates a new file (never follows a link, never reuses a file) of `size` bytes whose blocks
+    /// are allocated: `posix_fallocate` where the file system has it (a file of zeros would take
+    /// no room on one that compresses), else zeros.
     private static func allocate(_ path: String, size: Int) -> Bool {
-        #if canImport(Glibc)
-        let descriptor = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
+        let descriptor = open(path, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else { return false }
         defer { close(descriptor) }
-        return posix_fallocate(descriptor, 0, off_t(size)) == 0
-        #else
-        return FileManager.default.createFile(atPath: path, contents: Data(count: size), attributes: [.posixPermissions: 0o600])
+        #if canImport(Glibc)
+        if posix_fallocate(descriptor, 0, off_t(size)) == 0 { return true }
         #endif
+        let zeros = [UInt8](repeating: 0, count: 64 << 10)
+        var written = 0
+        while written < size {
+            let count = zeros.withUnsafeBytes { write(descriptor, $0.baseAddress, min(zeros.count, size - written)) }
+            guard count > 0 else { return false }
+            written += count
+        }
+        return true
     }
 
     /// Deletes the reserve; returns whether there was one.
@@ -146,13 +162,13 @@ extension SQLiteQueueDatabase {
         } ?? "no room"
         return BackgroundSyncError(
             .storage,
-            "cannot \(action) '\(path)': the disk is full (\(free)); free space on its file system — deleting entries "
-                + "(`bgsync purge`, `bgsync delete`) works even on a full disk",
+            "cannot \(action) '\(path)' (\(free); free space on its file system — deleting entries with "
+                + "`bgsync purge` or `bgsync delete` works even now)",
             underlying: DiskFull())
     }
 }
 
-/// The underlying error of a write a full disk had no room for.
+/// The underlying error of a write a full disk had no room for; it ends the error's description.
 struct DiskFull: Error, CustomStringConvertible {
-    var description: String { "no space left on the device" }
+    var description: String { "the disk is full" }
 }

@@ -47,7 +47,7 @@ extension SQLiteQueueDatabase {
         } catch let error as DatabaseError where error.resultCode == .SQLITE_INTERRUPT && Task.isCancelled {
             throw CancellationError()
         } catch {
-            throw Self.mapError(error, path: path, action: action)
+            throw Self.mapError(error, path: path, action: action, snapshot: readsSnapshot)
         }
     }
 
@@ -106,19 +106,22 @@ extension SQLiteQueueDatabase {
         let bookkeeping = Configuration.Synchronous.normal.rawValue
         /// The mode the writer connection is in; read and changed on the writer only.
         private let current: Locked<String>
-        /// The database file, which takes no write once found damaged (``DamagedFiles``).
+        /// The database file, which takes no write once found damaged (``DamagedFiles``), and the
+        /// file it was when opened.
         private let path: String
+        private let file: DamagedFiles.Identity?
 
         init(durable: Configuration.Synchronous, path: String) {
             self.durable = durable.rawValue
             current = Locked(durable.rawValue)
             self.path = path
+            file = path == ":memory:" ? nil : DamagedFiles.identity(path)
         }
 
         /// Sets `mode` on the writer connection if needed, then runs `body` in a transaction.
         /// Every write goes through here; none goes to a file found damaged.
         func transaction<T>(_ mode: String, _ db: Database, _ body: () throws -> T) throws -> T {
-            try DamagedFiles.refuseWrites(path: path)
+            try DamagedFiles.refuseWrites(path: path, file: file)
             if current.withLock({ $0 }) != mode {
                 try db.execute(sql: "PRAGMA synchronous = \(mode)")
                 current.withLock { $0 = mode }

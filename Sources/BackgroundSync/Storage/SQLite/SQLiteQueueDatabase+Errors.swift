@@ -3,8 +3,16 @@ import GRDB
 
 extension SQLiteQueueDatabase {
     /// The library's error for a SQLite or GRDB error, naming the file and what was being done.
-    static func mapError(_ error: any Error, path: String, action: String) -> BackgroundSyncError {
+    /// A failure of a connection that reads a snapshot (`snapshot`) is not taken for damage:
+    /// without locks, a read may overlap a writer's checkpoint.
+    static func mapError(_ error: any Error, path: String, action: String, snapshot: Bool = false) -> BackgroundSyncError {
         if let error = error as? BackgroundSyncError { return error }
+        if snapshot, let error = error as? DatabaseError, error.resultCode == .SQLITE_CORRUPT {
+            return BackgroundSyncError(
+                .storage,
+                "cannot read '\(path)' (\(error.message ?? "malformed")): it changed while it was read without locks (its "
+                    + "owner's process started writing), or it is damaged; try again")
+        }
         if isDiskFull(error, path: path) { return diskFullError(path: path, action: action) }
         if let error = error as? DatabaseError {
             switch error.resultCode {

@@ -15,7 +15,9 @@ extension SQLiteQueueDatabase {
     /// On a full disk (SQLite cannot make its `-wal` and `-shm` files), the opening for writing
     /// releases the file's reserve and tries again, so that entries can still be deleted; a file
     /// it created is removed when the opening fails.
-    static func openPool(at url: URL, configuration: Configuration, reserve: DiskReserve? = nil) throws -> DatabasePool {
+    static func openPool(
+        at url: URL, configuration: Configuration, reserve: DiskReserve? = nil
+    ) throws -> (pool: DatabasePool, snapshot: Bool) {
         var created = false
         // Removes the file this opening created, if nothing was written to it (another process
         // may have created it at the same moment and written since).
@@ -44,31 +46,38 @@ extension SQLiteQueueDatabase {
         }
     }
 
-    private static func openPoolOnce(at url: URL, configuration: Configuration, created: inout Bool) throws -> DatabasePool {
+    private static func openPoolOnce(
+        at url: URL, configuration: Configuration, created: inout Bool
+    ) throws -> (pool: DatabasePool, snapshot: Bool) {
         if configuration.readOnly {
+            let snapshot = readsAsSnapshot(url.path)
             do {
-                return try openPoolOnce(at: url, configuration: configuration, snapshot: readsAsSnapshot(url.path))
-            } catch let error as BackgroundSyncError where error.code == .storage && canReadAsSnapshot(url.path) {
-                // Read access to the file, not write access to its folder: a snapshot needs none.
-                return try openPoolOnce(at: url, configuration: configuration, snapshot: true)
+                return (try openPoolOnce(at: url, configuration: configuration, snapshot: snapshot), snapshot)
+            } catch let error as BackgroundSyncError
+                where !snapshot && canReadAsSnapshot(url.path) && error.code == .storage
+                && !error.message.contains("is damaged") && !error.message.contains("locked")
+            {
+                // Read access to the file, not write access to its folder (SQLite could not make
+                // its -shm file): a snapshot needs none. If that fails too, the first error says why.
+                guard let pool = try? openPoolOnce(at: url, configuration: configuration, snapshot: true) else { throw error }
+                return (pool, true)
             }
         }
         if FileManager.default.fileExists(atPath: url.path) {
             try DamagedFiles.checkMarker(path: url.path)
         } else if try createFile(at: url) {
             created = true
-            // A marker left by a damaged file of the same name does not apply to this new one.
-            DamagedFiles.forget(path: url.path)
+            // A marker left by a damaged file of the same name names another file: removed.
+            try DamagedFiles.checkMarker(path: url.path)
         }
-        return try openPoolOnce(at: url, configuration: configuration, snapshot: false)
+        return (try openPoolOnce(at: url, configuration: configuration, snapshot: false), false)
     }
 
     private static func openPoolOnce(at url: URL, configuration: Configuration, snapshot: Bool) throws -> DatabasePool {
         var config = grdbConfiguration(configuration)
         let openPath = snapshot ? snapshotURI(url.path) : url.path
-        if snapshot { DamagedFiles.noteSnapshotRead(path: url.path) }
         if FileManager.default.fileExists(atPath: url.path) {
-            try checkExistingFile(at: url.path, openPath: openPath, configuration: config)
+            try checkExistingFile(at: url.path, openPath: openPath, snapshot: snapshot, configuration: config)
         } else if configuration.readOnly {
             throw BackgroundSyncError(.storage, "no database at '\(url.path)'")
         }
@@ -91,7 +100,7 @@ extension SQLiteQueueDatabase {
             }
             return pool
         } catch {
-            throw mapError(error, path: url.path, action: "open")
+            throw mapError(error, path: url.path, action: "open", snapshot: snapshot)
         }
     }
 
@@ -105,7 +114,9 @@ extension SQLiteQueueDatabase {
     static func readsAsSnapshot(_ path: String) -> Bool {
         guard canReadAsSnapshot(path) else { return false }
         var info = stat()
-        return stat(path, &info) == 0 && info.st_uid != geteuid()
+        // The owner reads through SQLite, unless it may not write the file either (a 0400 file:
+        // the -wal and -shm it left would keep their mode after the file's is changed back).
+        return stat(path, &info) == 0 && (info.st_uid != geteuid() || access(path, W_OK) != 0)
     }
 
     /// Whether a snapshot read is possible: no `-wal` file, and SQLite takes URIs.
@@ -164,7 +175,9 @@ extension SQLiteQueueDatabase {
 
     /// Checks, read-only, that an existing file is a SQLite database whose schema this version
     /// knows, so that a wrong or newer file is reported without being modified.
-    private static func checkExistingFile(at path: String, openPath: String, configuration: GRDB.Configuration) throws {
+    private static func checkExistingFile(
+        at path: String, openPath: String, snapshot: Bool, configuration: GRDB.Configuration
+    ) throws {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
             throw BackgroundSyncError(.notADatabase, "'\(path)' is a directory, not a database file")
@@ -191,7 +204,7 @@ extension SQLiteQueueDatabase {
         } catch let error as BackgroundSyncError {
             throw error
         } catch {
-            throw mapError(error, path: path, action: "open")
+            throw mapError(error, path: path, action: "open", snapshot: snapshot)
         }
     }
 }

@@ -6,10 +6,11 @@ public struct SalvageReport: Sendable, Hashable {
     /// Entries copied, each with its queue, position, state, attempts, idempotency key, metadata
     /// and last failure.
     public var salvaged: Int
-    /// Entries, or ids on damaged pages, that could not be read. When an index of the damaged
-    /// file could be read whole, these are exactly the entries it lists that could not be read;
-    /// otherwise, the ids on damaged pages between two readable ones (an upper bound: ids deleted
-    /// before the damage count too).
+    /// Entries, or ids on damaged pages, that could not be read, and rows the new file refused (a
+    /// garbled value its constraints reject). When an index of the damaged file could be read
+    /// whole, the first are exactly the entries it lists that could not be read; otherwise, the
+    /// ids on damaged pages between two readable ones (an upper bound: ids deleted before the
+    /// damage count too).
     public var unreadable: Int
     /// Of the entries copied, those with a field the damage garbled (a state, a URL, header
     /// fields that do not decode): copied as dead letters, with the reason as their last failure,
@@ -60,8 +61,7 @@ extension SQLiteQueueDatabase {
         }
         // Written under another name and moved in place once complete: a salvage that fails
         // leaves no half-written destination behind.
-        let partial = destination + ".partial"
-        for suffix in ["", "-wal", "-shm", ".reserve"] { try? FileManager.default.removeItem(atPath: partial + suffix) }
+        let partial = destination + ".partial-" + UUID().uuidString
         let outcome: (copied: Int, setAside: Int, unwritable: Int)
         do {
             let target = try SQLiteQueueDatabase(path: partial, configuration: .init(diskReserve: 0))
@@ -140,9 +140,12 @@ private struct SalvagedRows {
         }
         // Between the ends the table could be read to, each id is also tried on its own (up to
         // the last id the file gave out when nothing could be read backwards).
+        // Garbled ids (near the ends of Int64) must not overflow: such a range is not probed.
         let low = forwards.ids.last ?? 0
-        let high = backwards.ids.last ?? ((lastEntryID ?? low) + 1)
-        let probing = !forwards.complete && high > low + 1 && high - low <= Self.probeLimit
+        let high = backwards.ids.last ?? (lastEntryID ?? low).addingReportingOverflow(1).partialValue
+        let span = high.subtractingReportingOverflow(low)
+        let probing = !forwards.complete && high > low && !span.overflow && span.partialValue > 1
+            && span.partialValue <= Self.probeLimit
         for id in ids.sorted() where !probing || id <= low { readEntry(id) }
         if probing {
             for id in (low + 1)..<high { readEntry(id) }
@@ -198,12 +201,18 @@ private struct SalvagedRows {
                     return .commit
                 }
                 if let id = Int64.fromDatabaseValue(values[0]) { copied.append(id) }
-            } catch {
+            } catch let error as DatabaseError
+                where [.SQLITE_CONSTRAINT, .SQLITE_MISMATCH, .SQLITE_TOOBIG].contains(error.resultCode)
+            {
+                // A garbled row the new file's constraints refuse; any other error ends the salvage.
                 unwritable += 1
             }
         }
-        // New ids go on after the damaged file's last one, so none is given twice.
-        let last = max(lastEntryID ?? 0, highestID ?? 0)
+        // New ids go on after the damaged file's last one, so none is given twice (a garbled
+        // counter far beyond the ids read is not trusted).
+        let highest = highestID ?? 0
+        let counter = lastEntryID.flatMap { $0 >= highest && $0 - highest <= Self.probeLimit ? $0 : nil }
+        let last = max(counter ?? 0, highest)
         try db.execute(sql: "DELETE FROM sqlite_sequence WHERE name = 'entry'")
         try db.execute(sql: "INSERT INTO sqlite_sequence(name, seq) VALUES ('entry', ?)", arguments: [last])
         // A row read from a damaged page may hold garbled fields: each entry is read back as a

@@ -40,11 +40,13 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         /// Open without ever writing to the file (for inspection tools): the file must exist and be
         /// up to date; every write throws. Default: `false`.
         ///
-        /// Nothing is created next to the file either: when it has no `-wal` file (no process has
-        /// it open for writing), it is read as it is on disk, without SQLite's `-wal` and `-shm`
-        /// files, so a user who may read the file but not write it or its folder can read it, and
-        /// leaves no file the owner cannot use. Writes another process starts after the opening are
-        /// then not seen.
+        /// Opened by another user than the file's owner (or by one who may not write it) while it has
+        /// no `-wal` file (no process has it open for writing), the file is read as it is on disk,
+        /// without SQLite's locks, `-wal` and `-shm` files: a user who may read the file but not
+        /// write it or its folder can read it, and leaves no file the owner cannot use. Writes
+        /// another process starts after the opening are then not seen, and a read that overlaps
+        /// one may fail ("try again"). The owner reads through SQLite (which may leave an empty
+        /// `-wal` and `-shm` of the owner's).
         public var readOnly: Bool
         /// Bytes held in a file next to the database (`<file>.reserve`) so that entries can still
         /// be deleted, and a queue drained, when the disk is full: SQLite's WAL needs room even to
@@ -70,6 +72,8 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     /// have the same identity.
     public let identity: String
     let writer: any DatabaseWriter
+    /// Read-only, and reading the file as a snapshot (see ``Configuration/readOnly``).
+    let readsSnapshot: Bool
     /// Space held for deletions on a full disk; `nil` in memory and read-only.
     let reserve: DiskReserve?
     /// `PRAGMA synchronous` for durable writes (the configured mode) and for replay bookkeeping.
@@ -99,7 +103,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
         let reserve = configuration.readOnly || configuration.diskReserve <= 0
             ? nil : DiskReserve(databasePath: url.path, size: configuration.diskReserve)
         self.reserve = reserve
-        writer = try Self.openPool(at: url, configuration: configuration, reserve: reserve)
+        (writer, readsSnapshot) = try Self.openPool(at: url, configuration: configuration, reserve: reserve)
         reserve?.ensure()
         synchronous = SynchronousModes(durable: configuration.synchronous, path: self.path)
         let undeletedDeliveries = Locked<[String: Set<Int64>]>([:])
@@ -112,6 +116,7 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     private init(memory: Void) throws {
         path = ":memory:"
         reserve = nil
+        readsSnapshot = false
         identity = "memory:" + UUID().uuidString
         ownedDirectory = nil
         busyTimeout = Configuration().busyTimeout
@@ -144,9 +149,6 @@ public final class SQLiteQueueDatabase: QueueDatabase {
     /// use of this instance throws. Throws if SQLite cannot close (the database then stays open).
     /// A ``shared(path:)`` instance that is closed is no longer handed out.
     public func close() throws {
-        Self.sharedDatabases.withLock { databases in
-            if let key = databases.first(where: { $0.value === self })?.key { databases[key] = nil }
-        }
         do {
             try leaseCheckConnection.withLock { connection in
                 try connection?.close()
@@ -158,6 +160,9 @@ public final class SQLiteQueueDatabase: QueueDatabase {
             try writer.close()
             // The -wal and -shm files are gone: their room may make the reserve again.
             reserve?.restoreIfReleased()
+            Self.sharedDatabases.withLock { databases in
+                if let key = databases.first(where: { $0.value === self })?.key { databases[key] = nil }
+            }
         } catch {
             throw Self.mapError(error, path: path, action: "close")
         }
