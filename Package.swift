@@ -67,6 +67,8 @@ let package = Package(
         // A small HTTP/1.1 server on POSIX sockets, bound to loopback, with fault injection.
         // Used by `bgsync demo` and the tests; not a product.
         .target(name: "LoopbackHTTPServer"),
+        // A real PostgreSQL server of its own, for tests and the benchmark (Debian's postgresql).
+        .target(name: "PostgresTestServer"),
         .executableTarget(
             name: "bgsync",
             dependencies: [
@@ -105,6 +107,7 @@ let package = Package(
                 "BackgroundSyncAsyncHTTPClient",
                 "BackgroundSyncOpenAPI",
                 "LoopbackHTTPServer",
+                "PostgresTestServer",
                 "BackgroundSyncTestChild",
                 "bgsync",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),

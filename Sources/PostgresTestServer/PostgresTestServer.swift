@@ -1,0 +1,150 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A real PostgreSQL server of its own for a test or a benchmark: `initdb` into a new temporary
+/// folder, `postgres` on a free loopback port (and a Unix socket in that folder), stopped and
+/// removed when the value goes away. Uses the binaries of Debian's `postgresql` package (or any
+/// `pg_ctl` found by `pg_config --bindir`). Run as root, the server runs as the `postgres` user
+/// (PostgreSQL refuses root); otherwise as the current user.
+public final class PostgresTestServer: Sendable {
+    /// The TCP port on 127.0.0.1.
+    public let port: Int
+    /// The folder holding the cluster, its log and its socket.
+    public let directory: URL
+    /// The superuser, who connects without a password (trust authentication, loopback only).
+    public let user = "bgsync"
+    private let binaries: URL
+    private let runAs: String?
+
+    /// A `postgres://` URL to the `postgres` database.
+    public var url: String { "postgres://\(user)@127.0.0.1:\(port)/postgres" }
+
+    /// Why a server cannot be started here (no PostgreSQL binaries), or `nil`.
+    public static var unavailableReason: String? {
+        binaryDirectory() == nil
+            ? "PostgreSQL is not installed (no initdb and pg_ctl: install Debian's postgresql package)" : nil
+    }
+
+    /// Creates and starts a cluster; throws with PostgreSQL's own output when it cannot.
+    public init() throws {
+        guard let binaries = Self.binaryDirectory() else {
+            throw Failure(message: Self.unavailableReason ?? "PostgreSQL is not installed")
+        }
+        self.binaries = binaries
+        directory = URL(fileURLWithPath: "/tmp").appendingPathComponent("bgsync-postgres-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        runAs = geteuid() == 0 ? "postgres" : nil
+        if runAs != nil {
+            _ = try Self.run("/bin/chown", ["postgres:", directory.path])
+        }
+        port = try Self.freePort()
+        let data = directory.appendingPathComponent("data").path
+        let log = directory.appendingPathComponent("server.log").path
+        try command("initdb", ["-D", data, "-U", user, "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+        try command("pg_ctl", [
+            "-D", data, "-l", log, "-w", "-t", "60", "-o",
+            "-p \(port) -k \(directory.path) -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "start",
+        ])
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended). Calling it again does nothing.
+    public func stop() {
+        _ = try? command("pg_ctl", ["-D", directory.appendingPathComponent("data").path, "-m", "fast", "-w", "stop"])
+    }
+
+    /// Starts the server again after ``stop()``, on the same port.
+    public func start() throws {
+        let data = directory.appendingPathComponent("data").path
+        try command("pg_ctl", [
+            "-D", data, "-l", directory.appendingPathComponent("server.log").path, "-w", "-t", "60", "-o",
+            "-p \(port) -k \(directory.path) -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "start",
+        ])
+    }
+
+    /// An error of the server's tools, with their output.
+    public struct Failure: Error, CustomStringConvertible {
+        public var message: String
+        public var description: String { message }
+    }
+
+    @discardableResult
+    private func command(_ tool: String, _ arguments: [String]) throws -> String {
+        let path = binaries.appendingPathComponent(tool).path
+        if let runAs {
+            return try Self.run("/usr/bin/setpriv", [
+                "--reuid=\(runAs)", "--regid=\(runAs)", "--init-groups", "--reset-env", path,
+            ] + arguments)
+        }
+        return try Self.run(path, arguments)
+    }
+
+    /// Runs a tool and waits for it, its output (stdout and stderr) in a file, not a pipe: the
+    /// server `pg_ctl start` leaves running would hold a pipe open. Spawned and reaped directly
+    /// (`posix_spawn`, `waitpid`): the daemon `pg_ctl` forks must not keep the wait going.
+    private static func run(_ tool: String, _ arguments: [String]) throws -> String {
+        let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-pg-\(UUID().uuidString).out").path
+        defer { try? FileManager.default.removeItem(atPath: outputPath) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let argv = ([tool] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid = pid_t()
+        let spawned = posix_spawn(&pid, tool, &actions, nil, argv, environ)
+        guard spawned == 0 else { throw Failure(message: "cannot run \(tool): \(String(cString: strerror(spawned)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let text = String(decoding: FileManager.default.contents(atPath: outputPath) ?? Data(), as: UTF8.self)
+        // Exited normally with status 0 (the wait status's low 7 bits are 0, the exit code above).
+        guard status & 0x7F == 0, (status >> 8) & 0xFF == 0 else {
+            throw Failure(message: "\(URL(fileURLWithPath: tool).lastPathComponent) \(arguments.joined(separator: " ")) failed: \(text)")
+        }
+        return text
+    }
+
+    /// The folder of `initdb` and `pg_ctl`: the newest `/usr/lib/postgresql/<version>/bin`, else
+    /// `pg_config --bindir`.
+    static func binaryDirectory() -> URL? {
+        let root = URL(fileURLWithPath: "/usr/lib/postgresql")
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? [])
+            .compactMap(Int.init).sorted(by: >)
+        let candidates = versions.map { root.appendingPathComponent("\($0)/bin") }
+            + [(try? run("/usr/bin/pg_config", ["--bindir"])).map { URL(fileURLWithPath: $0.trimmingCharacters(in: .whitespacesAndNewlines)) }].compactMap { $0 }
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0.appendingPathComponent("pg_ctl").path)
+            && FileManager.default.isExecutableFile(atPath: $0.appendingPathComponent("initdb").path) }
+    }
+
+    /// A TCP port nobody listens on now (bound to port 0, then released).
+    private static func freePort() throws -> Int {
+        let socketDescriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard socketDescriptor >= 0 else { throw Failure(message: "cannot make a socket to find a free port") }
+        defer { close(socketDescriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic -> Bool in
+                bind(socketDescriptor, generic, length) == 0 && getsockname(socketDescriptor, generic, &length) == 0
+            }
+        }
+        guard bound else { throw Failure(message: "cannot bind a socket to find a free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
