@@ -102,6 +102,11 @@ public final class PostgresTestServer: Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Nothing else of this process's (a test's files, sockets) goes to the server `pg_ctl`
+        // forks, which outlives the call.
+        for descriptor in openDescriptors() where descriptor > 2 {
+            posix_spawn_file_actions_addclose(&actions, descriptor)
+        }
         let argv = ([tool] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid = pid_t()
@@ -115,6 +120,12 @@ public final class PostgresTestServer: Sendable {
             throw Failure(message: "\(URL(fileURLWithPath: tool).lastPathComponent) \(arguments.joined(separator: " ")) failed: \(text)")
         }
         return text
+    }
+
+    /// The file descriptors open in this process (`/proc/self/fd`; none listed elsewhere).
+    private static func openDescriptors() -> [Int32] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap(Int32.init)
+            .filter { fcntl($0, F_GETFD) >= 0 }
     }
 
     /// The folder of `initdb` and `pg_ctl`: the newest `/usr/lib/postgresql/<version>/bin`, else

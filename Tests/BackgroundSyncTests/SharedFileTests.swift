@@ -24,7 +24,13 @@ struct SharedFileTests {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         db = folder.appendingPathComponent("queue.sqlite").path
         binary = folder.appendingPathComponent("bgsync").path
-        try FileManager.default.copyItem(atPath: builtProductURL("bgsync").path, toPath: binary)
+        // Copied by `cp`, not in this process: a child another test spawns meanwhile would inherit
+        // our open write descriptor, and exec of the copy would fail with "text file busy".
+        let copy = Process()
+        copy.executableURL = URL(fileURLWithPath: "/bin/cp")
+        copy.arguments = [builtProductURL("bgsync").path, binary]
+        try copy.run()
+        copy.waitUntilExit()
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: binary)
     }
 
@@ -79,7 +85,8 @@ struct SharedFileTests {
         // The folder and the file belong to the owner; the reader may read the file, not write
         // either. Then the owner itself, with a 0400 file.
         try FileManager.default.setAttributes([.posixPermissions: 0o755, .ownerAccountID: Self.owner], ofItemAtPath: folder.path)
-        #expect(try await run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "x"]).status == 0)
+        let created = try await run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "x"])
+        #expect(created.status == 0, "\(created.stderr)")
         try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: db)
         try await expectReads(as: Self.reader)
         #expect(try files() == ["queue.sqlite": Self.owner, "queue.sqlite.reserve": Self.owner])
@@ -94,7 +101,8 @@ struct SharedFileTests {
     @Test func aReaderLeavesNothingTheOwnerCannotUse() async throws {
         // A folder everyone may write to: a reader's SQLite could create -wal and -shm files there.
         try FileManager.default.setAttributes([.posixPermissions: 0o777], ofItemAtPath: folder.path)
-        #expect(try await run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "x"]).status == 0)
+        let created = try await run(as: Self.owner, ["enqueue", "http://127.0.0.1:9/posts", "-d", "x"])
+        #expect(created.status == 0, "\(created.stderr)")
         try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: db)
         try await expectReads(as: Self.reader)
         #expect(try files() == ["queue.sqlite": Self.owner, "queue.sqlite.reserve": Self.owner], "the reader left files behind")
