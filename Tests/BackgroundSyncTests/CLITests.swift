@@ -21,13 +21,19 @@ func bgsync(_ arguments: [String], environment: [String: String] = [:]) async th
 }
 
 private func bgsyncBlocking(_ arguments: [String], environment: [String: String]) throws -> CLIRun {
-    let process = Process()
-    process.executableURL = builtProductURL("bgsync")
-    process.arguments = arguments
     var env = ProcessInfo.processInfo.environment
     env["BGSYNC_DB"] = nil
     env.merge(environment) { $1 }
-    process.environment = env
+    return try runChild(builtProductURL("bgsync"), arguments, environment: env)
+}
+
+/// Runs a program to its end (stdin is /dev/null) and returns its status and output. Blocks: call
+/// it through ``offCooperativePool(_:)`` from a test.
+func runChild(_ executable: URL, _ arguments: [String], environment: [String: String]) throws -> CLIRun {
+    let process = Process()
+    process.executableURL = executable
+    process.arguments = arguments
+    process.environment = environment
     let out = Pipe()
     let err = Pipe()
     process.standardOutput = out
@@ -40,7 +46,7 @@ private func bgsyncBlocking(_ arguments: [String], environment: [String: String]
     reader.start()
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    while reader.isExecuting || !reader.isFinished { usleep(1000) }
+    while !reader.isFinished { usleep(1000) }
     return CLIRun(
         status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
         stderr: String(decoding: errData.current, as: UTF8.self))

@@ -41,24 +41,10 @@ struct SharedFileTests {
     }
 
     private static func runBlocking(binary: String, db: String, as uid: uid_t, _ arguments: [String]) throws -> CLIRun {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        process.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", binary] + arguments + ["--db", db]
-        process.environment = ["PATH": "/usr/bin:/bin", "HOME": "/tmp"]
-        let (out, err) = (Pipe(), Pipe())
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let errData = Box(Data())
-        let reader = Thread { errData.withLock { $0 = err.fileHandleForReading.readDataToEndOfFile() } }
-        reader.start()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        while !reader.isFinished { usleep(1000) }
-        return CLIRun(
-            status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-            stderr: String(decoding: errData.current, as: UTF8.self))
+        try runChild(
+            URL(fileURLWithPath: "/usr/bin/setpriv"),
+            ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", binary] + arguments + ["--db", db],
+            environment: ["PATH": "/usr/bin:/bin", "HOME": "/tmp"])
     }
 
     private func files() throws -> [String: uid_t] {
