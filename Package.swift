@@ -18,6 +18,8 @@ let package = Package(
         .library(name: "BackgroundSyncAsyncHTTPClient", targets: ["BackgroundSyncAsyncHTTPClient"]),
         // A swift-openapi-runtime client middleware that queues failed write operations (no NIO).
         .library(name: "BackgroundSyncOpenAPI", targets: ["BackgroundSyncOpenAPI"]),
+        // A store on PostgreSQL (PostgresNIO), for queues shared by a fleet of hosts (links NIO).
+        .library(name: "BackgroundSyncPostgres", targets: ["BackgroundSyncPostgres"]),
         .executable(name: "bgsync", targets: ["bgsync"]),
     ],
     dependencies: [
@@ -32,6 +34,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-openapi-runtime", from: "1.13.4"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/swift-server/swift-openapi-async-http-client", from: "1.5.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // The core: requests, queue, storage driver protocol, SQLite store, sync manager,
@@ -62,6 +66,16 @@ let package = Package(
                 "BackgroundSync",
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+            ]
+        ),
+        .target(
+            name: "BackgroundSyncPostgres",
+            dependencies: [
+                "BackgroundSync",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // A small HTTP/1.1 server on POSIX sockets, bound to loopback, with fault injection.
@@ -106,6 +120,7 @@ let package = Package(
                 "BackgroundSyncTesting",
                 "BackgroundSyncAsyncHTTPClient",
                 "BackgroundSyncOpenAPI",
+                "BackgroundSyncPostgres",
                 "LoopbackHTTPServer",
                 "PostgresTestServer",
                 "BackgroundSyncTestChild",

@@ -53,6 +53,28 @@ public final class PostgresTestServer: Sendable {
         ])
     }
 
+    /// One server for the whole test process, started on first use and stopped (and removed) when
+    /// the process exits; each test works in a schema or database of its own on it.
+    public static func shared() throws -> PostgresTestServer {
+        try sharedLock.withLock {
+            if let sharedServer { return try sharedServer.get() }
+            let result = Result { try PostgresTestServer() }
+            sharedServer = result
+            if case .success = result {
+                atexit {
+                    guard case .success(let server)? = PostgresTestServer.sharedServer else { return }
+                    server.stop()
+                    try? FileManager.default.removeItem(at: server.directory)
+                }
+            }
+            return try result.get()
+        }
+    }
+
+    private static let sharedLock = NSLock()
+    // Safe: read and written under `sharedLock` (and at exit).
+    nonisolated(unsafe) private static var sharedServer: Result<PostgresTestServer, any Error>?
+
     deinit {
         stop()
         try? FileManager.default.removeItem(at: directory)

@@ -141,9 +141,21 @@ public protocol QueueDatabase: Sendable {
 
     /// The registered sync tags, oldest first.
     func syncTags() async throws -> [String]
+
+    // MARK: Wake-ups
+
+    /// Pushes made by any instance of the store (other processes, other hosts), as they commit:
+    /// each element names a queue pushed to (an empty name: any queue may have new entries). A
+    /// ``SyncService`` syncs at once on each instead of waiting for its poll. `nil` when the store
+    /// cannot tell (the default; a SQLite file): a service relies on its poll interval. The stream
+    /// ends when the store stops.
+    func pushNotifications() -> AsyncStream<String>?
 }
 
 extension QueueDatabase {
+    /// No notifications: a service polls (see ``pushNotifications()``).
+    public func pushNotifications() -> AsyncStream<String>? { nil }
+
     /// For a driver written before outboxes: refuses, so that an ``Outbox`` on it fails with a
     /// clear error (the conformance suite's record checks fail too until it implements this).
     public func saveEntry(

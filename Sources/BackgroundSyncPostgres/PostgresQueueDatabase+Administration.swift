@@ -1,0 +1,77 @@
+import BackgroundSync
+import Foundation
+import PostgresNIO
+
+extension PostgresQueueDatabase {
+    @discardableResult
+    public func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int {
+        try await write("update") { connection in
+            try await self.count(connection, """
+                UPDATE {s}.entry SET state = 'pending', attempts = 0, next_attempt_at = NULL, lease_owner = NULL,
+                lease_expires_at = NULL, lease_session = NULL, last_status = NULL, last_error = NULL,
+                last_response_excerpt = NULL, last_failure_kind = NULL
+                WHERE queue_name = $1 AND state = 'dead' AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
+                """, binds(queueName, ids))
+        }
+    }
+
+    @discardableResult
+    public func setAsideEntries(queueName: String, ids: [Int64], failure: ReplayFailure) async throws -> Int {
+        guard !ids.isEmpty else { return 0 }
+        return try await write("update") { connection in
+            try await self.count(connection, """
+                UPDATE {s}.entry SET state = 'dead', next_attempt_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                lease_session = NULL, last_failure_kind = $3, last_status = $4, last_error = $5, last_response_excerpt = $6
+                WHERE queue_name = $1 AND state = 'pending' AND id = ANY($2)
+                """,
+                binds(queueName, ids, failure.kind.rawValue, failure.status.map(Int64.init), failure.message, failure.responseExcerpt))
+        }
+    }
+
+    @discardableResult
+    public func deleteEntries(ids: [Int64]) async throws -> Int {
+        if ids.isEmpty { return 0 }
+        return try await write("delete from") { connection in
+            try await self.count(connection, "DELETE FROM {s}.entry WHERE id = ANY($1)", binds(ids))
+        }
+    }
+
+    @discardableResult
+    public func deleteEntries(queueName: String?, state: EntryState?) async throws -> Int {
+        try await write("delete from") { connection in
+            // One statement: entries queued after it started are not deleted.
+            try await self.count(connection, """
+                DELETE FROM {s}.entry WHERE ($1::text IS NULL OR queue_name = $1::text) AND ($2::text IS NULL OR state = $2::text)
+                """, binds(queueName, state?.rawValue))
+        }
+    }
+
+    public func registerSyncTag(_ tag: String, at date: Date) async throws {
+        try await write("write to") { connection in
+            try await self.rows(connection, self.sql("""
+                INSERT INTO {s}.sync_registration(tag, registered_at) VALUES ($1, $2) ON CONFLICT (tag) DO NOTHING
+                """), binds(tag, date.timeIntervalSince1970))
+        }
+    }
+
+    public func unregisterSyncTag(_ tag: String) async throws {
+        try await write("write to") { connection in
+            try await self.rows(connection, self.sql("DELETE FROM {s}.sync_registration WHERE tag = $1"), binds(tag))
+        }
+    }
+
+    public func syncTags() async throws -> [String] {
+        try await read("read") { connection in
+            try await self.rows(connection, self.sql("""
+                SELECT tag FROM {s}.sync_registration ORDER BY registered_at, tag COLLATE "C"
+                """)).map { try $0.decode(String.self) }
+        }
+    }
+
+    public func claims(
+        queueName: String, order: ReplayOrder, owner: LeaseOwner, leaseDuration: Duration, clock: any WallClock
+    ) -> any ReplayClaims {
+        PostgresReplayClaims(
+            database: self, queueName: queueName, order: order, owner: owner, leaseDuration: leaseDuration, clock: clock)
+    }
+}

@@ -1,0 +1,216 @@
+import BackgroundSync
+import Foundation
+import PostgresNIO
+
+extension PostgresQueueDatabase {
+    /// The keys of the session locks held now in this database (`pg_locks` shows every session's,
+    /// whoever the role).
+    static let liveSessions = """
+        (SELECT (l.classid::bigint << 32) | l.objid::bigint FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+        """
+
+    /// Whether the row's lease holds: not expired at `$now` (the parameter number given) and its
+    /// instance's session still alive. The host and process in the owner are checked apart.
+    static func leaseHolds(now: Int) -> String {
+        "(lease_owner IS NOT NULL AND lease_expires_at >= $\(now) AND lease_session IN \(liveSessions))"
+    }
+
+    /// A row whose lease may be free: none, expired, its session gone, or its holder a process of
+    /// this host (`$host`: `host|`) other than this one (`$process`: `host|pid|`), which
+    /// ``LeaseOwner/isAbandoned(_:)`` checks.
+    static func leaseMayBeFree(now: Int, host: Int, process: Int) -> String {
+        """
+        (lease_owner IS NULL OR lease_expires_at < $\(now) OR lease_session IS NULL OR lease_session NOT IN \(liveSessions)
+         OR (starts_with(lease_owner, $\(host)) AND NOT starts_with(lease_owner, $\(process))))
+        """
+    }
+
+    /// `host|` and `host|pid|` of this process, as ``LeaseOwner/rawValue`` starts.
+    static let ownerPrefixes: (host: String, process: String) = {
+        let owner = LeaseOwner.current()
+        return ("\(owner.host)|", "\(owner.host)|\(owner.processID)|")
+    }()
+
+    /// Whether a row's lease (``leaseHolds(now:)`` read as a boolean column) is held by someone:
+    /// a holder that is a dead process of this host holds nothing.
+    static func isHeld(holds: Bool, owner: String?) -> Bool {
+        guard holds, let owner else { return false }
+        return !LeaseOwner.isAbandoned(owner)
+    }
+
+    /// Makes sure a queue has its row (read by ``queueNames()``), once per instance.
+    func ensureQueue(_ queueName: String, _ connection: PostgresConnection) async throws {
+        if knownQueues.withLock({ $0.contains(queueName) }) { return }
+        try await rows(connection, sql("INSERT INTO {s}.queue(name) VALUES ($1) ON CONFLICT DO NOTHING"), binds(queueName))
+    }
+
+    /// The payload of a push's `NOTIFY`: the queue's name, or empty (any queue) for a name longer
+    /// than a notification may carry.
+    static func notifyPayload(_ queueName: String) -> String {
+        queueName.utf8.count < 7_000 ? queueName : ""
+    }
+
+    // MARK: Adding and removing
+
+    public func pushEntry(
+        _ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd, registeringSyncTag syncTag: String?
+    ) async throws -> PushedEntry {
+        let position = end == .tail ? "nextval('\(prefix)tail_position')" : "-nextval('\(prefix)head_position')"
+        let values = Self.contentValues(entry)
+        let first = 4
+        // One statement, so one round trip and one commit: the queue's row, the entry, the
+        // registration and the notification. The size read sees the queue as the statement
+        // started; the new entry is added to it.
+        let statement = sql("""
+            WITH queue_row AS (INSERT INTO {s}.queue(name) VALUES ($1) ON CONFLICT DO NOTHING),
+            registration AS (
+                INSERT INTO {s}.sync_registration(tag, registered_at) SELECT $2::text, $3::double precision
+                WHERE $2::text IS NOT NULL ON CONFLICT (tag) DO NOTHING),
+            inserted AS (
+                INSERT INTO {s}.entry(queue_name, position, \(Self.contentColumns))
+                VALUES ($1, \(position), \(Self.placeholders(from: first, count: Self.contentColumnCount)))
+                RETURNING id),
+            notified AS (SELECT pg_notify($\(first + Self.contentColumnCount), $\(first + Self.contentColumnCount + 1)))
+            SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1) + 1
+            FROM inserted, notified
+            """)
+        let bindings = binds(
+            [queueName, syncTag, Date().timeIntervalSince1970] as [any Bindable] + values
+                + [channel, Self.notifyPayload(queueName)])
+        let result = try await write("write to") { connection in
+            try await self.rows(connection, statement, bindings)
+        }
+        guard let row = result.first else { throw BackgroundSyncError(.storage, "the push returned no entry") }
+        let (id, size) = try row.decode((Int64, Int64).self)
+        knownQueues.withLock { _ = $0.insert(queueName) }
+        return PushedEntry(id: id, size: Int(size))
+    }
+
+    public func saveEntry(
+        _ entry: UnidentifiedQueueStoreEntry, queueName: String, registeringSyncTag syncTag: String?
+    ) async throws -> PushedEntry {
+        guard let recordKey = entry.recordKey else {
+            throw BackgroundSyncError(.invalidRequest, "an entry saved by record key needs a record key")
+        }
+        let values = Self.contentValues(entry)
+        let lockKey = Int64(bitPattern: Self.stableHash("\(configuration.schema)\u{0}\(queueName)\u{0}\(recordKey)"))
+        let now = Date().timeIntervalSince1970
+        return try await write("write to") { connection in
+            // Saves of one record wait for each other: two first saves must not both insert.
+            try await self.rows(connection, "SELECT pg_advisory_xact_lock($1)", binds(lockKey))
+            if let syncTag {
+                try await self.rows(connection, self.sql("""
+                    INSERT INTO {s}.sync_registration(tag, registered_at) VALUES ($1, $2) ON CONFLICT (tag) DO NOTHING
+                    """), binds(syncTag, now))
+            }
+            try await self.ensureQueue(queueName, connection)
+            let last = try await self.rows(connection, self.sql("""
+                SELECT id, lease_owner, \(Self.leaseHolds(now: 3)) FROM {s}.entry
+                WHERE queue_name = $1 AND record_key = $2 ORDER BY position DESC LIMIT 1 FOR UPDATE OF entry
+                """), binds(queueName, recordKey, now)).first
+            let id: Int64
+            if let last, case let (lastID, owner, holds) = try last.decode((Int64, String?, Bool).self),
+                !Self.isHeld(holds: holds, owner: owner)
+            {
+                let assignments = Self.contentColumns.split(separator: ",").enumerated().map { index, column in
+                    "\(column.trimmingCharacters(in: .whitespacesAndNewlines)) = $\(index + 2)"
+                }.joined(separator: ", ")
+                try await self.rows(connection, self.sql("""
+                    UPDATE {s}.entry SET \(assignments), state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                    lease_session = NULL WHERE id = $1
+                    """), binds([lastID] as [any Bindable] + values))
+                id = lastID
+            } else {
+                let inserted = try await self.rows(connection, self.sql("""
+                    INSERT INTO {s}.entry(queue_name, position, \(Self.contentColumns))
+                    VALUES ($1, nextval('\(self.prefix)tail_position'), \(Self.placeholders(from: 2, count: Self.contentColumnCount)))
+                    RETURNING id
+                    """), binds([queueName] as [any Bindable] + values))
+                id = try inserted[0].decode(Int64.self)
+            }
+            try await self.rows(connection, "SELECT pg_notify($1, $2)", binds(self.channel, Self.notifyPayload(queueName)))
+            let size = try await self.rows(connection, self.sql("""
+                SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1
+                """), binds(queueName))
+            return PushedEntry(id: id, size: Int(try size[0].decode(Int64.self)))
+        }
+    }
+
+    public func deleteEntries(queueName: String, recordKey: String) async throws -> Int {
+        try await write("delete from") { connection in
+            try await self.count(connection, "DELETE FROM {s}.entry WHERE queue_name = $1 AND record_key = $2", binds(queueName, recordKey))
+        }
+    }
+
+    public func removeEntry(queueName: String, at end: QueueEnd) async throws -> QueueStoreEntry? {
+        let now = Date().timeIntervalSince1970
+        let order = end == .head ? "ASC" : "DESC"
+        let prefixes = Self.ownerPrefixes
+        return try await write("remove from") { connection in
+            // Rows another remover or a lease is writing are skipped, not waited for.
+            let candidates = try await self.rows(connection, self.sql("""
+                SELECT \(Self.entryColumns), lease_owner, \(Self.leaseHolds(now: 2)) FROM {s}.entry
+                WHERE queue_name = $1 AND state = 'pending' AND \(Self.leaseMayBeFree(now: 2, host: 3, process: 4))
+                ORDER BY position \(order) LIMIT 64 FOR UPDATE OF entry SKIP LOCKED
+                """), binds(queueName, now, prefixes.host, prefixes.process))
+            for row in candidates {
+                let cells = row.makeRandomAccess()
+                let owner = try cells[Self.entryColumnCount].decode(String?.self)
+                let holds = try cells[Self.entryColumnCount + 1].decode(Bool.self)
+                if Self.isHeld(holds: holds, owner: owner) { continue }
+                let entry = try Self.decode(row)
+                try await self.rows(connection, self.sql("DELETE FROM {s}.entry WHERE id = $1"), binds(entry.id))
+                return entry
+            }
+            return nil
+        }
+    }
+
+    // MARK: Reading
+
+    public func entries(
+        queueName: String, state: EntryState, afterPosition: Int64?, limit: Int?
+    ) async throws -> [QueueStoreEntry] {
+        try await read("read") { connection in
+            // Keyset paging on the (queue_name, state, position) index: a page costs its own size.
+            try await self.rows(connection, self.sql("""
+                SELECT \(Self.entryColumns) FROM {s}.entry WHERE queue_name = $1 AND state = $2
+                AND ($3::bigint IS NULL OR position > $3::bigint) ORDER BY position LIMIT $4::bigint
+                """), binds(queueName, state.rawValue, afterPosition, limit.map { Int64(max($0, 0)) })
+            ).map(Self.decode)
+        }
+    }
+
+    public func entry(id: Int64) async throws -> QueueStoreEntry? {
+        try await read("read") { connection in
+            try await self.rows(connection, self.sql("SELECT \(Self.entryColumns) FROM {s}.entry WHERE id = $1"), binds(id))
+                .first.map(Self.decode)
+        }
+    }
+
+    public func countEntries(queueName: String, state: EntryState) async throws -> Int {
+        let column = state == .pending ? "pending" : "dead"
+        return try await read("read") { connection in
+            let rows = try await self.rows(connection, self.sql("""
+                SELECT coalesce(sum(\(column)), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1
+                """), binds(queueName))
+            return Int(max(try rows[0].decode(Int64.self), 0))
+        }
+    }
+
+    public func queueNames() async throws -> [String] {
+        try await read("read") { connection in
+            try await self.rows(connection, self.sql("SELECT name FROM {s}.queue ORDER BY name COLLATE \"C\""))
+                .map { try $0.decode(String.self) }
+        }
+    }
+
+    /// Runs a data-changing statement (without `RETURNING`) and returns how many rows it changed.
+    func count(_ connection: PostgresConnection, _ statement: String, _ bindings: PostgresBindings) async throws -> Int {
+        let rows = try await self.rows(
+            connection, sql("WITH changed AS (\(statement) RETURNING 1) SELECT count(*)::bigint FROM changed"), bindings)
+        return Int(try rows[0].decode(Int64.self))
+    }
+}

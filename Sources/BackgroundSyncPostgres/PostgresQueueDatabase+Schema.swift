@@ -1,0 +1,190 @@
+import BackgroundSync
+import Foundation
+import PostgresNIO
+
+extension PostgresQueueDatabase {
+    /// A schema version: its name, recorded once applied, and its statements (`{s}.` is the
+    /// schema-qualified prefix). Versions are applied in order and never edited once released.
+    struct Migration {
+        let version: String
+        let statements: [String]
+    }
+
+    /// The schema, as named migrations. An upgrade never drops queued data.
+    ///
+    /// Positions come from two sequences, so that pushes to one queue do not wait for each other's
+    /// commits: a push at the tail takes the next value of `tail_position`, one at the head the
+    /// opposite of the next value of `head_position` (below every tail position and every earlier
+    /// head push). Queue sizes are kept in `queue_count`, one row per queue and per shard of the
+    /// pushing session (`pg_backend_pid() % 16`), for the same reason; a size is their sum.
+    static let migrations: [Migration] = [
+        Migration(version: "v1", statements: [
+            "CREATE TABLE {s}.queue (name text PRIMARY KEY)",
+            "CREATE SEQUENCE {s}.tail_position",
+            "CREATE SEQUENCE {s}.head_position",
+            """
+            CREATE TABLE {s}.entry (
+                id bigserial PRIMARY KEY,
+                queue_name text NOT NULL,
+                position bigint NOT NULL,
+                url text NOT NULL,
+                method text NOT NULL,
+                headers text NOT NULL,
+                body bytea,
+                timeout_interval double precision NOT NULL,
+                cache_policy bigint NOT NULL,
+                handles_cookies boolean NOT NULL,
+                allows_cellular boolean NOT NULL,
+                main_document_url text,
+                queued_at double precision NOT NULL,
+                metadata text,
+                state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'dead')),
+                attempts bigint NOT NULL DEFAULT 0,
+                next_attempt_at double precision,
+                lease_owner text,
+                lease_expires_at double precision,
+                lease_session bigint,
+                last_failure_kind text,
+                last_status bigint,
+                last_error text,
+                last_response_excerpt bytea,
+                idempotency_key text,
+                sealed_secrets bytea,
+                record_key text
+            )
+            """,
+            "CREATE INDEX entry_order ON {s}.entry (queue_name, state, position)",
+            "CREATE INDEX entry_record_key ON {s}.entry (queue_name, record_key, position) WHERE record_key IS NOT NULL",
+            """
+            CREATE TABLE {s}.queue_count (
+                queue_name text NOT NULL,
+                shard integer NOT NULL,
+                pending bigint NOT NULL DEFAULT 0,
+                dead bigint NOT NULL DEFAULT 0,
+                PRIMARY KEY (queue_name, shard)
+            )
+            """,
+            "CREATE TABLE {s}.sync_registration (tag text PRIMARY KEY, registered_at double precision NOT NULL)",
+            """
+            CREATE FUNCTION {s}.count_entry() RETURNS trigger LANGUAGE plpgsql AS $$
+            DECLARE
+                session_shard integer := pg_backend_pid() % 16;
+            BEGIN
+                IF TG_OP IN ('DELETE', 'UPDATE') THEN
+                    INSERT INTO {s}.queue_count AS c (queue_name, shard, pending, dead)
+                    VALUES (OLD.queue_name, session_shard, -(OLD.state = 'pending')::integer, -(OLD.state = 'dead')::integer)
+                    ON CONFLICT (queue_name, shard)
+                    DO UPDATE SET pending = c.pending + EXCLUDED.pending, dead = c.dead + EXCLUDED.dead;
+                END IF;
+                IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                    INSERT INTO {s}.queue_count AS c (queue_name, shard, pending, dead)
+                    VALUES (NEW.queue_name, session_shard, (NEW.state = 'pending')::integer, (NEW.state = 'dead')::integer)
+                    ON CONFLICT (queue_name, shard)
+                    DO UPDATE SET pending = c.pending + EXCLUDED.pending, dead = c.dead + EXCLUDED.dead;
+                END IF;
+                RETURN NULL;
+            END
+            $$
+            """,
+            "CREATE TRIGGER entry_inserted AFTER INSERT ON {s}.entry FOR EACH ROW EXECUTE FUNCTION {s}.count_entry()",
+            "CREATE TRIGGER entry_deleted AFTER DELETE ON {s}.entry FOR EACH ROW EXECUTE FUNCTION {s}.count_entry()",
+            """
+            CREATE TRIGGER entry_state_changed AFTER UPDATE OF state ON {s}.entry FOR EACH ROW
+            WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION {s}.count_entry()
+            """,
+        ])
+    ]
+
+    /// Brings the schema up to date, under a transaction-level advisory lock: instances that start
+    /// together wait for the first one's migration, then find nothing to do.
+    func migrate() async throws {
+        let known = Self.migrations.map(\.version)
+        try await client.withConnection { connection in
+            try await connection.query("BEGIN", logger: logger)
+            do {
+                try await rows(connection, "SELECT pg_advisory_xact_lock($1)", binds(Self.migrationLockKey(configuration.schema)))
+                try await rows(connection, sql("CREATE SCHEMA IF NOT EXISTS \"\(configuration.schema)\""))
+                try await rows(connection, sql("""
+                    CREATE TABLE IF NOT EXISTS {s}.schema_migration (
+                        version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())
+                    """))
+                var applied: [String] = []
+                for row in try await rows(connection, sql("SELECT version FROM {s}.schema_migration")) {
+                    applied.append(try row.decode(String.self))
+                }
+                let unknown = applied.filter { !known.contains($0) }
+                guard unknown.isEmpty else {
+                    throw BackgroundSyncError(
+                        .schemaTooNew,
+                        "the PostgreSQL store \(identity) was written by a newer version of the library (schema \(unknown.sorted().joined(separator: ", "))): upgrade this program")
+                }
+                for migration in Self.migrations where !applied.contains(migration.version) {
+                    for statement in migration.statements { try await rows(connection, sql(statement)) }
+                    try await rows(connection, sql("INSERT INTO {s}.schema_migration(version) VALUES ($1)"), binds(migration.version))
+                    logger.info("migrated the PostgreSQL store", metadata: ["store": "\(identity)", "version": "\(migration.version)"])
+                }
+                try await connection.query("COMMIT", logger: logger)
+            } catch {
+                _ = try? await connection.query("ROLLBACK", logger: logger)
+                throw error
+            }
+        }
+    }
+
+    /// The advisory lock key of a schema's migrations: a stable hash of its name (the same in
+    /// every process), in a range apart from session keys' only by chance, which is harmless.
+    static func migrationLockKey(_ schema: String) -> Int64 {
+        Int64(bitPattern: stableHash("background-sync migrations " + schema))
+    }
+
+    /// FNV-1a, 64 bits: the same in every process and on every host.
+    static func stableHash(_ text: String) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x100_0000_01b3
+        }
+        return hash
+    }
+}
+
+/// A value bound to a statement parameter.
+protocol Bindable: Sendable {
+    func bind(to bindings: inout PostgresBindings)
+}
+
+extension Bindable where Self: PostgresDynamicTypeEncodable {
+    func bind(to bindings: inout PostgresBindings) { bindings.append(self) }
+}
+
+extension String: Bindable {}
+extension Int64: Bindable {}
+extension Double: Bindable {}
+extension Bool: Bindable {}
+extension Array: Bindable where Element == Int64 {}
+
+extension Data: Bindable {
+    func bind(to bindings: inout PostgresBindings) { try! bindings.append(self) }
+}
+
+extension Optional: Bindable where Wrapped: Bindable {
+    func bind(to bindings: inout PostgresBindings) {
+        switch self {
+        case .some(let value): value.bind(to: &bindings)
+        // An untyped NULL: a parameter that is only compared with NULL needs a cast in the SQL.
+        case .none: bindings.appendNull()
+        }
+    }
+}
+
+/// Bindings for a statement's parameters, in order (`$1`, `$2`…).
+func binds(_ values: any Bindable...) -> PostgresBindings {
+    binds(values)
+}
+
+/// Bindings for a statement's parameters, in order.
+func binds(_ values: [any Bindable]) -> PostgresBindings {
+    var bindings = PostgresBindings(capacity: values.count)
+    for value in values { value.bind(to: &bindings) }
+    return bindings
+}

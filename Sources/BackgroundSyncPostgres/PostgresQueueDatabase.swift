@@ -1,0 +1,393 @@
+import BackgroundSync
+import Foundation
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+
+/// A ``QueueDatabase`` on PostgreSQL: one set of queues shared by every process and host that
+/// opens the same database and schema. Any instance may queue a request, any live worker may
+/// replay it, and nothing is sent by two workers at once.
+///
+/// The store runs on PostgresNIO's `PostgresClient` and needs a task of its own, as the client
+/// does: run it in the caller's `ServiceGroup` (it is a `Service`), or use
+/// ``withDatabase(_:logger:_:)``, which runs it around a closure. Calls wait until ``run()`` has
+/// connected and brought the schema up to date; once ``run()`` returned, they fail.
+///
+/// ```swift
+/// let database = try PostgresQueueDatabase(configuration: .init(url: "postgres://app@db.internal/app"))
+/// let service = SyncService(database: database)
+/// let group = ServiceGroup(services: [database, service], gracefulShutdownSignals: [.sigterm], logger: logger)
+/// try await group.run()
+/// ```
+///
+/// - **Schema**: versioned migrations under the configured schema, applied by ``run()`` under an
+///   advisory lock, so that instances starting together migrate once. A schema newer than this
+///   version of the library is refused (``BackgroundSyncError/Code/schemaTooNew``).
+/// - **Claims**: a concurrent replay leases with `FOR UPDATE SKIP LOCKED`; an ordered queue's
+///   head lease keeps its replay to one worker at a time across the fleet.
+/// - **A worker that dies**: each instance holds a session-level advisory lock while it runs, and
+///   every lease names it. A lease whose instance's session ended (the process was killed, its
+///   connection was lost) is free at once, whatever its expiry.
+/// - **Wake-ups**: a push notifies (`NOTIFY`) the instances listening on the schema;
+///   ``pushNotifications()`` passes them on, and ``SyncService`` syncs at once.
+/// - **Durability**: pushes, dead-lettering and administration commit with the server's
+///   `synchronous_commit`; replay bookkeeping (leases, failed attempts, deleting delivered entries)
+///   commits with `synchronous_commit = off`: it survives a crash of any client, and a crash of the
+///   server may roll it back (a delivered entry is then sent again, with its `Idempotency-Key`).
+///
+/// Every value is bound as a query parameter; the schema name, the one identifier in the SQL, is
+/// checked against a strict pattern. The password never appears in logs or errors.
+public final class PostgresQueueDatabase: QueueDatabase, Service {
+    /// The configuration.
+    public let configuration: Configuration
+    /// `postgres://server/database?schema=…`, without credentials.
+    public let identity: String
+
+    let client: PostgresClient
+    let logger: Logger
+    /// The schema-qualified name prefix of the store's tables (`"schema".`).
+    let prefix: String
+    /// The key of this instance's session-level advisory lock, named by its leases.
+    let sessionKey: Int64
+    /// The `NOTIFY` channel of the schema.
+    let channel: String
+    private let connectionConfiguration: PostgresConnection.Configuration
+    private let runState = Locked(RunState())
+    private let jobs: AsyncStream<Job>
+    private let jobInput: AsyncStream<Job>.Continuation
+    private let subscribers = Locked<[UUID: AsyncStream<String>.Continuation]>([:])
+    /// Queues this instance knows have a row.
+    let knownQueues = Locked<Set<String>>([])
+
+    /// A write that runs in ``run()``'s task, so that it completes when its caller is cancelled.
+    /// Whoever takes it out of ``unstarted`` (the runner starting it, or ``end(_:)`` failing it)
+    /// resumes its caller, exactly once.
+    struct Job: Sendable {
+        let id: UUID
+        let body: @Sendable () async -> Void
+        let fail: @Sendable (BackgroundSyncError) -> Void
+    }
+
+    /// Writes submitted and not started yet.
+    private let unstarted = Locked<[UUID: Job]>([:])
+
+    private struct RunState {
+        var ready = false
+        var ended: BackgroundSyncError?
+        var waiters: [UnsafeContinuation<Void, any Error>] = []
+        var sessionUp = false
+    }
+
+    /// Creates a store; nothing is connected until ``run()``. Throws
+    /// ``BackgroundSyncError/Code/invalidRequest`` for a configuration that cannot work.
+    public init(configuration: Configuration, logger: Logger = Logger(label: "background-sync.postgres")) throws {
+        try configuration.validate()
+        self.configuration = configuration
+        self.identity = configuration.location
+        self.logger = logger
+        self.client = PostgresClient(configuration: try configuration.clientConfiguration(), backgroundLogger: logger)
+        self.connectionConfiguration = try configuration.connectionConfiguration()
+        self.prefix = "\"\(configuration.schema)\"."
+        self.sessionKey = Int64.random(in: 1..<(1 << 62))
+        self.channel = "bgsync_\(configuration.schema)"
+        (jobs, jobInput) = AsyncStream.makeStream(of: Job.self)
+    }
+
+    /// Opens a store from a `postgres://` URL (see ``Configuration/init(url:)``).
+    public convenience init(url: String, logger: Logger = Logger(label: "background-sync.postgres")) throws {
+        try self.init(configuration: Configuration(url: url), logger: logger)
+    }
+
+    /// Runs `body` with a store that runs for the duration of the call, in a child task: the
+    /// store is ready (connected, schema up to date) when `body` starts, and stopped when it
+    /// returns or throws. A store that cannot start throws its error instead of calling `body`.
+    public static func withDatabase<Result: Sendable>(
+        _ configuration: Configuration, logger: Logger = Logger(label: "background-sync.postgres"),
+        _ body: (PostgresQueueDatabase) async throws -> Result
+    ) async throws -> Result {
+        let database = try PostgresQueueDatabase(configuration: configuration, logger: logger)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await database.run() }
+            do {
+                try await database.waitUntilReady()
+                let result = try await body(database)
+                group.cancelAll()
+                try? await group.waitForAll()
+                return result
+            } catch {
+                group.cancelAll()
+                try? await group.waitForAll()
+                throw error
+            }
+        }
+    }
+
+    // MARK: Running
+
+    /// Runs the store until cancelled or shut down gracefully: the connection pool, the schema's
+    /// migrations, the session that holds this instance's lock and listens for pushes (reconnected
+    /// when lost), and the writes of callers. Throws when the server cannot be reached at start, a
+    /// password is refused, or the schema is newer than this library.
+    public func run() async throws {
+        defer { end(BackgroundSyncError(.storage, "the PostgreSQL store \(identity) is not running (its run() returned)")) }
+        try await cancelWhenGracefulShutdown {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await self.client.run() }
+                do {
+                    try await self.migrate()
+                } catch {
+                    let failure = self.mapError(error, action: "open")
+                    self.end(failure)
+                    group.cancelAll()
+                    throw failure
+                }
+                group.addTask { await self.keepSession() }
+                group.addTask {
+                    await withDiscardingTaskGroup { writes in
+                        for await job in self.jobs {
+                            guard self.unstarted.withLock({ $0.removeValue(forKey: job.id) }) != nil else { continue }
+                            writes.addTask { await job.body() }
+                        }
+                    }
+                }
+                try await self.waitForSession()
+                self.markReady()
+                try await group.next()
+                group.cancelAll()
+            }
+        }
+    }
+
+    /// Waits until ``run()`` is ready; throws if it ended.
+    func waitUntilReady() async throws {
+        try await withUnsafeThrowingContinuation { continuation in
+            let outcome = runState.withLock { state -> Result<Void, BackgroundSyncError>? in
+                if let ended = state.ended { return .failure(ended) }
+                if state.ready { return .success(()) }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let outcome { continuation.resume(with: outcome) }
+        }
+    }
+
+    private func markReady() {
+        let waiters = runState.withLock { state in
+            state.ready = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func end(_ error: BackgroundSyncError) {
+        let waiters = runState.withLock { state in
+            if state.ended == nil { state.ended = error }
+            state.ready = false
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(throwing: error) }
+        jobInput.finish()
+        let jobs = unstarted.withLock { jobs in
+            defer { jobs = [:] }
+            return Array(jobs.values)
+        }
+        for job in jobs { job.fail(error) }
+        for subscriber in subscribers.withLock({ Array($0.values) }) { subscriber.finish() }
+    }
+
+    /// Waits until the session lock is held the first time (a few milliseconds after migrations).
+    private func waitForSession() async throws {
+        while !runState.withLock({ $0.sessionUp }) {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    /// Holds this instance's session lock and listens for pushes, on a connection of its own,
+    /// connecting again (after a short pause) whenever it is lost, until cancelled.
+    private func keepSession() async {
+        var pause = Duration.milliseconds(100)
+        while !Task.isCancelled {
+            do {
+                let connection = try await PostgresConnection.connect(
+                    configuration: connectionConfiguration, id: 0, logger: logger)
+                do {
+                    try await connection.query("SELECT pg_advisory_lock(\(sessionKey))", logger: logger)
+                    try await connection.listen(on: channel) { notifications in
+                        runState.withLock { $0.sessionUp = true }
+                        pause = .milliseconds(100)
+                        // A reconnection may have missed pushes: wake the listeners once.
+                        broadcast("")
+                        for try await notification in notifications {
+                            broadcast(notification.payload)
+                        }
+                    }
+                } catch {
+                    if !Task.isCancelled {
+                        logger.info("lost the PostgreSQL session; connecting again", metadata: ["error": "\(describe(error))"])
+                    }
+                }
+                runState.withLock { $0.sessionUp = false }
+                try? await connection.close()
+            } catch {
+                if !Task.isCancelled {
+                    logger.info("cannot open the PostgreSQL session", metadata: ["error": "\(describe(error))"])
+                }
+            }
+            try? await Task.sleep(for: pause)
+            pause = min(pause * 2, .seconds(5))
+        }
+        runState.withLock { $0.sessionUp = false }
+    }
+
+    // MARK: Notifications
+
+    public func pushNotifications() -> AsyncStream<String>? {
+        let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(64))
+        let id = UUID()
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.subscribers.withLock { $0.removeValue(forKey: id) }
+        }
+        let ended = runState.withLock { $0.ended != nil }
+        if ended {
+            continuation.finish()
+        } else {
+            subscribers.withLock { $0[id] = continuation }
+        }
+        return stream
+    }
+
+    private func broadcast(_ queueName: String) {
+        for subscriber in subscribers.withLock({ Array($0.values) }) { subscriber.yield(queueName) }
+    }
+
+    // MARK: Access
+
+    /// Runs `body` in a transaction on a pooled connection, in ``run()``'s task, so that it
+    /// completes when the calling task is cancelled. `durable: false` commits with
+    /// `synchronous_commit = off` (replay bookkeeping). A transaction that meets a serialization
+    /// failure or a deadlock is tried again.
+    @discardableResult
+    func write<T: Sendable>(
+        _ action: String, durable: Bool = true, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        try await waitUntilReady()
+        return try await withUnsafeThrowingContinuation { continuation in
+            let job = Job(
+                id: UUID(),
+                body: { continuation.resume(with: await Result { try await self.transaction(action, durable: durable, body) }) },
+                fail: { continuation.resume(throwing: $0) })
+            unstarted.withLock { $0[job.id] = job }
+            if case .terminated = jobInput.yield(job), unstarted.withLock({ $0.removeValue(forKey: job.id) }) != nil {
+                job.fail(BackgroundSyncError(.storage, "the PostgreSQL store \(identity) is not running"))
+            }
+        }
+    }
+
+    /// Runs `body` on a pooled connection in the calling task (a cancelled task gets
+    /// `CancellationError`).
+    func read<T: Sendable>(_ action: String, _ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await waitUntilReady()
+        do {
+            return try await client.withConnection { connection in try await body(connection) }
+        } catch let error as CancellationError {
+            throw error
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            throw mapError(error, action: action)
+        }
+    }
+
+    private func transaction<T: Sendable>(
+        _ action: String, durable: Bool, _ body: @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        var attempt = 0
+        while true {
+            do {
+                return try await client.withConnection { connection in
+                    try await connection.query("BEGIN", logger: logger)
+                    do {
+                        if !durable { try await connection.query("SET LOCAL synchronous_commit = off", logger: logger) }
+                        let result = try await body(connection)
+                        try await connection.query("COMMIT", logger: logger)
+                        return result
+                    } catch {
+                        _ = try? await connection.query("ROLLBACK", logger: logger)
+                        throw error
+                    }
+                }
+            } catch let error as PSQLError where Self.isRetryable(error) && attempt < 8 {
+                attempt += 1
+                try? await Task.sleep(for: .milliseconds(Int64.random(in: 1...(5 << min(attempt, 5)))))
+            } catch let error as BackgroundSyncError {
+                throw error
+            } catch {
+                throw mapError(error, action: action)
+            }
+        }
+    }
+
+    /// A serialization failure or a deadlock: the transaction can run again.
+    private static func isRetryable(_ error: PSQLError) -> Bool {
+        guard let state = error.serverInfo?[.sqlState] else { return false }
+        return state == "40001" || state == "40P01"
+    }
+
+    /// Runs a statement and returns its rows.
+    @discardableResult
+    func rows(_ connection: PostgresConnection, _ sql: String, _ binds: PostgresBindings = PostgresBindings()) async throws
+        -> [PostgresRow]
+    {
+        var rows: [PostgresRow] = []
+        for try await row in try await connection.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger) {
+            rows.append(row)
+        }
+        return rows
+    }
+
+    /// `sql` with `{s}` replaced by the schema-qualified prefix of the store's tables.
+    func sql(_ text: String) -> String {
+        text.replacingOccurrences(of: "{s}.", with: prefix)
+    }
+
+    // MARK: Errors
+
+    /// A store error that says what failed and why, without credentials.
+    func mapError(_ error: any Error, action: String) -> BackgroundSyncError {
+        if let error = error as? BackgroundSyncError { return error }
+        return BackgroundSyncError(
+            .storage, "cannot \(action) the PostgreSQL store \(identity): \(describe(error))", underlying: error)
+    }
+
+    /// One line about a PostgresNIO error: the server's message and SQLSTATE, or what happened to
+    /// the connection. PostgresNIO's own description hides all of it.
+    func describe(_ error: any Error) -> String {
+        guard let error = error as? PSQLError else { return "\(error)" }
+        if let message = error.serverInfo?[.message] {
+            let state = error.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? ""
+            return message + state
+        }
+        switch error.code {
+        case .connectionError:
+            let reason = error.underlying.map { "\($0)" } ?? "no reason given"
+            return "cannot connect to \(configuration.unixSocketPath ?? "\(configuration.host):\(configuration.port)"): \(reason)"
+        case .serverClosedConnection, .uncleanShutdown: return "the server closed the connection"
+        case .clientClosedConnection, .poolClosed: return "the connection pool is closed"
+        case .sslUnsupported: return "the server does not support TLS (sslmode=require)"
+        case .authMechanismRequiresPassword: return "the server asks for a password and none was given"
+        default: return "\(error.code)"
+        }
+    }
+}
+
+extension Result where Failure == any Error {
+    /// The outcome of an async throwing closure.
+    init(catching body: () async throws -> Success) async {
+        do {
+            self = .success(try await body())
+        } catch {
+            self = .failure(error)
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import BackgroundSync
+import BackgroundSyncPostgres
+import BackgroundSyncTesting
+import Foundation
+import Logging
+import PostgresTestServer
+import Testing
+
+/// The PostgreSQL driver against every clause of the store contract, each in a new schema of the
+/// tests' own server; a second instance on the same schema stands for a second process.
+@Suite(
+    "PostgreSQL store conformance", .timeLimit(.minutes(5)),
+    .enabled(if: PostgresTestServer.unavailableReason == nil, Comment(rawValue: PostgresTestServer.unavailableReason ?? "")))
+struct PostgresStoreConformanceTests {
+    static let conformance = StoreConformance {
+        let server = try await offCooperativePool { try PostgresTestServer.shared() }
+        var configuration = try PostgresQueueDatabase.Configuration(url: server.url)
+        configuration.schema = "conformance_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        configuration.maximumConnections = 4
+        let stores = RunningStores()
+        return StoreConformance.Store(
+            open: { [configuration] in try await stores.open(configuration) },
+            remove: { await stores.stopAll() })
+    }
+
+    @Test(arguments: StoreConformance.checks)
+    func clause(_ check: StoreConformance.Check) async throws {
+        try await Self.conformance.run(check)
+    }
+}
+
+/// Stores a test opened, each running in a task of its own until the test ends.
+final class RunningStores: Sendable {
+    private let tasks = Locked<[Task<Void, any Error>]>([])
+
+    /// Opens an instance and waits until it is ready (a first push-free read).
+    func open(_ configuration: PostgresQueueDatabase.Configuration) async throws -> PostgresQueueDatabase {
+        var logger = Logger(label: "test.postgres")
+        logger.logLevel = .warning
+        let database = try PostgresQueueDatabase(configuration: configuration, logger: logger)
+        let task = Task { try await database.run() }
+        tasks.withLock { $0.append(task) }
+        _ = try await database.syncTags()
+        return database
+    }
+
+    func stopAll() async {
+        let all = tasks.withLock { tasks in
+            defer { tasks = [] }
+            return tasks
+        }
+        for task in all {
+            task.cancel()
+            _ = await task.result
+        }
+    }
+}
