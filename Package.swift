@@ -87,6 +87,7 @@ let package = Package(
             name: "bgsync",
             dependencies: [
                 "BackgroundSync",
+                "BackgroundSyncPostgres",
                 "LoopbackHTTPServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

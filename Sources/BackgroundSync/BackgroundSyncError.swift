@@ -21,6 +21,7 @@ public struct BackgroundSyncError: Error, CustomStringConvertible, Sendable {
             case unknownSyncTag
             case entryNotFound
             case queuePaused
+            case storeUnreachable
         }
 
         fileprivate let base: Base
@@ -47,6 +48,9 @@ public struct BackgroundSyncError: Error, CustomStringConvertible, Sendable {
         public static let entryNotFound = Code(.entryNotFound)
         /// The server asked for credentials (401/403); replay waits for ``Queue/resume()``.
         public static let queuePaused = Code(.queuePaused)
+        /// A database server (PostgreSQL) cannot be reached or refused the connection: no server
+        /// at the address, a refused password or role, a missing database.
+        public static let storeUnreachable = Code(.storeUnreachable)
 
         public var description: String { base.rawValue }
     }

@@ -79,7 +79,7 @@ extension PostgresQueueDatabase {
         let bindings = binds(
             [queueName, syncTag, Date().timeIntervalSince1970] as [any Bindable] + values
                 + [channel, Self.notifyPayload(queueName)])
-        let result = try await write("write to") { connection in
+        let result = try await write("write to", singleStatement: true) { connection in
             try await self.rows(connection, statement, bindings)
         }
         guard let row = result.first else { throw BackgroundSyncError(.storage, "the push returned no entry") }

@@ -97,37 +97,35 @@ extension PostgresQueueDatabase {
 
     /// Brings the schema up to date, under a transaction-level advisory lock: instances that start
     /// together wait for the first one's migration, then find nothing to do.
-    func migrate() async throws {
+    func migrate(_ connection: PostgresConnection) async throws {
         let known = Self.migrations.map(\.version)
-        try await client.withConnection { connection in
-            try await connection.query("BEGIN", logger: logger)
-            do {
-                try await rows(connection, "SELECT pg_advisory_xact_lock($1)", binds(Self.migrationLockKey(configuration.schema)))
-                try await rows(connection, sql("CREATE SCHEMA IF NOT EXISTS \"\(configuration.schema)\""))
-                try await rows(connection, sql("""
-                    CREATE TABLE IF NOT EXISTS {s}.schema_migration (
-                        version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())
-                    """))
-                var applied: [String] = []
-                for row in try await rows(connection, sql("SELECT version FROM {s}.schema_migration")) {
-                    applied.append(try row.decode(String.self))
-                }
-                let unknown = applied.filter { !known.contains($0) }
-                guard unknown.isEmpty else {
-                    throw BackgroundSyncError(
-                        .schemaTooNew,
-                        "the PostgreSQL store \(identity) was written by a newer version of the library (schema \(unknown.sorted().joined(separator: ", "))): upgrade this program")
-                }
-                for migration in Self.migrations where !applied.contains(migration.version) {
-                    for statement in migration.statements { try await rows(connection, sql(statement)) }
-                    try await rows(connection, sql("INSERT INTO {s}.schema_migration(version) VALUES ($1)"), binds(migration.version))
-                    logger.info("migrated the PostgreSQL store", metadata: ["store": "\(identity)", "version": "\(migration.version)"])
-                }
-                try await connection.query("COMMIT", logger: logger)
-            } catch {
-                _ = try? await connection.query("ROLLBACK", logger: logger)
-                throw error
+        try await connection.query("BEGIN", logger: logger)
+        do {
+            try await rows(connection, "SELECT pg_advisory_xact_lock($1)", binds(Self.migrationLockKey(configuration.schema)))
+            try await rows(connection, sql("CREATE SCHEMA IF NOT EXISTS \"\(configuration.schema)\""))
+            try await rows(connection, sql("""
+                CREATE TABLE IF NOT EXISTS {s}.schema_migration (
+                    version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())
+                """))
+            var applied: [String] = []
+            for row in try await rows(connection, sql("SELECT version FROM {s}.schema_migration")) {
+                applied.append(try row.decode(String.self))
             }
+            let unknown = applied.filter { !known.contains($0) }
+            guard unknown.isEmpty else {
+                throw BackgroundSyncError(
+                    .schemaTooNew,
+                    "the PostgreSQL store \(identity) was written by a newer version of the library (schema \(unknown.sorted().joined(separator: ", "))): upgrade this program")
+            }
+            for migration in Self.migrations where !applied.contains(migration.version) {
+                for statement in migration.statements { try await rows(connection, sql(statement)) }
+                try await rows(connection, sql("INSERT INTO {s}.schema_migration(version) VALUES ($1)"), binds(migration.version))
+                logger.info("migrated the PostgreSQL store", metadata: ["store": "\(identity)", "version": "\(migration.version)"])
+            }
+            try await connection.query("COMMIT", logger: logger)
+        } catch {
+            _ = try? await connection.query("ROLLBACK", logger: logger)
+            throw error
         }
     }
 

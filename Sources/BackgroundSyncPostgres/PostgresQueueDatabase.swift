@@ -134,7 +134,17 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await self.client.run() }
                 do {
-                    try await self.migrate()
+                    // On a connection of its own, opened directly: a server that cannot be reached,
+                    // or refuses the login, is reported at once with the reason.
+                    let connection = try await PostgresConnection.connect(
+                        configuration: self.connectionConfiguration, id: 1, logger: self.logger)
+                    do {
+                        try await self.migrate(connection)
+                    } catch {
+                        try? await connection.close()
+                        throw error
+                    }
+                    try? await connection.close()
                 } catch {
                     let failure = self.mapError(error, action: "open")
                     self.end(failure)
@@ -267,16 +277,20 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// Runs `body` in a transaction on a pooled connection, in ``run()``'s task, so that it
     /// completes when the calling task is cancelled. `durable: false` commits with
     /// `synchronous_commit = off` (replay bookkeeping). A transaction that meets a serialization
-    /// failure or a deadlock is tried again.
+    /// failure or a deadlock is tried again. `singleStatement: true` runs `body` (one statement,
+    /// durable) without `BEGIN` and `COMMIT`, as its own transaction: one round trip.
     @discardableResult
     func write<T: Sendable>(
-        _ action: String, durable: Bool = true, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+        _ action: String, durable: Bool = true, singleStatement: Bool = false,
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         try await waitUntilReady()
         return try await withUnsafeThrowingContinuation { continuation in
             let job = Job(
                 id: UUID(),
-                body: { continuation.resume(with: await Result { try await self.transaction(action, durable: durable, body) }) },
+                body: { continuation.resume(with: await Result {
+                        try await self.transaction(action, durable: durable, singleStatement: singleStatement, body)
+                    }) },
                 fail: { continuation.resume(throwing: $0) })
             unstarted.withLock { $0[job.id] = job }
             if case .terminated = jobInput.yield(job), unstarted.withLock({ $0.removeValue(forKey: job.id) }) != nil {
@@ -300,12 +314,13 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     }
 
     private func transaction<T: Sendable>(
-        _ action: String, durable: Bool, _ body: @Sendable (PostgresConnection) async throws -> T
+        _ action: String, durable: Bool, singleStatement: Bool, _ body: @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         var attempt = 0
         while true {
             do {
                 return try await client.withConnection { connection in
+                    if singleStatement { return try await body(connection) }
                     try await connection.query("BEGIN", logger: logger)
                     do {
                         if !durable { try await connection.query("SET LOCAL synchronous_commit = off", logger: logger) }
@@ -356,8 +371,17 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// A store error that says what failed and why, without credentials.
     func mapError(_ error: any Error, action: String) -> BackgroundSyncError {
         if let error = error as? BackgroundSyncError { return error }
-        return BackgroundSyncError(
-            .storage, "cannot \(action) the PostgreSQL store \(identity): \(describe(error))", underlying: error)
+        let code: BackgroundSyncError.Code = Self.isUnreachable(error) ? .storeUnreachable : .storage
+        return BackgroundSyncError(code, "cannot \(action) the PostgreSQL store \(identity): \(describe(error))")
+    }
+
+    /// A server that cannot be reached or refuses the connection: no server, TLS refused, a role
+    /// or password refused (SQLSTATE class 28), a missing database (3D000).
+    static func isUnreachable(_ error: any Error) -> Bool {
+        guard let error = error as? PSQLError else { return false }
+        if let state = error.serverInfo?[.sqlState] { return state.hasPrefix("28") || state == "3D000" }
+        return [.connectionError, .sslUnsupported, .authMechanismRequiresPassword, .unsupportedAuthMechanism, .saslError]
+            .contains(error.code)
     }
 
     /// One line about a PostgresNIO error: the server's message and SQLSTATE, or what happened to

@@ -11,7 +11,9 @@ import ServiceLifecycle
 /// - when connectivity returns (``ConnectivityMonitor``): queues whose head failed for lack of a
 ///   response are tried at once; those the server asked to wait (`Retry-After`, 5xx backoff) keep
 ///   their schedule,
-/// - when the head entry's backoff ends (the retry timer).
+/// - when the head entry's backoff ends (the retry timer),
+/// - when another process pushes to a store that tells of it (``QueueDatabase/pushNotifications()``:
+///   PostgreSQL's `NOTIFY`), and at each ``Configuration/pollInterval`` otherwise.
 ///
 /// `lastChance` is set when the head entry's next attempt is its last (``RetryPolicy/maxAttempts``).
 /// Registrations live in the database, so a restarted service resumes them. On graceful shutdown it
@@ -53,6 +55,8 @@ public final class SyncService: Service {
         case connectivity(ConnectivityStatus)
         case timer
         case poll
+        /// Another instance of the store pushed (``QueueDatabase/pushNotifications()``).
+        case pushed
         case shutdown
     }
 
@@ -114,6 +118,14 @@ public final class SyncService: Service {
             let queue = try Queue(name: name, options: options, database: database, syncManager: manager)
             queueList.withLock { $0.append(queue) }
             configuration.logger.info("replaying queue", metadata: ["queue": "\(name)"])
+        }
+    }
+
+    /// The store the service's queues live on: the database it was given, or its first queue's.
+    private var storeDatabase: (any QueueDatabase)? {
+        switch source {
+        case .fixed: queues.first?.database
+        case .discovered(let database, _, _): database
         }
     }
 
@@ -180,6 +192,9 @@ public final class SyncService: Service {
         // Subscribe before the start-up round, so that no registration falls between the two.
         let registrations = manager.registrations()
         let statuses = configuration.connectivity?.statusUpdates()
+        // Pushes by other processes, from a store that tells of them; coalesced as registrations are.
+        let pushes = storeDatabase?.pushNotifications()
+        let pushQueued = Locked(false)
         // A burst of pushes (one registration each) makes one sync round, not one round per push:
         // a `.registered` trigger is queued only when none is waiting.
         let registrationQueued = Locked(false)
@@ -201,6 +216,17 @@ public final class SyncService: Service {
                         if first { trigger.yield(.registered) }
                     }
                 }
+                if let pushes {
+                    group.addTask {
+                        for await _ in pushes {
+                            let first = pushQueued.withLock { queued -> Bool in
+                                defer { queued = true }
+                                return !queued
+                            }
+                            if first { trigger.yield(.pushed) }
+                        }
+                    }
+                }
                 let timer = SyncTimer()
                 group.addTask { [configuration] in
                     await timer.run(clock: configuration.clock) { trigger.yield(.timer) }
@@ -215,7 +241,8 @@ public final class SyncService: Service {
                     }
                 }
                 try await loop(
-                    triggers: triggers, timer: timer, manager: manager, registrationQueued: registrationQueued)
+                    triggers: triggers, timer: timer, manager: manager, registrationQueued: registrationQueued,
+                    pushQueued: pushQueued)
                 group.cancelAll()
             }
         } onGracefulShutdown: { [shuttingDown] in
@@ -228,7 +255,8 @@ public final class SyncService: Service {
     }
 
     private func loop(
-        triggers: AsyncStream<Trigger>, timer: SyncTimer, manager: SyncManager, registrationQueued: Locked<Bool>
+        triggers: AsyncStream<Trigger>, timer: SyncTimer, manager: SyncManager, registrationQueued: Locked<Bool>,
+        pushQueued: Locked<Bool>
     ) async throws {
         // Unknown until the monitor speaks; without a monitor, assume online.
         var online = configuration.connectivity == nil
@@ -250,7 +278,8 @@ public final class SyncService: Service {
                 if online { await syncDue(current, manager: manager) }
             case .start, .timer:
                 if online { await syncDue(current, manager: manager) }
-            case .poll:
+            case .poll, .pushed:
+                if case .pushed = current { pushQueued.withLock { $0 = false } }
                 do {
                     try await discoverQueues()
                 } catch {

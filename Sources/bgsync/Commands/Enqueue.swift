@@ -18,12 +18,13 @@ struct Enqueue: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let urlRequest = try request.request()
-            let queue = try Queue(
-                name: request.queue, options: request.queueOptions, database: try database.open(.create))
-            if request.dropsSecrets {
-                printError("warning: secret headers and URL credentials are not stored; pass --store-secrets to keep them")
+            try await database.withDatabase(.create) { db in
+                let queue = try Queue(name: request.queue, options: request.queueOptions, database: db)
+                if request.dropsSecrets {
+                    printError("warning: secret headers and URL credentials are not stored; pass --store-secrets to keep them")
+                }
+                print(try await queue.pushRequest(urlRequest))
             }
-            print(try await queue.pushRequest(urlRequest))
         }
     }
 }

@@ -19,17 +19,18 @@ struct List: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let db = try database.open(.read)
-            let known = try await db.queueNames()
-            if let queue, !known.contains(queue) {
-                throw CLIError("no queue named '\(queue)'")
-            }
-            let names = queue.map { [$0] } ?? known
             let now = Date()
-            var views: [EntryView] = []
-            for name in names {
-                views += try await db.entries(queueName: name, state: dead ? .dead : .pending)
-                    .map { EntryView($0, now: now, details: false) }
+            let views = try await database.withDatabase(.read) { db in
+                let known = try await db.queueNames()
+                if let queue, !known.contains(queue) {
+                    throw CLIError("no queue named '\(queue)'")
+                }
+                var views: [EntryView] = []
+                for name in queue.map({ [$0] }) ?? known {
+                    views += try await db.entries(queueName: name, state: dead ? .dead : .pending)
+                        .map { EntryView($0, now: now, details: false) }
+                }
+                return views
             }
             if output.json { return try printJSON(views) }
             if views.isEmpty { return print(dead ? "no dead letters" : "no pending entries") }

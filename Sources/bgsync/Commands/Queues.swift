@@ -23,7 +23,7 @@ struct Queues: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let now = Date()
-            let views = try await database.open(.read).queueSummaries().map { summary in
+            let views = try await database.withDatabase(.read) { try await $0.queueSummaries() }.map { summary in
                 View(
                     name: summary.name, pending: summary.size, dead: summary.deadLetterCount,
                     oldestQueuedAt: summary.headTimestamp,

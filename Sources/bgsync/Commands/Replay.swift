@@ -62,7 +62,7 @@ struct Replay: AsyncParsableCommand {
     }
 
     /// Replays one queue.
-    private func replay(_ name: String, _ db: SQLiteQueueDatabase) async throws -> Outcome {
+    private func replay(_ name: String, _ db: any QueueDatabase) async throws -> Outcome {
         var outcome = Outcome(queue: name, result: "drained")
         let total = try await db.countEntries(queueName: name, state: .pending)
         if total == 0 {

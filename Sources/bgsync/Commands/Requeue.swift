@@ -28,7 +28,7 @@ struct Requeue: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             // The queue's own requeue: moves the entries back and registers the queue's sync.
-            func open(_ name: String, _ db: SQLiteQueueDatabase) throws -> Queue {
+            func open(_ name: String, _ db: any QueueDatabase) throws -> Queue {
                 try Queue(name: name, options: QueueOptions(logger: quietLogger), database: db)
             }
             try await database.checkThenChange { db -> [String]? in

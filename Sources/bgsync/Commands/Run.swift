@@ -49,9 +49,7 @@ struct Run: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "bgsync")
-        var service: SyncService?
         try await reportingErrors {
-            let db = try database.open(.create)
             var connectivity: (any ConnectivityMonitor)? = noConnectivityMonitor ? nil : ConnectivityMonitors.system()
             if let probeURL {
                 guard let url = URL(string: probeURL), url.scheme == "http" || url.scheme == "https" else {
@@ -59,17 +57,18 @@ struct Run: AsyncParsableCommand {
                 }
                 connectivity = ProbeConnectivityMonitor(url: url, base: connectivity)
             }
-            service = SyncService(
-                database: db, options: QueueOptions(logger: logger),
-                configuration: .init(
-                    connectivity: connectivity, logger: logger,
-                    pollInterval: .milliseconds(Int64(pollInterval * 1000))))
-            logger.info("bgsync run: replaying the queues of \(db.path)")
+            // A database that fails while the daemon runs ends it with its own status, as any command.
+            try await database.withDatabase(.create) { db in
+                let service = SyncService(
+                    database: db, options: QueueOptions(logger: logger),
+                    configuration: .init(
+                        connectivity: connectivity, logger: logger,
+                        pollInterval: .milliseconds(Int64(pollInterval * 1000))))
+                logger.info("bgsync run: replaying the queues of \(db.identity)")
+                let group = ServiceGroup(
+                    services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+                try await group.run()
+            }
         }
-        guard let service else { return }
-        let group = ServiceGroup(
-            services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        // A database that fails while the daemon runs ends it with its own status, as any command.
-        try await reportingErrors { try await group.run() }
     }
 }

@@ -33,6 +33,9 @@ struct Salvage: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
+            if database.isPostgres {
+                throw CLIError("salvage copies what can be read of a damaged SQLite file; a PostgreSQL store is not one")
+            }
             let source = database.resolvedPath
             guard FileManager.default.fileExists(atPath: source) else { throw CLIError("no database at '\(source)'") }
             guard !FileManager.default.fileExists(atPath: destination) else {

@@ -38,22 +38,24 @@ struct Send: AsyncParsableCommand {
         try await reportingErrors {
             var urlRequest = try request.request()
             urlRequest.timeoutInterval = timeout
-            let queue = try Queue(
-                name: request.queue, options: request.queueOptions, database: try database.open(.create))
-            if request.dropsSecrets {
-                printError("warning: secret headers and URL credentials are sent now but not stored; pass --store-secrets to keep them for a replay")
+            let queued = try await database.withDatabase(.create) { db -> Bool in
+                let queue = try Queue(name: request.queue, options: request.queueOptions, database: db)
+                if request.dropsSecrets {
+                    printError("warning: secret headers and URL credentials are sent now but not stored; pass --store-secrets to keep them for a replay")
+                }
+                switch try await queue.send(urlRequest) {
+                case .sent(let response) where ReplayDecision.forStatus(response.status) == .deadLetter:
+                    print("refused by the server: HTTP \(response.status) (not queued)")
+                    throw ExitStatus.refused
+                case .sent(let response):
+                    print("sent: HTTP \(response.status)")
+                    return false
+                case .queued(let id, let reason):
+                    print("queued as entry \(id) in '\(request.queue)' (\(reason))")
+                    return true
+                }
             }
-            switch try await queue.send(urlRequest) {
-            case .sent(let response) where ReplayDecision.forStatus(response.status) == .deadLetter:
-                print("refused by the server: HTTP \(response.status) (not queued)")
-                throw ExitStatus.refused
-            case .sent(let response):
-                print("sent: HTTP \(response.status)")
-                return
-            case .queued(let id, let reason):
-                print("queued as entry \(id) in '\(request.queue)' (\(reason))")
-            }
-            if failOnQueue { throw ExitStatus.queued }
+            if queued && failOnQueue { throw ExitStatus.queued }
         }
     }
 }

@@ -16,7 +16,7 @@ struct Show: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            guard let entry = try await database.open(.read).entry(id: id) else {
+            guard let entry = try await database.withDatabase(.read, { try await $0.entry(id: id) }) else {
                 throw CLIError("no entry with id \(id)")
             }
             let view = EntryView(entry, now: Date(), details: true)

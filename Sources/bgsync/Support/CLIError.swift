@@ -15,19 +15,22 @@ struct CLIError: Error, CustomStringConvertible {
 /// nothing changed; a path to a file that is not a database is bad input too), 3 `send --fail-on-queue`
 /// queued the request, 4 the database cannot be used (locked by another process, disk full, I/O
 /// error, corrupt, written by a newer version),
-/// 5 `send`: the server refused the request and retrying would not help (not queued).
+/// 5 `send`: the server refused the request and retrying would not help (not queued), 6 the
+/// PostgreSQL server cannot be reached or refused the connection (wrong password, no such database).
 enum ExitStatus {
     static let retryableFailure = ExitCode(1)
     static let badInput = ExitCode(2)
     static let queued = ExitCode(3)
     static let storageFailure = ExitCode(4)
     static let refused = ExitCode(5)
+    static let storeUnreachable = ExitCode(6)
 
     /// The status for an error a command did not handle itself.
     static func forError(_ error: BackgroundSyncError) -> ExitCode {
         switch error.code {
         case .storage, .schemaTooNew: storageFailure
         case .queueReplayFailed, .queuePaused: retryableFailure
+        case .storeUnreachable: storeUnreachable
         default: badInput
         }
     }

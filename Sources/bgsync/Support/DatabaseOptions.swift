@@ -1,13 +1,16 @@
 import ArgumentParser
 import BackgroundSync
+import BackgroundSyncPostgres
 import Foundation
+import Logging
 
-/// `--db PATH`, shared by every command that works on a database.
+/// `--db PATH|URL`, shared by every command that works on a database.
 struct DatabaseOptions: ParsableArguments {
     @Option(
         name: .customLong("db"),
         help: ArgumentHelp(
-            "The database file (default: $BGSYNC_DB, else the library's default file).", valueName: "path"))
+            "The database file, or a postgres:// URL (default: $BGSYNC_DB, else the library's default file).",
+            valueName: "path|url"))
     var path: String?
 
     @Option(help: ArgumentHelp("Seconds to wait for another process's lock on the database.", valueName: "seconds"))
@@ -26,6 +29,22 @@ struct DatabaseOptions: ParsableArguments {
             return environment
         }
         return SQLiteQueueDatabase.defaultPath()
+    }
+
+    /// Whether the database in force is a PostgreSQL store (`postgres://` or `postgresql://`).
+    var isPostgres: Bool {
+        let lowered = resolvedPath.lowercased()
+        return lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://")
+    }
+
+    /// Runs `body` with the database in force: a SQLite file opened for `access`, or a PostgreSQL
+    /// store running for the duration of the call (its schema created or migrated on the way).
+    func withDatabase<T: Sendable>(_ access: Access, _ body: (any QueueDatabase) async throws -> T) async throws -> T {
+        guard isPostgres else { return try await body(try open(access)) }
+        var logger = Logger(label: "bgsync.postgres")
+        logger.logLevel = .error
+        return try await PostgresQueueDatabase.withDatabase(
+            try PostgresQueueDatabase.Configuration(url: resolvedPath), logger: logger, body)
     }
 
     /// How a command uses the database.
@@ -61,9 +80,15 @@ extension DatabaseOptions {
     /// file's bytes as they were. A database that cannot be opened read-only (one that needs a
     /// schema upgrade) is checked on the writing connection instead.
     func checkThenChange<Found>(
-        _ check: (SQLiteQueueDatabase) async throws -> Found?,
-        change: (SQLiteQueueDatabase, Found) async throws -> Void
+        _ check: (any QueueDatabase) async throws -> Found?,
+        change: (any QueueDatabase, Found) async throws -> Void
     ) async throws {
+        // A PostgreSQL store has no file to leave untouched: one instance checks, then changes.
+        if isPostgres {
+            return try await withDatabase(.write) { db in
+                if let found = try await check(db) { try await change(db, found) }
+            }
+        }
         let readOnly: SQLiteQueueDatabase
         do {
             readOnly = try open(.read)

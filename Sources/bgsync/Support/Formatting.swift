@@ -43,7 +43,7 @@ func isTerminal(_ fd: Int32) -> Bool {
 /// An optional field the JSON output always writes, as `null` when empty, so that scripts always
 /// find the same keys (a synthesized `Encodable` leaves a `nil` optional out).
 @propertyWrapper
-struct AlwaysWritten<Value: Encodable>: Encodable {
+struct AlwaysWritten<Value: Encodable & Sendable>: Encodable, Sendable {
     var wrappedValue: Value?
 
     init(wrappedValue: Value?) {
@@ -57,7 +57,7 @@ struct AlwaysWritten<Value: Encodable>: Encodable {
 }
 
 /// An entry as listed and shown, with stable JSON field names.
-struct EntryView: Encodable {
+struct EntryView: Encodable, Sendable {
     var id: Int64
     var queue: String
     var state: String
@@ -133,7 +133,7 @@ struct EntryView: Encodable {
 }
 
 /// A recorded failure as shown: what failed, the status, the message, and what the server answered.
-struct FailureView: Encodable {
+struct FailureView: Encodable, Sendable {
     var kind: String
     @AlwaysWritten var status: Int? = nil
     var message: String
