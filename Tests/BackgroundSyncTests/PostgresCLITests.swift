@@ -1,0 +1,59 @@
+import BackgroundSync
+import Foundation
+import PostgresTestServer
+import Testing
+
+/// `bgsync --db postgres://…` against the tests' own PostgreSQL server, each test in a schema of
+/// its own.
+@Suite(
+    "bgsync on PostgreSQL", .timeLimit(.minutes(3)),
+    .enabled(if: PostgresTestServer.unavailableReason == nil, Comment(rawValue: PostgresTestServer.unavailableReason ?? "")))
+struct PostgresCLITests {
+    /// A URL to a new schema of the shared server.
+    private func storeURL() async throws -> String {
+        let server = try await offCooperativePool { try PostgresTestServer.shared() }
+        return server.url + "?sslmode=disable&schema=cli_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+    }
+
+    @Test func commandsWorkOnAPostgresStore() async throws {
+        let url = try await storeURL()
+        let server = try RecordingServer()
+        let enqueued = try await bgsync(["enqueue", "--db", url, "--queue", "orders", "-X", "POST", "-d", "one", "\(server.url)"])
+        #expect(enqueued.status == 0, "\(enqueued.stderr)")
+        // $BGSYNC_DB names the store as --db does.
+        let second = try await bgsync(
+            ["enqueue", "--queue", "orders", "-X", "POST", "-d", "two", "\(server.url)"], environment: ["BGSYNC_DB": url])
+        #expect(second.status == 0, "\(second.stderr)")
+        let queues = try await bgsync(["queues", "--db", url, "--json"])
+        #expect(queues.status == 0, "\(queues.stderr)")
+        #expect(queues.stdout.contains("\"pending\":2") || queues.stdout.contains("\"pending\" : 2"), "\(queues.stdout)")
+        let list = try await bgsync(["list", "--db", url])
+        #expect(list.stdout.contains("/api/posts"), "\(list.stdout)")
+        let replay = try await bgsync(["replay", "--db", url, "--queue", "orders"])
+        #expect(replay.status == 0, "\(replay.stderr)")
+        #expect(server.bodies == ["one", "two"])
+        let empty = try await bgsync(["list", "--db", url])
+        #expect(empty.stdout.contains("no pending entries"), "\(empty.stdout)")
+    }
+
+    @Test func badURLsAndUnreachableServersAreOneLineErrors() async throws {
+        let server = try await offCooperativePool { try PostgresTestServer.shared() }
+        let bad = try await bgsync(["queues", "--db", "postgres://u:secret@127.0.0.1:99999/db"])
+        #expect(bad.status == 2, "\(bad.stderr)")
+        #expect(bad.stderr.contains("port 99999 is out of range"), "\(bad.stderr)")
+        #expect(!bad.stderr.contains("secret"), "\(bad.stderr)")
+        let schema = try await bgsync(["queues", "--db", server.url + "?schema=Robert'); DROP TABLE x;--"])
+        #expect(schema.status == 2, "\(schema.stderr)")
+        // A port nobody listens on: refused.
+        let refused = try await bgsync(["queues", "--db", "postgres://u:secret@127.0.0.1:1/db?sslmode=disable"])
+        #expect(refused.status == 6, "\(refused.stderr)")
+        #expect(refused.stderr.split(separator: "\n").count == 1, "\(refused.stderr)")
+        #expect(!refused.stderr.contains("secret"), "\(refused.stderr)")
+        let missing = try await bgsync(["queues", "--db", "postgres://bgsync@127.0.0.1:\(server.port)/no_such_database?sslmode=disable"])
+        #expect(missing.status == 6, "\(missing.stderr)")
+        #expect(missing.stderr.contains("no_such_database"), "\(missing.stderr)")
+        let role = try await bgsync(["queues", "--db", "postgres://nobody:pw@127.0.0.1:\(server.port)/postgres?sslmode=disable"])
+        #expect(role.status == 6, "\(role.stderr)")
+        #expect(!role.stderr.contains("pw@"), "\(role.stderr)")
+    }
+}
