@@ -39,7 +39,8 @@ extension PostgresQueueDatabase {
         public var tls: TLSMode
         /// The PostgreSQL schema that holds the store's tables: several stores can share a
         /// database under different schemas. Lower-case letters, digits and `_`, not starting
-        /// with a digit, at most 63 characters. Default: `background_sync`.
+        /// with a digit, at most 56 characters (the schema's notification channel, `bgsync_<schema>`,
+        /// must fit PostgreSQL's 63). Default: `background_sync`.
         public var schema: String
         /// The most connections the store's pool opens (one more holds the instance's session
         /// lock and listens for pushes). Default: 20.
@@ -73,7 +74,8 @@ extension PostgresQueueDatabase {
         }
 
         /// Reads `postgres://user:password@host:port/database?sslmode=…&schema=…` (or
-        /// `postgresql://`). User, password and database are percent-decoded; a `host` query
+        /// `postgresql://`). User, password and database are percent-decoded (and may also be given
+        /// as the `user`, `password` and `dbname` parameters); a `host` query
         /// parameter that starts with `/` is the folder of a Unix-domain socket (as in libpq:
         /// the socket is `<folder>/.s.PGSQL.<port>`). The query may also set `schema` and
         /// `max_connections` (the pool's size) and `connect_timeout` (seconds). A bad URL throws
@@ -110,6 +112,12 @@ extension PostgresQueueDatabase {
                     }
                 case "schema":
                     schema = value
+                case "password":
+                    password = value
+                case "user":
+                    username = value
+                case "dbname":
+                    database = value
                 case "host":
                     guard value.hasPrefix("/") else { host = value; continue }
                     unixSocketPath = value
@@ -140,7 +148,7 @@ extension PostgresQueueDatabase {
             guard Self.isValidSchemaName(schema) else {
                 throw BackgroundSyncError(
                     .invalidRequest,
-                    "invalid PostgreSQL schema name '\(schema)': use lower-case letters, digits and _, not starting with a digit, at most 63 characters")
+                    "invalid PostgreSQL schema name '\(schema)': use lower-case letters, digits and _, not starting with a digit, at most 56 characters")
             }
             guard maximumConnections >= 1 else {
                 throw BackgroundSyncError(.invalidRequest, "maximumConnections must be at least 1")
@@ -151,7 +159,7 @@ extension PostgresQueueDatabase {
         /// schema is the one name the store's SQL does not bind as a parameter (PostgreSQL binds
         /// values, not identifiers).
         static func isValidSchemaName(_ name: String) -> Bool {
-            guard let first = name.utf8.first, name.utf8.count <= 63, !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first)
+            guard let first = name.utf8.first, name.utf8.count <= 56, !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first)
             else { return false }
             return name.utf8.allSatisfy { byte in
                 (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
@@ -159,14 +167,18 @@ extension PostgresQueueDatabase {
             }
         }
 
-        /// The URL with any password replaced by `***`, for messages.
+        /// The URL with any password replaced by `***`, for messages: what lies between the first
+        /// `:` after the scheme and the last `@` (a password may hold `/`, `?` or `#` unencoded),
+        /// and the value of a `password` query parameter.
         public static func redacting(_ url: String) -> String {
-            guard let schemeEnd = url.range(of: "://") else { return url }
-            let rest = url[schemeEnd.upperBound...]
-            let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
-            let authority = rest[..<authorityEnd]
-            guard let at = authority.lastIndex(of: "@"), let colon = authority[..<at].firstIndex(of: ":") else { return url }
-            return String(url[..<colon]) + ":***" + String(url[at...])
+            var text = url
+            if let schemeEnd = text.range(of: "://"), let at = text[schemeEnd.upperBound...].lastIndex(of: "@"),
+                let colon = text[schemeEnd.upperBound..<at].firstIndex(of: ":")
+            {
+                text.replaceSubrange(text.index(after: colon)..<at, with: "***")
+            }
+            text.replace(#/(?i)password=[^&#]*/#, with: "password=***")
+            return text
         }
 
         /// Where the store is, without credentials: the store's identity and the name in messages.

@@ -17,16 +17,6 @@ extension PostgresQueueDatabase {
         "(lease_owner IS NOT NULL AND lease_expires_at >= $\(now) AND lease_session IN \(liveSessions))"
     }
 
-    /// A row whose lease may be free: none, expired, its session gone, or its holder a process of
-    /// this host (`$host`: `host|`) other than this one (`$process`: `host|pid|`), which
-    /// ``LeaseOwner/isAbandoned(_:)`` checks.
-    static func leaseMayBeFree(now: Int, host: Int, process: Int) -> String {
-        """
-        (lease_owner IS NULL OR lease_expires_at < $\(now) OR lease_session IS NULL OR lease_session NOT IN \(liveSessions)
-         OR (starts_with(lease_owner, $\(host)) AND NOT starts_with(lease_owner, $\(process))))
-        """
-    }
-
     /// `host|` and `host|pid|` of this process, as ``LeaseOwner/rawValue`` starts.
     static let ownerPrefixes: (host: String, process: String) = {
         let owner = LeaseOwner.current()
@@ -147,24 +137,18 @@ extension PostgresQueueDatabase {
     public func removeEntry(queueName: String, at end: QueueEnd) async throws -> QueueStoreEntry? {
         let now = Date().timeIntervalSince1970
         let order = end == .head ? "ASC" : "DESC"
-        let prefixes = Self.ownerPrefixes
+        let abandoned = try await abandonedOwners(queueName: queueName, now: now)
         return try await write("remove from") { connection in
             // Rows another remover or a lease is writing are skipped, not waited for.
-            let candidates = try await self.rows(connection, self.sql("""
-                SELECT \(Self.entryColumns), lease_owner, \(Self.leaseHolds(now: 2)) FROM {s}.entry
-                WHERE queue_name = $1 AND state = 'pending' AND \(Self.leaseMayBeFree(now: 2, host: 3, process: 4))
-                ORDER BY position \(order) LIMIT 64 FOR UPDATE OF entry SKIP LOCKED
-                """), binds(queueName, now, prefixes.host, prefixes.process))
-            for row in candidates {
-                let cells = row.makeRandomAccess()
-                let owner = try cells[Self.entryColumnCount].decode(String?.self)
-                let holds = try cells[Self.entryColumnCount + 1].decode(Bool.self)
-                if Self.isHeld(holds: holds, owner: owner) { continue }
-                let entry = try Self.decode(row)
-                try await self.rows(connection, self.sql("DELETE FROM {s}.entry WHERE id = $1"), binds(entry.id))
-                return entry
-            }
-            return nil
+            let rows = try await self.rows(connection, self.sql("""
+                SELECT \(Self.entryColumns) FROM {s}.entry
+                WHERE queue_name = $1 AND state = 'pending' AND (NOT \(Self.leaseHolds(now: 2)) OR lease_owner = ANY($3))
+                ORDER BY position \(order) LIMIT 1 FOR UPDATE OF entry SKIP LOCKED
+                """), binds(queueName, now, abandoned))
+            guard let row = rows.first else { return nil }
+            let entry = try Self.decode(row)
+            try await self.rows(connection, self.sql("DELETE FROM {s}.entry WHERE id = $1"), binds(entry.id))
+            return entry
         }
     }
 

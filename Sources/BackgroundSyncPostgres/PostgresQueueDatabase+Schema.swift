@@ -96,9 +96,17 @@ extension PostgresQueueDatabase {
     ]
 
     /// Brings the schema up to date, under a transaction-level advisory lock: instances that start
-    /// together wait for the first one's migration, then find nothing to do.
+    /// together wait for the first one's migration, then find nothing to do. A schema already up to
+    /// date is only read: a role that may use the tables but not create anything opens it.
     func migrate(_ connection: PostgresConnection) async throws {
         let known = Self.migrations.map(\.version)
+        let exists = try await rows(connection, "SELECT to_regclass($1) IS NOT NULL", binds(prefix + "schema_migration"))
+        if try exists.first?.decode(Bool.self) == true {
+            let applied = try await rows(connection, sql("SELECT version FROM {s}.schema_migration"))
+                .map { try $0.decode(String.self) }
+            try refuseUnknown(applied, known: known)
+            if Set(known).isSubset(of: applied) { return }
+        }
         try await connection.query("BEGIN", logger: logger)
         do {
             try await rows(connection, "SELECT pg_advisory_xact_lock($1)", binds(Self.migrationLockKey(configuration.schema)))
@@ -111,12 +119,7 @@ extension PostgresQueueDatabase {
             for row in try await rows(connection, sql("SELECT version FROM {s}.schema_migration")) {
                 applied.append(try row.decode(String.self))
             }
-            let unknown = applied.filter { !known.contains($0) }
-            guard unknown.isEmpty else {
-                throw BackgroundSyncError(
-                    .schemaTooNew,
-                    "the PostgreSQL store \(identity) was written by a newer version of the library (schema \(unknown.sorted().joined(separator: ", "))): upgrade this program")
-            }
+            try refuseUnknown(applied, known: known)
             for migration in Self.migrations where !applied.contains(migration.version) {
                 for statement in migration.statements { try await rows(connection, sql(statement)) }
                 try await rows(connection, sql("INSERT INTO {s}.schema_migration(version) VALUES ($1)"), binds(migration.version))
@@ -126,6 +129,16 @@ extension PostgresQueueDatabase {
         } catch {
             _ = try? await connection.query("ROLLBACK", logger: logger)
             throw error
+        }
+    }
+
+    /// Refuses a schema with versions this library does not know.
+    private func refuseUnknown(_ applied: [String], known: [String]) throws {
+        let unknown = applied.filter { !known.contains($0) }
+        guard unknown.isEmpty else {
+            throw BackgroundSyncError(
+                .schemaTooNew,
+                "the PostgreSQL store \(identity) was written by a newer version of the library (schema \(unknown.sorted().joined(separator: ", "))): upgrade this program")
         }
     }
 
@@ -159,7 +172,7 @@ extension String: Bindable {}
 extension Int64: Bindable {}
 extension Double: Bindable {}
 extension Bool: Bindable {}
-extension Array: Bindable where Element == Int64 {}
+extension Array: Bindable where Element: Bindable & PostgresArrayEncodable & PostgresNonThrowingEncodable {}
 
 extension Data: Bindable {
     func bind(to bindings: inout PostgresBindings) { try! bindings.append(self) }

@@ -47,8 +47,9 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     let logger: Logger
     /// The schema-qualified name prefix of the store's tables (`"schema".`).
     let prefix: String
-    /// The key of this instance's session-level advisory lock, named by its leases.
-    let sessionKey: Int64
+    /// The key of the session-level advisory lock this instance holds now (a new one for each
+    /// session), named by its leases.
+    private let session = Locked<Int64?>(nil)
     /// The `NOTIFY` channel of the schema.
     let channel: String
     private let connectionConfiguration: PostgresConnection.Configuration
@@ -75,7 +76,6 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         var ready = false
         var ended: BackgroundSyncError?
         var waiters: [UnsafeContinuation<Void, any Error>] = []
-        var sessionUp = false
     }
 
     /// Creates a store; nothing is connected until ``run()``. Throws
@@ -85,10 +85,13 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         self.configuration = configuration
         self.identity = configuration.location
         self.logger = logger
-        self.client = PostgresClient(configuration: try configuration.clientConfiguration(), backgroundLogger: logger)
-        self.connectionConfiguration = try configuration.connectionConfiguration()
+        do {
+            self.client = PostgresClient(configuration: try configuration.clientConfiguration(), backgroundLogger: logger)
+            self.connectionConfiguration = try configuration.connectionConfiguration()
+        } catch {
+            throw BackgroundSyncError(.invalidRequest, "cannot set up TLS for the PostgreSQL store \(configuration.location): \(error)")
+        }
         self.prefix = "\"\(configuration.schema)\"."
-        self.sessionKey = Int64.random(in: 1..<(1 << 62))
         self.channel = "bgsync_\(configuration.schema)"
         (jobs, jobInput) = AsyncStream.makeStream(of: Job.self)
     }
@@ -101,10 +104,11 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// Runs `body` with a store that runs for the duration of the call, in a child task: the
     /// store is ready (connected, schema up to date) when `body` starts, and stopped when it
     /// returns or throws. A store that cannot start throws its error instead of calling `body`.
-    public static func withDatabase<Result: Sendable>(
+    /// Cancelling the call stops the store: writes still running then fail.
+    public static func withDatabase<Value: Sendable>(
         _ configuration: Configuration, logger: Logger = Logger(label: "background-sync.postgres"),
-        _ body: (PostgresQueueDatabase) async throws -> Result
-    ) async throws -> Result {
+        _ body: (PostgresQueueDatabase) async throws -> Value
+    ) async throws -> Value {
         let database = try PostgresQueueDatabase(configuration: configuration, logger: logger)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await database.run() }
@@ -133,25 +137,24 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         try await cancelWhenGracefulShutdown {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await self.client.run() }
+                let session: PostgresConnection
                 do {
-                    // On a connection of its own, opened directly: a server that cannot be reached,
-                    // or refuses the login, is reported at once with the reason.
-                    let connection = try await PostgresConnection.connect(
-                        configuration: self.connectionConfiguration, id: 1, logger: self.logger)
+                    // The session's connection is opened directly, not from the pool: a server that
+                    // cannot be reached, or refuses the login, is reported at once with the reason.
+                    session = try await self.openSession()
                     do {
-                        try await self.migrate(connection)
+                        try await self.migrate(session)
                     } catch {
-                        try? await connection.close()
+                        try? await session.close()
                         throw error
                     }
-                    try? await connection.close()
                 } catch {
                     let failure = self.mapError(error, action: "open")
                     self.end(failure)
                     group.cancelAll()
                     throw failure
                 }
-                group.addTask { await self.keepSession() }
+                group.addTask { await self.keepSession(session) }
                 group.addTask {
                     await withDiscardingTaskGroup { writes in
                         for await job in self.jobs {
@@ -160,7 +163,6 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                         }
                     }
                 }
-                try await self.waitForSession()
                 self.markReady()
                 try await group.next()
                 group.cancelAll()
@@ -207,27 +209,39 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         for subscriber in subscribers.withLock({ Array($0.values) }) { subscriber.finish() }
     }
 
-    /// Waits until the session lock is held the first time (a few milliseconds after migrations).
-    private func waitForSession() async throws {
-        while !runState.withLock({ $0.sessionUp }) {
-            try await Task.sleep(for: .milliseconds(5))
+    /// Connects a session and takes its lock under a new key: leases written under an earlier
+    /// session's key (one lost with its connection) are free for every worker from now on, this one
+    /// included, rather than held again by this one.
+    private func openSession() async throws -> PostgresConnection {
+        let connection = try await PostgresConnection.connect(configuration: connectionConfiguration, id: 0, logger: logger)
+        do {
+            let key = Int64.random(in: 1..<(1 << 62))
+            let locked = try await rows(connection, "SELECT pg_try_advisory_lock($1)", binds(key))
+            guard try locked.first?.decode(Bool.self) == true else {
+                throw BackgroundSyncError(.storage, "the session lock \(key) is taken")
+            }
+            session.withLock { $0 = key }
+            return connection
+        } catch {
+            try? await connection.close()
+            throw error
         }
     }
 
-    /// Holds this instance's session lock and listens for pushes, on a connection of its own,
-    /// connecting again (after a short pause) whenever it is lost, until cancelled.
-    private func keepSession() async {
+    /// The key of this instance's session lock while the session holds it, `nil` while it is lost.
+    var sessionKey: Int64? { session.withLock { $0 } }
+
+    /// Listens for pushes on the session's connection; when it is lost, connects a new session
+    /// (after a short pause, growing to 5 seconds) until cancelled.
+    private func keepSession(_ first: PostgresConnection) async {
+        var connection: PostgresConnection? = first
         var pause = Duration.milliseconds(100)
         while !Task.isCancelled {
-            do {
-                let connection = try await PostgresConnection.connect(
-                    configuration: connectionConfiguration, id: 0, logger: logger)
+            if let current = connection {
                 do {
-                    try await connection.query("SELECT pg_advisory_lock(\(sessionKey))", logger: logger)
-                    try await connection.listen(on: channel) { notifications in
-                        runState.withLock { $0.sessionUp = true }
+                    try await current.listen(on: channel) { notifications in
                         pause = .milliseconds(100)
-                        // A reconnection may have missed pushes: wake the listeners once.
+                        // Pushes made while no session listened were missed: wake the listeners once.
                         broadcast("")
                         for try await notification in notifications {
                             broadcast(notification.payload)
@@ -235,20 +249,25 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                     }
                 } catch {
                     if !Task.isCancelled {
-                        logger.info("lost the PostgreSQL session; connecting again", metadata: ["error": "\(describe(error))"])
+                        logger.warning("lost the PostgreSQL session; connecting again", metadata: ["error": "\(describe(error))"])
                     }
                 }
-                runState.withLock { $0.sessionUp = false }
-                try? await connection.close()
-            } catch {
-                if !Task.isCancelled {
-                    logger.info("cannot open the PostgreSQL session", metadata: ["error": "\(describe(error))"])
-                }
+                session.withLock { $0 = nil }
+                try? await current.close()
+                connection = nil
             }
             try? await Task.sleep(for: pause)
             pause = min(pause * 2, .seconds(5))
+            do {
+                connection = try await openSession()
+            } catch {
+                if !Task.isCancelled {
+                    logger.warning("cannot open the PostgreSQL session", metadata: ["error": "\(describe(error))"])
+                }
+            }
         }
-        runState.withLock { $0.sessionUp = false }
+        session.withLock { $0 = nil }
+        try? await connection?.close()
     }
 
     // MARK: Notifications
@@ -376,10 +395,14 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     }
 
     /// A server that cannot be reached or refuses the connection: no server, TLS refused, a role
-    /// or password refused (SQLSTATE class 28), a missing database (3D000).
+    /// or password refused, a missing database, a server starting up or out of connections.
     static func isUnreachable(_ error: any Error) -> Bool {
         guard let error = error as? PSQLError else { return false }
-        if let state = error.serverInfo?[.sqlState] { return state.hasPrefix("28") || state == "3D000" }
+        // Class 28: authorization; 3D000: no such database; 57P03: the server is starting or
+        // shutting down; 53300: too many connections.
+        if let state = error.serverInfo?[.sqlState] {
+            return state.hasPrefix("28") || ["3D000", "57P03", "53300"].contains(state)
+        }
         return [.connectionError, .sslUnsupported, .authMechanismRequiresPassword, .unsupportedAuthMechanism, .saslError]
             .contains(error.code)
     }

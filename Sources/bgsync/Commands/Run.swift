@@ -10,12 +10,15 @@ struct Run: AsyncParsableCommand {
         abstract: "Replay every queue of the database automatically, as a daemon.",
         discussion: """
             Runs a SyncService over the database: at start, when a request is queued (by any \
-            process: the database is polled), when connectivity returns (netlink on Linux) and when \
-            a backoff ends. Logs to stderr. SIGTERM or SIGINT stops it gracefully: sends in flight \
-            finish, their entries are deleted or stay queued, nothing is lost.
+            process: a SQLite file is polled; a PostgreSQL store notifies), when connectivity \
+            returns (netlink on Linux) and when a backoff ends. Logs to stderr. SIGTERM or SIGINT \
+            stops it gracefully: sends in flight finish, their entries are deleted or stay queued, \
+            nothing is lost. Started on several hosts with one postgres:// URL, the daemons form a \
+            fleet: each queue's entries are sent once, an ordered queue in order.
 
-            Example:
+            Examples:
               bgsync run --db /var/lib/app/queue.sqlite
+              BGSYNC_DB=postgres://bgsync:PASSWORD@db.internal/app bgsync run
             """)
 
     @OptionGroup var database: DatabaseOptions

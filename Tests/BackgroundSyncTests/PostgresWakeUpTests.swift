@@ -1,0 +1,52 @@
+import BackgroundSync
+import BackgroundSyncPostgres
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import PostgresTestServer
+import Testing
+
+/// Pushes on one instance of a PostgreSQL store wake a service on another, without polling.
+@Suite(
+    "PostgreSQL wake-ups", .timeLimit(.minutes(2)),
+    .enabled(if: PostgresTestServer.unavailableReason == nil, Comment(rawValue: PostgresTestServer.unavailableReason ?? "")))
+struct PostgresWakeUpTests {
+    @Test func aPushOnAnotherInstanceWakesAnIdleService() async throws {
+        let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
+        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
+        configuration.schema = "wake_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        let stores = RunningStores()
+        let worker = try await stores.open(configuration)
+        let producer = try await stores.open(configuration)
+        let server = try RecordingServer()
+        // The queue exists before the service starts; it then waits with no poll and no timer due.
+        let queue = try Queue(name: "orders", database: worker)
+        let service = SyncService(queues: [queue], configuration: .init(connectivity: nil, pollInterval: nil))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await service.run() }
+            // The producer's push goes straight to its instance (no SyncManager of this process
+            // hears of it): only the store's notification can wake the service.
+            let request = try StorableRequest.fromRequest({
+                var request = URLRequest(url: server.url)
+                request.httpMethod = "POST"
+                request.httpBody = Data("from another host".utf8)
+                return request
+            }())
+            // Pushed after the service's start-up round (which would find the entry by itself):
+            // the push is then one the service can only learn of from the store.
+            try await Task.sleep(for: .milliseconds(300))
+            _ = try await producer.pushEntry(
+                UnidentifiedQueueStoreEntry(requestData: request.toObject()), queueName: "orders", at: .tail,
+                registeringSyncTag: queue.syncTag)
+            var waited = 0
+            while server.bodies.isEmpty && waited < 1_000 {
+                try await Task.sleep(for: .milliseconds(10))
+                waited += 1
+            }
+            group.cancelAll()
+        }
+        await stores.stopAll()
+        #expect(server.bodies == ["from another host"])
+    }
+}
