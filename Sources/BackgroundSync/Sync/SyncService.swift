@@ -63,7 +63,8 @@ public final class SyncService: Service {
     /// Where queues come from: a fixed list, or every queue of a database.
     private enum Source {
         case fixed(SyncManager?)
-        case discovered(database: any QueueDatabase, options: QueueOptions, manager: SyncManager)
+        case discovered(
+            database: any QueueDatabase, options: @Sendable (String) -> QueueOptions, manager: SyncManager)
     }
 
     private let source: Source
@@ -103,8 +104,21 @@ public final class SyncService: Service {
     /// processes create later (seen at each ``Configuration/pollInterval``), each opened with
     /// `options`: what `bgsync run` does. Outboxes (`outbox:` queues) are left alone: only the
     /// app that owns one can upload its records.
-    public init(database: any QueueDatabase, options: QueueOptions = QueueOptions(), configuration: Configuration = Configuration()) {
-        self.source = .discovered(database: database, options: options, manager: SyncManager.shared(for: database))
+    public convenience init(
+        database: any QueueDatabase, options: QueueOptions = QueueOptions(), configuration: Configuration = Configuration()
+    ) {
+        self.init(database: database, configuration: configuration, optionsForQueue: { _ in options })
+    }
+
+    /// Creates a service for every queue of `database`, as ``init(database:options:configuration:)``
+    /// does, each opened with the options `optionsForQueue` gives for its name (a queue replayed
+    /// with several entries in flight, others in order: `bgsync run --concurrent`). Every process
+    /// replaying a store must give a queue the same options.
+    public init(
+        database: any QueueDatabase, configuration: Configuration = Configuration(),
+        optionsForQueue: @escaping @Sendable (String) -> QueueOptions
+    ) {
+        self.source = .discovered(database: database, options: optionsForQueue, manager: SyncManager.shared(for: database))
         self.queueList = Locked([])
         self.configuration = configuration
     }
@@ -115,7 +129,7 @@ public final class SyncService: Service {
         let known = Set(queues.map(\.name))
         // An outbox's records are uploaded by the app's closure, which only the app has.
         for name in try await database.queueNames() where !known.contains(name) && !name.hasPrefix(Queue.outboxNamePrefix) {
-            let queue = try Queue(name: name, options: options, database: database, syncManager: manager)
+            let queue = try Queue(name: name, options: options(name), database: database, syncManager: manager)
             queueList.withLock { $0.append(queue) }
             configuration.logger.info("replaying queue", metadata: ["queue": "\(name)"])
         }

@@ -18,7 +18,7 @@ struct Run: AsyncParsableCommand {
 
             Examples:
               bgsync run --db /var/lib/app/queue.sqlite
-              BGSYNC_DB=postgres://bgsync:PASSWORD@db.internal/app bgsync run
+              BGSYNC_DB=postgres://bgsync:PASSWORD@db.internal/app bgsync run --concurrent metrics=16
             """)
 
     @OptionGroup var database: DatabaseOptions
@@ -32,6 +32,13 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Do not watch connectivity: assume the network is always up.")
     var noConnectivityMonitor = false
 
+    @Option(
+        name: .customLong("concurrent"),
+        help: ArgumentHelp(
+            "Replay QUEUE with up to N entries in flight, in no particular order (repeatable; other queues are replayed in order). Every worker of a fleet must be started with the same ones.",
+            valueName: "queue=n"))
+    var concurrent: [String] = []
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -42,6 +49,22 @@ struct Run: AsyncParsableCommand {
         guard pollInterval >= 0.01, pollInterval <= 3600 else {
             throw ValidationError("--poll-interval must be between 0.01 and 3600 seconds")
         }
+        _ = try inFlightLimits()
+    }
+
+    /// `--concurrent QUEUE=N`, by queue name.
+    func inFlightLimits() throws -> [String: Int] {
+        var limits: [String: Int] = [:]
+        for item in concurrent {
+            // The last '=' separates: a queue name may hold one.
+            guard let separator = item.lastIndex(of: "="), let count = Int(item[item.index(after: separator)...]),
+                (1...1000).contains(count), separator > item.startIndex
+            else {
+                throw ValidationError("--concurrent takes QUEUE=N with N from 1 to 1000, not '\(item)'")
+            }
+            limits[String(item[..<separator])] = count
+        }
+        return limits
     }
 
     func run() async throws {
@@ -62,11 +85,17 @@ struct Run: AsyncParsableCommand {
             }
             // A database that fails while the daemon runs ends it with its own status, as any command.
             try await database.withDatabase(.create) { db in
+                let limits = try inFlightLimits()
                 let service = SyncService(
-                    database: db, options: QueueOptions(logger: logger),
+                    database: db,
                     configuration: .init(
                         connectivity: connectivity, logger: logger,
-                        pollInterval: .milliseconds(Int64(pollInterval * 1000))))
+                        pollInterval: .milliseconds(Int64(pollInterval * 1000))),
+                    optionsForQueue: { name in
+                        var options = QueueOptions(logger: logger)
+                        if let limit = limits[name] { options.maxConcurrentReplays = limit }
+                        return options
+                    })
                 logger.info("bgsync run: replaying the queues of \(db.identity)")
                 let group = ServiceGroup(
                     services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
