@@ -161,4 +161,56 @@ struct PostgresFleetTests {
         let queues = try JSONSerialization.jsonObject(with: Data(left.stdout.utf8)) as? [[String: Any]]
         #expect(queues?.map { $0["pending"] as? Int } == [0, 0], "\(left.stdout)")
     }
+
+    @Test func workersFinishAfterTheServerRestartsMidDrain() async throws {
+        // A server of this test's own: stopping it must not disturb the other tests.
+        let postgres = try await offCooperativePool { try PostgresTestServer() }
+        let url = postgres.url + "?sslmode=disable&schema=restart"
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-restart-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let server = try RecordingServer()
+        server.respond { _, _ in .respond(.text("ok"), delay: .milliseconds(50)) }
+        let count = 40
+        for number in 0..<count {
+            for queue in ["ordered", "bulk"] {
+                let run = try await bgsync(
+                    ["enqueue", "--db", url, "--queue", queue, "-d", "\(queue)-\(number)", server.url.absoluteString])
+                #expect(run.status == 0, "\(run.stderr)")
+            }
+        }
+        let workers = try (0..<2).map { try Worker(url: url, folder: folder, index: $0) }
+        var waited = 0
+        while server.bodies.count < 20 && waited < 3_000 {
+            try await Task.sleep(for: .milliseconds(10))
+            waited += 1
+        }
+        // Fast shutdown ends every session mid-drain; the server comes back a second later.
+        try await offCooperativePool { postgres.stop() }
+        let deliveredBeforeRestart = server.bodies.count
+        try await Task.sleep(for: .seconds(1))
+        try await offCooperativePool { try postgres.start() }
+        let expected = Set((0..<count).flatMap { ["ordered-\($0)", "bulk-\($0)"] })
+        waited = 0
+        while !expected.isSubset(of: Set(server.bodies)) && waited < 9_000 {
+            try await Task.sleep(for: .milliseconds(10))
+            waited += 1
+        }
+        for worker in workers { worker.kill(SIGTERM) }
+        for worker in workers { try await worker.wait() }
+        print("restart: \(deliveredBeforeRestart) delivered before the restart, \(server.bodies.count) requests in all, \(Double(waited) / 100) s after it")
+        #expect(deliveredBeforeRestart < 2 * count, "the restart came mid-drain")
+        let missing = expected.subtracting(Set(server.bodies))
+        #expect(missing.isEmpty, "not delivered: \(missing.sorted()); logs: \(workers.map(\.logText))")
+        let ordered = firstReceipts(server.received.current, queue: "ordered")
+        #expect(ordered == ordered.sorted(), "the ordered queue arrived as \(ordered)")
+        var keys: [String: Set<String>] = [:]
+        for request in server.received.current {
+            keys[String(decoding: request.body, as: UTF8.self), default: []].insert(request.headers["idempotency-key"] ?? "none")
+        }
+        #expect(keys.values.allSatisfy { $0.count == 1 && !$0.contains("none") })
+        // Both workers outlived the restart: they were stopped by the test, not by the error.
+        #expect(workers.allSatisfy { $0.process.terminationReason == .exit && $0.process.terminationStatus == 0 },
+            "\(workers.map(\.logText))")
+    }
 }
