@@ -100,8 +100,12 @@ let package = Package(
             dependencies: [
                 "BackgroundSync",
                 "BackgroundSyncAsyncHTTPClient",
+                "BackgroundSyncPostgres",
                 "LoopbackHTTPServer",
+                "PostgresTestServer",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

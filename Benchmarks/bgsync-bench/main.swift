@@ -16,14 +16,20 @@ if CommandLine.arguments.count == 4 && CommandLine.arguments[1] == "--drain-chil
     exit(0)
 }
 
+if CommandLine.arguments.count == 5 && CommandLine.arguments[1] == "--postgres-worker-child" {
+    try await PostgresBenchmark.workerChild(
+        url: CommandLine.arguments[2], queue: CommandLine.arguments[3], inFlight: Int(CommandLine.arguments[4]) ?? 1)
+    exit(0)
+}
+
 let arguments = Set(CommandLine.arguments.dropFirst())
 let known: Set<String> = ["--quick", "--json"]
 if let unknown = arguments.first(where: { !known.contains($0) && !$0.hasPrefix("--only=") }) {
-    FileHandle.standardError.write(Data("bgsync-bench: unknown option '\(unknown)' (use --quick, --json, --only=enqueue,replay,ahc,scale,memory; diagnostics: split,group,pairs)\n".utf8))
+    FileHandle.standardError.write(Data("bgsync-bench: unknown option '\(unknown)' (use --quick, --json, --only=enqueue,replay,ahc,scale,memory,postgres; diagnostics: split,group,pairs)\n".utf8))
     exit(2)
 }
 let quick = arguments.contains("--quick")
-// `--only=enqueue,replay,ahc,scale,memory` runs some groups (for profiling); default: all.
+// `--only=enqueue,replay,ahc,scale,memory,postgres` runs some groups (for profiling); default: all.
 let only = CommandLine.arguments.first { $0.hasPrefix("--only=") }
     .map { Set($0.dropFirst("--only=".count).split(separator: ",").map(String.init)) }
 func runs(_ group: String) -> Bool { only?.contains(group) ?? true }
@@ -64,6 +70,9 @@ if runs("ahc") {
 }
 if runs("scale") {
     results += try await ScaleBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
+}
+if runs("postgres") {
+    results += try await PostgresBenchmark(quick: quick).run(log: log).map { (key: $0.0, value: $0.1) }
 }
 if runs("memory") {
     results += try await MemoryBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }

@@ -203,6 +203,11 @@ extension PostgresQueueDatabase {
             }
             configuration.options.maximumConnections = maximumConnections
             configuration.options.connectTimeout = connectTimeout
+            // The store's prepared statements name its tables without the schema; their plans are
+            // made once per connection.
+            configuration.options.additionalStartupParameters = [
+                ("search_path", schema), ("plan_cache_mode", "force_generic_plan"),
+            ]
             return configuration
         }
 

@@ -50,31 +50,34 @@ extension PostgresQueueDatabase {
         let position = end == .tail ? "nextval('\(prefix)tail_position')" : "-nextval('\(prefix)head_position')"
         let values = Self.contentValues(entry)
         let first = 4
-        // One statement, so one round trip and one commit: the queue's row, the entry, the
-        // registration and the notification. The size read sees the queue as the statement
-        // started; the new entry is added to it.
+        // One statement, so one round trip and one commit: the queue's row (the first time this
+        // instance pushes to it), the entry and the registration. The size read sees the queue as
+        // the statement started; the new entry is added to it. The other instances are notified
+        // after the commit, apart (see `announcePush`).
+        let queueRow = knownQueues.withLock { $0.contains(queueName) }
+            ? "" : "queue_row AS (INSERT INTO {s}.queue(name) VALUES ($1) ON CONFLICT DO NOTHING),"
         let statement = sql("""
-            WITH queue_row AS (INSERT INTO {s}.queue(name) VALUES ($1) ON CONFLICT DO NOTHING),
+            WITH \(queueRow)
             registration AS (
                 INSERT INTO {s}.sync_registration(tag, registered_at) SELECT $2::text, $3::double precision
                 WHERE $2::text IS NOT NULL ON CONFLICT (tag) DO NOTHING),
             inserted AS (
                 INSERT INTO {s}.entry(queue_name, position, \(Self.contentColumns))
                 VALUES ($1, \(position), \(Self.placeholders(from: first, count: Self.contentColumnCount)))
-                RETURNING id),
-            notified AS (SELECT pg_notify($\(first + Self.contentColumnCount), $\(first + Self.contentColumnCount + 1)))
+                RETURNING id)
             SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1) + 1
-            FROM inserted, notified
+            FROM inserted
             """)
-        let bindings = binds(
-            [queueName, syncTag, Date().timeIntervalSince1970] as [any Bindable] + values
-                + [channel, Self.notifyPayload(queueName)])
+        let bindings = binds([queueName, syncTag, Date().timeIntervalSince1970] as [any Bindable] + values)
+        let prepared = queueRow.isEmpty && end == .tail
         let result = try await write("write to", singleStatement: true) { connection in
-            try await self.rows(connection, statement, bindings)
+            prepared
+                ? try await self.rows(connection, PushAtTail.self, bindings) : try await self.rows(connection, statement, bindings)
         }
         guard let row = result.first else { throw BackgroundSyncError(.storage, "the push returned no entry") }
         let (id, size) = try row.decode((Int64, Int64).self)
         knownQueues.withLock { _ = $0.insert(queueName) }
+        announcePush(queueName)
         return PushedEntry(id: id, size: Int(size))
     }
 
@@ -87,7 +90,7 @@ extension PostgresQueueDatabase {
         let values = Self.contentValues(entry)
         let lockKey = Int64(bitPattern: Self.stableHash("\(configuration.schema)\u{0}\(queueName)\u{0}\(recordKey)"))
         let now = Date().timeIntervalSince1970
-        return try await write("write to") { connection in
+        let saved = try await write("write to") { connection in
             // Saves of one record wait for each other: two first saves must not both insert.
             try await self.rows(connection, "SELECT pg_advisory_xact_lock($1)", binds(lockKey))
             if let syncTag {
@@ -120,12 +123,13 @@ extension PostgresQueueDatabase {
                     """), binds([queueName] as [any Bindable] + values))
                 id = try inserted[0].decode(Int64.self)
             }
-            try await self.rows(connection, "SELECT pg_notify($1, $2)", binds(self.channel, Self.notifyPayload(queueName)))
             let size = try await self.rows(connection, self.sql("""
                 SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1
                 """), binds(queueName))
             return PushedEntry(id: id, size: Int(try size[0].decode(Int64.self)))
         }
+        announcePush(queueName)
+        return saved
     }
 
     public func deleteEntries(queueName: String, recordKey: String) async throws -> Int {
@@ -163,23 +167,20 @@ extension PostgresQueueDatabase {
                 SELECT \(Self.entryColumns) FROM {s}.entry WHERE queue_name = $1 AND state = $2
                 AND ($3::bigint IS NULL OR position > $3::bigint) ORDER BY position LIMIT $4::bigint
                 """), binds(queueName, state.rawValue, afterPosition, limit.map { Int64(max($0, 0)) })
-            ).map(Self.decode)
+            ).map { try Self.decode($0) }
         }
     }
 
     public func entry(id: Int64) async throws -> QueueStoreEntry? {
         try await read("read") { connection in
             try await self.rows(connection, self.sql("SELECT \(Self.entryColumns) FROM {s}.entry WHERE id = $1"), binds(id))
-                .first.map(Self.decode)
+                .first.map { try Self.decode($0) }
         }
     }
 
     public func countEntries(queueName: String, state: EntryState) async throws -> Int {
-        let column = state == .pending ? "pending" : "dead"
-        return try await read("read") { connection in
-            let rows = try await self.rows(connection, self.sql("""
-                SELECT coalesce(sum(\(column)), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1
-                """), binds(queueName))
+        try await read("read") { connection in
+            let rows = try await self.rows(connection, CountEntries.self, binds(queueName, state.rawValue))
             return Int(max(try rows[0].decode(Int64.self), 0))
         }
     }

@@ -46,14 +46,14 @@ extension PostgresQueueDatabase {
         return String(decoding: (try? encoder.encode(fields)) ?? Data("{}".utf8), as: UTF8.self)
     }
 
-    /// Reads an entry from a row that starts with ``entryColumns``. A row that cannot be read is an
-    /// error that names the entry, never a crash.
-    static func decode(_ row: PostgresRow) throws -> QueueStoreEntry {
+    /// Reads an entry from a row whose columns from `first` on are ``entryColumns``. A row that
+    /// cannot be read is an error that names the entry, never a crash.
+    static func decode(_ row: PostgresRow, from first: Int = 0) throws -> QueueStoreEntry {
         let cells = row.makeRandomAccess()
-        let id = try cells[0].decode(Int64.self)
+        let id = try cells[first].decode(Int64.self)
         do {
             func value<T: PostgresDecodable>(_ index: Int, _ type: T.Type = T.self) throws -> T {
-                try cells[index].decode(T.self)
+                try cells[first + index].decode(T.self)
             }
             let headers = try JSONDecoder().decode([String: String].self, from: Data(try value(5, String.self).utf8))
             let metadata = try (try value(13, String?.self)).map {

@@ -59,6 +59,10 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     private let subscribers = Locked<[UUID: AsyncStream<String>.Continuation]>([:])
     /// Queues this instance knows have a row.
     let knownQueues = Locked<Set<String>>([])
+    /// Queues pushed to and not announced yet, and the signal that wakes the announcer.
+    private let unannounced = Locked<Set<String>>([])
+    private let announcements: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation) =
+        AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
 
     /// A write that runs in ``run()``'s task, so that it completes when its caller is cancelled.
     /// Whoever takes it out of ``unstarted`` (the runner starting it, or ``end(_:)`` failing it)
@@ -155,6 +159,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                     throw failure
                 }
                 group.addTask { await self.keepSession(session) }
+                group.addTask { await self.announce() }
                 group.addTask {
                     await withDiscardingTaskGroup { writes in
                         for await job in self.jobs {
@@ -287,6 +292,36 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         return stream
     }
 
+    /// Tells the other instances that a queue was pushed to, once the push committed: the
+    /// announcer sends the `NOTIFY`s apart from the pushes, a burst of pushes making one
+    /// notification per queue. A `NOTIFY` in the push's own transaction would hold PostgreSQL's
+    /// notification lock through that commit's flush, and concurrent pushes would wait for each
+    /// other. A process that dies before announcing leaves the entry to the others' poll.
+    func announcePush(_ queueName: String) {
+        unannounced.withLock { _ = $0.insert(queueName) }
+        announcements.continuation.yield()
+    }
+
+    /// Sends the announcements, until cancelled.
+    private func announce() async {
+        for await _ in announcements.stream {
+            let names = unannounced.withLock { names in
+                defer { names = [] }
+                return names
+            }
+            // Many queues at once: one notification for all of them.
+            let payloads = names.count > 8 ? [""] : names.map(Self.notifyPayload)
+            for payload in payloads {
+                do {
+                    _ = try await client.query(
+                        PostgresQuery(unsafeSQL: "SELECT pg_notify($1, $2)", binds: binds(channel, payload)), logger: logger)
+                } catch {
+                    logger.debug("cannot notify a push", metadata: ["error": "\(describe(error))"])
+                }
+            }
+        }
+    }
+
     private func broadcast(_ queueName: String) {
         for subscriber in subscribers.withLock({ Array($0.values) }) { subscriber.yield(queueName) }
     }
@@ -294,13 +329,12 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     // MARK: Access
 
     /// Runs `body` in a transaction on a pooled connection, in ``run()``'s task, so that it
-    /// completes when the calling task is cancelled. `durable: false` commits with
-    /// `synchronous_commit = off` (replay bookkeeping). A transaction that meets a serialization
-    /// failure or a deadlock is tried again. `singleStatement: true` runs `body` (one statement,
-    /// durable) without `BEGIN` and `COMMIT`, as its own transaction: one round trip.
+    /// completes when the calling task is cancelled. A transaction that meets a serialization
+    /// failure or a deadlock is tried again. `singleStatement: true` runs `body` (one statement)
+    /// without `BEGIN` and `COMMIT`, as its own transaction: one round trip.
     @discardableResult
     func write<T: Sendable>(
-        _ action: String, durable: Bool = true, singleStatement: Bool = false,
+        _ action: String, singleStatement: Bool = false,
         _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         try await waitUntilReady()
@@ -308,7 +342,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             let job = Job(
                 id: UUID(),
                 body: { continuation.resume(with: await Result {
-                        try await self.transaction(action, durable: durable, singleStatement: singleStatement, body)
+                        try await self.transaction(action, singleStatement: singleStatement, body)
                     }) },
                 fail: { continuation.resume(throwing: $0) })
             unstarted.withLock { $0[job.id] = job }
@@ -333,7 +367,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     }
 
     private func transaction<T: Sendable>(
-        _ action: String, durable: Bool, singleStatement: Bool, _ body: @Sendable (PostgresConnection) async throws -> T
+        _ action: String, singleStatement: Bool, _ body: @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         var attempt = 0
         while true {
@@ -342,7 +376,6 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                     if singleStatement { return try await body(connection) }
                     try await connection.query("BEGIN", logger: logger)
                     do {
-                        if !durable { try await connection.query("SET LOCAL synchronous_commit = off", logger: logger) }
                         let result = try await body(connection)
                         try await connection.query("COMMIT", logger: logger)
                         return result

@@ -20,6 +20,7 @@ public final class PostgresTestServer: Sendable {
     public let user = "bgsync"
     private let binaries: URL
     private let runAs: String?
+    private let durable: Bool
 
     /// A `postgres://` URL to the `postgres` database.
     public var url: String { "postgres://\(user)@127.0.0.1:\(port)/postgres" }
@@ -30,8 +31,10 @@ public final class PostgresTestServer: Sendable {
             ? "PostgreSQL is not installed (no initdb and pg_ctl: install Debian's postgresql package)" : nil
     }
 
-    /// Creates and starts a cluster; throws with PostgreSQL's own output when it cannot.
-    public init() throws {
+    /// Creates and starts a cluster; throws with PostgreSQL's own output when it cannot. `durable`
+    /// keeps PostgreSQL's `fsync` (for a benchmark of durable writes); tests run without it.
+    public init(durable: Bool = false) throws {
+        self.durable = durable
         guard let binaries = Self.binaryDirectory() else {
             throw Failure(message: Self.unavailableReason ?? "PostgreSQL is not installed")
         }
@@ -44,13 +47,8 @@ public final class PostgresTestServer: Sendable {
         }
         port = try Self.freePort()
         let data = directory.appendingPathComponent("data").path
-        let log = directory.appendingPathComponent("server.log").path
         try command("initdb", ["-D", data, "-U", user, "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"])
-        try command("pg_ctl", [
-            "-D", data, "-l", log, "-w", "-t", "60", "-o",
-            "-p \(port) -k \(directory.path) -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            "start",
-        ])
+        try start()
     }
 
     /// One server for the whole test process, started on first use and stopped (and removed) when
@@ -90,7 +88,7 @@ public final class PostgresTestServer: Sendable {
         let data = directory.appendingPathComponent("data").path
         try command("pg_ctl", [
             "-D", data, "-l", directory.appendingPathComponent("server.log").path, "-w", "-t", "60", "-o",
-            "-p \(port) -k \(directory.path) -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p \(port) -k \(directory.path) -c listen_addresses=127.0.0.1 -c fsync=\(durable ? "on" : "off") -c max_connections=200",
             "start",
         ])
     }
