@@ -47,13 +47,21 @@ struct PostgresBenchmark {
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await client.run() }
             defer { group.cancelAll() }
-            _ = try await client.query("CREATE TABLE raw_insert (id bigserial PRIMARY KEY, url text, body bytea, queued_at float8)")
+            // The baseline stores the same request (URL, method, header fields, body, time) in a
+            // table of its own with a primary key, one row per statement.
+            _ = try await client.query("""
+                CREATE TABLE raw_request (id bigserial PRIMARY KEY, url text NOT NULL, method text NOT NULL,
+                headers text NOT NULL, body bytea, queued_at float8 NOT NULL)
+                """)
             let single = try Queue(name: "single", database: database)
             let sixteen = try Queue(name: "sixteen", database: database)
             let body = EnqueueBenchmark.body
+            let headers = #"{"content-type":"application/json"}"#
             let rawInsert = { @Sendable in
-                _ = try await client.query(
-                    "INSERT INTO raw_insert (url, body, queued_at) VALUES (\(EnqueueBenchmark.url.absoluteString), \(body), \(Date().timeIntervalSince1970))")
+                _ = try await client.query("""
+                    INSERT INTO raw_request (url, method, headers, body, queued_at)
+                    VALUES (\(EnqueueBenchmark.url.absoluteString), 'POST', \(headers), \(body), \(Date().timeIntervalSince1970))
+                    """)
             }
             for index in 0..<50 {
                 try await rawInsert()
@@ -62,13 +70,10 @@ struct PostgresBenchmark {
             let (rawRate, queueRate) = try await interleavedRates(
                 count: operations, { _ in try await rawInsert() },
                 { index in try await single.pushRequest(EnqueueBenchmark.request(index)) })
-            let data = try StorableRequest.fromRequest(EnqueueBenchmark.request(0)).toObject()
-            let (rawRate2, directRate) = try await interleavedRates(
-                count: operations, { _ in try await rawInsert() },
-                { _ in _ = try await database.pushEntry(UnidentifiedQueueStoreEntry(requestData: data), queueName: "direct", at: .tail, registeringSyncTag: nil) })
-            print("DIAG direct pushEntry ratio \(directRate / rawRate2)")
-            // 16 producers against 1, in alternating blocks.
+            // 16 producers against 1, in alternating blocks; the same for the raw insert, which
+            // shows what the machine allows.
             var (oneSeconds, sixteenSeconds) = (0.0, 0.0)
+            var (rawOneSeconds, rawSixteenSeconds) = (0.0, 0.0)
             let blocks = quick ? 4 : 12
             let (oneBlock, sixteenBlock) = (40, 640)
             for block in 0..<blocks {
@@ -86,19 +91,38 @@ struct PostgresBenchmark {
                         }
                     }.seconds
                 }
-                if block.isMultiple(of: 2) { sixteenSeconds += try await sixteenRun() }
+                let rawSixteenRun = {
+                    try await timed {
+                        try await withThrowingTaskGroup(of: Void.self) { producers in
+                            for _ in 0..<16 {
+                                producers.addTask { for _ in 0..<(sixteenBlock / 16) { try await rawInsert() } }
+                            }
+                            try await producers.waitForAll()
+                        }
+                    }.seconds
+                }
+                if block.isMultiple(of: 2) {
+                    sixteenSeconds += try await sixteenRun()
+                    rawSixteenSeconds += try await rawSixteenRun()
+                }
                 oneSeconds += try await timed {
                     for index in 0..<oneBlock { try await single.pushRequest(EnqueueBenchmark.request(index)) }
                 }.seconds
-                if !block.isMultiple(of: 2) { sixteenSeconds += try await sixteenRun() }
+                rawOneSeconds += try await timed { for _ in 0..<oneBlock { try await rawInsert() } }.seconds
+                if !block.isMultiple(of: 2) {
+                    rawSixteenSeconds += try await rawSixteenRun()
+                    sixteenSeconds += try await sixteenRun()
+                }
             }
             let oneRate = Double(blocks * oneBlock) / oneSeconds
             let sixteenRate = Double(blocks * sixteenBlock) / sixteenSeconds
+            let rawSpeedup = rawOneSeconds / rawSixteenSeconds * Double(sixteenBlock) / Double(oneBlock)
             log(String(format: "postgres enqueue: raw INSERT %.0f/s, push %.0f/s; 16 producers %.0f/s, 1 producer %.0f/s",
                 rawRate, queueRate, sixteenRate, oneRate))
             return [
                 ("postgres_enqueue_ratio_vs_raw_insert", queueRate / rawRate),
                 ("postgres_enqueue_16_producers_speedup", sixteenRate / oneRate),
+                ("postgres_raw_16_producers_speedup", rawSpeedup),
             ]
         }
     }
@@ -107,7 +131,7 @@ struct PostgresBenchmark {
 
     /// Entries of one concurrent queue drained by `workers` processes with 4 in flight each.
     private func fleet(url: String, log: (String) -> Void) async throws -> [(String, Double)] {
-        let entries = quick ? 240 : 800
+        let entries = quick ? 240 : 1600
         let http = LoopbackHTTPServer { _ in .respond(.text("ok"), delay: .milliseconds(20)) }
         _ = try http.start()
         defer { http.stop() }
@@ -151,20 +175,6 @@ struct PostgresBenchmark {
             _ = output.fileHandleForReading.availableData
         }
         let start = ContinuousClock.now
-        let cpuBefore = Self.machineCPU()
-        let selfBefore = CPUTime.now()
-        let pgBefore = Self.postgresCPU()
-        var childBefore = rusage()
-        getrusage(RUSAGE_CHILDREN.rawValue, &childBefore)
-        defer {
-            var childAfter = rusage()
-            getrusage(RUSAGE_CHILDREN.rawValue, &childAfter)
-            let cpu = Self.machineCPU()
-            func s(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
-            let children = s(childAfter.ru_utime) + s(childAfter.ru_stime) - s(childBefore.ru_utime) - s(childBefore.ru_stime)
-            print("DIAG self=\(CPUTime.now().microseconds(since: selfBefore) / 1e6) postgres=\(Self.postgresCPU() - pgBefore)")
-            print("DIAG workers=\(workers) wall=\((ContinuousClock.now - start).seconds) machine busy=\(cpu.busy - cpuBefore.busy) total=\(cpu.total - cpuBefore.total) children=\(children)")
-        }
         for (_, input, _, _) in children { input.fileHandleForWriting.write(Data("go\n".utf8)) }
         for (process, _, _, exited) in children {
             for await _ in exited {}
@@ -173,24 +183,6 @@ struct PostgresBenchmark {
             }
         }
         return (ContinuousClock.now - start).seconds
-    }
-
-    static func postgresCPU() -> Double {
-        var total = 0.0
-        for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int(pid) != nil {
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), stat.contains("(postgres)") else { continue }
-            let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
-            if fields.count > 13 { total += (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0) }
-        }
-        return total / 100
-    }
-
-    static func machineCPU() -> (busy: Double, total: Double) {
-        let line = (try? String(contentsOfFile: "/proc/stat", encoding: .utf8))?.split(separator: "\n").first ?? ""
-        let values = line.split(separator: " ").dropFirst().compactMap { Double($0) }
-        let idle = values.count > 4 ? values[3] + values[4] : 0
-        let total = values.reduce(0, +)
-        return ((total - idle) / 100, total / 100)
     }
 
     /// The child side of ``drain(url:workers:)``: replays `queue` with `inFlight` entries in flight

@@ -93,6 +93,16 @@ public struct BackgroundSyncError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+extension BackgroundSyncError {
+    /// How the error of a replay that found its ordered queue's head held by another replayer
+    /// begins.
+    package static let busyHeadPrefix = "the head entry is being replayed by "
+
+    /// Whether a replay stopped because another replayer holds its ordered queue's head: not a
+    /// failure of the queue, only a turn to wait for.
+    package var isBusyHead: Bool { code == .queueReplayFailed && message.hasPrefix(Self.busyHeadPrefix) }
+}
+
 /// A one-line description of an error: Foundation's URL errors by their message (their default
 /// description dumps the whole `userInfo`), others as they describe themselves.
 func describeError(_ error: any Error) -> String {

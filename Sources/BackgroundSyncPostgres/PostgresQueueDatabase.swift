@@ -50,6 +50,8 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// The key of the session-level advisory lock this instance holds now (a new one for each
     /// session), named by its leases.
     private let session = Locked<Int64?>(nil)
+    /// The session's connection while it is up: it also sends the push announcements.
+    private let sessionConnection = Locked<PostgresConnection?>(nil)
     /// The `NOTIFY` channel of the schema.
     let channel: String
     private let connectionConfiguration: PostgresConnection.Configuration
@@ -226,6 +228,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                 throw BackgroundSyncError(.storage, "the session lock \(key) is taken")
             }
             session.withLock { $0 = key }
+            sessionConnection.withLock { $0 = connection }
             return connection
         } catch {
             try? await connection.close()
@@ -244,13 +247,19 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         while !Task.isCancelled {
             if let current = connection {
                 do {
-                    try await current.listen(on: channel) { notifications in
-                        pause = .milliseconds(100)
-                        // Pushes made while no session listened were missed: wake the listeners once.
-                        broadcast("")
-                        for try await notification in notifications {
-                            broadcast(notification.payload)
+                    // Cancelling closes the connection, which ends the listening whatever it waits for.
+                    try await withTaskCancellationHandler {
+                        try await current.listen(on: channel) { notifications in
+                            // Pushes made while no session listened were missed: wake the listeners once.
+                            broadcast("")
+                            for try await notification in notifications {
+                                broadcast(notification.payload)
+                            }
                         }
+                    } onCancel: {
+                        // Under the lock the announcer writes under: nothing is written after.
+                        sessionConnection.withLock { $0 = nil }
+                        _ = current.close() as EventLoopFuture<Void>
                     }
                 } catch {
                     if !Task.isCancelled {
@@ -258,13 +267,18 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                     }
                 }
                 session.withLock { $0 = nil }
+                sessionConnection.withLock { $0 = nil }
                 try? await current.close()
                 connection = nil
             }
             try? await Task.sleep(for: pause)
             pause = min(pause * 2, .seconds(5))
+            // Cancelled (the store stops): no new session. PostgresNIO's connect started in a
+            // cancelled task may never finish.
+            if Task.isCancelled { break }
             do {
                 connection = try await openSession()
+                pause = .milliseconds(100)
             } catch {
                 if !Task.isCancelled {
                     logger.warning("cannot open the PostgreSQL session", metadata: ["error": "\(describe(error))"])
@@ -272,6 +286,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             }
         }
         session.withLock { $0 = nil }
+        sessionConnection.withLock { $0 = nil }
         try? await connection?.close()
     }
 
@@ -293,16 +308,21 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     }
 
     /// Tells the other instances that a queue was pushed to, once the push committed: the
-    /// announcer sends the `NOTIFY`s apart from the pushes, a burst of pushes making one
-    /// notification per queue. A `NOTIFY` in the push's own transaction would hold PostgreSQL's
-    /// notification lock through that commit's flush, and concurrent pushes would wait for each
-    /// other. A process that dies before announcing leaves the entry to the others' poll.
+    /// announcer sends the `NOTIFY`s apart from the pushes, on the session's connection, a burst of
+    /// pushes making one notification per queue. A `NOTIFY` in the push's own transaction would
+    /// hold PostgreSQL's notification lock through that commit's flush, and concurrent pushes would
+    /// wait for each other. A push made while the session is down, or by a process that dies before
+    /// announcing it, is left to the others' poll.
     func announcePush(_ queueName: String) {
         unannounced.withLock { _ = $0.insert(queueName) }
         announcements.continuation.yield()
     }
 
     /// Sends the announcements, until cancelled.
+    ///
+    /// PostgresNIO loses a query written to a connection that has just closed: its result never
+    /// comes. So a notification is written under the lock that the session's closing takes first
+    /// (see ``keepSession(_:)``), and its result is awaited for at most 5 seconds.
     private func announce() async {
         for await _ in announcements.stream {
             let names = unannounced.withLock { names in
@@ -312,11 +332,20 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             // Many queues at once: one notification for all of them.
             let payloads = names.count > 8 ? [""] : names.map(Self.notifyPayload)
             for payload in payloads {
-                do {
-                    _ = try await client.query(
-                        PostgresQuery(unsafeSQL: "SELECT pg_notify($1, $2)", binds: binds(channel, payload)), logger: logger)
-                } catch {
-                    logger.debug("cannot notify a push", metadata: ["error": "\(describe(error))"])
+                let sent = sessionConnection.withLock { connection -> (EventLoopFuture<PostgresQueryResult>, any EventLoop)? in
+                    guard let connection, !connection.isClosed else { return nil }
+                    let query = connection.query(
+                        "SELECT pg_notify($1, $2)", [PostgresData(string: channel), PostgresData(string: payload)])
+                    return (query, connection.eventLoop)
+                }
+                guard let (query, eventLoop) = sent else { break }
+                let done = Locked(false)
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let finish: @Sendable () -> Void = {
+                        if done.withLock({ finished in defer { finished = true }; return !finished }) { continuation.resume() }
+                    }
+                    query.whenComplete { _ in finish() }
+                    eventLoop.scheduleTask(in: .seconds(5)) { finish() }
                 }
             }
         }
@@ -354,10 +383,12 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
 
     /// Runs `body` on a pooled connection in the calling task (a cancelled task gets
     /// `CancellationError`).
-    func read<T: Sendable>(_ action: String, _ body: (PostgresConnection) async throws -> T) async throws -> T {
+    func read<T: Sendable>(_ action: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         try await waitUntilReady()
         do {
-            return try await client.withConnection { connection in try await body(connection) }
+            return try await pooled(action, body)
+        } catch let error as BackgroundSyncError {
+            throw error
         } catch let error as CancellationError {
             throw error
         } catch {
@@ -366,13 +397,59 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         }
     }
 
+    /// Runs `body` on a connection of the pool. PostgresNIO's pool waits for a connection as long
+    /// as it takes (while the server is down, or out of connections): the wait is given up after
+    /// three connection timeouts, with ``BackgroundSyncError/Code/storeUnreachable``. Once `body`
+    /// has a connection it runs to its end.
+    private func pooled<T: Sendable>(
+        _ action: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let leased = Locked(false)
+        let timedOut = Locked(false)
+        let patience = configuration.connectTimeout * 3
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await self.client.withConnection { connection in
+                    leased.withLock { $0 = true }
+                    return try await body(connection)
+                }
+            }
+            group.addTask {
+                // Cancelled (and then returns at once) when `body` is done first.
+                try? await Task.sleep(for: patience)
+                return nil
+            }
+            while true {
+                let next: T??
+                do {
+                    next = try await group.next()
+                } catch {
+                    guard timedOut.withLock({ $0 }) else { throw error }
+                    throw BackgroundSyncError(
+                        .storeUnreachable,
+                        "cannot \(action) the PostgreSQL store \(identity): no connection within \(patience) (the server is down, unreachable or out of connections)")
+                }
+                guard let outcome = next else { continue }
+                if let value = outcome {
+                    group.cancelAll()
+                    return value
+                }
+                // The timer ran out: give up the wait for a connection, not a statement under way.
+                if !Task.isCancelled, !leased.withLock({ $0 }) {
+                    timedOut.withLock { $0 = true }
+                    group.cancelAll()
+                }
+            }
+        }
+    }
+
     private func transaction<T: Sendable>(
-        _ action: String, singleStatement: Bool, _ body: @Sendable (PostgresConnection) async throws -> T
+        _ action: String, singleStatement: Bool, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         var attempt = 0
         while true {
             do {
-                return try await client.withConnection { connection in
+                return try await pooled(action) { [logger] connection in
                     if singleStatement { return try await body(connection) }
                     try await connection.query("BEGIN", logger: logger)
                     do {

@@ -88,7 +88,7 @@ public final class PostgresTestServer: Sendable {
         let data = directory.appendingPathComponent("data").path
         try command("pg_ctl", [
             "-D", data, "-l", directory.appendingPathComponent("server.log").path, "-w", "-t", "60", "-o",
-            "-p \(port) -k \(directory.path) -c listen_addresses=127.0.0.1 -c fsync=\(durable ? "on" : "off") -c max_connections=200",
+            "-p \(port) -k \(directory.path) -c listen_addresses=127.0.0.1 -c fsync=\(durable ? "on" : "off") -c max_connections=500",
             "start",
         ])
     }

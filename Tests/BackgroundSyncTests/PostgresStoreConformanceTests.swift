@@ -49,9 +49,28 @@ final class RunningStores: Sendable {
             defer { tasks = [] }
             return tasks
         }
-        for task in all {
-            task.cancel()
-            _ = await task.result
+        for task in all { task.cancel() }
+        // Each store's run() returns once cancelled; a test does not wait more than 10 seconds for
+        // it (a store that does not stop is a known open defect to report, not a reason for the
+        // suite to hang).
+        let stopped = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let answered = Locked(false)
+            let answer: @Sendable (Bool) -> Void = { stopped in
+                if answered.withLock({ done in defer { done = true }; return !done }) { continuation.resume(returning: stopped) }
+            }
+            Task {
+                for task in all { _ = await task.result }
+                answer(true)
+            }
+            Task {
+                try? await Task.sleep(for: .seconds(10))
+                answer(false)
+            }
+        }
+        if !stopped {
+            withKnownIssue("a PostgreSQL store's run() may not return when cancelled in the middle of a PostgresNIO operation", isIntermittent: true) {
+                Issue.record("a PostgreSQL store did not stop within 10 seconds of being cancelled")
+            }
         }
     }
 }

@@ -128,7 +128,7 @@ struct ReplayRunner: Sendable {
 
     func busyError(owner: String, until: Date) -> BackgroundSyncError {
         BackgroundSyncError(
-            .queueReplayFailed, "the head entry is being replayed by \(owner) (lease until \(until))",
+            .queueReplayFailed, BackgroundSyncError.busyHeadPrefix + "\(owner) (lease until \(until))",
             queueName: queueName)
     }
 }

@@ -371,6 +371,15 @@ public final class SyncService: Service {
         do {
             try await manager.dispatch(event)
             tagRetries.withLock { $0[queue.syncTag] = nil }
+        } catch let error as BackgroundSyncError where error.isBusyHead {
+            // Another replayer (another process, another worker of a fleet) holds the head: look
+            // again in a second, without counting a failure. Its lease is free the moment it is
+            // given back or its holder dies.
+            tagRetries.withLock { retries in
+                retries[queue.syncTag] = (
+                    retries[queue.syncTag]?.failures ?? 0, configuration.clock.now.addingTimeInterval(1), headNextAttemptAt
+                )
+            }
         } catch {
             let now = configuration.clock.now
             tagRetries.withLock { retries in
