@@ -39,17 +39,13 @@ func runChild(_ executable: URL, _ arguments: [String], environment: [String: St
     process.standardOutput = out
     process.standardError = err
     process.standardInput = FileHandle.nullDevice
-    // Foundation's `waitUntilExit` spins on a thread without a run loop (taking a core from the
-    // child): the end is reported by the termination handler instead.
-    let exited = DispatchSemaphore(value: 0)
-    process.terminationHandler = { _ in exited.signal() }
     try process.run()
     // Read both pipes while the child runs, so neither fills up.
     let errData = Box(Data())
     let reader = Thread { errData.withLock { $0 = err.fileHandleForReading.readDataToEndOfFile() } }
     reader.start()
     let outData = out.fileHandleForReading.readDataToEndOfFile()
-    exited.wait()
+    process.waitUntilExit()
     while !reader.isFinished { usleep(1000) }
     return CLIRun(
         status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
