@@ -1,0 +1,187 @@
+import BackgroundSync
+import Foundation
+import PostgresNIO
+
+extension PostgresQueueDatabase {
+    // MARK: Access
+
+    /// Runs `body` in a transaction on a pooled connection, in ``run()``'s task, so that it
+    /// completes when the calling task is cancelled. A transaction that meets a serialization
+    /// failure or a deadlock is tried again. `singleStatement: true` runs `body` (one statement)
+    /// without `BEGIN` and `COMMIT`, as its own transaction: one round trip.
+    @discardableResult
+    func write<T: Sendable>(
+        _ action: String, singleStatement: Bool = false,
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        try await waitUntilReady()
+        return try await withUnsafeThrowingContinuation { continuation in
+            let job = Job(
+                id: UUID(),
+                body: { continuation.resume(with: await Result {
+                        try await self.transaction(action, singleStatement: singleStatement, body)
+                    }) },
+                fail: { continuation.resume(throwing: $0) })
+            unstarted.withLock { $0[job.id] = job }
+            if case .terminated = jobInput.yield(job), unstarted.withLock({ $0.removeValue(forKey: job.id) }) != nil {
+                job.fail(BackgroundSyncError(.storage, "the PostgreSQL store \(identity) is not running"))
+            }
+        }
+    }
+
+    /// Runs `body` on a pooled connection in the calling task (a cancelled task gets
+    /// `CancellationError`).
+    func read<T: Sendable>(_ action: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        try await waitUntilReady()
+        do {
+            return try await pooled(action, body)
+        } catch let error as BackgroundSyncError {
+            throw error
+        } catch let error as CancellationError {
+            throw error
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            throw mapError(error, action: action)
+        }
+    }
+
+    /// Runs `body` on a connection of the pool. PostgresNIO's pool waits for a connection as long
+    /// as it takes (while the server is down, or out of connections): the wait is given up after
+    /// three connection timeouts, with ``BackgroundSyncError/Code/storeUnreachable``. Once `body`
+    /// has a connection it runs to its end.
+    fileprivate func pooled<T: Sendable>(
+        _ action: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let leased = Locked(false)
+        let timedOut = Locked(false)
+        let patience = configuration.connectTimeout * 3
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await self.client.withConnection { connection in
+                    leased.withLock { $0 = true }
+                    return try await body(connection)
+                }
+            }
+            group.addTask {
+                // Cancelled (and then returns at once) when `body` is done first.
+                try? await Task.sleep(for: patience)
+                return nil
+            }
+            while true {
+                let next: T??
+                do {
+                    next = try await group.next()
+                } catch {
+                    guard timedOut.withLock({ $0 }) else { throw error }
+                    throw BackgroundSyncError(
+                        .storeUnreachable,
+                        "cannot \(action) the PostgreSQL store \(identity): no connection within \(patience) (the server is down, unreachable or out of connections)")
+                }
+                guard let outcome = next else { continue }
+                if let value = outcome {
+                    group.cancelAll()
+                    return value
+                }
+                // The timer ran out: give up the wait for a connection, not a statement under way.
+                if !Task.isCancelled, !leased.withLock({ $0 }) {
+                    timedOut.withLock { $0 = true }
+                    group.cancelAll()
+                }
+            }
+        }
+    }
+
+    fileprivate func transaction<T: Sendable>(
+        _ action: String, singleStatement: Bool, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        var attempt = 0
+        while true {
+            do {
+                return try await pooled(action) { [logger] connection in
+                    if singleStatement { return try await body(connection) }
+                    try await connection.query("BEGIN", logger: logger)
+                    do {
+                        let result = try await body(connection)
+                        try await connection.query("COMMIT", logger: logger)
+                        return result
+                    } catch {
+                        _ = try? await connection.query("ROLLBACK", logger: logger)
+                        throw error
+                    }
+                }
+            } catch let error as PSQLError where Self.isRetryable(error) && attempt < 8 {
+                attempt += 1
+                try? await Task.sleep(for: .milliseconds(Int64.random(in: 1...(5 << min(attempt, 5)))))
+            } catch let error as BackgroundSyncError {
+                throw error
+            } catch {
+                throw mapError(error, action: action)
+            }
+        }
+    }
+
+    /// A serialization failure or a deadlock: the transaction can run again.
+    fileprivate static func isRetryable(_ error: PSQLError) -> Bool {
+        guard let state = error.serverInfo?[.sqlState] else { return false }
+        return state == "40001" || state == "40P01"
+    }
+
+    /// Runs a statement and returns its rows.
+    @discardableResult
+    func rows(_ connection: PostgresConnection, _ sql: String, _ binds: PostgresBindings = PostgresBindings()) async throws
+        -> [PostgresRow]
+    {
+        var rows: [PostgresRow] = []
+        for try await row in try await connection.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger) {
+            rows.append(row)
+        }
+        return rows
+    }
+
+    /// `sql` with `{s}` replaced by the schema-qualified prefix of the store's tables.
+    func sql(_ text: String) -> String {
+        text.replacingOccurrences(of: "{s}.", with: prefix)
+    }
+
+    // MARK: Errors
+
+    /// A store error that says what failed and why, without credentials.
+    func mapError(_ error: any Error, action: String) -> BackgroundSyncError {
+        if let error = error as? BackgroundSyncError { return error }
+        let code: BackgroundSyncError.Code = Self.isUnreachable(error) ? .storeUnreachable : .storage
+        return BackgroundSyncError(code, "cannot \(action) the PostgreSQL store \(identity): \(describe(error))")
+    }
+
+    /// A server that cannot be reached or refuses the connection: no server, TLS refused, a role
+    /// or password refused, a missing database, a server starting up or out of connections.
+    static func isUnreachable(_ error: any Error) -> Bool {
+        guard let error = error as? PSQLError else { return false }
+        // Class 28: authorization; 3D000: no such database; 57P03: the server is starting or
+        // shutting down; 53300: too many connections.
+        if let state = error.serverInfo?[.sqlState] {
+            return state.hasPrefix("28") || ["3D000", "57P03", "53300"].contains(state)
+        }
+        return [.connectionError, .sslUnsupported, .authMechanismRequiresPassword, .unsupportedAuthMechanism, .saslError]
+            .contains(error.code)
+    }
+
+    /// One line about a PostgresNIO error: the server's message and SQLSTATE, or what happened to
+    /// the connection. PostgresNIO's own description hides all of it.
+    func describe(_ error: any Error) -> String {
+        guard let error = error as? PSQLError else { return "\(error)" }
+        if let message = error.serverInfo?[.message] {
+            let state = error.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? ""
+            return message + state
+        }
+        switch error.code {
+        case .connectionError:
+            let reason = error.underlying.map { "\($0)" } ?? "no reason given"
+            return "cannot connect to \(configuration.unixSocketPath ?? "\(configuration.host):\(configuration.port)"): \(reason)"
+        case .serverClosedConnection, .uncleanShutdown: return "the server closed the connection"
+        case .clientClosedConnection, .poolClosed: return "the connection pool is closed"
+        case .sslUnsupported: return "the server does not support TLS (sslmode=require)"
+        case .authMechanismRequiresPassword: return "the server asks for a password and none was given"
+        default: return "\(error.code)"
+        }
+    }
+}
