@@ -59,7 +59,7 @@ extension PostgresQueueDatabase {
             group.addTask {
                 try await self.client.withConnection { connection in
                     leased.withLock { $0 = true }
-                    return try await body(connection)
+                    return try await self.onLoop(of: connection) { try await body(connection) }
                 }
             }
             group.addTask {
@@ -97,15 +97,15 @@ extension PostgresQueueDatabase {
         var attempt = 0
         while true {
             do {
-                return try await pooled(action) { [logger] connection in
+                return try await pooled(action) { connection in
                     if singleStatement { return try await body(connection) }
-                    try await connection.query("BEGIN", logger: logger)
+                    try await self.command(connection, "BEGIN")
                     do {
                         let result = try await body(connection)
-                        try await connection.query("COMMIT", logger: logger)
+                        try await self.command(connection, "COMMIT")
                         return result
                     } catch {
-                        _ = try? await connection.query("ROLLBACK", logger: logger)
+                        try? await self.command(connection, "ROLLBACK")
                         throw error
                     }
                 }
@@ -126,11 +126,12 @@ extension PostgresQueueDatabase {
         return state == "40001" || state == "40P01"
     }
 
-    /// Runs a statement and returns its rows.
+    /// Runs a statement and returns its rows (see ``ensureOpen(_:)``).
     @discardableResult
     func rows(_ connection: PostgresConnection, _ sql: String, _ binds: PostgresBindings = PostgresBindings()) async throws
         -> [PostgresRow]
     {
+        try ensureOpen(connection)
         var rows: [PostgresRow] = []
         for try await row in try await connection.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger) {
             rows.append(row)

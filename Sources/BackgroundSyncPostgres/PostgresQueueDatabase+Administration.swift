@@ -48,15 +48,30 @@ extension PostgresQueueDatabase {
 
     public func registerSyncTag(_ tag: String, at date: Date) async throws {
         try await write("write to") { connection in
-            try await self.rows(connection, self.sql("""
-                INSERT INTO {s}.sync_registration(tag, registered_at) VALUES ($1, $2) ON CONFLICT (tag) DO NOTHING
-                """), binds(tag, date.timeIntervalSince1970))
+            try await self.rows(
+                connection, self.sql(Self.registerTag(tag: 1, at: 2, table: "{s}.sync_registration")),
+                binds(tag, date.timeIntervalSince1970))
         }
     }
 
     public func unregisterSyncTag(_ tag: String) async throws {
         try await write("write to") { connection in
             try await self.rows(connection, self.sql("DELETE FROM {s}.sync_registration WHERE tag = $1"), binds(tag))
+        }
+    }
+
+    public func unregisterSyncTag(_ tag: String, ifNoPendingEntriesIn queueName: String) async throws -> Bool {
+        try await write("write to") { connection in
+            // Waits for the pushes that registered the tag and have not committed yet (they hold
+            // the lock shared); the next statement's snapshot sees their entries. A push that
+            // comes after waits for this transaction, and registers the tag anew.
+            try await self.rows(connection, "SELECT \(Self.registrationLock(tag: 1, mode: ""))", binds(tag))
+            let pending = try await self.rows(connection, self.sql("""
+                SELECT EXISTS (SELECT 1 FROM {s}.entry WHERE queue_name = $1 AND state = 'pending')
+                """), binds(queueName))
+            if try pending.first?.decode(Bool.self) == true { return false }
+            try await self.rows(connection, self.sql("DELETE FROM {s}.sync_registration WHERE tag = $1"), binds(tag))
+            return true
         }
     }
 

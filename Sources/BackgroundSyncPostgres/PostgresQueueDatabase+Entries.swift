@@ -30,6 +30,24 @@ extension PostgresQueueDatabase {
         return !LeaseOwner.isAbandoned(owner)
     }
 
+    /// Registers the sync tag `$tag` (when not NULL) at `$at`, holding the tag's registration lock
+    /// shared until the commit: ``unregisterSyncTag(_:ifNoPendingEntriesIn:)`` takes it exclusive
+    /// and so waits for the pushes that found the tag registered. The lock is taken in the `WHERE`
+    /// clause, before the insert looks for a conflicting row. `table` is the registration table's
+    /// name as the statement names it.
+    static func registerTag(tag: Int, at: Int, table: String) -> String {
+        """
+        INSERT INTO \(table)(tag, registered_at) SELECT $\(tag)::text, $\(at)::double precision
+        WHERE \(registrationLock(tag: tag, mode: "_shared"))::text = '' ON CONFLICT (tag) DO NOTHING
+        """
+    }
+
+    /// The call that takes the registration lock of the tag `$tag` (NULL takes nothing), in
+    /// `mode` `""` (exclusive) or `"_shared"`, until the end of the transaction.
+    static func registrationLock(tag: Int, mode: String) -> String {
+        "pg_advisory_xact_lock\(mode)(hashtextextended('bgsync registration ' || $\(tag)::text, 0))"
+    }
+
     /// Makes sure a queue has its row (read by ``queueNames()``), once per instance.
     func ensureQueue(_ queueName: String, _ connection: PostgresConnection) async throws {
         if knownQueues.withLock({ $0.contains(queueName) }) { return }
@@ -58,9 +76,7 @@ extension PostgresQueueDatabase {
             ? "" : "queue_row AS (INSERT INTO {s}.queue(name) VALUES ($1) ON CONFLICT DO NOTHING),"
         let statement = sql("""
             WITH \(queueRow)
-            registration AS (
-                INSERT INTO {s}.sync_registration(tag, registered_at) SELECT $2::text, $3::double precision
-                WHERE $2::text IS NOT NULL ON CONFLICT (tag) DO NOTHING),
+            registration AS (\(Self.registerTag(tag: 2, at: 3, table: "{s}.sync_registration"))),
             inserted AS (
                 INSERT INTO {s}.entry(queue_name, position, \(Self.contentColumns))
                 VALUES ($1, \(position), \(Self.placeholders(from: first, count: Self.contentColumnCount)))
@@ -94,9 +110,8 @@ extension PostgresQueueDatabase {
             // Saves of one record wait for each other: two first saves must not both insert.
             try await self.rows(connection, "SELECT pg_advisory_xact_lock($1)", binds(lockKey))
             if let syncTag {
-                try await self.rows(connection, self.sql("""
-                    INSERT INTO {s}.sync_registration(tag, registered_at) VALUES ($1, $2) ON CONFLICT (tag) DO NOTHING
-                    """), binds(syncTag, now))
+                try await self.rows(
+                    connection, self.sql(Self.registerTag(tag: 1, at: 2, table: "{s}.sync_registration")), binds(syncTag, now))
             }
             try await self.ensureQueue(queueName, connection)
             let last = try await self.rows(connection, self.sql("""

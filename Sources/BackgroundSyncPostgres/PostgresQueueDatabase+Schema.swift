@@ -107,7 +107,7 @@ extension PostgresQueueDatabase {
             try refuseUnknown(applied, known: known)
             if Set(known).isSubset(of: applied) { return }
         }
-        try await connection.query("BEGIN", logger: logger)
+        try await command(connection, "BEGIN")
         do {
             try await rows(connection, "SELECT pg_advisory_xact_lock($1)", binds(Self.migrationLockKey(configuration.schema)))
             try await rows(connection, sql("CREATE SCHEMA IF NOT EXISTS \"\(configuration.schema)\""))
@@ -125,9 +125,9 @@ extension PostgresQueueDatabase {
                 try await rows(connection, sql("INSERT INTO {s}.schema_migration(version) VALUES ($1)"), binds(migration.version))
                 logger.info("migrated the PostgreSQL store", metadata: ["store": "\(identity)", "version": "\(migration.version)"])
             }
-            try await connection.query("COMMIT", logger: logger)
+            try await command(connection, "COMMIT")
         } catch {
-            _ = try? await connection.query("ROLLBACK", logger: logger)
+            try? await command(connection, "ROLLBACK")
             throw error
         }
     }

@@ -149,7 +149,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                     // cannot be reached, or refuses the login, is reported at once with the reason.
                     session = try await self.openSession()
                     do {
-                        try await self.migrate(session)
+                        try await self.onLoop(of: session) { try await self.migrate(session) }
                     } catch {
                         try? await session.close()
                         throw error
@@ -223,7 +223,9 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         let connection = try await PostgresConnection.connect(configuration: connectionConfiguration, id: 0, logger: logger)
         do {
             let key = Int64.random(in: 1..<(1 << 62))
-            let locked = try await rows(connection, "SELECT pg_try_advisory_lock($1)", binds(key))
+            let locked = try await onLoop(of: connection) {
+                try await rows(connection, "SELECT pg_try_advisory_lock($1)", binds(key))
+            }
             guard try locked.first?.decode(Bool.self) == true else {
                 throw BackgroundSyncError(.storage, "the session lock \(key) is taken")
             }
@@ -249,11 +251,14 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                 do {
                     // Cancelling closes the connection, which ends the listening whatever it waits for.
                     try await withTaskCancellationHandler {
-                        try await current.listen(on: channel) { notifications in
-                            // Pushes made while no session listened were missed: wake the listeners once.
-                            broadcast("")
-                            for try await notification in notifications {
-                                broadcast(notification.payload)
+                        try await onLoop(of: current) {
+                            try ensureOpen(current)
+                            try await current.listen(on: channel) { notifications in
+                                // Pushes made while no session listened were missed: wake the listeners once.
+                                broadcast("")
+                                for try await notification in notifications {
+                                    broadcast(notification.payload)
+                                }
                             }
                         }
                     } onCancel: {

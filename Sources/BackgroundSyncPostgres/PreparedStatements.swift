@@ -23,11 +23,12 @@ struct Prepared<Text: StatementText>: PostgresPreparedStatement {
 }
 
 extension PostgresQueueDatabase {
-    /// Runs a prepared statement and returns its rows.
+    /// Runs a prepared statement and returns its rows (see ``ensureOpen(_:)``).
     @discardableResult
     func rows<Text: StatementText>(_ connection: PostgresConnection, _ text: Text.Type, _ bindings: PostgresBindings)
         async throws -> [PostgresRow]
     {
+        try ensureOpen(connection)
         var rows: [PostgresRow] = []
         for try await row in try await connection.execute(Prepared<Text>(bindings: bindings), logger: logger) {
             rows.append(row)
@@ -40,9 +41,7 @@ extension PostgresQueueDatabase {
     /// NULL, `$3` now, then ``contentColumns`` from `$4`.
     enum PushAtTail: StatementText {
         static let sql = """
-            WITH registration AS (
-                INSERT INTO sync_registration(tag, registered_at) SELECT $2::text, $3::double precision
-                WHERE $2::text IS NOT NULL ON CONFLICT (tag) DO NOTHING),
+            WITH registration AS (\(registerTag(tag: 2, at: 3, table: "sync_registration"))),
             inserted AS (
                 INSERT INTO entry(queue_name, position, \(contentColumns))
                 VALUES ($1, nextval('tail_position'), \(placeholders(from: 4, count: contentColumnCount)))

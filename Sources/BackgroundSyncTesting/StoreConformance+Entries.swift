@@ -176,6 +176,27 @@ extension StoreConformance {
                 _ = try await database.pushEntry(entry("p"), queueName: "q", at: .tail, registeringSyncTag: "t3")
                 try expect(try await database.syncTags().contains("t3"), "a push registers its tag")
             },
+            check("a sync gives its registration up only when its queue holds no pending entry") { store in
+                let (database, other) = (try await store.open(), try await store.open())
+                _ = try await database.pushEntry(entry("a"), queueName: "q", at: .tail, registeringSyncTag: "tag-q")
+                let claims = ordered(database, clock: ManualWallClock())
+                let a = try await claimed(claims, "a")
+                // Another instance pushes while the sync runs: the tag is registered already.
+                _ = try await other.pushEntry(entry("b"), queueName: "q", at: .tail, registeringSyncTag: "tag-q")
+                try await claims.complete(a)
+                try await claims.finish()
+                try expect(!(try await database.unregisterSyncTag("tag-q", ifNoPendingEntriesIn: "q")), "kept for b")
+                try expectEqual(try await other.syncTags(), ["tag-q"], "tags after a sync that left b")
+                // An entry another replayer holds keeps it too: that replay may fail.
+                let held = ordered(other, clock: ManualWallClock())
+                let b = try await claimed(held, "b")
+                try expect(!(try await database.unregisterSyncTag("tag-q", ifNoPendingEntriesIn: "q")), "kept for held b")
+                try await held.complete(b)
+                try await held.finish()
+                try expect(try await database.unregisterSyncTag("tag-q", ifNoPendingEntriesIn: "q"), "removed once empty")
+                try expectEqual(try await other.syncTags(), [], "tags at the end")
+                try expect(try await database.unregisterSyncTag("tag-q", ifNoPendingEntriesIn: "q"), "idempotent")
+            },
             check("everything survives reopening") { store in
                 var ids: [Int64] = []
                 do {

@@ -39,6 +39,35 @@ struct SyncTests {
         #expect(try await queue.size() == 1, "a dropped registration never drops the entries")
     }
 
+    /// Another process pushes just as a sync ends: it finds the tag registered, so it registers
+    /// nothing, and the sync's success must not take the registration from its entry.
+    @Test func anotherProcessPushingAsASyncEndsKeepsTheRegistration() async throws {
+        let server = try RecordingServer()
+        let database = try SQLiteQueueDatabase.temporary()
+        // The other process: a handle of its own on the file, pushing without this process knowing.
+        let other = try SQLiteQueueDatabase(path: database.path)
+        let name = uniqueQueueName()
+        let url = server.url
+        let pushed = Box(false)
+        let options = QueueOptions(onSync: { queue in
+            try await queue.replayRequests()
+            if !pushed.withLock({ let was = $0; $0 = true; return was }) {
+                let entry = UnidentifiedQueueStoreEntry(
+                    requestData: StorableRequest.RequestData(url: url.absoluteString, method: "POST", body: Data("late".utf8)),
+                    timestamp: Date())
+                _ = try await other.pushEntry(entry, queueName: name, at: .tail, registeringSyncTag: queue.syncTag)
+            }
+        })
+        let queue = try Queue(name: name, options: options, database: database)
+        try await queue.pushRequest(postRequest(url, body: "first"))
+        try await queue.syncManager.dispatch(SyncEvent(tag: queue.syncTag))
+        #expect(server.bodies == ["first"])
+        #expect(try await queue.syncManager.getTags() == [queue.syncTag], "the late entry keeps the registration")
+        try await queue.syncManager.dispatch(SyncEvent(tag: queue.syncTag))
+        #expect(server.bodies == ["first", "late"])
+        #expect(try await queue.syncManager.getTags() == [])
+    }
+
     @Test func entriesAddedDuringASuccessfulSyncRegisterAgain() async throws {
         let server = try RecordingServer()
         let added = Box(false)

@@ -139,6 +139,16 @@ public protocol QueueDatabase: Sendable {
     /// Removes a sync registration (idempotent). Durable.
     func unregisterSyncTag(_ tag: String) async throws
 
+    /// Removes a sync registration unless the queue `queueName` holds pending entries, leased or
+    /// not: what a queue's sync that succeeded does, so that entries another process pushed while
+    /// it ran (finding the tag registered) keep a registration. Atomic with such pushes: a push
+    /// that registers `tag` either commits before the check, or registers the tag anew after the
+    /// removal. Durable. Returns whether the registration was removed (or was not there).
+    ///
+    /// The default implementation counts, then removes: it is not atomic with pushes of other
+    /// processes; a store that other processes share overrides it.
+    func unregisterSyncTag(_ tag: String, ifNoPendingEntriesIn queueName: String) async throws -> Bool
+
     /// The registered sync tags, oldest first.
     func syncTags() async throws -> [String]
 
@@ -155,6 +165,12 @@ public protocol QueueDatabase: Sendable {
 extension QueueDatabase {
     /// No notifications: a service polls (see ``pushNotifications()``).
     public func pushNotifications() -> AsyncStream<String>? { nil }
+
+    public func unregisterSyncTag(_ tag: String, ifNoPendingEntriesIn queueName: String) async throws -> Bool {
+        guard try await countEntries(queueName: queueName, state: .pending) == 0 else { return false }
+        try await unregisterSyncTag(tag)
+        return true
+    }
 
     /// For a driver written before outboxes: refuses, so that an ``Outbox`` on it fails with a
     /// clear error (the conformance suite's record checks fail too until it implements this).

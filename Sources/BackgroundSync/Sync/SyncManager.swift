@@ -10,14 +10,16 @@ import Foundation
 /// Rules (the Background Sync spec's, which Workbox relies on):
 /// - a sync that succeeds consumes its registration;
 /// - a sync that fails keeps it for a retry, unless the event was the `lastChance`;
-/// - a tag registered again *while* its sync runs stays registered whatever the outcome.
+/// - a tag registered again *while* its sync runs stays registered whatever the outcome;
+/// - a queue's sync that succeeds while its queue still holds pending entries (pushed meanwhile by
+///   another process, or held by another replayer) keeps its registration too.
 public final class SyncManager: Sendable {
     /// A handler for the events of one tag.
     typealias Handler = @Sendable (SyncEvent) async throws -> Void
 
     private struct State {
         var memoryTags: [String] = []
-        var handlers: [String: (token: UUID, handler: Handler)] = [:]
+        var handlers: [String: (token: UUID, queueName: String?, handler: Handler)] = [:]
         /// Tags whose sync runs now, and whether they were registered again meanwhile.
         var firing: [String: Bool] = [:]
         var watchers: [UUID: AsyncStream<String>.Continuation] = [:]
@@ -109,7 +111,14 @@ public final class SyncManager: Sendable {
     /// registration rules to the outcome. Throws the handler's error, or
     /// ``BackgroundSyncError/Code/unknownSyncTag`` when no live queue handles the tag.
     public func dispatch(_ event: SyncEvent) async throws {
-        guard let handler = state.withLock({ $0.handlers[event.tag]?.handler }) else {
+        try await run(event)
+    }
+
+    /// ``dispatch(_:)``, telling whether a sync that succeeded kept its registration because its
+    /// queue still holds pending entries.
+    @discardableResult
+    func run(_ event: SyncEvent) async throws -> Bool {
+        guard let (handler, queueName) = state.withLock({ $0.handlers[event.tag].map { ($0.handler, $0.queueName) } }) else {
             throw BackgroundSyncError(.unknownSyncTag, "no queue handles the sync tag '\(event.tag)'")
         }
         state.withLock { $0.firing[event.tag] = false }
@@ -123,7 +132,14 @@ public final class SyncManager: Sendable {
         let registeredAgain = state.withLock { $0.firing.removeValue(forKey: event.tag) ?? false }
         switch outcome {
         case .success:
-            if !registeredAgain { try await unregister(event.tag) }
+            if registeredAgain { return false }
+            // Across processes the in-memory flag above sees nothing: the store keeps the
+            // registration while the queue holds pending entries, atomically with the pushes.
+            if let database, let queueName {
+                return try await !database.unregisterSyncTag(event.tag, ifNoPendingEntriesIn: queueName)
+            }
+            try await unregister(event.tag)
+            return false
         case .failure(let error):
             if event.lastChance && !registeredAgain { try await unregister(event.tag) }
             throw error
@@ -154,13 +170,14 @@ public final class SyncManager: Sendable {
         }
     }
 
-    /// Installs the handler of a tag; fails if another live handler has it.
-    func addHandler(tag: String, token: UUID, _ handler: @escaping Handler) throws {
+    /// Installs the handler of a tag (the sync of the queue `queueName`, when it is one); fails if
+    /// another live handler has it.
+    func addHandler(tag: String, token: UUID, queueName: String? = nil, _ handler: @escaping Handler) throws {
         try state.withLock { state in
             if state.handlers[tag] != nil {
                 throw BackgroundSyncError(.duplicateQueueName, "another live queue handles the sync tag '\(tag)'")
             }
-            state.handlers[tag] = (token, handler)
+            state.handlers[tag] = (token, queueName, handler)
         }
     }
 

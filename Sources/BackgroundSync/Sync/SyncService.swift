@@ -368,18 +368,26 @@ public final class SyncService: Service {
 
     private func dispatch(_ queue: Queue, lastChance: Bool, headNextAttemptAt: Date?, manager: SyncManager) async {
         let event = SyncEvent(tag: queue.syncTag, lastChance: lastChance)
-        do {
-            try await manager.dispatch(event)
-            tagRetries.withLock { $0[queue.syncTag] = nil }
-        } catch let error as BackgroundSyncError where error.isBusyHead {
-            // Another replayer (another process, another worker of a fleet) holds the head: look
-            // again in a second, without counting a failure. Its lease is free the moment it is
-            // given back or its holder dies.
+        // Another replayer (another process, another worker of a fleet) holds the head, or the
+        // entries left: look again in a second, without counting a failure. A lease is free the
+        // moment it is given back or its holder dies.
+        let lookAgainSoon = { [configuration, tagRetries] in
             tagRetries.withLock { retries in
                 retries[queue.syncTag] = (
                     retries[queue.syncTag]?.failures ?? 0, configuration.clock.now.addingTimeInterval(1), headNextAttemptAt
                 )
             }
+        }
+        do {
+            // A sync that succeeded while its queue still holds entries (held by another
+            // replayer, or pushed by another process meanwhile) keeps its registration.
+            if try await manager.run(event) {
+                lookAgainSoon()
+            } else {
+                tagRetries.withLock { $0[queue.syncTag] = nil }
+            }
+        } catch let error as BackgroundSyncError where error.isBusyHead {
+            lookAgainSoon()
         } catch {
             let now = configuration.clock.now
             tagRetries.withLock { retries in

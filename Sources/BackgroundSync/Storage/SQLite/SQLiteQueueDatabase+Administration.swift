@@ -120,6 +120,21 @@ extension SQLiteQueueDatabase {
         }
     }
 
+    public func unregisterSyncTag(_ tag: String, ifNoPendingEntriesIn queueName: String) async throws -> Bool {
+        // One write transaction: pushes of every process (a push registers in its own) come
+        // entirely before or after it.
+        // Entries delivered and not deleted yet are not pending.
+        let delivered = Self.undeletedIDs(queueName, in: undeletedDeliveries)
+        return try await write("write to") { db in
+            let pending = try Int64.fetchAll(
+                db.cachedStatement(sql: "SELECT id FROM entry WHERE queueName = ? AND state = 'pending' LIMIT ?"),
+                arguments: [queueName, delivered.count + 1])
+            if pending.contains(where: { !delivered.contains($0) }) { return false }
+            try db.cachedStatement(sql: "DELETE FROM syncRegistration WHERE tag = ?").execute(arguments: [tag])
+            return true
+        }
+    }
+
     public func syncTags() async throws -> [String] {
         try await read("read") { db in
             try String.fetchAll(db, sql: "SELECT tag FROM syncRegistration ORDER BY registeredAt, tag")
