@@ -122,11 +122,10 @@ public final class PostgresTestServer: Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // Nothing else of this process's (a test's files, sockets) goes to the server `pg_ctl`
-        // forks, which outlives the call.
-        for descriptor in openDescriptors() where descriptor > 2 {
-            posix_spawn_file_actions_addclose(&actions, descriptor)
-        }
+        // Nothing else of this process's (a test's files, sockets, the pipes of a child another
+        // test starts meanwhile) goes to the server `pg_ctl` forks, which outlives the call: a
+        // pipe it inherited would never reach its end for the test reading it.
+        closeFrom3(&actions)
         let argv = ([tool] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid = pid_t()
@@ -142,10 +141,19 @@ public final class PostgresTestServer: Sendable {
         return text
     }
 
-    /// The file descriptors open in this process (`/proc/self/fd`; none listed elsewhere).
-    private static func openDescriptors() -> [Int32] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap(Int32.init)
-            .filter { fcntl($0, F_GETFD) >= 0 }
+    /// Adds to `actions` the closing of every descriptor from 3 (glibc's
+    /// `posix_spawn_file_actions_addclosefrom_np`, which Swift's Glibc module does not show); where
+    /// it is missing, the descriptors open now.
+    private static func closeFrom3(_ actions: inout posix_spawn_file_actions_t) {
+        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+        if let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") {
+            _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
+            return
+        }
+        let open = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap(Int32.init)
+        for descriptor in open where descriptor > 2 && fcntl(descriptor, F_GETFD) >= 0 {
+            posix_spawn_file_actions_addclose(&actions, descriptor)
+        }
     }
 
     /// The folder of `initdb` and `pg_ctl`: the newest `/usr/lib/postgresql/<version>/bin`, else

@@ -27,6 +27,27 @@ private func bgsyncBlocking(_ arguments: [String], environment: [String: String]
     return try runChild(builtProductURL("bgsync"), arguments, environment: env)
 }
 
+/// A pipe whose descriptors close when any process of the tests' starts another program: a
+/// long-lived child another test starts meanwhile (a PostgreSQL server, a `bgsync run` worker)
+/// must not inherit the end a child writes to, or its reader never sees the end of the file.
+/// Foundation's `Pipe` is inherited on Linux.
+struct ClosedOnExecPipe {
+    let reading: FileHandle
+    let writing: FileHandle
+
+    init() throws {
+        // glibc's pipe2, which Swift's Glibc module does not show: the flag is set as the pipe is made.
+        typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32
+        guard let symbol = dlsym(nil, "pipe2") else { throw POSIXError(.ENOSYS) }
+        var descriptors: [Int32] = [0, 0]
+        guard unsafeBitCast(symbol, to: Pipe2.self)(&descriptors, O_CLOEXEC) == 0 else {
+            throw POSIXError(.init(rawValue: errno) ?? .EIO)
+        }
+        reading = FileHandle(fileDescriptor: descriptors[0], closeOnDealloc: true)
+        writing = FileHandle(fileDescriptor: descriptors[1], closeOnDealloc: true)
+    }
+}
+
 /// Runs a program to its end (stdin is /dev/null) and returns its status and output. Blocks: call
 /// it through ``offCooperativePool(_:)`` from a test.
 func runChild(_ executable: URL, _ arguments: [String], environment: [String: String]) throws -> CLIRun {
@@ -34,17 +55,20 @@ func runChild(_ executable: URL, _ arguments: [String], environment: [String: St
     process.executableURL = executable
     process.arguments = arguments
     process.environment = environment
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
+    let out = try ClosedOnExecPipe()
+    let err = try ClosedOnExecPipe()
+    process.standardOutput = out.writing
+    process.standardError = err.writing
     process.standardInput = FileHandle.nullDevice
     try process.run()
+    // The child has its copies: the ends read see their end of file once it exits.
+    try out.writing.close()
+    try err.writing.close()
     // Read both pipes while the child runs, so neither fills up.
     let errData = Box(Data())
-    let reader = Thread { errData.withLock { $0 = err.fileHandleForReading.readDataToEndOfFile() } }
+    let reader = Thread { errData.withLock { $0 = err.reading.readDataToEndOfFile() } }
     reader.start()
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    let outData = out.reading.readDataToEndOfFile()
     process.waitUntilExit()
     while !reader.isFinished { usleep(1000) }
     return CLIRun(
