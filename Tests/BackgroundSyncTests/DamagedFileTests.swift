@@ -54,6 +54,34 @@ struct DamagedFileTests {
 
     private func bytes(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
 
+    /// A damaged file deleted leaves its inode free, and the file created next at the path often
+    /// gets it: that new file takes writes.
+    @Test func aNewFileInTheInodeOfADeletedDamagedOneTakesWrites() async throws {
+        _ = try await fill()
+        try damage()
+        let damaged = try SQLiteQueueDatabase(path: path)
+        await #expect(throws: BackgroundSyncError.self) { _ = try await damaged.entries(queueName: "posts", state: .pending) }
+        try damaged.close()
+        let inode = Self.inode(path)
+        let push = UnidentifiedQueueStoreEntry(requestData: .init(url: "http://127.0.0.1:9/posts/new", method: "POST"))
+        // New files until one gets the freed inode (most file systems give it back soon).
+        var reused = false
+        for _ in 0..<50 where !reused {
+            for suffix in ["", "-wal", "-shm", ".damaged"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+            let fresh = try SQLiteQueueDatabase(path: path)
+            reused = Self.inode(path) == inode
+            _ = try await fresh.pushEntry(push, queueName: "posts", at: .tail, registeringSyncTag: nil)
+            #expect(try await fresh.countEntries(queueName: "posts", state: .pending) == 1)
+            try fresh.close()
+        }
+        print("a new file got the damaged file's inode: \(reused)")
+    }
+
+    private static func inode(_ path: String) -> UInt64 {
+        var info = stat()
+        return stat(path, &info) == 0 ? UInt64(info.st_ino) : 0
+    }
+
     @Test func noWriteGoesIntoADamagedFileAndSalvageCopiesWhatCanBeRead() async throws {
         let original = try await fill()
         #expect(!FileManager.default.fileExists(atPath: path + "-wal"), "closing checkpoints the WAL")

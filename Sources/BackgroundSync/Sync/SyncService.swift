@@ -221,25 +221,9 @@ public final class SyncService: Service {
                         }
                     }
                 }
-                group.addTask {
-                    for await _ in registrations {
-                        let first = registrationQueued.withLock { queued -> Bool in
-                            defer { queued = true }
-                            return !queued
-                        }
-                        if first { trigger.yield(.registered) }
-                    }
-                }
+                group.addTask { await Self.coalesce(registrations, into: .registered, queued: registrationQueued, trigger) }
                 if let pushes {
-                    group.addTask {
-                        for await _ in pushes {
-                            let first = pushQueued.withLock { queued -> Bool in
-                                defer { queued = true }
-                                return !queued
-                            }
-                            if first { trigger.yield(.pushed) }
-                        }
-                    }
+                    group.addTask { await Self.coalesce(pushes, into: .pushed, queued: pushQueued, trigger) }
                 }
                 let timer = SyncTimer()
                 group.addTask { [configuration] in
@@ -266,6 +250,20 @@ public final class SyncService: Service {
             trigger.yield(.shutdown)
         }
         configuration.logger.info("sync service stopped")
+    }
+
+    /// Turns each element of `stream` into `round`, unless one is queued already (`queued`, which
+    /// the loop clears as it starts that round).
+    private static func coalesce(
+        _ stream: AsyncStream<String>, into round: Trigger, queued: Locked<Bool>, _ trigger: AsyncStream<Trigger>.Continuation
+    ) async {
+        for await _ in stream {
+            let first = queued.withLock { queued -> Bool in
+                defer { queued = true }
+                return !queued
+            }
+            if first { trigger.yield(round) }
+        }
     }
 
     private func loop(

@@ -17,8 +17,9 @@ import Darwin
 /// writes into the file it opened) and in a marker file next to the database (`<file>.damaged`),
 /// so that processes that open the file later refuse to write too. A file moved in place since (a
 /// salvaged copy renamed over it) is another file: it is not refused, and the stale marker is
-/// removed; a file this library creates at the path removes the marker too. A process that has
-/// the file open already learns of the damage when SQLite reports it to that process.
+/// removed; a file this library creates, at the path or under the inode a deleted damaged file
+/// left free, is not refused either. A process that has the file open already learns of the
+/// damage when SQLite reports it to that process.
 enum DamagedFiles {
     /// A file, by device and inode.
     struct Identity: Codable, Hashable, Sendable {
@@ -78,6 +79,14 @@ enum DamagedFiles {
             throw error(path: path, message: found.message)
         }
         try? FileManager.default.removeItem(atPath: marker)
+    }
+
+    /// A new file was created at `path`: a marker left by a damaged file of that name is removed,
+    /// and a damaged file this process saw under the new file's inode (freed when that file was
+    /// deleted, and given to the new one) is forgotten.
+    static func noteCreated(path: String) {
+        if let file = identity(path) { _ = seen.withLock { $0.removeValue(forKey: file) } }
+        try? FileManager.default.removeItem(atPath: markerPath(path))
     }
 
     /// The device and inode of the file at `path`.

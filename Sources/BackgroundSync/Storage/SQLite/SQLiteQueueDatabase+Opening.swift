@@ -67,8 +67,7 @@ extension SQLiteQueueDatabase {
             try DamagedFiles.checkMarker(path: url.path)
         } else if try createFile(at: url) {
             created = true
-            // A marker left by a damaged file of the same name names another file: removed.
-            try DamagedFiles.checkMarker(path: url.path)
+            DamagedFiles.noteCreated(path: url.path)
         }
         return (try openPoolOnce(at: url, configuration: configuration, snapshot: false), false)
     }
