@@ -238,6 +238,41 @@ struct CLITests {
         #expect(delivered.isDisjoint(with: queued), "a delivered entry is not left queued")
     }
 
+    @Test func runCancelsASendThatOutlastsTheShutdownTimeoutAndKeepsItsEntry() async throws {
+        let server = try RecordingServer()
+        let (arrived, arrival) = AsyncStream.makeStream(of: Int.self)
+        server.respond { _, index in
+            arrival.yield(index)
+            return .hang(.seconds(60))
+        }
+        _ = try await run(["enqueue", server.url.absoluteString, "-d", "held", "--queue", "q"])
+        let daemon = Process()
+        daemon.executableURL = builtProductURL("bgsync")
+        daemon.arguments = [
+            "run", "--db", db, "--no-connectivity-monitor", "--poll-interval", "0.2", "--shutdown-timeout", "1",
+        ]
+        daemon.standardError = FileHandle.nullDevice
+        daemon.standardOutput = FileHandle.nullDevice
+        try daemon.run()
+        var arrivals = arrived.makeAsyncIterator()
+        #expect(await arrivals.next() == 0, "the daemon sends the entry; the server holds it for a minute")
+        kill(daemon.processIdentifier, SIGTERM)
+        // It stops after the shutdown timeout, not after the server's minute.
+        let stopped = try await offCooperativePool { () -> Bool in
+            let deadline = Date().addingTimeInterval(30)
+            while daemon.isRunning && Date() < deadline { usleep(20_000) }
+            return !daemon.isRunning
+        }
+        #expect(stopped, "bgsync run still runs 30 s after SIGTERM with --shutdown-timeout 1")
+        if !stopped {
+            kill(daemon.processIdentifier, SIGKILL)
+            daemon.waitUntilExit()
+        }
+        #expect(daemon.terminationStatus == 0)
+        let left = try await SQLiteQueueDatabase(path: db).entries(queueName: "q", state: .pending)
+        #expect(left.map { String(decoding: $0.requestData.body ?? Data(), as: UTF8.self) } == ["held"], "the cancelled send's entry stays")
+    }
+
     @Test func showAndReplayTellWhatTheServerAnswered() async throws {
         let server = try RecordingServer()
         server.respond { request, _ in

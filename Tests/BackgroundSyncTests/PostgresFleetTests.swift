@@ -35,9 +35,8 @@ struct PostgresFleetTests {
 
         func kill(_ signal: Int32) { Glibc.kill(process.processIdentifier, signal) }
 
-        /// Waits for the process to end, off the cooperative pool: up to 30 seconds, then kills it.
-        /// A `bgsync run` that does not stop on SIGTERM, seen now and then after the server was
-        /// restarted under it, is a known open defect: recorded, not hidden.
+        /// Waits for the process to end, off the cooperative pool: up to 30 seconds, then records
+        /// an issue and kills it.
         func wait() async throws {
             let ended = try await offCooperativePool { () -> Bool in
                 let deadline = Date().addingTimeInterval(30)
@@ -45,9 +44,7 @@ struct PostgresFleetTests {
                 return !self.process.isRunning
             }
             if !ended {
-                withKnownIssue("bgsync run sometimes does not stop on SIGTERM after its PostgreSQL server restarted", isIntermittent: true) {
-                    Issue.record("worker \(self.process.processIdentifier) still runs 30 s after SIGTERM")
-                }
+                Issue.record("worker \(self.process.processIdentifier) still runs 30 s after SIGTERM: \(logText)")
                 kill(SIGKILL)
                 try await offCooperativePool { self.process.waitUntilExit() }
             }
@@ -159,13 +156,7 @@ struct PostgresFleetTests {
         let queues = try JSONSerialization.jsonObject(with: Data(left.stdout.utf8)) as? [[String: Any]]
         let pending = queues?.compactMap { $0["pending"] as? Int }.reduce(0, +)
         #expect(pending == missing.count, "not delivered and not queued either: \(missing.sorted()), \(left.stdout)")
-        if !missing.isEmpty {
-            // Seen now and then: the ordered queue's last entry waits, still queued, past the minute
-            // (a live worker's lease on it not given back). An open defect, recorded, not hidden.
-            withKnownIssue("an ordered queue's last entry sometimes waits for a live worker's lease", isIntermittent: true) {
-                Issue.record("not delivered within a minute (still queued): \(missing.sorted())")
-            }
-        }
+        #expect(missing.isEmpty, "not delivered within a minute (still queued): \(missing.sorted())")
         // The ordered queue arrived in order; the entry the dead worker was sending was sent again.
         let ordered = firstReceipts(requests, queue: "ordered")
         #expect(ordered == ordered.sorted(), "the ordered queue arrived as \(ordered)")

@@ -51,8 +51,7 @@ final class RunningStores: Sendable {
         }
         for task in all { task.cancel() }
         // Each store's run() returns once cancelled; a test does not wait more than 10 seconds for
-        // it (a store that does not stop is a known open defect to report, not a reason for the
-        // suite to hang).
+        // it (a store that does not stop is a failure to report, not a reason for the suite to hang).
         let stopped = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             let answered = Locked(false)
             let answer: @Sendable (Bool) -> Void = { stopped in
@@ -68,9 +67,7 @@ final class RunningStores: Sendable {
             }
         }
         if !stopped {
-            withKnownIssue("a PostgreSQL store's run() may not return when cancelled in the middle of a PostgresNIO operation", isIntermittent: true) {
-                Issue.record("a PostgreSQL store did not stop within 10 seconds of being cancelled")
-            }
+            Issue.record("a PostgreSQL store did not stop within 10 seconds of being cancelled")
         }
     }
 }

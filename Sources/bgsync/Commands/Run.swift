@@ -12,8 +12,8 @@ struct Run: AsyncParsableCommand {
             Runs a SyncService over the database: at start, when a request is queued (by any \
             process: a SQLite file is polled; a PostgreSQL store notifies), when connectivity \
             returns (netlink on Linux) and when a backoff ends. Logs to stderr. SIGTERM or SIGINT \
-            stops it gracefully: sends in flight finish, their entries are deleted or stay queued, \
-            nothing is lost. Started on several hosts with one postgres:// URL, the daemons form a \
+            stops it gracefully: sends in flight finish (for --shutdown-timeout seconds at most, \
+            then they are cancelled), their entries are deleted or stay queued, nothing is lost. Started on several hosts with one postgres:// URL, the daemons form a \
             fleet: each queue's entries are sent once, an ordered queue in order.
 
             Examples:
@@ -39,12 +39,18 @@ struct Run: AsyncParsableCommand {
             valueName: "queue=n"))
     var concurrent: [String] = []
 
+    @Option(help: "Seconds that sends in flight get to finish after SIGTERM or SIGINT, before they are cancelled.")
+    var shutdownTimeout: Double = 30
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("unknown log level '\(logLevel)'")
+        }
+        guard shutdownTimeout >= 0, shutdownTimeout <= 86_400 else {
+            throw ValidationError("--shutdown-timeout must be between 0 and 86400 seconds")
         }
         guard pollInterval >= 0.01, pollInterval <= 3600 else {
             throw ValidationError("--poll-interval must be between 0.01 and 3600 seconds")
@@ -97,9 +103,11 @@ struct Run: AsyncParsableCommand {
                         return options
                     })
                 logger.info("bgsync run: replaying the queues of \(db.identity)")
-                let group = ServiceGroup(
-                    services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-                try await group.run()
+                var group = ServiceGroupConfiguration(services: [.init(service: service)], logger: logger)
+                group.gracefulShutdownSignals = [.sigterm, .sigint]
+                // Past it, the sends still in flight are cancelled: their entries stay queued.
+                group.maximumGracefulShutdownDuration = .milliseconds(Int64(shutdownTimeout * 1000))
+                try await ServiceGroup(configuration: group).run()
             }
         }
     }
