@@ -52,13 +52,18 @@ extension PostgresQueueDatabase {
     fileprivate func pooled<T: Sendable>(
         _ action: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
-        let leased = Locked(false)
-        let timedOut = Locked(false)
+        // Whether a connection came (then `body` runs to its end), or the wait was given up first
+        // (then a connection that comes runs nothing): decided once, under one lock.
+        let wait = Locked<(leased: Bool, timedOut: Bool)>((false, false))
         let patience = configuration.connectTimeout * 3
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask {
                 try await self.client.withConnection { connection in
-                    leased.withLock { $0 = true }
+                    let proceed = wait.withLock { wait -> Bool in
+                        if !wait.timedOut { wait.leased = true }
+                        return wait.leased
+                    }
+                    guard proceed else { throw CancellationError() }
                     return try await self.onLoop(of: connection) { try await body(connection) }
                 }
             }
@@ -72,7 +77,7 @@ extension PostgresQueueDatabase {
                 do {
                     next = try await group.next()
                 } catch {
-                    guard timedOut.withLock({ $0 }) else { throw error }
+                    guard wait.withLock({ $0.timedOut }) else { throw error }
                     throw BackgroundSyncError(
                         .storeUnreachable,
                         "cannot \(action) the PostgreSQL store \(identity): no connection within \(patience) (the server is down, unreachable or out of connections)")
@@ -83,10 +88,11 @@ extension PostgresQueueDatabase {
                     return value
                 }
                 // The timer ran out: give up the wait for a connection, not a statement under way.
-                if !Task.isCancelled, !leased.withLock({ $0 }) {
-                    timedOut.withLock { $0 = true }
-                    group.cancelAll()
+                let givenUp = !Task.isCancelled && wait.withLock { wait -> Bool in
+                    if !wait.leased { wait.timedOut = true }
+                    return wait.timedOut
                 }
+                if givenUp { group.cancelAll() }
             }
         }
     }

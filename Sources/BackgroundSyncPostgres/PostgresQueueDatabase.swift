@@ -81,7 +81,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     private struct RunState {
         var ready = false
         var ended: BackgroundSyncError?
-        var waiters: [UnsafeContinuation<Void, any Error>] = []
+        var waiters: [UUID: UnsafeContinuation<Void, any Error>] = [:]
     }
 
     /// Creates a store; nothing is connected until ``run()``. Throws
@@ -177,24 +177,31 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         }
     }
 
-    /// Waits until ``run()`` is ready; throws if it ended.
+    /// Waits until ``run()`` is ready; throws if it ended, or if the caller is cancelled (a store
+    /// whose ``run()`` was never started would keep it waiting).
     func waitUntilReady() async throws {
-        try await withUnsafeThrowingContinuation { continuation in
-            let outcome = runState.withLock { state -> Result<Void, BackgroundSyncError>? in
-                if let ended = state.ended { return .failure(ended) }
-                if state.ready { return .success(()) }
-                state.waiters.append(continuation)
-                return nil
+        let id = UUID()
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                let outcome = runState.withLock { state -> Result<Void, any Error>? in
+                    if let ended = state.ended { return .failure(ended) }
+                    if state.ready { return .success(()) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    state.waiters[id] = continuation
+                    return nil
+                }
+                if let outcome { continuation.resume(with: outcome) }
             }
-            if let outcome { continuation.resume(with: outcome) }
+        } onCancel: {
+            runState.withLock { $0.waiters.removeValue(forKey: id) }?.resume(throwing: CancellationError())
         }
     }
 
     private func markReady() {
         let waiters = runState.withLock { state in
             state.ready = true
-            defer { state.waiters = [] }
-            return state.waiters
+            defer { state.waiters = [:] }
+            return state.waiters.values
         }
         for waiter in waiters { waiter.resume() }
     }
@@ -203,8 +210,8 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         let waiters = runState.withLock { state in
             if state.ended == nil { state.ended = error }
             state.ready = false
-            defer { state.waiters = [] }
-            return state.waiters
+            defer { state.waiters = [:] }
+            return state.waiters.values
         }
         for waiter in waiters { waiter.resume(throwing: error) }
         jobInput.finish()
@@ -262,7 +269,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                             }
                         }
                     } onCancel: {
-                        // Under the lock the announcer writes under: nothing is written after.
+                        // The announcer sends nothing more on it.
                         sessionConnection.withLock { $0 = nil }
                         _ = current.close() as EventLoopFuture<Void>
                     }
@@ -326,8 +333,9 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// Sends the announcements, until cancelled.
     ///
     /// PostgresNIO loses a query written to a connection that has just closed: its result never
-    /// comes. So a notification is written under the lock that the session's closing takes first
-    /// (see ``keepSession(_:)``), and its result is awaited for at most 5 seconds.
+    /// comes. So a notification is checked and written on the connection's event loop (open there,
+    /// its handler fails the query if it closes; see ``ensureOpen(_:)``), and its result is awaited
+    /// for at most 5 seconds.
     private func announce() async {
         for await _ in announcements.stream {
             let names = unannounced.withLock { names in
@@ -337,13 +345,15 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             // Many queues at once: one notification for all of them.
             let payloads = names.count > 8 ? [""] : names.map(Self.notifyPayload)
             for payload in payloads {
-                let sent = sessionConnection.withLock { connection -> (EventLoopFuture<PostgresQueryResult>, any EventLoop)? in
-                    guard let connection, !connection.isClosed else { return nil }
-                    let query = connection.query(
-                        "SELECT pg_notify($1, $2)", [PostgresData(string: channel), PostgresData(string: payload)])
-                    return (query, connection.eventLoop)
+                guard let connection = sessionConnection.withLock({ $0 }) else { break }
+                let eventLoop = connection.eventLoop
+                let query = eventLoop.flatSubmit { [channel, identity] () -> EventLoopFuture<PostgresQueryResult> in
+                    guard !connection.isClosed else {
+                        return eventLoop.makeFailedFuture(
+                            BackgroundSyncError(.storeUnreachable, "the connection to the PostgreSQL store \(identity) closed"))
+                    }
+                    return connection.query("SELECT pg_notify($1, $2)", [PostgresData(string: channel), PostgresData(string: payload)])
                 }
-                guard let (query, eventLoop) = sent else { break }
                 let done = Locked(false)
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                     let finish: @Sendable () -> Void = {

@@ -1,4 +1,4 @@
-import BackgroundSync
+@testable import BackgroundSync
 import BackgroundSyncTesting
 import Foundation
 import Testing
@@ -25,8 +25,12 @@ struct SyncTests {
         let server = try RecordingServer()
         server.respond { _, _ in .respond(.text("down", status: 503)) }
         let database = try SQLiteQueueDatabase.temporary()
-        let queue = try Queue(name: uniqueQueueName(), database: database)
-        try await queue.pushRequest(postRequest(server.url, body: "x"))
+        // A custom sync handler: Workbox's rule as it is (a queue's own replay keeps the
+        // registration while entries are left, see below).
+        let url = server.url
+        let queue = try Queue(
+            name: uniqueQueueName(), options: QueueOptions(onSync: { try await $0.replayRequests() }), database: database)
+        try await queue.pushRequest(postRequest(url, body: "x"))
 
         await #expect(throws: BackgroundSyncError.self) {
             try await queue.syncManager.dispatch(SyncEvent(tag: queue.syncTag))
@@ -39,33 +43,51 @@ struct SyncTests {
         #expect(try await queue.size() == 1, "a dropped registration never drops the entries")
     }
 
-    /// Another process pushes just as a sync ends: it finds the tag registered, so it registers
-    /// nothing, and the sync's success must not take the registration from its entry.
+    /// Another process pushes just as a queue's sync ends: it finds the tag registered, so it
+    /// registers nothing, and the sync's success must not take the registration from its entry.
     @Test func anotherProcessPushingAsASyncEndsKeepsTheRegistration() async throws {
-        let server = try RecordingServer()
         let database = try SQLiteQueueDatabase.temporary()
         // The other process: a handle of its own on the file, pushing without this process knowing.
         let other = try SQLiteQueueDatabase(path: database.path)
-        let name = uniqueQueueName()
-        let url = server.url
-        let pushed = Box(false)
-        let options = QueueOptions(onSync: { queue in
-            try await queue.replayRequests()
-            if !pushed.withLock({ let was = $0; $0 = true; return was }) {
-                let entry = UnidentifiedQueueStoreEntry(
-                    requestData: StorableRequest.RequestData(url: url.absoluteString, method: "POST", body: Data("late".utf8)),
-                    timestamp: Date())
-                _ = try await other.pushEntry(entry, queueName: name, at: .tail, registeringSyncTag: queue.syncTag)
+        let manager = SyncManager(database: database)
+        let (name, tag) = ("q-\(UUID().uuidString)", "sync-q")
+        let entry = UnidentifiedQueueStoreEntry(
+            requestData: StorableRequest.RequestData(url: "http://127.0.0.1:9/x", method: "POST", body: Data("late".utf8)))
+        let pushes = Box(0)
+        // The queue's sync: its replay found nothing left as the other process's push came in.
+        try manager.addHandler(tag: tag, token: UUID(), queueName: name) { _ in
+            if pushes.withLock({ $0 += 1; return $0 }) == 1 {
+                _ = try await other.pushEntry(entry, queueName: name, at: .tail, registeringSyncTag: tag)
             }
-        })
-        let queue = try Queue(name: name, options: options, database: database)
-        try await queue.pushRequest(postRequest(url, body: "first"))
-        try await queue.syncManager.dispatch(SyncEvent(tag: queue.syncTag))
-        #expect(server.bodies == ["first"])
-        #expect(try await queue.syncManager.getTags() == [queue.syncTag], "the late entry keeps the registration")
-        try await queue.syncManager.dispatch(SyncEvent(tag: queue.syncTag))
-        #expect(server.bodies == ["first", "late"])
-        #expect(try await queue.syncManager.getTags() == [])
+        }
+        try await manager.register(tag)
+        try await manager.dispatch(SyncEvent(tag: tag))
+        #expect(try await manager.getTags() == [tag], "the late entry keeps the registration")
+        // Once the queue is empty, a success consumes it.
+        _ = try await database.deleteEntries(queueName: name, state: nil)
+        try await manager.dispatch(SyncEvent(tag: tag))
+        #expect(try await manager.getTags() == [])
+    }
+
+    /// A last chance that fails sets the head aside; the entries behind it keep the registration.
+    @Test func aLastChanceThatFailsKeepsTheRegistrationForTheEntriesLeft() async throws {
+        let server = try RecordingServer()
+        server.respond { _, _ in .respond(.text("down", status: 503)) }
+        let queue = try Queue(
+            name: uniqueQueueName(), options: QueueOptions(retryPolicy: .init(maxAttempts: 2)),
+            database: try SQLiteQueueDatabase.temporary())
+        try await queue.pushRequest(postRequest(server.url, body: "head"))
+        try await queue.pushRequest(postRequest(server.url, body: "behind"))
+        await #expect(throws: BackgroundSyncError.self) {
+            try await queue.syncManager.dispatch(SyncEvent(tag: queue.syncTag))
+        }
+        // The head's second and last attempt fails: it is set aside, and "behind" fails once.
+        await #expect(throws: BackgroundSyncError.self) {
+            try await queue.syncManager.dispatch(SyncEvent(tag: queue.syncTag, lastChance: true))
+        }
+        #expect(try await queue.deadLetters().count == 1)
+        #expect(try await queue.size() == 1)
+        #expect(try await queue.syncManager.getTags() == [queue.syncTag])
     }
 
     @Test func entriesAddedDuringASuccessfulSyncRegisterAgain() async throws {

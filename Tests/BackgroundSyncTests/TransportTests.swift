@@ -117,7 +117,7 @@ struct TransportTests {
             send.cancel()
             if (try? await send.value) != nil { answered += 1 }
         }
-        // Not every call was cancelled before its answer, nor every one after.
+        // Every call ended (the point: no deadlock, no crash); some had their answer first.
         #expect(answered > 0)
         #expect(server.received.current.count >= answered)
     }

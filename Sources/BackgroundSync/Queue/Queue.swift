@@ -97,7 +97,10 @@ public actor Queue {
             queueName: name, options: options, database: database, transport: transport, owner: .current(),
             capture: capture, reporter: reporter, control: control, random: Locked(SystemRandomNumberGenerator()))
         self.reservation = try QueueNameRegistry.reserve(name, on: database)
-        try self.syncManager.addHandler(tag: syncTag, token: handlerToken, queueName: name) { [weak self] event in
+        // A custom onSync may leave entries on purpose: its success consumes the registration.
+        try self.syncManager.addHandler(
+            tag: syncTag, token: handlerToken, queueName: options.onSync == nil ? name : nil
+        ) { [weak self] event in
             guard let self else {
                 throw BackgroundSyncError(.unknownSyncTag, "the queue of the sync tag '\(event.tag)' was released")
             }

@@ -11,8 +11,9 @@ import Foundation
 /// - a sync that succeeds consumes its registration;
 /// - a sync that fails keeps it for a retry, unless the event was the `lastChance`;
 /// - a tag registered again *while* its sync runs stays registered whatever the outcome;
-/// - a queue's sync that succeeds while its queue still holds pending entries (pushed meanwhile by
-///   another process, or held by another replayer) keeps its registration too.
+/// - a queue's sync (its own replay, not a custom `onSync`) that succeeds, or fails on its last
+///   chance, while the queue still holds pending entries (behind a head set aside, pushed
+///   meanwhile by another process, held by another replayer) keeps its registration too.
 public final class SyncManager: Sendable {
     /// A handler for the events of one tag.
     typealias Handler = @Sendable (SyncEvent) async throws -> Void
@@ -141,7 +142,15 @@ public final class SyncManager: Sendable {
             try await unregister(event.tag)
             return false
         case .failure(let error):
-            if event.lastChance && !registeredAgain { try await unregister(event.tag) }
+            if event.lastChance && !registeredAgain {
+                // The last chance of the head entry (it is set aside now): the entries behind it,
+                // and those other processes pushed meanwhile, keep the registration.
+                if let database, let queueName {
+                    _ = try await database.unregisterSyncTag(event.tag, ifNoPendingEntriesIn: queueName)
+                } else {
+                    try await unregister(event.tag)
+                }
+            }
             throw error
         }
     }

@@ -76,10 +76,21 @@ public final class SyncService: Service {
     /// The configuration.
     public let configuration: Configuration
     /// Backoff of syncs that failed without an entry to carry the schedule (custom `onSync`).
-    /// For each tag whose last sync failed: how many in a row, when to try again, and the head
-    /// entry's next attempt as it was before that sync (if the failed sync did not move it, the
-    /// failure is not the head's to schedule).
-    private let tagRetries = Locked<[String: (failures: Int, next: Date, headNextAttemptAt: Date?)]>([:])
+    /// For each tag whose last sync failed (or left entries another replayer holds): how many in a
+    /// row, when to try again, and the head entry as it was before that sync (if the sync did not
+    /// move it, the failure is not the head's to schedule; another head is due at once).
+    private let tagRetries = Locked<[String: (failures: Int, next: Date, head: HeadState)]>([:])
+
+    /// A queue's head entry, as far as scheduling goes.
+    private struct HeadState: Equatable {
+        var id: Int64?
+        var nextAttemptAt: Date?
+
+        init(_ head: QueueStoreEntry?) {
+            id = head?.id
+            nextAttemptAt = head?.nextAttemptAt
+        }
+    }
     private let shuttingDown = Locked(false)
     /// Whether a graceful shutdown reached the service (for tests).
     var isShuttingDown: Bool { shuttingDown.withLock { $0 } }
@@ -326,7 +337,7 @@ public final class SyncService: Service {
     /// `onSync` that threw, a head another process holds); `nil` when nothing holds it back.
     private func dueDate(_ queue: Queue, head: QueueStoreEntry?, now: Date) -> Date? {
         if let next = head?.nextAttemptAt, next > now { return next }
-        guard let retry = tagRetries.withLock({ $0[queue.syncTag] }), retry.headNextAttemptAt == head?.nextAttemptAt
+        guard let retry = tagRetries.withLock({ $0[queue.syncTag] }), retry.head == HeadState(head)
         else { return head?.nextAttemptAt }
         return retry.next
     }
@@ -358,21 +369,22 @@ public final class SyncService: Service {
                 guard isDue, !shuttingDown.withLock({ $0 }) else { continue }
                 let lastChance = queue.options.retryPolicy.isLastAttempt(afterAttempts: head?.attempts ?? 0)
                 group.addTask {
-                    await self.dispatch(queue, lastChance: lastChance, headNextAttemptAt: head?.nextAttemptAt, manager: manager)
+                    await self.dispatch(queue, lastChance: lastChance, head: HeadState(head), manager: manager)
                 }
             }
         }
     }
 
-    private func dispatch(_ queue: Queue, lastChance: Bool, headNextAttemptAt: Date?, manager: SyncManager) async {
+    private func dispatch(_ queue: Queue, lastChance: Bool, head: HeadState, manager: SyncManager) async {
         let event = SyncEvent(tag: queue.syncTag, lastChance: lastChance)
         // Another replayer (another process, another worker of a fleet) holds the head, or the
-        // entries left: look again in a second, without counting a failure. A lease is free the
-        // moment it is given back or its holder dies.
+        // entries left: look again in a second, without counting a failure (at once if the head
+        // changed: entries another process pushed). A lease is free the moment it is given back
+        // or its holder dies.
         let lookAgainSoon = { [configuration, tagRetries] in
             tagRetries.withLock { retries in
                 retries[queue.syncTag] = (
-                    retries[queue.syncTag]?.failures ?? 0, configuration.clock.now.addingTimeInterval(1), headNextAttemptAt
+                    retries[queue.syncTag]?.failures ?? 0, configuration.clock.now.addingTimeInterval(1), head
                 )
             }
         }
@@ -392,7 +404,7 @@ public final class SyncService: Service {
                 let failures = (retries[queue.syncTag]?.failures ?? 0) + 1
                 var random = SystemRandomNumberGenerator()
                 let delay = queue.options.retryPolicy.delay(afterAttempts: failures, using: &random)
-                retries[queue.syncTag] = (failures, now.addingTimeInterval(delay.timeInterval), headNextAttemptAt)
+                retries[queue.syncTag] = (failures, now.addingTimeInterval(delay.timeInterval), head)
             }
             configuration.logger.debug(
                 "sync failed; it stays registered",

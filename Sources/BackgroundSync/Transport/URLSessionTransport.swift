@@ -76,6 +76,8 @@ private final class Exchange: Sendable {
         }
         if let early {
             continuation.resume(with: early)
+            // Never resumed, so no completion can race this: the session lets go of the task.
+            task.cancel()
         } else {
             task.resume()
         }

@@ -18,8 +18,9 @@ import Darwin
 /// so that processes that open the file later refuse to write too. A file moved in place since (a
 /// salvaged copy renamed over it) is another file: it is not refused, and the stale marker is
 /// removed; a file this library creates, at the path or under the inode a deleted damaged file
-/// left free, is not refused either. A process that has the file open already learns of the
-/// damage when SQLite reports it to that process.
+/// left free, is not refused by the process that creates it (another process that saw the damage
+/// goes on refusing that inode until it restarts). A process that has the file open already learns
+/// of the damage when SQLite reports it to that process.
 enum DamagedFiles {
     /// A file, by device and inode.
     struct Identity: Codable, Hashable, Sendable {
