@@ -93,14 +93,19 @@ public struct BackgroundSyncError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-extension BackgroundSyncError {
-    /// How the error of a replay that found its ordered queue's head held by another replayer
-    /// begins.
-    package static let busyHeadPrefix = "the head entry is being replayed by "
+/// The cause of a replay that stopped because another replayer holds its ordered queue's head: not
+/// a failure of the queue, only a turn to wait for.
+package struct HeadHeldByAnotherReplayer: Error, CustomStringConvertible {
+    /// The lease's owner and expiry.
+    package let owner: String
+    package let until: Date
 
-    /// Whether a replay stopped because another replayer holds its ordered queue's head: not a
-    /// failure of the queue, only a turn to wait for.
-    package var isBusyHead: Bool { code == .queueReplayFailed && message.hasPrefix(Self.busyHeadPrefix) }
+    package var description: String { "\(owner) holds its lease until \(until)" }
+}
+
+extension BackgroundSyncError {
+    /// Whether a replay stopped because another replayer holds its ordered queue's head.
+    package var isBusyHead: Bool { underlying is HeadHeldByAnotherReplayer }
 }
 
 /// A one-line description of an error: Foundation's URL errors by their message (their default

@@ -47,11 +47,10 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     let logger: Logger
     /// The schema-qualified name prefix of the store's tables (`"schema".`).
     let prefix: String
-    /// The key of the session-level advisory lock this instance holds now (a new one for each
-    /// session), named by its leases.
-    private let session = Locked<Int64?>(nil)
-    /// The session's connection while it is up: it also sends the push announcements.
-    private let sessionConnection = Locked<PostgresConnection?>(nil)
+    /// The session while it is up: the key of the session-level advisory lock this instance holds
+    /// (a new one for each session, named by its leases), and its connection, which also sends the
+    /// push announcements.
+    private let session = Locked<(key: Int64, connection: PostgresConnection)?>(nil)
     /// The `NOTIFY` channel of the schema.
     let channel: String
     private let connectionConfiguration: PostgresConnection.Configuration
@@ -236,8 +235,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             guard try locked.first?.decode(Bool.self) == true else {
                 throw BackgroundSyncError(.storage, "the session lock \(key) is taken")
             }
-            session.withLock { $0 = key }
-            sessionConnection.withLock { $0 = connection }
+            session.withLock { $0 = (key, connection) }
             return connection
         } catch {
             try? await connection.close()
@@ -246,7 +244,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     }
 
     /// The key of this instance's session lock while the session holds it, `nil` while it is lost.
-    var sessionKey: Int64? { session.withLock { $0 } }
+    var sessionKey: Int64? { session.withLock { $0?.key } }
 
     /// Listens for pushes on the session's connection; when it is lost, connects a new session
     /// (after a short pause, growing to 5 seconds) until cancelled.
@@ -270,7 +268,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                         }
                     } onCancel: {
                         // The announcer sends nothing more on it.
-                        sessionConnection.withLock { $0 = nil }
+                        session.withLock { $0 = nil }
                         _ = current.close() as EventLoopFuture<Void>
                     }
                 } catch {
@@ -279,7 +277,6 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                     }
                 }
                 session.withLock { $0 = nil }
-                sessionConnection.withLock { $0 = nil }
                 try? await current.close()
                 connection = nil
             }
@@ -298,7 +295,6 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             }
         }
         session.withLock { $0 = nil }
-        sessionConnection.withLock { $0 = nil }
         try? await connection?.close()
     }
 
@@ -345,7 +341,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             // Many queues at once: one notification for all of them.
             let payloads = names.count > 8 ? [""] : names.map(Self.notifyPayload)
             for payload in payloads {
-                guard let connection = sessionConnection.withLock({ $0 }) else { break }
+                guard let connection = session.withLock({ $0?.connection }) else { break }
                 let eventLoop = connection.eventLoop
                 let query = eventLoop.flatSubmit { [channel, identity] () -> EventLoopFuture<PostgresQueryResult> in
                     guard !connection.isClosed else {

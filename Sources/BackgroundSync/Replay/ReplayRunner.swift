@@ -128,8 +128,8 @@ struct ReplayRunner: Sendable {
 
     func busyError(owner: String, until: Date) -> BackgroundSyncError {
         BackgroundSyncError(
-            .queueReplayFailed, BackgroundSyncError.busyHeadPrefix + "\(owner) (lease until \(until))",
-            queueName: queueName)
+            .queueReplayFailed, "the head entry is being replayed by another replayer", queueName: queueName,
+            underlying: HeadHeldByAnotherReplayer(owner: owner, until: until))
     }
 }
 
