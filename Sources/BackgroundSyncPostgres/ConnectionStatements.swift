@@ -41,7 +41,7 @@ extension PostgresQueueDatabase {
 
 /// A task executor running jobs on one SwiftNIO event loop, one instance per loop.
 @available(macOS 15, iOS 18, tvOS 18, watchOS 11, *)
-final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
+final class EventLoopTaskExecutor: TaskExecutor {
     let eventLoop: any EventLoop
 
     private init(_ eventLoop: any EventLoop) {

@@ -29,8 +29,8 @@ extension PostgresQueueDatabase {
         }
     }
 
-    /// Runs `body` on a pooled connection in the calling task (a cancelled task gets
-    /// `CancellationError`).
+    /// Runs `body` on a pooled connection in the calling task. A task cancelled while it waits for
+    /// a connection gets `CancellationError`; once `body` has one, its statements run to their end.
     func read<T: Sendable>(_ action: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         try await waitUntilReady()
         do {

@@ -253,14 +253,19 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         var pause = Duration.milliseconds(100)
         while !Task.isCancelled {
             if let current = connection {
+                // The pause before the next session grows until one listens again.
+                let listened = Locked(false)
                 do {
                     // Cancelling closes the connection, which ends the listening whatever it waits for.
                     try await withTaskCancellationHandler {
                         try await onLoop(of: current) {
                             try ensureOpen(current)
                             try await current.listen(on: channel) { notifications in
-                                // Pushes made while no session listened were missed: wake the listeners once.
+                                listened.withLock { $0 = true }
+                                // Pushes made while no session listened were missed: wake the listeners once,
+                                // and send the announcements kept meanwhile.
                                 broadcast("")
+                                announcements.continuation.yield()
                                 for try await notification in notifications {
                                     broadcast(notification.payload)
                                 }
@@ -279,6 +284,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                 session.withLock { $0 = nil }
                 try? await current.close()
                 connection = nil
+                if listened.withLock({ $0 }) { pause = .milliseconds(100) }
             }
             try? await Task.sleep(for: pause)
             pause = min(pause * 2, .seconds(5))
@@ -287,7 +293,6 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             if Task.isCancelled { break }
             do {
                 connection = try await openSession()
-                pause = .milliseconds(100)
             } catch {
                 if !Task.isCancelled {
                     logger.warning("cannot open the PostgreSQL session", metadata: ["error": "\(describe(error))"])
@@ -319,8 +324,8 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// announcer sends the `NOTIFY`s apart from the pushes, on the session's connection, a burst of
     /// pushes making one notification per queue. A `NOTIFY` in the push's own transaction would
     /// hold PostgreSQL's notification lock through that commit's flush, and concurrent pushes would
-    /// wait for each other. A push made while the session is down, or by a process that dies before
-    /// announcing it, is left to the others' poll.
+    /// wait for each other. A push made while the session is down is announced once the next session
+    /// listens; one made by a process that dies before announcing it is left to the others' poll.
     func announcePush(_ queueName: String) {
         unannounced.withLock { _ = $0.insert(queueName) }
         announcements.continuation.yield()
@@ -341,7 +346,11 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             // Many queues at once: one notification for all of them.
             let payloads = names.count > 8 ? [""] : names.map(Self.notifyPayload)
             for payload in payloads {
-                guard let connection = session.withLock({ $0?.connection }) else { break }
+                // No session now: the names wait for the next one (it sends them as it listens).
+                guard let connection = session.withLock({ $0?.connection }) else {
+                    unannounced.withLock { $0.formUnion(names) }
+                    break
+                }
                 let eventLoop = connection.eventLoop
                 let query = eventLoop.flatSubmit { [channel, identity] () -> EventLoopFuture<PostgresQueryResult> in
                     guard !connection.isClosed else {

@@ -258,11 +258,7 @@ struct CLITests {
         #expect(await arrivals.next() == 0, "the daemon sends the entry; the server holds it for a minute")
         kill(daemon.processIdentifier, SIGTERM)
         // It stops after the shutdown timeout, not after the server's minute.
-        let stopped = try await offCooperativePool { () -> Bool in
-            let deadline = Date().addingTimeInterval(30)
-            while daemon.isRunning && Date() < deadline { usleep(20_000) }
-            return !daemon.isRunning
-        }
+        let stopped = try await exited(daemon, within: 30)
         #expect(stopped, "bgsync run still runs 30 s after SIGTERM with --shutdown-timeout 1")
         if !stopped {
             kill(daemon.processIdentifier, SIGKILL)

@@ -38,12 +38,7 @@ struct PostgresFleetTests {
         /// Waits for the process to end, off the cooperative pool: up to 30 seconds, then records
         /// an issue and kills it.
         func wait() async throws {
-            let ended = try await offCooperativePool { () -> Bool in
-                let deadline = Date().addingTimeInterval(30)
-                while self.process.isRunning && Date() < deadline { usleep(20_000) }
-                return !self.process.isRunning
-            }
-            if !ended {
+            if try await !exited(process, within: 30) {
                 Issue.record("worker \(self.process.processIdentifier) still runs 30 s after SIGTERM: \(logText)")
                 kill(SIGKILL)
                 try await offCooperativePool { self.process.waitUntilExit() }

@@ -158,6 +158,40 @@ struct SyncServiceTests {
         #expect(server.bodies == ["x", "x"])
     }
 
+    /// Entries another process holds keep the registration; the service looks at them again (at
+    /// once when the head moved during the sync, then every second) without a push or a poll.
+    @Test func entriesHeldByAnotherProcessAreSentOnceItLetsThemGo() async throws {
+        let server = try RecordingServer()
+        let clock = ManualWallClock()
+        let database = try SQLiteQueueDatabase.temporary()
+        let name = uniqueQueueName()
+        let queue = try Queue(name: name, options: QueueOptions(maxConcurrentReplays: 2, clock: clock), database: database)
+        try await queue.pushRequest(postRequest(server.url, body: "first"))
+        try await queue.pushRequest(postRequest(server.url, body: "second"))
+        // Another process leases both and gives "first" back: it holds "second".
+        let other = try SQLiteQueueDatabase(path: database.path)
+        let held = other.claims(
+            queueName: name, order: .concurrent(maxInFlight: 2), owner: LeaseOwner(host: "other-host", processID: 1, token: "t"),
+            leaseDuration: .seconds(300), clock: clock)
+        guard case .claimed(let first) = try await held.next(), case .claimed(let second) = try await held.next() else {
+            Issue.record("the other process leases both entries")
+            return
+        }
+        try await held.release(first, failure: nil, nextAttemptAt: nil)
+        let events = queue.events()
+        try await withRunningService(SyncService(queues: [queue], configuration: .init(connectivity: nil, clock: clock))) {
+            #expect(await firstEvent(events, where: isReplayed) != nil)
+            // The registration stays for "second", and a timer waits to look again.
+            await clock.waitForSleepers(1)
+            #expect(try await queue.syncManager.getTags() == [queue.syncTag])
+            try await held.release(second, failure: nil, nextAttemptAt: nil)
+            try await held.finish()
+            clock.advance(to: try #require(clock.nextDeadline))
+            #expect(await firstEvent(events, where: isReplayed) != nil)
+        }
+        #expect(server.bodies == ["first", "second"])
+    }
+
     @Test func aPoisonEntryIsDeadLetteredAfterMaxAttemptsAndTheQueueMovesOn() async throws {
         let server = try RecordingServer()
         server.respond { request, _ in

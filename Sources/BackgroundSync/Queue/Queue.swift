@@ -97,10 +97,12 @@ public actor Queue {
             queueName: name, options: options, database: database, transport: transport, owner: .current(),
             capture: capture, reporter: reporter, control: control, random: Locked(SystemRandomNumberGenerator()))
         self.reservation = try QueueNameRegistry.reserve(name, on: database)
-        // A custom onSync may leave entries on purpose: its success consumes the registration.
-        try self.syncManager.addHandler(
-            tag: syncTag, token: handlerToken, queueName: options.onSync == nil ? name : nil
-        ) { [weak self] event in
+        // The store that keeps the registrations looks for the queue's pending entries only when it
+        // holds them; a custom onSync may leave entries on purpose: its success consumes the
+        // registration.
+        let ownReplay = options.onSync == nil && registersWithEntries
+        try self.syncManager.addHandler(tag: syncTag, token: handlerToken, queueName: ownReplay ? name : nil) {
+            [weak self] event in
             guard let self else {
                 throw BackgroundSyncError(.unknownSyncTag, "the queue of the sync tag '\(event.tag)' was released")
             }

@@ -75,10 +75,11 @@ public final class SyncService: Service {
     public var queues: [Queue] { queueList.withLock { $0 } }
     /// The configuration.
     public let configuration: Configuration
-    /// Backoff of syncs that failed without an entry to carry the schedule (custom `onSync`).
-    /// For each tag whose last sync failed (or left entries another replayer holds): how many in a
-    /// row, when to try again, and the head entry as it was before that sync (if the sync did not
-    /// move it, the failure is not the head's to schedule; another head is due at once).
+    /// When to look at a queue again when its head carries no schedule: after a sync that failed
+    /// without recording anything on the head (a custom `onSync`), or that found the head or the
+    /// entries left held by another replayer. For each tag: failures in a row, when to try again,
+    /// and the head entry as it was before that sync (a head that moved since has its own
+    /// schedule, or is due at once).
     private let tagRetries = Locked<[String: (failures: Int, next: Date, head: HeadState)]>([:])
 
     /// A queue's head entry, as far as scheduling goes.
@@ -334,11 +335,12 @@ public final class SyncService: Service {
 
     /// When the queue's sync is due: its head entry's next attempt while that is ahead; else the
     /// tag's own backoff after a sync that failed without recording anything on the head (a custom
-    /// `onSync` that threw, a head another process holds); `nil` when nothing holds it back.
+    /// `onSync` that threw, a head another process holds) while that head is still there, and at
+    /// once once another head took its place; `nil` when nothing holds it back.
     private func dueDate(_ queue: Queue, head: QueueStoreEntry?, now: Date) -> Date? {
         if let next = head?.nextAttemptAt, next > now { return next }
-        guard let retry = tagRetries.withLock({ $0[queue.syncTag] }), retry.head == HeadState(head)
-        else { return head?.nextAttemptAt }
+        guard let retry = tagRetries.withLock({ $0[queue.syncTag] }) else { return head?.nextAttemptAt }
+        guard retry.head == HeadState(head) else { return head?.nextAttemptAt ?? now }
         return retry.next
     }
 
@@ -381,10 +383,10 @@ public final class SyncService: Service {
         // entries left: look again in a second, without counting a failure (at once if the head
         // changed: entries another process pushed). A lease is free the moment it is given back
         // or its holder dies.
-        let lookAgainSoon = { [configuration, tagRetries] in
+        let lookAgainSoon = { [configuration, tagRetries] (failures: Int?) in
             tagRetries.withLock { retries in
                 retries[queue.syncTag] = (
-                    retries[queue.syncTag]?.failures ?? 0, configuration.clock.now.addingTimeInterval(1), head
+                    failures ?? retries[queue.syncTag]?.failures ?? 0, configuration.clock.now.addingTimeInterval(1), head
                 )
             }
         }
@@ -392,12 +394,12 @@ public final class SyncService: Service {
             // A sync that succeeded while its queue still holds entries (held by another
             // replayer, or pushed by another process meanwhile) keeps its registration.
             if try await manager.run(event) {
-                lookAgainSoon()
+                lookAgainSoon(0)
             } else {
                 tagRetries.withLock { $0[queue.syncTag] = nil }
             }
         } catch let error as BackgroundSyncError where error.isBusyHead {
-            lookAgainSoon()
+            lookAgainSoon(nil)
         } catch {
             let now = configuration.clock.now
             tagRetries.withLock { retries in

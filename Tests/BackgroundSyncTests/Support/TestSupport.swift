@@ -159,3 +159,13 @@ func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T)
         Thread { continuation.resume(with: Result { try body() }) }.start()
     }
 }
+
+/// Waits up to `seconds` for `process` to end, off the cooperative pool; `true` when it ended.
+/// (`Process.waitUntilExit()` has no bound, and spins a core on a thread without a run loop.)
+func exited(_ process: Process, within seconds: TimeInterval) async throws -> Bool {
+    try await offCooperativePool { () -> Bool in
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        return !process.isRunning
+    }
+}
