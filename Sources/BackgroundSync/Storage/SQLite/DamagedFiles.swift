@@ -15,12 +15,13 @@ import Darwin
 ///
 /// A finding names the file by its device and inode, in this process (each instance refuses
 /// writes into the file it opened) and in a marker file next to the database (`<file>.damaged`),
-/// so that processes that open the file later refuse to write too. A file moved in place since (a
-/// salvaged copy renamed over it) is another file: it is not refused, and the stale marker is
-/// removed; a file this library creates, at the path or under the inode a deleted damaged file
-/// left free, is not refused by the process that creates it (another process that saw the damage
-/// goes on refusing that inode until it restarts). A process that has the file open already learns
-/// of the damage when SQLite reports it to that process.
+/// so that processes that open the file later refuse to write too. The process that finds the
+/// damage keeps the damaged file open until it ends, so that its inode is not given to a new file
+/// while the finding stands (a damaged file deleted meanwhile frees its space when that process
+/// ends). A file moved in place since (a salvaged copy renamed over it) is another file: it is not
+/// refused, and the stale marker is removed, as is a marker at the path of a file this library
+/// creates. A process that has the file open already learns of the damage when SQLite reports it
+/// to that process.
 enum DamagedFiles {
     /// A file, by device and inode.
     struct Identity: Codable, Hashable, Sendable {
@@ -36,6 +37,10 @@ enum DamagedFiles {
 
     /// Damaged files this process saw, with SQLite's message.
     private static let seen = Locked<[Identity: String]>([:])
+    /// A descriptor kept open on each damaged file in `seen`, never closed: while it is open the
+    /// file's inode cannot go to another file, which would then be refused as damaged (in this
+    /// process, or in another one that trusts the marker).
+    private static let held = Locked<[Identity: Int32]>([:])
 
     static func markerPath(_ path: String) -> String { path + ".damaged" }
 
@@ -50,7 +55,7 @@ enum DamagedFiles {
     /// Notes that the file at `path` is damaged, in this process and (if the folder can be
     /// written) in the marker file, and returns the error to report.
     static func record(path: String, message: String) -> BackgroundSyncError {
-        guard path != ":memory:", let file = identity(path) else { return error(path: path, message: message) }
+        guard path != ":memory:", let file = hold(path) ?? identity(path) else { return error(path: path, message: message) }
         seen.withLock { $0[file] = $0[file] ?? message }
         if let data = try? JSONEncoder().encode(Marker(file: file, message: message, seenAt: Date())) {
             // Best effort: a reader that may not write the folder still refuses in its own process.
@@ -76,6 +81,7 @@ enum DamagedFiles {
             throw error(path: path, message: "its marker file '\(marker)' says so")
         }
         if found.file == file {
+            _ = hold(path)
             seen.withLock { $0[file] = found.message }
             throw error(path: path, message: found.message)
         }
@@ -83,11 +89,28 @@ enum DamagedFiles {
     }
 
     /// A new file was created at `path`: a marker left by a damaged file of that name is removed,
-    /// and a damaged file this process saw under the new file's inode (freed when that file was
-    /// deleted, and given to the new one) is forgotten.
+    /// and a damaged file this process saw under the new file's inode (one it could not keep
+    /// open, deleted since, whose inode went to the new file) is forgotten.
     static func noteCreated(path: String) {
         if let file = identity(path) { _ = seen.withLock { $0.removeValue(forKey: file) } }
         try? FileManager.default.removeItem(atPath: markerPath(path))
+    }
+
+    /// Opens the damaged file at `path` for good (once per file) and returns its identity, or nil
+    /// if it cannot be opened. A descriptor opened here is never closed, not even a second one on
+    /// a file already held (possible only if the path changed files meanwhile): closing any
+    /// descriptor on a file drops the locks SQLite holds on it in this process.
+    private static func hold(_ path: String) -> Identity? {
+        held.withLock { held in
+            if let file = identity(path), held[file] != nil { return file }
+            let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+            guard descriptor >= 0 else { return nil }
+            var info = stat()
+            guard fstat(descriptor, &info) == 0 else { return nil }
+            let file = Identity(device: UInt64(truncatingIfNeeded: info.st_dev), inode: UInt64(truncatingIfNeeded: info.st_ino))
+            if held[file] == nil { held[file] = descriptor }
+            return file
+        }
     }
 
     /// The device and inode of the file at `path`.
