@@ -69,7 +69,7 @@ extension PostgresQueueDatabase {
             }
             group.addTask {
                 // Cancelled (and then returns at once) when `body` is done first.
-                try? await Task.sleep(for: patience)
+                await self.deadlines.wait(until: .now + patience)
                 return nil
             }
             while true {

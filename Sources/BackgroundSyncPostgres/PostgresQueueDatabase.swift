@@ -55,6 +55,8 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     let channel: String
     private let connectionConfiguration: PostgresConnection.Configuration
     private let runState = Locked(RunState())
+    /// The time limits of waits for a pooled connection (see ``pooled(_:_:)``), timed in ``run()``.
+    let deadlines = Deadlines()
     private let jobs: AsyncStream<Job>
     let jobInput: AsyncStream<Job>.Continuation
     private let subscribers = Locked<[UUID: AsyncStream<String>.Continuation]>([:])
@@ -142,6 +144,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         try await cancelWhenGracefulShutdown {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await self.client.run() }
+                group.addTask { await self.deadlines.run(every: .milliseconds(250)) }
                 let session: PostgresConnection
                 do {
                     // The session's connection is opened directly, not from the pool: a server that
@@ -357,7 +360,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                         return eventLoop.makeFailedFuture(
                             BackgroundSyncError(.storeUnreachable, "the connection to the PostgreSQL store \(identity) closed"))
                     }
-                    return connection.query("SELECT pg_notify($1, $2)", [PostgresData(string: channel), PostgresData(string: payload)])
+                    return connection.query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)", [PostgresData(string: channel), PostgresData(string: payload)])
                 }
                 let done = Locked(false)
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

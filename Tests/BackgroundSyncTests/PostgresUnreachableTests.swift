@@ -1,0 +1,47 @@
+import BackgroundSync
+import BackgroundSyncPostgres
+import Foundation
+import PostgresTestServer
+import Testing
+
+/// A store whose server went away: a call that waits for a pooled connection gives up after three
+/// connection timeouts with a clear error, and the store works again once the server is back.
+@Suite(
+    "PostgreSQL server gone", .timeLimit(.minutes(2)),
+    .enabled(if: PostgresTestServer.unavailableReason == nil, Comment(rawValue: PostgresTestServer.unavailableReason ?? "")))
+struct PostgresUnreachableTests {
+    @Test func aCallWaitingForAConnectionGivesUpAndTheStoreRecovers() async throws {
+        let postgres = try await offCooperativePool { try PostgresTestServer() }
+        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable&connect_timeout=0.2")
+        configuration.schema = "gone"
+        let stores = RunningStores()
+        let database = try await stores.open(configuration)
+        _ = try await database.pushEntry(
+            UnidentifiedQueueStoreEntry(requestData: .init(url: "http://127.0.0.1:9/a", method: "POST")),
+            queueName: "orders", at: .tail, registeringSyncTag: nil)
+        try await offCooperativePool { postgres.stop() }
+
+        // Connections the pool held fail as they are used; then calls wait for a new one, which
+        // does not come, until their time limit.
+        var gaveUp: BackgroundSyncError?
+        for _ in 0..<20 where gaveUp == nil {
+            do {
+                _ = try await database.countEntries(queueName: "orders", state: .pending)
+                Issue.record("a read succeeded with the server stopped")
+            } catch let error as BackgroundSyncError {
+                #expect(error.code == .storeUnreachable, "\(error)")
+                if error.message.contains("no connection within") { gaveUp = error }
+            }
+        }
+        #expect(gaveUp != nil, "no call gave up waiting for a connection")
+
+        try await offCooperativePool { try postgres.start() }
+        var count: Int?
+        for _ in 0..<50 where count == nil {
+            count = try? await database.countEntries(queueName: "orders", state: .pending)
+            if count == nil { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(count == 1)
+        await stores.stopAll()
+    }
+}
