@@ -1,8 +1,7 @@
 import BackgroundSync
 
-/// Waits that end at a deadline, all timed by one loop: a pool lease's time limit costs a lock and
-/// a continuation, not a timer of its own (a timer per statement cost about as much as the rest of
-/// the statement's work in the client).
+/// Waits that end at a deadline, all timed by one loop: the time limit of each wait for a pooled
+/// connection costs a lock and a continuation, not a timer of its own.
 final class Deadlines: Sendable {
     private struct State {
         var next: UInt64 = 0
