@@ -1,5 +1,6 @@
 import BackgroundSync
 import BackgroundSyncPostgres
+import BackgroundSyncAsyncHTTPClient
 import Foundation
 import Logging
 import LoopbackHTTPServer
@@ -193,7 +194,8 @@ struct PostgresBenchmark {
         try await PostgresQueueDatabase.withDatabase(.init(url: url), logger: logger) { database in
             var options = QueueOptions()
             options.maxConcurrentReplays = inFlight
-            let queue = try Queue(name: name, options: options, database: database)
+            // Through AsyncHTTPClient, as `bgsync run` sends on Linux.
+            let queue = try Queue(name: name, options: options, database: database, transport: AsyncHTTPClientTransport())
             FileHandle.standardOutput.write(Data("ready\n".utf8))
             _ = readLine()
             // Entries another worker holds are skipped by one replay: replay until none is left.

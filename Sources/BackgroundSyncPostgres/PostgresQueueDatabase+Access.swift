@@ -56,24 +56,24 @@ extension PostgresQueueDatabase {
         // (then a connection that comes runs nothing): decided once, under one lock.
         let wait = Locked<(leased: Bool, timedOut: Bool)>((false, false))
         let patience = configuration.connectTimeout * 3
-        return try await withThrowingTaskGroup(of: T?.self) { group in
+        return try await withThrowingTaskGroup(of: PooledEnding<T>.self) { group in
             group.addTask {
-                try await self.client.withConnection { connection in
+                .value(try await self.client.withConnection { connection in
                     let proceed = wait.withLock { wait -> Bool in
                         if !wait.timedOut { wait.leased = true }
                         return wait.leased
                     }
                     guard proceed else { throw CancellationError() }
                     return try await self.onLoop(of: connection) { try await body(connection) }
-                }
+                })
             }
             group.addTask {
-                // Cancelled (and then returns at once) when `body` is done first.
-                await self.deadlines.wait(until: .now + patience)
-                return nil
+                // Cancelled (and then returns at once) when `body` is done first. Untimed once the
+                // store stops: its pool then ends the wait for a connection.
+                await self.deadlines.wait(until: .now + patience) ? .timedOut : .untimed
             }
             while true {
-                let next: T??
+                let next: PooledEnding<T>?
                 do {
                     next = try await group.next()
                 } catch {
@@ -83,9 +83,14 @@ extension PostgresQueueDatabase {
                         "cannot \(action) the PostgreSQL store \(identity): no connection within \(patience) (the server is down, unreachable or out of connections)")
                 }
                 guard let outcome = next else { continue }
-                if let value = outcome {
+                switch outcome {
+                case .value(let value):
                     group.cancelAll()
                     return value
+                case .untimed:
+                    continue
+                case .timedOut:
+                    break
                 }
                 // The timer ran out: give up the wait for a connection, not a statement under way.
                 let givenUp = !Task.isCancelled && wait.withLock { wait -> Bool in
@@ -95,6 +100,13 @@ extension PostgresQueueDatabase {
                 if givenUp { group.cancelAll() }
             }
         }
+    }
+
+    /// How a child task of ``pooled(_:_:)`` ends.
+    private enum PooledEnding<T: Sendable>: Sendable {
+        case value(T)
+        case timedOut
+        case untimed
     }
 
     fileprivate func transaction<T: Sendable>(
@@ -159,17 +171,21 @@ extension PostgresQueueDatabase {
         return BackgroundSyncError(code, "cannot \(action) the PostgreSQL store \(identity): \(describe(error))")
     }
 
-    /// A server that cannot be reached or refuses the connection: no server, TLS refused, a role
-    /// or password refused, a missing database, a server starting up or out of connections.
+    /// A server that cannot be reached, refuses the connection or drops it: no server, TLS refused,
+    /// a role or password refused, a missing database, a server starting up, shutting down or out
+    /// of connections, a connection the server closed.
     static func isUnreachable(_ error: any Error) -> Bool {
         guard let error = error as? PSQLError else { return false }
-        // Class 28: authorization; 3D000: no such database; 57P03: the server is starting or
+        // Class 28: authorization; 3D000: no such database; 57P01, 57P02: the session was ended by
+        // a shutdown or a crash of another server process; 57P03: the server is starting or
         // shutting down; 53300: too many connections.
         if let state = error.serverInfo?[.sqlState] {
-            return state.hasPrefix("28") || ["3D000", "57P03", "53300"].contains(state)
+            return state.hasPrefix("28") || ["3D000", "57P01", "57P02", "57P03", "53300"].contains(state)
         }
-        return [.connectionError, .sslUnsupported, .authMechanismRequiresPassword, .unsupportedAuthMechanism, .saslError]
-            .contains(error.code)
+        return [
+            .connectionError, .serverClosedConnection, .uncleanShutdown, .sslUnsupported, .authMechanismRequiresPassword,
+            .unsupportedAuthMechanism, .saslError,
+        ].contains(error.code)
     }
 
     /// One line about a PostgresNIO error: the server's message and SQLSTATE, or what happened to

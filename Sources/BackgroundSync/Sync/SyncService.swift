@@ -64,7 +64,8 @@ public final class SyncService: Service {
     private enum Source {
         case fixed(SyncManager?)
         case discovered(
-            database: any QueueDatabase, options: @Sendable (String) -> QueueOptions, manager: SyncManager)
+            database: any QueueDatabase, options: @Sendable (String) -> QueueOptions, transport: any HTTPTransport,
+            manager: SyncManager)
     }
 
     private let source: Source
@@ -114,12 +115,13 @@ public final class SyncService: Service {
 
     /// Creates a service for every queue of `database`, those there at start and those other
     /// processes create later (seen at each ``Configuration/pollInterval``), each opened with
-    /// `options`: what `bgsync run` does. Outboxes (`outbox:` queues) are left alone: only the
-    /// app that owns one can upload its records.
+    /// `options`, sending through `transport`: what `bgsync run` does. Outboxes (`outbox:` queues)
+    /// are left alone: only the app that owns one can upload its records.
     public convenience init(
-        database: any QueueDatabase, options: QueueOptions = QueueOptions(), configuration: Configuration = Configuration()
+        database: any QueueDatabase, options: QueueOptions = QueueOptions(),
+        transport: any HTTPTransport = URLSessionTransport(), configuration: Configuration = Configuration()
     ) {
-        self.init(database: database, configuration: configuration, optionsForQueue: { _ in options })
+        self.init(database: database, transport: transport, configuration: configuration, optionsForQueue: { _ in options })
     }
 
     /// Creates a service for every queue of `database`, as ``init(database:options:configuration:)``
@@ -127,21 +129,23 @@ public final class SyncService: Service {
     /// with several entries in flight, others in order: `bgsync run --concurrent`). Every process
     /// replaying a store must give a queue the same options.
     public init(
-        database: any QueueDatabase, configuration: Configuration = Configuration(),
-        optionsForQueue: @escaping @Sendable (String) -> QueueOptions
+        database: any QueueDatabase, transport: any HTTPTransport = URLSessionTransport(),
+        configuration: Configuration = Configuration(), optionsForQueue: @escaping @Sendable (String) -> QueueOptions
     ) {
-        self.source = .discovered(database: database, options: optionsForQueue, manager: SyncManager.shared(for: database))
+        self.source = .discovered(
+            database: database, options: optionsForQueue, transport: transport, manager: SyncManager.shared(for: database))
         self.queueList = Locked([])
         self.configuration = configuration
     }
 
     /// Opens the queues of the database that the service does not run yet.
     private func discoverQueues() async throws {
-        guard case .discovered(let database, let options, let manager) = source else { return }
+        guard case .discovered(let database, let options, let transport, let manager) = source else { return }
         let known = Set(queues.map(\.name))
         // An outbox's records are uploaded by the app's closure, which only the app has.
         for name in try await database.queueNames() where !known.contains(name) && !name.hasPrefix(Queue.outboxNamePrefix) {
-            let queue = try Queue(name: name, options: options(name), database: database, syncManager: manager)
+            let queue = try Queue(
+                name: name, options: options(name), database: database, transport: transport, syncManager: manager)
             queueList.withLock { $0.append(queue) }
             configuration.logger.info("replaying queue", metadata: ["queue": "\(name)"])
         }
@@ -151,7 +155,7 @@ public final class SyncService: Service {
     private var storeDatabase: (any QueueDatabase)? {
         switch source {
         case .fixed: queues.first?.database
-        case .discovered(let database, _, _): database
+        case .discovered(let database, _, _, _): database
         }
     }
 
@@ -160,7 +164,7 @@ public final class SyncService: Service {
     public var syncManager: SyncManager? {
         switch source {
         case .fixed(let first): first
-        case .discovered(_, _, let manager): manager
+        case .discovered(_, _, _, let manager): manager
         }
     }
 
@@ -172,7 +176,7 @@ public final class SyncService: Service {
         case .fixed(let first):
             guard let first else { return nil }
             manager = first
-        case .discovered(_, _, let shared):
+        case .discovered(_, _, _, let shared):
             manager = shared
             try await discoverQueues()
         }

@@ -36,7 +36,8 @@ struct Sync: AsyncParsableCommand {
                 guard try await db.queueNames().contains(name) else { throw unknown }
                 return ()
             } change: { db, _ in
-                let queue = try Queue(name: name, options: QueueOptions(logger: quietLogger), database: db)
+                let queue = try Queue(
+                    name: name, options: QueueOptions(logger: quietLogger), database: db, transport: commandTransport())
                 do {
                     try await queue.syncManager.dispatch(SyncEvent(tag: tag, lastChance: lastChance))
                     print("sync '\(tag)' succeeded; \(try await queue.size()) entries left")

@@ -16,9 +16,11 @@ import Darwin
 /// A finding names the file by its device and inode, in this process (each instance refuses
 /// writes into the file it opened) and in a marker file next to the database (`<file>.damaged`),
 /// so that processes that open the file later refuse to write too. The process that finds the
-/// damage keeps the damaged file open until it ends, so that its inode is not given to a new file
-/// while the finding stands (a damaged file deleted meanwhile frees its space when that process
-/// ends). A file moved in place since (a salvaged copy renamed over it) is another file: it is not
+/// damage keeps the damaged file open until it ends (when it can open it), so that its inode is
+/// not given to a new file meanwhile, which this process, or another one that trusts the marker,
+/// would refuse (a damaged file deleted meanwhile frees its space when that process ends; once it
+/// ended, a file another program creates at the path may get the inode and be refused by the
+/// marker). A file moved in place since (a salvaged copy renamed over it) is another file: it is not
 /// refused, and the stale marker is removed, as is a marker at the path of a file this library
 /// creates. A process that has the file open already learns of the damage when SQLite reports it
 /// to that process.
@@ -37,9 +39,8 @@ enum DamagedFiles {
 
     /// Damaged files this process saw, with SQLite's message.
     private static let seen = Locked<[Identity: String]>([:])
-    /// A descriptor kept open on each damaged file in `seen`, never closed: while it is open the
-    /// file's inode cannot go to another file, which would then be refused as damaged (in this
-    /// process, or in another one that trusts the marker).
+    /// A descriptor kept open on each damaged file in `seen` that could be opened, never closed:
+    /// while it is open the file's inode cannot go to another file.
     private static let held = Locked<[Identity: Int32]>([:])
 
     static func markerPath(_ path: String) -> String { path + ".damaged" }
@@ -97,8 +98,9 @@ enum DamagedFiles {
     }
 
     /// Opens the damaged file at `path` for good (once per file) and returns its identity, or nil
-    /// if it cannot be opened. A descriptor opened here is never closed, not even a second one on
-    /// a file already held (possible only if the path changed files meanwhile): closing any
+    /// if it cannot be opened (then its inode may go to a new file once it is deleted). A
+    /// descriptor opened here is never closed, not even a second one on a file already held
+    /// (possible only if the path changed files meanwhile) or one `fstat` fails on: closing any
     /// descriptor on a file drops the locks SQLite holds on it in this process.
     private static func hold(_ path: String) -> Identity? {
         held.withLock { held in
