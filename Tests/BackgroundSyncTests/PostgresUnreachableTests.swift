@@ -12,7 +12,7 @@ import Testing
 struct PostgresUnreachableTests {
     @Test func aCallWaitingForAConnectionGivesUpAndTheStoreRecovers() async throws {
         let postgres = try await offCooperativePool { try PostgresTestServer() }
-        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable&connect_timeout=0.2")
+        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable&connect_timeout=2")
         configuration.schema = "gone"
         let stores = RunningStores()
         let database = try await stores.open(configuration)
