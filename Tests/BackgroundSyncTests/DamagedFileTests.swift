@@ -77,6 +77,32 @@ struct DamagedFileTests {
         }
     }
 
+    /// An instance that meets the damage after a salvaged copy was moved over its file (against
+    /// the README's advice to stop it first) refuses writes into the file it has open, and leaves
+    /// the copy now at the path alone: no marker names the copy, and a new instance writes into it.
+    @Test func damageMetAfterACopyWasMovedInPlaceMarksOnlyTheOpenedFile() async throws {
+        _ = try await fill()
+        try damage()
+        let old = try SQLiteQueueDatabase(path: path)
+        // Its reader connection opens now, on the damaged file (a later one would open the copy).
+        #expect(try await old.queueNames().sorted() == ["comments", "posts"])
+        let copy = folder.appendingPathComponent("copy.sqlite").path
+        _ = try await offCooperativePool { try SQLiteQueueDatabase.salvage(from: path, to: copy) }
+        #expect(rename(copy, path) == 0)
+        await #expect(throws: BackgroundSyncError.self) {
+            for queue in ["posts", "comments"] { _ = try await old.entries(queueName: queue, state: .pending) }
+        }
+        let push = UnidentifiedQueueStoreEntry(requestData: .init(url: "http://127.0.0.1:9/posts/new", method: "POST"))
+        await #expect(throws: BackgroundSyncError.self) {
+            _ = try await old.pushEntry(push, queueName: "posts", at: .tail, registeringSyncTag: nil)
+        }
+        try old.close()
+        #expect(!FileManager.default.fileExists(atPath: path + ".damaged"))
+        let fresh = try SQLiteQueueDatabase(path: path)
+        _ = try await fresh.pushEntry(push, queueName: "posts", at: .tail, registeringSyncTag: nil)
+        try fresh.close()
+    }
+
     private static func inode(_ path: String) -> UInt64 {
         var info = stat()
         return stat(path, &info) == 0 ? UInt64(info.st_ino) : 0

@@ -54,8 +54,14 @@ enum DamagedFiles {
     }
 
     /// Notes that the file at `path` is damaged, in this process and (if the folder can be
-    /// written) in the marker file, and returns the error to report.
-    static func record(path: String, message: String) -> BackgroundSyncError {
+    /// written) in the marker file, and returns the error to report. `opened` is the file the
+    /// instance that met the damage opened, when known: if another file has been moved to `path`
+    /// since, only the opened one is noted (in this process), and the file at `path` is left alone.
+    static func record(path: String, message: String, file opened: Identity? = nil) -> BackgroundSyncError {
+        if let opened, opened != identity(path) {
+            seen.withLock { $0[opened] = $0[opened] ?? message }
+            return error(path: path, message: message)
+        }
         guard path != ":memory:", let file = hold(path) ?? identity(path) else { return error(path: path, message: message) }
         seen.withLock { $0[file] = $0[file] ?? message }
         if let data = try? JSONEncoder().encode(Marker(file: file, message: message, seenAt: Date())) {

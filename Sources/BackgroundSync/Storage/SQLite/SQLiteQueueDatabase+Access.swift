@@ -32,7 +32,7 @@ extension SQLiteQueueDatabase {
                     if truncatingWALAfter { Self.truncateWAL(db, path: path, reserve: reserve) }
                     continuation.resume(returning: result)
                 } catch {
-                    continuation.resume(throwing: Self.mapError(error, path: path, action: action))
+                    continuation.resume(throwing: Self.mapError(error, path: path, action: action, file: synchronous.file))
                 }
             }
         }
@@ -47,7 +47,7 @@ extension SQLiteQueueDatabase {
         } catch let error as DatabaseError where error.resultCode == .SQLITE_INTERRUPT && Task.isCancelled {
             throw CancellationError()
         } catch {
-            throw Self.mapError(error, path: path, action: action, snapshot: readsSnapshot)
+            throw Self.mapError(error, path: path, action: action, snapshot: readsSnapshot, file: synchronous.file)
         }
     }
 
@@ -70,7 +70,7 @@ extension SQLiteQueueDatabase {
         do {
             return try Self.readBlocking(try leaseChecker(), check)
         } catch {
-            throw Self.mapError(error, path: path, action: "read")
+            throw Self.mapError(error, path: path, action: "read", file: synchronous.file)
         }
     }
 
@@ -109,7 +109,7 @@ extension SQLiteQueueDatabase {
         /// The database file, which takes no write once found damaged (``DamagedFiles``), and the
         /// file it was when opened.
         private let path: String
-        private let file: DamagedFiles.Identity?
+        let file: DamagedFiles.Identity?
 
         init(durable: Configuration.Synchronous, path: String) {
             self.durable = durable.rawValue
@@ -181,7 +181,7 @@ extension SQLiteQueueDatabase {
                     // On a full disk, the WAL gives its space back; the group commit then tries
                     // each push again on its own. Pushes never keep the reserve's space.
                     if isDiskFull(error, path: path) { truncateWAL(db, path: path, reserve: reserve) }
-                    throw mapError(error, path: path, action: "write to")
+                    throw mapError(error, path: path, action: "write to", file: synchronous.file)
                 }
             },
             append: { db, batch in
@@ -204,7 +204,7 @@ extension SQLiteQueueDatabase {
                     }
                     return pushed
                 } catch {
-                    throw mapError(error, path: path, action: "write to")
+                    throw mapError(error, path: path, action: "write to", file: synchronous.file)
                 }
             })
     }

@@ -4,8 +4,12 @@ import GRDB
 extension SQLiteQueueDatabase {
     /// The library's error for a SQLite or GRDB error, naming the file and what was being done.
     /// A failure of a connection that reads a snapshot (`snapshot`) is not taken for damage:
-    /// without locks, a read may overlap a writer's checkpoint.
-    static func mapError(_ error: any Error, path: String, action: String, snapshot: Bool = false) -> BackgroundSyncError {
+    /// without locks, a read may overlap a writer's checkpoint. `file` is the file the failing
+    /// instance opened, when known: damage is recorded for that file, even if another one has
+    /// been moved to `path` since.
+    static func mapError(
+        _ error: any Error, path: String, action: String, snapshot: Bool = false, file: DamagedFiles.Identity? = nil
+    ) -> BackgroundSyncError {
         if let error = error as? BackgroundSyncError { return error }
         if snapshot, let error = error as? DatabaseError, error.resultCode == .SQLITE_CORRUPT {
             return BackgroundSyncError(
@@ -19,7 +23,7 @@ extension SQLiteQueueDatabase {
             case .SQLITE_NOTADB:
                 return BackgroundSyncError(.notADatabase, "'\(path)' is not a SQLite database")
             case .SQLITE_CORRUPT:
-                return DamagedFiles.record(path: path, message: error.message ?? "database disk image is malformed")
+                return DamagedFiles.record(path: path, message: error.message ?? "database disk image is malformed", file: file)
             case .SQLITE_BUSY, .SQLITE_LOCKED:
                 return BackgroundSyncError(.storage, "cannot \(action) '\(path)': the database is locked by another process")
             case .SQLITE_READONLY, .SQLITE_PERM, .SQLITE_CANTOPEN:
