@@ -88,7 +88,6 @@ let package = Package(
             name: "bgsync",
             dependencies: [
                 "BackgroundSync",
-                .target(name: "BackgroundSyncAsyncHTTPClient", condition: .when(platforms: [.linux])),
                 "BackgroundSyncPostgres",
                 "LoopbackHTTPServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

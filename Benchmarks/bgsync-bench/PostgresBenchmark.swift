@@ -194,7 +194,7 @@ struct PostgresBenchmark {
         try await PostgresQueueDatabase.withDatabase(.init(url: url), logger: logger) { database in
             var options = QueueOptions()
             options.maxConcurrentReplays = inFlight
-            // Through AsyncHTTPClient, as `bgsync run` sends on Linux.
+            // Through AsyncHTTPClient, the transport for Linux services.
             let queue = try Queue(name: name, options: options, database: database, transport: AsyncHTTPClientTransport())
             FileHandle.standardOutput.write(Data("ready\n".utf8))
             _ = readLine()

@@ -82,12 +82,18 @@ public struct AsyncHTTPClientTransport: HTTPTransport {
         fields.reserveCapacity(headers.count)
         for (field, value) in headers { fields.add(name: field, value: value) }
         let bytes = body.map { ByteBuffer(bytes: $0) }
-        var target = url
+        let (origin, credentials) = Self.splittingCredentials(url)
+        var target = origin
         var redirects = 0
         while true {
             var outgoing = HTTPClientRequest(url: target.absoluteString)
             outgoing.method = HTTPMethod(rawValue: method)
             outgoing.headers = fields
+            // AsyncHTTPClient ignores a URL's user and password: they go out as Basic
+            // authentication (as URLSession sends them), to the URL's own host only.
+            if let credentials, !fields.contains(name: "authorization"), target.host == origin.host, target.port == origin.port {
+                outgoing.headers.add(name: "Authorization", value: credentials)
+            }
             if let bytes { outgoing.body = .bytes(bytes) }
             let response = try await client.execute(outgoing, deadline: deadline)
             if method == "GET" || method == "HEAD", redirects < configuration.maxRedirects,
@@ -100,6 +106,18 @@ public struct AsyncHTTPClientTransport: HTTPTransport {
             }
             return try await serverResponse(response)
         }
+    }
+
+    /// The URL without its user and password, and the `Authorization` value they make, if any.
+    static func splittingCredentials(_ url: URL) -> (url: URL, authorization: String?) {
+        guard var components = URLComponents(url: url, resolvingAgainstBaseURL: true),
+            components.user != nil || components.password != nil
+        else { return (url, nil) }
+        let pair = (components.user ?? "") + ":" + (components.password ?? "")
+        components.user = nil
+        components.password = nil
+        guard let bare = components.url else { return (url, nil) }
+        return (bare, "Basic " + Data(pair.utf8).base64EncodedString())
     }
 
     private func redirectTarget(of response: HTTPClientResponse, from url: URL) -> URL? {

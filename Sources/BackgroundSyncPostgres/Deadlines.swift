@@ -14,6 +14,9 @@ final class Deadlines: Sendable {
 
     private let state = Locked(State())
 
+    /// How many waits are timed now.
+    var waiting: Int { state.withLock { $0.waits.count } }
+
     /// Waits until `deadline` has passed (found by ``run(every:)`` at its next look, so up to one
     /// interval late) and returns `true`; returns `false` at once when the calling task is
     /// cancelled, or when ``run(every:)`` is not running any more (then no deadline is timed).

@@ -21,8 +21,10 @@ struct DeadlinesTests {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await deadlines.run(every: .milliseconds(10)) }
             let waiter = Task { await deadlines.wait(until: .now + .seconds(3600)) }
+            while deadlines.waiting == 0 { await Task.yield() }
             waiter.cancel()
             #expect(await waiter.value == false)
+            #expect(deadlines.waiting == 0)
             // Cancelled before it waits: it does not wait at all.
             let early = Task {
                 withUnsafeCurrentTask { $0?.cancel() }
@@ -37,6 +39,7 @@ struct DeadlinesTests {
         let deadlines = Deadlines()
         let loop = Task { await deadlines.run(every: .milliseconds(10)) }
         let waiting = Task { await deadlines.wait(until: .now + .seconds(3600)) }
+        while deadlines.waiting == 0 { await Task.yield() }
         // The loop ends only once cancelled; the wait left then ends, as not timed out.
         loop.cancel()
         await loop.value

@@ -44,6 +44,19 @@ struct TransportTests {
         #expect(received.body == Data([255, 0, 10, 13, 128]))
     }
 
+    /// Credentials in the URL (how `--store-secrets` keeps them for a replay) go out as Basic
+    /// authentication, percent-decoded; the request target carries none of them.
+    @Test(arguments: TransportKind.allCases)
+    func credentialsInTheURLGoOutAsBasicAuthentication(_ kind: TransportKind) async throws {
+        let server = try RecordingServer()
+        let port = try #require(server.url.port)
+        let url = try #require(URL(string: "http://ops%40example.com:p%3Ass%20w@127.0.0.1:\(port)/api/posts?q=1"))
+        _ = try await kind.make().send(postRequest(url, body: "a"))
+        let received = try #require(server.received.current.first)
+        #expect(received.headers["authorization"] == "Basic " + Data("ops@example.com:p:ss w".utf8).base64EncodedString())
+        #expect(received.target == "/api/posts?q=1")
+    }
+
     @Test(arguments: TransportKind.allCases)
     func errorStatusesAreAnswersNotErrors(_ kind: TransportKind) async throws {
         let server = try RecordingServer()

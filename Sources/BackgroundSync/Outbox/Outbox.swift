@@ -31,7 +31,7 @@ import FoundationNetworking
 ///
 /// The records are entries of a ``Queue`` named `outbox:<name>` (``queue``) on the same database
 /// as request queues; `bgsync list --queue outbox:posts` shows them. Only a process that knows
-/// `upload` can sync them: `bgsync run` and ``SyncService/init(database:options:configuration:)``
+/// `upload` can sync them: `bgsync run` and ``SyncService/init(database:options:transport:configuration:)``
 /// leave `outbox:` queues alone.
 public final class Outbox<Record: Codable & Sendable & Identifiable>: OutboxSyncing {
     /// The outbox's name.

@@ -71,7 +71,7 @@ public final class SyncService: Service {
     private let source: Source
     private let queueList: Locked<[Queue]>
 
-    /// The queues whose syncs the service runs (with ``init(database:options:configuration:)``,
+    /// The queues whose syncs the service runs (with ``init(database:options:transport:configuration:)``,
     /// those found so far).
     public var queues: [Queue] { queueList.withLock { $0 } }
     /// The configuration.
@@ -124,7 +124,7 @@ public final class SyncService: Service {
         self.init(database: database, transport: transport, configuration: configuration, optionsForQueue: { _ in options })
     }
 
-    /// Creates a service for every queue of `database`, as ``init(database:options:configuration:)``
+    /// Creates a service for every queue of `database`, as ``init(database:options:transport:configuration:)``
     /// does, each opened with the options `optionsForQueue` gives for its name (a queue replayed
     /// with several entries in flight, others in order: `bgsync run --concurrent`). Every process
     /// replaying a store must give a queue the same options.

@@ -79,8 +79,7 @@ struct Replay: AsyncParsableCommand {
                     "dead letter #\(entry.id) \(entry.requestData.method) \(entry.requestData.url): \(entry.lastFailure?.message ?? "")")
             },
             logger: quietLogger)
-        let queue = try Queue(
-            name: name, options: options, database: db, transport: commandTransport(), syncManager: SyncManager(database: db))
+        let queue = try Queue(name: name, options: options, database: db, syncManager: SyncManager(database: db))
         do {
             let summary = try await queue.replayRequests()
             (outcome.delivered, outcome.deadLettered, outcome.expired) = (summary.delivered, summary.deadLettered, summary.expired)

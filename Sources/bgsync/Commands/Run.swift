@@ -93,7 +93,7 @@ struct Run: AsyncParsableCommand {
             try await database.withDatabase(.create) { db in
                 let limits = try inFlightLimits()
                 let service = SyncService(
-                    database: db, transport: commandTransport(),
+                    database: db,
                     configuration: .init(
                         connectivity: connectivity, logger: logger,
                         pollInterval: .milliseconds(Int64(pollInterval * 1000))),

@@ -39,8 +39,7 @@ struct Send: AsyncParsableCommand {
             var urlRequest = try request.request()
             urlRequest.timeoutInterval = timeout
             let queued = try await database.withDatabase(.create) { db -> Bool in
-                let queue = try Queue(
-                    name: request.queue, options: request.queueOptions, database: db, transport: commandTransport())
+                let queue = try Queue(name: request.queue, options: request.queueOptions, database: db)
                 if request.dropsSecrets {
                     printError("warning: secret headers and URL credentials are sent now but not stored; pass --store-secrets to keep them for a replay")
                 }

@@ -36,8 +36,7 @@ struct Sync: AsyncParsableCommand {
                 guard try await db.queueNames().contains(name) else { throw unknown }
                 return ()
             } change: { db, _ in
-                let queue = try Queue(
-                    name: name, options: QueueOptions(logger: quietLogger), database: db, transport: commandTransport())
+                let queue = try Queue(name: name, options: QueueOptions(logger: quietLogger), database: db)
                 do {
                     try await queue.syncManager.dispatch(SyncEvent(tag: tag, lastChance: lastChance))
                     print("sync '\(tag)' succeeded; \(try await queue.size()) entries left")

@@ -16,7 +16,8 @@ struct CLIError: Error, CustomStringConvertible {
 /// queued the request, 4 the database cannot be used (locked by another process, disk full, I/O
 /// error, corrupt, written by a newer version),
 /// 5 `send`: the server refused the request and retrying would not help (not queued), 6 the
-/// PostgreSQL server cannot be reached or refused the connection (wrong password, no such database).
+/// PostgreSQL server cannot be reached, refused the connection (wrong password, no such database)
+/// or dropped it (a write under way may then have committed).
 enum ExitStatus {
     static let retryableFailure = ExitCode(1)
     static let badInput = ExitCode(2)

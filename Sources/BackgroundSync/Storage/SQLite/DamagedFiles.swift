@@ -56,10 +56,14 @@ enum DamagedFiles {
     /// Notes that the file at `path` is damaged, in this process and (if the folder can be
     /// written) in the marker file, and returns the error to report. `opened` is the file the
     /// instance that met the damage opened, when known: if another file has been moved to `path`
-    /// since, only the opened one is noted (in this process), and the file at `path` is left alone.
-    static func record(path: String, message: String, file opened: Identity? = nil) -> BackgroundSyncError {
+    /// since, the finding is only that instance's (`noteOpened`), and the file at `path` is left
+    /// alone. The opened file is not remembered by the process then: it cannot be held (it is no
+    /// longer at a path), and once deleted and closed its inode may go to a new file.
+    static func record(
+        path: String, message: String, file opened: Identity? = nil, noteOpened: (String) -> Void = { _ in }
+    ) -> BackgroundSyncError {
         if let opened, opened != identity(path) {
-            seen.withLock { $0[opened] = $0[opened] ?? message }
+            noteOpened(message)
             return error(path: path, message: message)
         }
         guard path != ":memory:", let file = hold(path) ?? identity(path) else { return error(path: path, message: message) }

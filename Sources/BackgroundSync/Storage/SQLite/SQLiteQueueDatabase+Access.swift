@@ -32,7 +32,7 @@ extension SQLiteQueueDatabase {
                     if truncatingWALAfter { Self.truncateWAL(db, path: path, reserve: reserve) }
                     continuation.resume(returning: result)
                 } catch {
-                    continuation.resume(throwing: Self.mapError(error, path: path, action: action, file: synchronous.file))
+                    continuation.resume(throwing: Self.mapError(error, path: path, action: action, modes: synchronous))
                 }
             }
         }
@@ -47,7 +47,7 @@ extension SQLiteQueueDatabase {
         } catch let error as DatabaseError where error.resultCode == .SQLITE_INTERRUPT && Task.isCancelled {
             throw CancellationError()
         } catch {
-            throw Self.mapError(error, path: path, action: action, snapshot: readsSnapshot, file: synchronous.file)
+            throw Self.mapError(error, path: path, action: action, snapshot: readsSnapshot, modes: synchronous)
         }
     }
 
@@ -70,7 +70,7 @@ extension SQLiteQueueDatabase {
         do {
             return try Self.readBlocking(try leaseChecker(), check)
         } catch {
-            throw Self.mapError(error, path: path, action: "read", file: synchronous.file)
+            throw Self.mapError(error, path: path, action: "read", modes: synchronous)
         }
     }
 
@@ -111,6 +111,10 @@ extension SQLiteQueueDatabase {
         private let path: String
         let file: DamagedFiles.Identity?
 
+        /// Damage met in the file this instance opened after another file was moved to its path
+        /// (see ``DamagedFiles/record(path:message:file:noteOpened:)``): only this instance knows.
+        private let damage = Locked<String?>(nil)
+
         init(durable: Configuration.Synchronous, path: String) {
             self.durable = durable.rawValue
             current = Locked(durable.rawValue)
@@ -118,10 +122,16 @@ extension SQLiteQueueDatabase {
             file = path == ":memory:" ? nil : DamagedFiles.identity(path)
         }
 
+        /// Notes damage met in the file this instance opened, no longer at its path.
+        func noteDamaged(_ message: String) {
+            damage.withLock { $0 = $0 ?? message }
+        }
+
         /// Sets `mode` on the writer connection if needed, then runs `body` in a transaction.
         /// Every write goes through here; none goes to a file found damaged.
         func transaction<T>(_ mode: String, _ db: Database, _ body: () throws -> T) throws -> T {
             try DamagedFiles.refuseWrites(path: path, file: file)
+            if let message = damage.withLock({ $0 }) { throw DamagedFiles.error(path: path, message: message) }
             if current.withLock({ $0 }) != mode {
                 try db.execute(sql: "PRAGMA synchronous = \(mode)")
                 current.withLock { $0 = mode }
@@ -181,7 +191,7 @@ extension SQLiteQueueDatabase {
                     // On a full disk, the WAL gives its space back; the group commit then tries
                     // each push again on its own. Pushes never keep the reserve's space.
                     if isDiskFull(error, path: path) { truncateWAL(db, path: path, reserve: reserve) }
-                    throw mapError(error, path: path, action: "write to", file: synchronous.file)
+                    throw mapError(error, path: path, action: "write to", modes: synchronous)
                 }
             },
             append: { db, batch in
@@ -204,7 +214,7 @@ extension SQLiteQueueDatabase {
                     }
                     return pushed
                 } catch {
-                    throw mapError(error, path: path, action: "write to", file: synchronous.file)
+                    throw mapError(error, path: path, action: "write to", modes: synchronous)
                 }
             })
     }
