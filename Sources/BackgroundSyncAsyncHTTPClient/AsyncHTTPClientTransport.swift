@@ -91,7 +91,9 @@ public struct AsyncHTTPClientTransport: HTTPTransport {
             outgoing.headers = fields
             // AsyncHTTPClient ignores a URL's user and password: they go out as Basic
             // authentication (as URLSession sends them), to the URL's own host only.
-            if let credentials, !fields.contains(name: "authorization"), target.host == origin.host, target.port == origin.port {
+            if let credentials, !fields.contains(name: "authorization"),
+                target.host == origin.host, target.port == origin.port
+            {
                 outgoing.headers.add(name: "Authorization", value: credentials)
             }
             if let bytes { outgoing.body = .bytes(bytes) }
