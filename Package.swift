@@ -20,6 +20,9 @@ let package = Package(
         .library(name: "BackgroundSyncOpenAPI", targets: ["BackgroundSyncOpenAPI"]),
         // A store on PostgreSQL (PostgresNIO), for queues shared by a fleet of hosts (links NIO).
         .library(name: "BackgroundSyncPostgres", targets: ["BackgroundSyncPostgres"]),
+        // A web page on a store's queues, with /healthz, for `bgsync dashboard` or a service built
+        // with the library (Hummingbird: links NIO, not for iOS apps).
+        .library(name: "BackgroundSyncDashboard", targets: ["BackgroundSyncDashboard"]),
         .executable(name: "bgsync", targets: ["bgsync"]),
     ],
     dependencies: [
@@ -36,6 +39,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-openapi-async-http-client", from: "1.5.0"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        // Without its default traits: no swift-configuration, nothing that needs full Foundation.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
     ],
     targets: [
         // The core: requests, queue, storage driver protocol, SQLite store, sync manager,
@@ -79,6 +84,18 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        .target(
+            name: "BackgroundSyncDashboard",
+            dependencies: [
+                "BackgroundSync",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // A small HTTP/1.1 server on POSIX sockets, bound to loopback, with fault injection.
         // Used by `bgsync demo` and the tests; not a product.
         .target(name: "LoopbackHTTPServer"),
@@ -89,6 +106,7 @@ let package = Package(
             dependencies: [
                 "BackgroundSync",
                 "BackgroundSyncPostgres",
+                "BackgroundSyncDashboard",
                 "LoopbackHTTPServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -127,6 +145,7 @@ let package = Package(
                 "BackgroundSyncAsyncHTTPClient",
                 "BackgroundSyncOpenAPI",
                 "BackgroundSyncPostgres",
+                "BackgroundSyncDashboard",
                 "LoopbackHTTPServer",
                 "PostgresTestServer",
                 "BackgroundSyncTestChild",

@@ -21,7 +21,7 @@ struct BGSync: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             Enqueue.self, Send.self, Queues.self, List.self, Show.self, Replay.self, Sync.self,
-            Requeue.self, SetAside.self, Delete.self, Purge.self, Salvage.self, Run.self, Demo.self,
+            Requeue.self, SetAside.self, Delete.self, Purge.self, Salvage.self, Run.self, DashboardCommand.self, Demo.self,
         ]
     )
 
