@@ -213,7 +213,8 @@ struct DashboardPages: Sendable {
         html += "</dl>"
         html += "<h3>Replay history</h3>"
         if let failure = entry.lastFailure {
-            html += "<p>\(entry.attempts) failed attempt\(entry.attempts == 1 ? "" : "s"); the last: <strong>\(escapeHTML(failure.summary))</strong> — \(escapeHTML(failure.message))</p>"
+            html += "<p>Last failure: <strong>\(escapeHTML(failure.summary))</strong> — \(escapeHTML(failure.message))"
+            html += " <span class=\"muted\">(\(entry.attempts) failed attempt\(entry.attempts == 1 ? "" : "s") in all)</span></p>"
             if let excerpt = excerpt(failure, limit: 1024) {
                 html += "<p class=\"muted\">The server answered:</p><pre id=\"response\">\(escapeHTML(excerpt))</pre>"
             }

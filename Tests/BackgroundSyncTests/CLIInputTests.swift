@@ -63,6 +63,18 @@ struct CLIInputTests {
         }
     }
 
+    @Test func storedCredentialsAreMaskedWhenShown() async throws {
+        let run = try await run([
+            "enqueue", "--store-secrets", "https://user:s3cr3t@api.example.com/posts", "-H", "Authorization: Bearer t0ken", "-d", "x",
+        ])
+        #expect(run.status == 0)
+        for arguments in [["show", "1"], ["show", "1", "--json"], ["list", "--queue", "default"]] {
+            let shown = try await self.run(arguments)
+            #expect(shown.stdout.contains("https://user:(masked)@api.example.com/posts"), "\(arguments): \(shown.stdout)")
+            #expect(!shown.stdout.contains("s3cr3t") && !shown.stdout.contains("t0ken"), "\(arguments): \(shown.stdout)")
+        }
+    }
+
     @Test func usageErrorsEscapeTheControlCharactersTheyEcho() async throws {
         let run = try await run(["list", "--x\r\nInjected: y"])
         #expect(run.status == 64)

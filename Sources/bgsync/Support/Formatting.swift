@@ -1,4 +1,5 @@
 import BackgroundSync
+import BackgroundSyncDashboard
 import Foundation
 import Logging
 
@@ -104,15 +105,12 @@ struct EntryView: Encodable, Sendable {
         }
     }
 
-    /// Header values that are never printed.
-    static let masked: Set<String> = ["authorization", "cookie", "proxy-authorization"]
-
     init(_ entry: QueueStoreEntry, now: Date, details: Bool) {
         id = entry.id
         queue = entry.queueName
         state = entry.state.rawValue
         method = entry.requestData.method
-        url = entry.requestData.url
+        url = MaskedRequest.url(entry.requestData.url)
         queuedAt = entry.timestamp
         ageSeconds = Int(now.timeIntervalSince(entry.timestamp))
         attempts = entry.attempts
@@ -121,10 +119,7 @@ struct EntryView: Encodable, Sendable {
         idempotencyKey = entry.idempotencyKey
         metadata = entry.metadata
         guard details else { return }
-        var headers = entry.requestData.headers
-        for name in headers.keys where Self.masked.contains(name) { headers[name] = "(masked)" }
-        if entry.sealedSecrets != nil { headers["(encrypted secret headers)"] = "(masked)" }
-        self.headers = headers
+        headers = MaskedRequest.headers(of: entry)
         if let data = entry.requestData.body {
             bodyBytes = data.count
             if let text = String(data: data, encoding: .utf8) { body = text } else { bodyBase64 = data.base64EncodedString() }
@@ -144,6 +139,7 @@ struct FailureView: Encodable, Sendable {
 
     init(_ failure: ReplayFailure) {
         kind = failure.kind.rawValue
+        short = failure.summary
         status = failure.status
         message = failure.message
         if let excerpt = failure.responseExcerpt {
@@ -155,16 +151,10 @@ struct FailureView: Encodable, Sendable {
         }
     }
 
-    /// A short form for a table cell: `HTTP 503`, `no response`, `hook failed`...
-    var short: String {
-        switch kind {
-        case ReplayFailure.Kind.httpStatus.rawValue: return status.map { "HTTP \($0)" } ?? "HTTP error"
-        case ReplayFailure.Kind.noResponse.rawValue: return "no response"
-        case ReplayFailure.Kind.hookFailed.rawValue: return "hook failed"
-        case ReplayFailure.Kind.invalidRequest.rawValue: return "invalid request"
-        case ReplayFailure.Kind.unreadableEntry.rawValue: return "unreadable"
-        case ReplayFailure.Kind.setAside.rawValue: return "set aside"
-        default: return status.map { "HTTP \($0)" } ?? "failed"
-        }
+    /// A short form for a table cell: `HTTP 503`, `no response`, `hook failed`... (not in JSON).
+    let short: String
+
+    private enum CodingKeys: String, CodingKey {
+        case kind, status, message, responseExcerpt, responseExcerptBase64
     }
 }

@@ -1,0 +1,309 @@
+import AsyncHTTPClient
+import BackgroundSync
+import BackgroundSyncDashboard
+import Foundation
+import Logging
+import LoopbackHTTPServer
+import NIOCore
+import NIOHTTP1
+import Testing
+
+/// The dashboard served for real (Hummingbird on a loopback port) on a real SQLite file, asked
+/// through AsyncHTTPClient with redirects not followed.
+@Suite("Dashboard")
+struct DashboardTests {
+    /// An answer as the tests read it.
+    struct Page {
+        var status: Int
+        var headers: HTTPHeaders
+        var body: String
+
+        /// The value of the hidden form token on the page.
+        var formToken: String? {
+            guard let range = body.range(of: "name=\"form\" value=\"") else { return nil }
+            return String(body[range.upperBound...].prefix { $0 != "\"" })
+        }
+    }
+
+    static let client = HTTPClient(
+        eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(redirectConfiguration: .disallow))
+
+    /// Runs the dashboard on a free port for the duration of `body`.
+    func withDashboard(
+        _ database: any QueueDatabase, token: String? = nil, pageSize: Int = 50,
+        _ body: @Sendable (_ base: String) async throws -> Void
+    ) async throws {
+        let (ports, portInput) = AsyncStream.makeStream(of: Int.self)
+        let dashboard = try Dashboard(
+            database: database,
+            configuration: .init(host: "127.0.0.1", port: 0, token: token, storeDescription: "test store", pageSize: pageSize),
+            logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() },
+            onRunning: { portInput.yield($0) })
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await dashboard.run() }
+            var iterator = ports.makeAsyncIterator()
+            let port = try #require(await iterator.next())
+            try await body("http://127.0.0.1:\(port)")
+            group.cancelAll()
+        }
+    }
+
+    func get(_ url: String, headers: [(String, String)] = []) async throws -> Page {
+        var request = HTTPClientRequest(url: url)
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        return try await send(request)
+    }
+
+    func post(_ url: String, _ fields: [String: String], headers: [(String, String)] = []) async throws -> Page {
+        var request = HTTPClientRequest(url: url)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~")
+        let body = fields.map { "\($0.key)=\($0.value.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")" }
+            .joined(separator: "&")
+        request.body = .bytes(ByteBuffer(string: body))
+        return try await send(request)
+    }
+
+    func send(_ request: HTTPClientRequest) async throws -> Page {
+        let response = try await Self.client.execute(request, timeout: .seconds(30))
+        let body = try await response.body.collect(upTo: 8 << 20)
+        return Page(status: Int(response.status.code), headers: response.headers, body: String(buffer: body))
+    }
+
+    func push(_ database: any QueueDatabase, _ queue: String, url: String = "https://api.example.com/posts", body: String = "{}",
+        headers: [String: String] = [:]) async throws -> Int64
+    {
+        try await database.pushEntry(
+            UnidentifiedQueueStoreEntry(requestData: .init(url: url, method: "POST", headers: headers, body: Data(body.utf8))),
+            queueName: queue, at: .tail, registeringSyncTag: nil
+        ).id
+    }
+
+    // MARK: Pages
+
+    @Test func theQueueListShowsEachQueueWithItsSizesAndAHealthCheck() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        for _ in 0..<3 { _ = try await push(database, "posts") }
+        let dead = try await push(database, "posts")
+        try await database.setAsideEntries(
+            queueName: "posts", ids: [dead], failure: ReplayFailure(kind: .httpStatus, status: 422, message: "refused"))
+        _ = try await push(database, "metrics")
+        try await withDashboard(database) { base in
+            let page = try await get(base + "/")
+            #expect(page.status == 200)
+            #expect(page.headers["Content-Security-Policy"].first?.contains("script-src 'self'") == true)
+            #expect(page.body.contains("<tr data-queue=\"posts\"><td><a href=\"/queue?name=posts\">posts</a></td><td class=\"num\">3</td>"))
+            #expect(page.body.contains("<a href=\"/queue?name=posts&amp;state=dead\">1</a>"), "the dead letters link to their list")
+            #expect(page.body.contains("<tr data-queue=\"metrics\">"))
+            let live = try await get(base + "/", headers: [("X-Dashboard-Live", "1")])
+            #expect(live.body.hasPrefix("<h2>Queues</h2>"), "the live refresh gets the main region only")
+            let health = try await get(base + "/healthz")
+            #expect(health.status == 200 && health.body == "ok\n")
+            let missing = try await get(base + "/queue?name=nope")
+            #expect(missing.status == 404 && missing.body.contains("no queue named &#39;nope&#39;"))
+        }
+    }
+
+    @Test func aLargeQueueIsReadPageByPageInQueueOrder() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        var ids: [Int64] = []
+        for index in 0..<23 { ids.append(try await push(database, "big", body: "\(index)")) }
+        let expected = ids
+        try await withDashboard(database, pageSize: 10) { base in
+            var seen: [Int64] = []
+            var next: String? = "/queue?name=big"
+            var pages = 0
+            while let path = next {
+                let page = try await get(base + path)
+                #expect(page.status == 200)
+                seen += page.body.components(separatedBy: "<tr data-entry=\"").dropFirst().compactMap { Int64($0.prefix { $0.isNumber }) }
+                next = page.body.range(of: "rel=\"next\" href=\"").map { range in
+                    String(page.body[range.upperBound...].prefix { $0 != "\"" }).replacingOccurrences(of: "&amp;", with: "&")
+                }
+                pages += 1
+                if pages > 5 { break }
+            }
+            #expect(pages == 3)
+            #expect(seen == expected, "every entry once, in queue order, across the pages")
+        }
+    }
+
+    @Test func anEntryShowsItsRequestWithSecretsMaskedAndItsLastFailure() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        let id = try await push(
+            database, "posts", url: "https://user:hunter2@api.example.com/posts", body: "{\"title\":\"hello\"}",
+            headers: ["Authorization": "Bearer sekret", "Content-Type": "application/json"])
+        try await database.setAsideEntries(
+            queueName: "posts", ids: [id],
+            failure: ReplayFailure(kind: .httpStatus, status: 422, message: "HTTP 422", responseExcerpt: Data("title missing".utf8)))
+        let binary = try await database.pushEntry(
+            UnidentifiedQueueStoreEntry(requestData: .init(url: "https://api.example.com/blob", method: "PUT", body: Data([0, 1, 2, 255]))),
+            queueName: "posts", at: .tail, registeringSyncTag: nil
+        ).id
+        try await withDashboard(database) { base in
+            let page = try await get(base + "/entry?id=\(id)")
+            #expect(page.status == 200)
+            #expect(!page.body.contains("sekret") && !page.body.contains("hunter2"), "no secret reaches the page")
+            #expect(page.body.contains("https://user:(masked)@api.example.com/posts"))
+            #expect(page.body.contains("<th>Authorization</th><td class=\"url\">(masked)</td>"))
+            #expect(page.body.contains("{&quot;title&quot;:&quot;hello&quot;}"))
+            #expect(page.body.contains("HTTP 422") && page.body.contains("title missing"))
+            let hex = try await get(base + "/entry?id=\(binary)")
+            #expect(hex.body.contains("00 01 02 ff"), "a binary body shows as hex")
+            let gone = try await get(base + "/entry?id=999999")
+            #expect(gone.status == 404)
+        }
+    }
+
+    // MARK: Actions
+
+    @Test func requeueingADeadLetterAsksFirstThenMovesItBack() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        let id = try await push(database, "posts")
+        try await database.setAsideEntries(
+            queueName: "posts", ids: [id], failure: ReplayFailure(kind: .httpStatus, status: 500, message: "HTTP 500"))
+        try await withDashboard(database) { base in
+            let list = try await get(base + "/queue?name=posts&state=dead")
+            let token = try #require(list.formToken)
+            let ask = try await post(base + "/requeue", ["form": token, "name": "posts", "id": "\(id)"])
+            #expect(ask.status == 200 && ask.body.contains("Requeue dead letter \(id) of &#39;posts&#39;?"))
+            #expect(try await database.entry(id: id)?.state == .dead, "asking changes nothing")
+            let done = try await post(base + "/requeue", ["form": token, "name": "posts", "id": "\(id)", "confirm": "yes"])
+            #expect(done.status == 303)
+            #expect(done.headers["Location"].first == "/queue?name=posts&state=dead&notice=requeued-1")
+            #expect(try await database.entry(id: id)?.state == .pending)
+            let after = try await get(base + (done.headers["Location"].first ?? "/"))
+            #expect(after.body.contains("Requeued 1 dead letter."))
+        }
+    }
+
+    @Test func deletingAndPurgingAreConfirmedPosts() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        let keep = try await push(database, "posts")
+        let doomed = try await push(database, "posts")
+        let dead = [try await push(database, "posts"), try await push(database, "posts")]
+        try await database.setAsideEntries(queueName: "posts", ids: dead, failure: ReplayFailure(kind: .setAside, message: "by hand"))
+        try await withDashboard(database) { base in
+            let token = try #require(try await get(base + "/").formToken)
+            let get = try await self.get(base + "/delete?id=\(doomed)")
+            #expect(get.status != 200 && get.status != 303, "an action is never a GET")
+            #expect(try await post(base + "/delete", ["form": token, "id": "\(doomed)"]).body.contains("Delete entry \(doomed)"))
+            #expect(try await post(base + "/delete", ["form": token, "id": "\(doomed)", "confirm": "yes"]).status == 303)
+            #expect(try await database.entry(id: doomed) == nil)
+            #expect(try await post(base + "/purge", ["form": token, "name": "posts"]).body.contains("Delete the 2 dead letters"))
+            let purged = try await post(base + "/purge", ["form": token, "name": "posts", "confirm": "yes"])
+            #expect(purged.headers["Location"].first?.hasSuffix("notice=purged-2") == true)
+            #expect(try await database.countEntries(queueName: "posts", state: .dead) == 0)
+            #expect(try await database.entry(id: keep) != nil, "the pending entry stays")
+        }
+    }
+
+    @Test func syncNowSendsTheQueueFromTheDashboard() async throws {
+        let server = try RecordingServer()
+        let database = try SQLiteQueueDatabase.temporary()
+        for index in 0..<3 { _ = try await push(database, "posts", url: server.url.absoluteString, body: "\(index)") }
+        try await withDashboard(database) { base in
+            let token = try #require(try await get(base + "/").formToken)
+            let started = try await post(base + "/sync", ["form": token, "name": "posts", "confirm": "yes"])
+            #expect(started.headers["Location"].first == "/queue?name=posts&notice=sync-started")
+            // Waits for the sync, which runs in the dashboard's task: the page reports its end.
+            let deadline = ContinuousClock.now + .seconds(30)
+            var page = try await get(base + "/queue?name=posts")
+            while !page.body.contains("succeeded"), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+                page = try await get(base + "/queue?name=posts")
+            }
+            #expect(page.body.contains("last sync from this page succeeded") && page.body.contains("0 left"))
+            #expect(server.bodies == ["0", "1", "2"], "sent in queue order")
+            #expect(try await database.countEntries(queueName: "posts", state: .pending) == 0)
+        }
+    }
+
+    // MARK: Safety
+
+    @Test func aHostileStoredRequestShowsAsText() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        let hostile = "<script>alert(1)</script>"
+        let id = try await push(
+            database, hostile, body: "<img src=x onerror=alert(1)>\"'&", headers: ["X-Note": "<svg onload=alert(1)>"])
+        try await database.setAsideEntries(
+            queueName: hostile, ids: [id],
+            failure: ReplayFailure(kind: .httpStatus, status: 400, message: "<b>bad</b>", responseExcerpt: Data("<script>x()</script>".utf8)))
+        try await withDashboard(database) { base in
+            for path in ["/", "/queue?name=\(hostile.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)&state=dead", "/entry?id=\(id)"] {
+                let page = try await get(base + path)
+                #expect(page.status == 200, "\(path)")
+                for raw in ["<script>alert", "<img src=x", "<svg", "<b>bad", "<script>x()"] {
+                    #expect(!page.body.contains(raw), "\(path) holds \(raw) unescaped")
+                }
+            }
+            let entry = try await get(base + "/entry?id=\(id)")
+            #expect(entry.body.contains("&lt;img src=x onerror=alert(1)&gt;&quot;&#39;&amp;"))
+            #expect(entry.body.contains("&lt;svg onload=alert(1)&gt;"))
+        }
+    }
+
+    @Test func actionsNeedTheFormTokenAndTheDashboardsOwnPages() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        let id = try await push(database, "posts")
+        try await withDashboard(database) { base in
+            let token = try #require(try await get(base + "/").formToken)
+            let forged = try await post(base + "/delete", ["form": "0000", "id": "\(id)", "confirm": "yes"])
+            #expect(forged.status == 403)
+            let missing = try await post(base + "/delete", ["id": "\(id)", "confirm": "yes"])
+            #expect(missing.status == 403)
+            let crossSite = try await post(
+                base + "/delete", ["form": token, "id": "\(id)", "confirm": "yes"], headers: [("Sec-Fetch-Site", "cross-site")])
+            #expect(crossSite.status == 403)
+            let otherOrigin = try await post(
+                base + "/delete", ["form": token, "id": "\(id)", "confirm": "yes"], headers: [("Origin", "http://evil.example")])
+            #expect(otherOrigin.status == 403)
+            #expect(try await database.entry(id: id) != nil, "no refused action changed anything")
+            // A page of another site reaching 127.0.0.1 through a rebound DNS name names its own host.
+            let rebound = try await get(base + "/", headers: [("Host", "evil.example")])
+            #expect(rebound.status == 403)
+        }
+    }
+
+    @Test func withATokenEveryRequestButTheHealthCheckCarriesIt() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        _ = try await push(database, "posts")
+        try await withDashboard(database, token: "s3cret token") { base in
+            #expect(try await get(base + "/").status == 401)
+            #expect(try await get(base + "/", headers: [("Authorization", "Bearer wrong")]).status == 401)
+            #expect(try await get(base + "/", headers: [("Authorization", "Bearer s3cret token")]).status == 200)
+            #expect(try await get(base + "/healthz").status == 200)
+            let login = try await get(base + "/queue?name=posts&token=s3cret%20token")
+            #expect(login.status == 303)
+            #expect(login.headers["Location"].first == "/queue?name=posts", "the token leaves the address")
+            let cookie = try #require(login.headers["Set-Cookie"].first)
+            #expect(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && !cookie.contains("s3cret"))
+            let pair = String(cookie.prefix { $0 != ";" })
+            #expect(try await get(base + "/queue?name=posts", headers: [("Cookie", pair)]).status == 200)
+            #expect(try await get(base + "/?token=nope").status == 401)
+            // With a token, any host name may be used (the dashboard may sit behind a proxy).
+            #expect(try await get(base + "/", headers: [("Cookie", pair), ("Host", "queues.internal")]).status == 200)
+        }
+    }
+
+    @Test func aNonLoopbackAddressNeedsAToken() throws {
+        #expect(throws: BackgroundSyncError.self) { try Dashboard.Configuration(host: "0.0.0.0").validate() }
+        #expect(throws: BackgroundSyncError.self) { try Dashboard.Configuration(host: "127.0.0.1", token: " ").validate() }
+        try Dashboard.Configuration(host: "0.0.0.0", token: "t").validate()
+        try Dashboard.Configuration(host: "localhost").validate()
+        #expect(try Dashboard.Configuration.listenAddress("0.0.0.0:8080") == ("0.0.0.0", 8080))
+        #expect(try Dashboard.Configuration.listenAddress("[::1]:9") == ("::1", 9))
+        #expect(try Dashboard.Configuration.listenAddress("8081") == ("127.0.0.1", 8081))
+        #expect(throws: BackgroundSyncError.self) { try Dashboard.Configuration.listenAddress("host:99999") }
+        #expect(throws: BackgroundSyncError.self) { try Dashboard.Configuration.listenAddress("[::1]9") }
+    }
+
+    @Test func bgsyncDashboardRefusesAnOpenAddressWithoutAToken() async throws {
+        let run = try await bgsync(["dashboard", "--db", "/nonexistent/q.sqlite", "--listen", "0.0.0.0:0"])
+        #expect(run.status == 2)
+        #expect(run.stderr == "bgsync: refusing to serve the dashboard on 0.0.0.0 without a token (give --token or $BGSYNC_DASHBOARD_TOKEN, or listen on 127.0.0.1)\n")
+    }
+}
