@@ -20,7 +20,7 @@ let package = Package(
         .library(name: "BackgroundSyncOpenAPI", targets: ["BackgroundSyncOpenAPI"]),
         // A store on PostgreSQL (PostgresNIO), for queues shared by a fleet of hosts (links NIO).
         .library(name: "BackgroundSyncPostgres", targets: ["BackgroundSyncPostgres"]),
-        // A web page on a store's queues, with /healthz, for `bgsync dashboard` or a service built
+        // A web page on a store's queues, with /metrics and /healthz, for `bgsync dashboard` or a service built
         // with the library (Hummingbird: links NIO, not for iOS apps).
         .library(name: "BackgroundSyncDashboard", targets: ["BackgroundSyncDashboard"]),
         .executable(name: "bgsync", targets: ["bgsync"]),
@@ -41,6 +41,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         // Without its default traits: no swift-configuration, nothing that needs full Foundation.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // The core: requests, queue, storage driver protocol, SQLite store, sync manager,
@@ -91,6 +92,7 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -109,6 +111,8 @@ let package = Package(
                 "BackgroundSyncDashboard",
                 "LoopbackHTTPServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -158,6 +162,7 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
     ],

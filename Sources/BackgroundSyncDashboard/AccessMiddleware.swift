@@ -41,7 +41,7 @@ struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
                 return Self.refuse(.unauthorized, "this dashboard needs its token: open it once as /?token=… (or send Authorization: Bearer …)")
             }
         } else {
-            guard let host = Self.hostName(request.head.authority), Dashboard.Configuration.isLoopback(host) else {
+            guard let host = Self.hostName(request.head.authority), DashboardConfiguration.isLoopback(host) else {
                 return Self.refuse(.forbidden, "this dashboard answers only to a loopback address (127.0.0.1, localhost or [::1])")
             }
         }

@@ -4,13 +4,17 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import Prometheus
 import ServiceLifecycle
 
 /// A web page on the queues of a store: every queue with its sizes, a queue's entries page by
 /// page, one entry (secrets masked), the dead letters, and the actions an operator needs (sync a
 /// queue now, requeue dead letters, delete an entry, purge dead letters), each confirmed and each
 /// a POST. The page refreshes itself while open. `GET /healthz` answers 200 while the store can be
-/// read, 503 otherwise.
+/// read, 503 otherwise. With a ``Configuration/metrics`` registry, `GET /metrics` serves it in
+/// Prometheus' text format, with the store's own figures per queue added at each scrape
+/// (`background_sync_store_pending`, `…_dead_letters`, `…_oldest_age_seconds`, `…_up`).
+/// Without ``Configuration/pages``, only `/healthz` and `/metrics` are served (a daemon's port).
 ///
 /// Run it as a `Service` (in a `ServiceGroup`, or `try await dashboard.run()`); it serves until
 /// its task is cancelled or the group shuts down. `bgsync dashboard` is this type on a database
@@ -23,77 +27,15 @@ import ServiceLifecycle
 /// escaped, and the content security policy allows no inline script.
 @available(macOS 14, iOS 17, tvOS 17, *)
 public struct Dashboard: Service {
-    /// Where the dashboard listens, and who may use it.
-    public struct Configuration: Sendable {
-        /// The address to listen on: `127.0.0.1` (the default), `::1`, `localhost`, or any other
-        /// address when ``token`` is set.
-        public var host: String
-        /// The port; 0 picks a free one (see the `onRunning` callback).
-        public var port: Int
-        /// The token every request must carry (`Authorization: Bearer …`, or once in the address
-        /// as `?token=…`, which sets a cookie). `nil`: loopback only, no token.
-        public var token: String?
-        /// How the page names the store in its header (a file path or a URL without password).
-        public var storeDescription: String
-        /// Entries on one page of a queue.
-        public var pageSize: Int
-
-        /// A configuration; ``validate()`` checks it.
-        public init(host: String = "127.0.0.1", port: Int = 8080, token: String? = nil, storeDescription: String = "", pageSize: Int = 50) {
-            self.host = host
-            self.port = port
-            self.token = token
-            self.storeDescription = storeDescription
-            self.pageSize = pageSize
-        }
-
-        /// Reads `host:port`, `[v6]:port` or a bare port (on `127.0.0.1`).
-        public static func listenAddress(_ text: String) throws -> (host: String, port: Int) {
-            let invalid = BackgroundSyncError(.invalidRequest, "invalid listen address '\(text)': expected host:port, [ipv6]:port or a port")
-            var host = "127.0.0.1"
-            var portText = Substring(text)
-            if text.hasPrefix("[") {
-                guard let close = text.firstIndex(of: "]") else { throw invalid }
-                host = String(text[text.index(after: text.startIndex)..<close])
-                let rest = text[text.index(after: close)...]
-                guard rest.hasPrefix(":") else { throw invalid }
-                portText = rest.dropFirst()
-            } else if let colon = text.lastIndex(of: ":") {
-                host = String(text[..<colon])
-                portText = text[text.index(after: colon)...]
-            }
-            guard !host.isEmpty, let port = Int(portText), (0...65_535).contains(port) else { throw invalid }
-            return (host, port)
-        }
-
-        /// Whether `host` names this machine's loopback interface.
-        public static func isLoopback(_ host: String) -> Bool {
-            let lowered = host.lowercased()
-            return lowered == "localhost" || lowered == "::1" || lowered.hasPrefix("127.")
-        }
-
-        /// Refuses a configuration that would expose the queues: a non-loopback address without a
-        /// token, an empty token, a page size out of range.
-        public func validate() throws {
-            if let token, token.trimmingCharacters(in: .whitespaces).isEmpty {
-                throw BackgroundSyncError(.invalidRequest, "the dashboard token is empty")
-            }
-            if token == nil, !Self.isLoopback(host) {
-                throw BackgroundSyncError(
-                    .invalidRequest,
-                    "refusing to serve the dashboard on \(host) without a token (give --token or $BGSYNC_DASHBOARD_TOKEN, or listen on 127.0.0.1)")
-            }
-            guard (1...1_000).contains(pageSize) else {
-                throw BackgroundSyncError(.invalidRequest, "the dashboard page size must be between 1 and 1000")
-            }
-        }
-    }
+    /// Where the dashboard listens, who may use it, and what it serves.
+    public typealias Configuration = DashboardConfiguration
 
     let database: any QueueDatabase
     let configuration: Configuration
     let logger: Logger
     let onRunning: @Sendable (Int) async -> Void
     let syncs: SyncRunner
+    let storeMetrics: StoreMetrics?
     /// The token every form carries, new for each dashboard: a page of another site cannot read it.
     let formToken: String
 
@@ -108,6 +50,7 @@ public struct Dashboard: Service {
         self.logger = logger
         self.onRunning = onRunning
         self.syncs = SyncRunner(database: database, logger: logger)
+        self.storeMetrics = configuration.metrics.map(StoreMetrics.init)
         self.formToken = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
     }
 
@@ -141,6 +84,15 @@ public struct Dashboard: Service {
                 return Self.text("the store cannot be read: \(error)\n", status: .serviceUnavailable)
             }
         }
+        if let storeMetrics {
+            router.get("/metrics") { _, _ -> Response in
+                let text = await storeMetrics.scrape({ try await queueViews() }, now: Date())
+                var headers = Self.securityHeaders
+                headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
+            }
+        }
+        guard configuration.pages else { return }
         router.get("/static/dashboard.css") { _, _ in
             Self.asset(StaticAssets.css, type: "text/css; charset=utf-8")
         }
@@ -187,10 +139,10 @@ public struct Dashboard: Service {
                 guard fields["confirm"] == "yes" else {
                     return .confirm(pages.confirm(
                         question: "Sync queue '\(name)' now? Its due entries are sent from this dashboard's process.",
-                        action: "/sync", fields: ["name": name], button: "Sync now", cancel: Self.queueLink(name)))
+                        action: "/sync", fields: ["name": name], button: "Sync now", cancel: DashboardPages.queueLink(name)))
                 }
                 syncs.request(name)
-                return .done(Self.queueLink(name, notice: "sync-started"))
+                return .done(DashboardPages.queueLink(name, notice: "sync-started"))
             }
         }
         router.post("/requeue") { request, _ in
@@ -202,10 +154,10 @@ public struct Dashboard: Service {
                     return .confirm(pages.confirm(
                         question: "Requeue \(what) of '\(name)'? It goes back to its place in the queue, attempts cleared.",
                         action: "/requeue", fields: ["name": name, "id": id.map(String.init) ?? ""],
-                        button: "Requeue", cancel: Self.queueLink(name, state: .dead)))
+                        button: "Requeue", cancel: DashboardPages.queueLink(name, state: .dead)))
                 }
                 let moved = try await database.requeueDeadEntries(queueName: name, ids: id.map { [$0] })
-                return .done(Self.queueLink(name, state: .dead, notice: "requeued-\(moved)"))
+                return .done(DashboardPages.queueLink(name, state: .dead, notice: "requeued-\(moved)"))
             }
         }
         router.post("/purge") { request, _ in
@@ -216,10 +168,10 @@ public struct Dashboard: Service {
                     return .confirm(pages.confirm(
                         question: "Delete the \(count) dead letters of '\(name)' for good?",
                         action: "/purge", fields: ["name": name], button: "Purge dead letters", danger: true,
-                        cancel: Self.queueLink(name, state: .dead)))
+                        cancel: DashboardPages.queueLink(name, state: .dead)))
                 }
                 let deleted = try await database.deleteEntries(queueName: name, state: .dead)
-                return .done(Self.queueLink(name, state: .dead, notice: "purged-\(deleted)"))
+                return .done(DashboardPages.queueLink(name, state: .dead, notice: "purged-\(deleted)"))
             }
         }
         router.post("/delete") { request, _ in
@@ -234,7 +186,7 @@ public struct Dashboard: Service {
                 }
                 let queue = try await database.entry(id: id)?.queueName
                 let deleted = try await database.deleteEntries(ids: [id])
-                return .done(queue.map { Self.queueLink($0, notice: "deleted-\(deleted)") } ?? "/?notice=deleted-\(deleted)")
+                return .done(queue.map { DashboardPages.queueLink($0, notice: "deleted-\(deleted)") } ?? "/?notice=deleted-\(deleted)")
             }
         }
     }
@@ -325,14 +277,6 @@ public struct Dashboard: Service {
         return name
     }
 
-    /// The address of a queue's page.
-    static func queueLink(_ name: String, state: EntryState = .pending, notice: String? = nil) -> String {
-        var link = "/queue?name=\(percentEncode(name))"
-        if state == .dead { link += "&state=dead" }
-        if let notice { link += "&notice=\(notice)" }
-        return link
-    }
-
     /// Header fields every answer carries: nothing cached, no framing, no inline script, no
     /// referrer, no type sniffing.
     static let securityHeaders: HTTPFields = [
@@ -377,4 +321,80 @@ struct PageError: Error {
 /// Whether two strings are equal, in a time that does not depend on where they differ.
 func constantTimeEqual(_ a: String, _ b: String) -> Bool {
     SHA256.hash(data: Data(a.utf8)) == SHA256.hash(data: Data(b.utf8))
+}
+
+/// Where the dashboard listens, and who may use it.
+public struct DashboardConfiguration: Sendable {
+    /// The address to listen on: `127.0.0.1` (the default), `::1`, `localhost`, or any other
+    /// address when ``token`` is set.
+    public var host: String
+    /// The port; 0 picks a free one (see the `onRunning` callback).
+    public var port: Int
+    /// The token every request must carry (`Authorization: Bearer …`, or once in the address
+    /// as `?token=…`, which sets a cookie). `nil`: loopback only, no token.
+    public var token: String?
+    /// How the page names the store in its header (a file path or a URL without password).
+    public var storeDescription: String
+    /// Entries on one page of a queue.
+    public var pageSize: Int
+    /// Whether the pages and their actions are served; `false`: only `/healthz` and `/metrics`.
+    public var pages: Bool
+    /// The registry `/metrics` serves (the one the process's `MetricsSystem` was bootstrapped
+    /// with, so that the library's counters are in it); `nil`: no `/metrics`.
+    public var metrics: PrometheusCollectorRegistry?
+
+    /// A configuration; ``validate()`` checks it.
+    public init(
+        host: String = "127.0.0.1", port: Int = 8080, token: String? = nil, storeDescription: String = "", pageSize: Int = 50,
+        pages: Bool = true, metrics: PrometheusCollectorRegistry? = nil
+    ) {
+        self.host = host
+        self.port = port
+        self.token = token
+        self.storeDescription = storeDescription
+        self.pageSize = pageSize
+        self.pages = pages
+        self.metrics = metrics
+    }
+
+    /// Reads `host:port`, `[v6]:port` or a bare port (on `127.0.0.1`).
+    public static func listenAddress(_ text: String) throws -> (host: String, port: Int) {
+        let invalid = BackgroundSyncError(.invalidRequest, "invalid listen address '\(text)': expected host:port, [ipv6]:port or a port")
+        var host = "127.0.0.1"
+        var portText = Substring(text)
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { throw invalid }
+            host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { throw invalid }
+            portText = rest.dropFirst()
+        } else if let colon = text.lastIndex(of: ":") {
+            host = String(text[..<colon])
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty, let port = Int(portText), (0...65_535).contains(port) else { throw invalid }
+        return (host, port)
+    }
+
+    /// Whether `host` names this machine's loopback interface.
+    public static func isLoopback(_ host: String) -> Bool {
+        let lowered = host.lowercased()
+        return lowered == "localhost" || lowered == "::1" || lowered.hasPrefix("127.")
+    }
+
+    /// Refuses a configuration that would expose the queues: a non-loopback address without a
+    /// token, an empty token, a page size out of range.
+    public func validate() throws {
+        if let token, token.trimmingCharacters(in: .whitespaces).isEmpty {
+            throw BackgroundSyncError(.invalidRequest, "the dashboard token is empty")
+        }
+        if token == nil, !Self.isLoopback(host) {
+            throw BackgroundSyncError(
+                .invalidRequest,
+                "refusing to serve the dashboard on \(host) without a token (give --token or $BGSYNC_DASHBOARD_TOKEN, or listen on 127.0.0.1)")
+        }
+        guard (1...1_000).contains(pageSize) else {
+            throw BackgroundSyncError(.invalidRequest, "the dashboard page size must be between 1 and 1000")
+        }
+    }
 }

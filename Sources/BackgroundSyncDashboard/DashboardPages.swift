@@ -50,6 +50,14 @@ struct DashboardPages: Sendable {
     var storeDescription: String
     var formToken: String
 
+    /// The address of a queue's page.
+    static func queueLink(_ name: String, state: EntryState = .pending, notice: String? = nil) -> String {
+        var link = "/queue?name=\(percentEncode(name))"
+        if state == .dead { link += "&state=dead" }
+        if let notice { link += "&notice=\(notice)" }
+        return link
+    }
+
     /// A whole document around a page's main region; `live`: the page refreshes it by itself.
     func document(title: String, main: String, live: Bool) -> String {
         """
@@ -99,8 +107,8 @@ struct DashboardPages: Sendable {
             <th>Oldest</th><th>State</th><th>Next attempt</th><th>Actions</th></tr></thead><tbody>
             """
         for queue in queues {
-            let link = Dashboard.queueLink(queue.name)
-            let deadLink = Dashboard.queueLink(queue.name, state: .dead)
+            let link = Self.queueLink(queue.name)
+            let deadLink = Self.queueLink(queue.name, state: .dead)
             var state = queue.pending == 0 ? "<span class=\"muted\">empty</span>" : "waiting"
             if let failure = queue.head?.lastFailure {
                 state = failure.pausesByDefault
@@ -132,8 +140,8 @@ struct DashboardPages: Sendable {
     }
 
     func queue(_ view: QueuePageView, now: Date, notice: String?) -> String {
-        let pendingLink = Dashboard.queueLink(view.name)
-        let deadLink = Dashboard.queueLink(view.name, state: .dead)
+        let pendingLink = Self.queueLink(view.name)
+        let deadLink = Self.queueLink(view.name, state: .dead)
         var html = "<h2>Queue <q>\(escapeHTML(view.name))</q></h2>" + noticeLine(notice)
         html += "<nav class=\"tabs\">"
         html += "<a href=\"\(escapeHTML(pendingLink))\"\(view.state == .pending ? " aria-current=\"page\"" : "")>Pending (<span id=\"pending-count\">\(view.pending)</span>)</a>"
@@ -186,7 +194,7 @@ struct DashboardPages: Sendable {
     /// size whatever the queue's.
     func paging(_ view: QueuePageView) -> String {
         var links: [String] = []
-        let base = Dashboard.queueLink(view.name, state: view.state)
+        let base = Self.queueLink(view.name, state: view.state)
         if view.after != nil { links.append("<a href=\"\(escapeHTML(base))\">First page</a>") }
         if view.hasMore, let last = view.entries.last {
             links.append("<a rel=\"next\" href=\"\(escapeHTML(base + "&after=\(last.position)"))\">Next page</a>")
@@ -197,7 +205,7 @@ struct DashboardPages: Sendable {
     func entry(_ entry: QueueStoreEntry, now: Date) -> String {
         let data = entry.requestData
         var html = "<h2>Entry \(entry.id)</h2>"
-        html += "<p><a href=\"\(escapeHTML(Dashboard.queueLink(entry.queueName, state: entry.state)))\">Back to <q>\(escapeHTML(entry.queueName))</q></a></p>"
+        html += "<p><a href=\"\(escapeHTML(Self.queueLink(entry.queueName, state: entry.state)))\">Back to <q>\(escapeHTML(entry.queueName))</q></a></p>"
         html += "<dl>"
         html += "<dt>Queue</dt><dd>\(escapeHTML(entry.queueName))</dd>"
         html += "<dt>State</dt><dd>\(entry.state == .dead ? "<span class=\"bad\">dead letter</span>" : "pending")</dd>"

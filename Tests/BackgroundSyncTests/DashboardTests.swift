@@ -6,6 +6,7 @@ import Logging
 import LoopbackHTTPServer
 import NIOCore
 import NIOHTTP1
+import Prometheus
 import Testing
 
 /// The dashboard served for real (Hummingbird on a loopback port) on a real SQLite file, asked
@@ -30,13 +31,15 @@ struct DashboardTests {
 
     /// Runs the dashboard on a free port for the duration of `body`.
     func withDashboard(
-        _ database: any QueueDatabase, token: String? = nil, pageSize: Int = 50,
-        _ body: @Sendable (_ base: String) async throws -> Void
+        _ database: any QueueDatabase, token: String? = nil, pageSize: Int = 50, pages: Bool = true,
+        metrics: PrometheusCollectorRegistry? = nil, _ body: @Sendable (_ base: String) async throws -> Void
     ) async throws {
         let (ports, portInput) = AsyncStream.makeStream(of: Int.self)
         let dashboard = try Dashboard(
             database: database,
-            configuration: .init(host: "127.0.0.1", port: 0, token: token, storeDescription: "test store", pageSize: pageSize),
+            configuration: .init(
+                host: "127.0.0.1", port: 0, token: token, storeDescription: "test store", pageSize: pageSize, pages: pages,
+                metrics: metrics),
             logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() },
             onRunning: { portInput.yield($0) })
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -220,6 +223,74 @@ struct DashboardTests {
             #expect(server.bodies == ["0", "1", "2"], "sent in queue order")
             #expect(try await database.countEntries(queueName: "posts", state: .pending) == 0)
         }
+    }
+
+    // MARK: Metrics
+
+    @Test func metricsServeTheStoresFiguresAndTheLibrarysCounters() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        let registry = PrometheusCollectorRegistry()
+        let queue = try Queue(
+            name: "posts", options: QueueOptions(metricsFactory: PrometheusMetricsFactory(registry: registry)), database: database)
+        for _ in 0..<2 { try await queue.pushRequest(postRequest(URL(string: "https://api.example.com/posts")!, body: "x")) }
+        let dead = try await push(database, "quote\"d\nname")
+        try await database.setAsideEntries(
+            queueName: "quote\"d\nname", ids: [dead], failure: ReplayFailure(kind: .setAside, message: "by hand"))
+        try await withDashboard(database, pages: false, metrics: registry) { base in
+            let metrics = try await get(base + "/metrics")
+            #expect(metrics.status == 200)
+            #expect(metrics.headers["Content-Type"].first?.hasPrefix("text/plain; version=0.0.4") == true)
+            let lines = Set(metrics.body.split(separator: "\n").map(String.init))
+            #expect(lines.contains("background_sync_enqueued_total{queue=\"posts\"} 2"), "the library's counter, per queue")
+            #expect(lines.contains("background_sync_store_pending{queue=\"posts\"} 2.0"))
+            #expect(lines.contains("background_sync_store_dead_letters{queue=\"quote\\\"d\\nname\"} 1.0"), "label values escaped")
+            #expect(lines.contains("background_sync_store_up 1.0"))
+            #expect(lines.contains { $0.hasPrefix("background_sync_store_oldest_age_seconds{queue=\"posts\"} ") })
+            // Only /metrics and /healthz without pages.
+            #expect(try await get(base + "/").status == 404)
+            #expect(try await get(base + "/healthz").status == 200)
+            // A queue emptied and gone from the store leaves the figures.
+            try await database.deleteEntries(queueName: nil, state: nil)
+            let after = try await get(base + "/metrics")
+            #expect(after.body.contains("background_sync_store_pending{queue=\"posts\"} 0.0"))
+        }
+    }
+
+    @Test func bgsyncRunServesMetricsAndHealthWhileItReplays() async throws {
+        let server = try RecordingServer()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dashboard-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let db = folder.appendingPathComponent("q.sqlite").path
+        #expect(try await bgsync(["enqueue", server.url.absoluteString, "-d", "a", "--queue", "q", "--db", db]).status == 0)
+        let daemon = Process()
+        daemon.executableURL = builtProductURL("bgsync")
+        daemon.arguments = ["run", "--db", db, "--no-connectivity-monitor", "--poll-interval", "0.1", "--listen", "127.0.0.1:0"]
+        let stdout = Pipe()
+        daemon.standardOutput = stdout
+        daemon.standardError = FileHandle.nullDevice
+        try daemon.run()
+        defer { if daemon.isRunning { daemon.terminate() } }
+        var output = lines(of: stdout).makeAsyncIterator()
+        let line = try #require(await output.next())
+        #expect(line.hasPrefix("bgsync run: /metrics and /healthz: http://127.0.0.1:"), "\(line)")
+        let port = try #require(line.range(of: "127.0.0.1:").flatMap { Int(line[$0.upperBound...].prefix { $0.isNumber }) })
+        let base = "http://127.0.0.1:\(port)"
+        #expect(try await get(base + "/healthz").body == "ok\n")
+        // The daemon delivers the entry; its own counter says so.
+        let deadline = ContinuousClock.now + .seconds(30)
+        var metrics = try await get(base + "/metrics").body
+        while !metrics.contains("background_sync_replayed_total{queue=\"q\"} 1"), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+            metrics = try await get(base + "/metrics").body
+        }
+        #expect(metrics.contains("background_sync_replayed_total{queue=\"q\"} 1"), "\(metrics)")
+        #expect(metrics.contains("background_sync_store_pending{queue=\"q\"} 0.0"))
+        #expect(server.bodies == ["a"])
+        #expect(try await get(base + "/").status == 404, "no pages on a daemon's port")
+        daemon.terminate()
+        #expect(try await exited(daemon, within: 30))
+        #expect(daemon.terminationStatus == 0)
     }
 
     // MARK: Safety

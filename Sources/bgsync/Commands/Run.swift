@@ -1,6 +1,7 @@
 import ArgumentParser
 import BackgroundSync
 import Foundation
+import BackgroundSyncDashboard
 import Logging
 import ServiceLifecycle
 
@@ -19,6 +20,7 @@ struct Run: AsyncParsableCommand {
             Examples:
               bgsync run --db /var/lib/app/queue.sqlite
               BGSYNC_DB=postgres://bgsync:PASSWORD@db.internal/app bgsync run --concurrent metrics=16
+              bgsync run --listen 127.0.0.1:9090    # GET /metrics, GET /healthz
             """)
 
     @OptionGroup var database: DatabaseOptions
@@ -44,6 +46,9 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
+
+    @OptionGroup(title: "Observability (GET /metrics in Prometheus' text format, GET /healthz)")
+    var server: ListenOptions
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
@@ -89,6 +94,13 @@ struct Run: AsyncParsableCommand {
                 }
                 connectivity = ProbeConnectivityMonitor(url: url, base: connectivity)
             }
+            // Checked (and the metrics backend set up) before the database is opened.
+            var observability: DashboardConfiguration?
+            if server.listen != nil {
+                observability = try server.configuration(pages: false, default: "127.0.0.1:9090")
+            } else if server.token != nil {
+                throw CLIError("--token needs --listen")
+            }
             // A database that fails while the daemon runs ends it with its own status, as any command.
             try await database.withDatabase(.create) { db in
                 let limits = try inFlightLimits()
@@ -103,7 +115,17 @@ struct Run: AsyncParsableCommand {
                         return options
                     })
                 logger.info("bgsync run: replaying the queues of \(db.identity)")
-                var group = ServiceGroupConfiguration(services: [.init(service: service)], logger: logger)
+                var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: service)]
+                if var configuration = observability {
+                    guard #available(macOS 14, iOS 17, tvOS 17, *) else { throw CLIError("--listen needs macOS 14 or later") }
+                    configuration.storeDescription = db.identity
+                    let host = configuration.host
+                    let endpoint = try Dashboard(database: db, configuration: configuration, logger: logger) { port in
+                        server.announce("bgsync run: /metrics and /healthz", host: host, port: port, on: db.identity)
+                    }
+                    services.append(.init(service: endpoint))
+                }
+                var group = ServiceGroupConfiguration(services: services, logger: logger)
                 group.gracefulShutdownSignals = [.sigterm, .sigint]
                 // Past it, the sends still in flight are cancelled: their entries stay queued.
                 group.maximumGracefulShutdownDuration = .milliseconds(Int64(shutdownTimeout * 1000))
