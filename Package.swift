@@ -42,6 +42,8 @@ let package = Package(
         // Without its default traits: no swift-configuration, nothing that needs full Foundation.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // Tests only: a WebSocket client to drive headless Chromium through the DevTools protocol.
+        .package(url: "https://github.com/hummingbird-project/swift-websocket", from: "1.6.2"),
     ],
     targets: [
         // The core: requests, queue, storage driver protocol, SQLite store, sync manager,
@@ -124,6 +126,7 @@ let package = Package(
                 "BackgroundSync",
                 "BackgroundSyncAsyncHTTPClient",
                 "BackgroundSyncPostgres",
+                "BackgroundSyncDashboard",
                 "LoopbackHTTPServer",
                 "PostgresTestServer",
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -163,6 +166,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "WSClient", package: "swift-websocket"),
             ]
         ),
     ],

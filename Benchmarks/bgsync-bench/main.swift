@@ -25,11 +25,11 @@ if CommandLine.arguments.count == 5 && CommandLine.arguments[1] == "--postgres-w
 let arguments = Set(CommandLine.arguments.dropFirst())
 let known: Set<String> = ["--quick", "--json"]
 if let unknown = arguments.first(where: { !known.contains($0) && !$0.hasPrefix("--only=") }) {
-    FileHandle.standardError.write(Data("bgsync-bench: unknown option '\(unknown)' (use --quick, --json, --only=enqueue,replay,ahc,scale,memory,postgres; diagnostics: split,group,pairs)\n".utf8))
+    FileHandle.standardError.write(Data("bgsync-bench: unknown option '\(unknown)' (use --quick, --json, --only=enqueue,replay,ahc,scale,memory,postgres,dashboard; diagnostics: split,group,pairs)\n".utf8))
     exit(2)
 }
 let quick = arguments.contains("--quick")
-// `--only=enqueue,replay,ahc,scale,memory,postgres` runs some groups (for profiling); default: all.
+// `--only=enqueue,replay,ahc,scale,memory,postgres,dashboard` runs some groups (for profiling); default: all.
 let only = CommandLine.arguments.first { $0.hasPrefix("--only=") }
     .map { Set($0.dropFirst("--only=".count).split(separator: ",").map(String.init)) }
 func runs(_ group: String) -> Bool { only?.contains(group) ?? true }
@@ -73,6 +73,9 @@ if runs("scale") {
 }
 if runs("postgres") {
     results += try await PostgresBenchmark(quick: quick).run(log: log).map { (key: $0.0, value: $0.1) }
+}
+if runs("dashboard") {
+    results += try await DashboardBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
 }
 if runs("memory") {
     results += try await MemoryBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }

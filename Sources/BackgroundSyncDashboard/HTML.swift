@@ -96,6 +96,7 @@ enum StaticAssets {
         table { border-collapse: collapse; width: 100%; }
         th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid var(--line); vertical-align: top; }
         th { font-weight: 600; white-space: nowrap; }
+        table#headers { width: auto; }
         td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
         td.url { font-family: ui-monospace, monospace; font-size: .85rem; overflow-wrap: anywhere; max-width: 40rem; }
         pre { font: .85rem/1.4 ui-monospace, monospace; padding: .6rem; border: 1px solid var(--line); overflow: auto;

@@ -100,9 +100,11 @@ extension SQLiteQueueDatabase {
         let sqlLimit = limit.map { $0 + hidden.count } ?? -1
         var entries = try await read("read") { db in
             // Keyset paging on the (queueName, state, position) index: a page costs its own size.
+            // Two statements: one `(?3 IS NULL OR position > ?3)` keeps the planner from seeking to
+            // the position (it steps over every entry before it).
             let select = try db.cachedStatement(sql: """
                 SELECT \(EntryColumn.list) FROM entry WHERE queueName = ?1 AND state = ?2
-                AND (?3 IS NULL OR position > ?3)
+                \(afterPosition == nil ? "" : "AND position > ?3")
                 ORDER BY position LIMIT ?4
                 """)
             return try Row.fetchAll(select, arguments: [queueName, state.rawValue, afterPosition, sqlLimit]).map(Self.decode)
