@@ -11,6 +11,7 @@ import Testing
 @Suite(
     "Dashboard in a browser", .serialized,
     .enabled(if: HeadlessChromium.unavailableReason == nil, Comment(rawValue: HeadlessChromium.unavailableReason ?? "")))
+@available(macOS 14, iOS 17, tvOS 17, *)
 struct DashboardBrowserTests {
     /// The dashboard on a free port and a browser, for the duration of `body`.
     func withBrowser(

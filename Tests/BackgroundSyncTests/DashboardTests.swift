@@ -12,6 +12,7 @@ import Testing
 /// The dashboard served for real (Hummingbird on a loopback port) on a real SQLite file, asked
 /// through AsyncHTTPClient with redirects not followed.
 @Suite("Dashboard")
+@available(macOS 14, iOS 17, tvOS 17, *)
 struct DashboardTests {
     /// An answer as the tests read it.
     struct Page {
