@@ -86,10 +86,12 @@ struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
         return origin[range.upperBound...].lowercased()
     }
 
-    /// The request's address without its `token` parameter.
+    /// The request's address without its `token` parameter, on this server: one leading slash
+    /// (`//host/…` would send the browser to another site).
     static func withoutToken(_ uri: URI) -> String {
         let kept = (uri.query ?? "").split(separator: "&").filter { !$0.hasPrefix("token=") && $0 != "token" }
-        return uri.path + (kept.isEmpty ? "" : "?" + kept.joined(separator: "&"))
+        let path = "/" + uri.path.drop { $0 == "/" || $0 == "\\" }
+        return path + (kept.isEmpty ? "" : "?" + kept.joined(separator: "&"))
     }
 
     static func refuse(_ status: HTTPResponse.Status, _ message: String) -> Response {

@@ -4,6 +4,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOCore
 import Prometheus
 import ServiceLifecycle
 
@@ -59,16 +60,27 @@ public struct Dashboard: Service {
         let router = Router()
         router.add(middleware: AccessMiddleware(token: configuration.token))
         addRoutes(to: router)
+        let listening = Locked(false)
         let app = Application(
             router: router,
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
-            onServerRunning: { [onRunning] channel in await onRunning(channel.localAddress?.port ?? 0) },
+            onServerRunning: { [onRunning] channel in
+                listening.withLock { $0 = true }
+                await onRunning(channel.localAddress?.port ?? 0)
+            },
             logger: logger)
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { await syncs.run() }
             group.addTask {
                 defer { syncs.finish() }
-                try await app.run()
+                do {
+                    try await app.run()
+                } catch let error as IOError where !listening.withLock({ $0 }) {
+                    // The address is taken, or not one of this machine's.
+                    throw BackgroundSyncError(
+                        .invalidRequest,
+                        "cannot listen on \(configuration.host):\(configuration.port): \(String(cString: strerror(error.errnoCode)))")
+                }
             }
         }
     }
@@ -81,7 +93,9 @@ public struct Dashboard: Service {
                 _ = try await database.queueNames()
                 return Self.text("ok\n", status: .ok)
             } catch {
-                return Self.text("the store cannot be read: \(error)\n", status: .serviceUnavailable)
+                // No detail for whoever asks: the log has it.
+                logger.warning("health check: the store cannot be read", metadata: ["error": "\(error)"])
+                return Self.text("the store cannot be read\n", status: .serviceUnavailable)
             }
         }
         if let storeMetrics {
@@ -138,7 +152,7 @@ public struct Dashboard: Service {
                 }
                 guard fields["confirm"] == "yes" else {
                     return .confirm(pages.confirm(
-                        question: "Sync queue '\(name)' now? Its due entries are sent from this dashboard's process.",
+                        question: "Sync queue '\(name)' now? Its due entries are sent from this dashboard's process, in order, with the library's default options (entries older than 7 days expire instead of being sent).",
                         action: "/sync", fields: ["name": name], button: "Sync now", cancel: DashboardPages.queueLink(name)))
                 }
                 syncs.request(name)
@@ -376,10 +390,16 @@ public struct DashboardConfiguration: Sendable {
         return (host, port)
     }
 
-    /// Whether `host` names this machine's loopback interface.
+    /// Whether `host` names this machine's loopback interface: `localhost`, `::1`, or an IPv4
+    /// address `127.x.y.z` written as four numbers (a DNS name that starts with `127.` is not one).
     public static func isLoopback(_ host: String) -> Bool {
         let lowered = host.lowercased()
-        return lowered == "localhost" || lowered == "::1" || lowered.hasPrefix("127.")
+        if lowered == "localhost" || lowered == "::1" { return true }
+        let parts = lowered.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4, parts[0] == "127" else { return false }
+        return parts.allSatisfy { part in
+            !part.isEmpty && part.count <= 3 && part.allSatisfy(\.isASCII) && part.allSatisfy(\.isNumber) && Int(part)! <= 255
+        }
     }
 
     /// Refuses a configuration that would expose the queues: a non-loopback address without a

@@ -253,8 +253,16 @@ struct DashboardPages: Sendable {
     func body(_ data: Data?) -> String {
         guard let data, !data.isEmpty else { return "<p class=\"muted\">No body.</p>" }
         let size = "<p class=\"muted\">\(data.count) bytes</p>"
-        if let text = String(data: data.prefix(65_536), encoding: .utf8) {
-            let more = data.count > 65_536 ? "\n… \(data.count - 65_536) more bytes" : ""
+        // Cut at a character's start (back over at most 3 continuation bytes): a prefix that ends
+        // inside a multi-byte character is not UTF-8.
+        var end = min(data.count, 65_536)
+        var back = 0
+        while end < data.count, back < 3, data[data.startIndex + end] & 0xC0 == 0x80 {
+            end -= 1
+            back += 1
+        }
+        if let text = String(data: data.prefix(end), encoding: .utf8) {
+            let more = data.count > end ? "\n… \(data.count - end) more bytes" : ""
             return size + "<pre id=\"body\">\(escapeHTML(text + more))</pre>"
         }
         return size + "<pre id=\"body\" class=\"hex\">\(escapeHTML(hexDump(data, limit: 4_096)))</pre>"

@@ -19,7 +19,8 @@ final class StoreMetrics: Sendable {
 
     init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
-        up = registry.makeGauge(name: "background_sync_store_up", help: "1 when the queue store could be read at the last scrape")
+        up = registry.makeGauge(descriptor: MetricNameDescriptor(
+            metricName: "background_sync_store_up", unitName: "", helpText: "1 when the queue store could be read at the last scrape"))
     }
 
     /// Reads the store into the gauges, then writes the registry in Prometheus' text format.
@@ -28,15 +29,14 @@ final class StoreMetrics: Sendable {
             let queues = try await read()
             up.set(to: 1.0)
             let names = Set(queues.map(\.name))
-            let stale = gauges.withLock { gauges in
-                let stale = gauges.filter { !names.contains($0.key) }
-                for name in stale.keys { gauges[name] = nil }
-                return Array(stale.values)
-            }
-            for gauge in stale {
-                registry.unregisterGauge(gauge.pending)
-                registry.unregisterGauge(gauge.dead)
-                registry.unregisterGauge(gauge.age)
+            // Under the lock, so that a scrape running meanwhile cannot make one again in between.
+            gauges.withLock { gauges in
+                for (name, gauge) in gauges where !names.contains(name) {
+                    registry.unregisterGauge(gauge.pending)
+                    registry.unregisterGauge(gauge.dead)
+                    registry.unregisterGauge(gauge.age)
+                    gauges[name] = nil
+                }
             }
             for queue in queues {
                 let gauge = gauges(for: queue.name)
@@ -50,14 +50,21 @@ final class StoreMetrics: Sendable {
         return registry.emitToString()
     }
 
+    private static var pending: MetricNameDescriptor { MetricNameDescriptor(
+        metricName: "background_sync_store_pending", unitName: "", helpText: "Entries waiting for replay, as the store counts them") }
+    private static var dead: MetricNameDescriptor { MetricNameDescriptor(
+        metricName: "background_sync_store_dead_letters", unitName: "", helpText: "Dead letters, as the store counts them") }
+    private static var age: MetricNameDescriptor { MetricNameDescriptor(
+        metricName: "background_sync_store_oldest_age", unitName: "seconds", helpText: "Age of the next entry to replay (0: empty)") }
+
     private func gauges(for name: String) -> (pending: Gauge, dead: Gauge, age: Gauge) {
         gauges.withLock { gauges in
             if let existing = gauges[name] { return existing }
             let labels = [("queue", name)]
             let made = (
-                pending: registry.makeGauge(name: "background_sync_store_pending", labels: labels, help: "Entries waiting for replay, as the store counts them"),
-                dead: registry.makeGauge(name: "background_sync_store_dead_letters", labels: labels, help: "Dead letters, as the store counts them"),
-                age: registry.makeGauge(name: "background_sync_store_oldest_age_seconds", labels: labels, help: "Age of the next entry to replay (0: empty)")
+                pending: registry.makeGauge(descriptor: Self.pending, labels: labels),
+                dead: registry.makeGauge(descriptor: Self.dead, labels: labels),
+                age: registry.makeGauge(descriptor: Self.age, labels: labels)
             )
             gauges[name] = made
             return made

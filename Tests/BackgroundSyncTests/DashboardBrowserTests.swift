@@ -11,34 +11,28 @@ import Testing
 @Suite(
     "Dashboard in a browser", .serialized,
     .enabled(if: HeadlessChromium.unavailableReason == nil, Comment(rawValue: HeadlessChromium.unavailableReason ?? "")))
-@available(macOS 14, iOS 17, tvOS 17, *)
 struct DashboardBrowserTests {
     /// The dashboard on a free port and a browser, for the duration of `body`.
+    @available(macOS 14, iOS 17, tvOS 17, *)
     func withBrowser(
         _ database: any QueueDatabase, _ body: @escaping @Sendable (_ base: String, _ page: BrowserPage) async throws -> Void
     ) async throws {
-        let (ports, portInput) = AsyncStream.makeStream(of: Int.self)
-        let dashboard = try Dashboard(
-            database: database, configuration: .init(port: 0, storeDescription: "/var/lib/app/queue.sqlite"),
-            logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }, onRunning: { portInput.yield($0) })
         let browser = try await HeadlessChromium()
-        defer { browser.stop() }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await dashboard.run() }
-            var iterator = ports.makeAsyncIterator()
-            let port = try #require(await iterator.next())
-            try await browser.withPage { page in try await body("http://127.0.0.1:\(port)", page) }
-            group.cancelAll()
+        do {
+            try await serveDashboard(database, .init(port: 0, storeDescription: "/var/lib/app/queue.sqlite")) { base in
+                try await browser.withPage { page in try await body(base, page) }
+            }
+        } catch {
+            await browser.stop()
+            throw error
         }
+        await browser.stop()
     }
 
     func push(_ database: any QueueDatabase, _ queue: String, url: String = "https://api.example.com/posts", body: String = "{}",
         headers: [String: String] = ["Content-Type": "application/json"]) async throws -> Int64
     {
-        try await database.pushEntry(
-            UnidentifiedQueueStoreEntry(requestData: .init(url: url, method: "POST", headers: headers, body: Data(body.utf8))),
-            queueName: queue, at: .tail, registeringSyncTag: nil
-        ).id
+        try await pushPOST(database, queue, url: url, body: body, headers: headers)
     }
 
     /// Saves the page as `name`.png when `$BGSYNC_SCREENSHOTS` names a folder.
@@ -48,7 +42,8 @@ struct DashboardBrowserTests {
         try await page.screenshot().write(to: URL(fileURLWithPath: folder).appendingPathComponent(name + ".png"))
     }
 
-    @Test func theQueueListRendersAndADeadLetterIsRequeuedByClicking() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func theQueueListRendersAndADeadLetterIsRequeuedByClicking() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         for index in 0..<2 { _ = try await push(database, "posts", body: "{\"title\":\"post \(index)\"}") }
         _ = try await database.pushEntry(
@@ -96,7 +91,8 @@ struct DashboardBrowserTests {
         }
     }
 
-    @Test func thePageFollowsTheStoreWithoutReloading() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func thePageFollowsTheStoreWithoutReloading() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         _ = try await push(database, "posts")
         try await withBrowser(database) { base, page in
@@ -110,7 +106,8 @@ struct DashboardBrowserTests {
         }
     }
 
-    @Test func aHostileStoredRequestDoesNotRunInThePage() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func aHostileStoredRequestDoesNotRunInThePage() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         let name = "<img src=x onerror=\"window.pwned='queue name'\">"
         let body = "<script>window.pwned='body'</script><img src=x onerror=\"window.pwned='body image'\">"

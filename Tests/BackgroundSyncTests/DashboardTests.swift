@@ -12,7 +12,6 @@ import Testing
 /// The dashboard served for real (Hummingbird on a loopback port) on a real SQLite file, asked
 /// through AsyncHTTPClient with redirects not followed.
 @Suite("Dashboard")
-@available(macOS 14, iOS 17, tvOS 17, *)
 struct DashboardTests {
     /// An answer as the tests read it.
     struct Page {
@@ -31,25 +30,17 @@ struct DashboardTests {
         eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(redirectConfiguration: .disallow))
 
     /// Runs the dashboard on a free port for the duration of `body`.
+    @available(macOS 14, iOS 17, tvOS 17, *)
     func withDashboard(
         _ database: any QueueDatabase, token: String? = nil, pageSize: Int = 50, pages: Bool = true,
         metrics: PrometheusCollectorRegistry? = nil, _ body: @Sendable (_ base: String) async throws -> Void
     ) async throws {
-        let (ports, portInput) = AsyncStream.makeStream(of: Int.self)
-        let dashboard = try Dashboard(
-            database: database,
-            configuration: .init(
+        try await serveDashboard(
+            database,
+            .init(
                 host: "127.0.0.1", port: 0, token: token, storeDescription: "test store", pageSize: pageSize, pages: pages,
                 metrics: metrics),
-            logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() },
-            onRunning: { portInput.yield($0) })
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await dashboard.run() }
-            var iterator = ports.makeAsyncIterator()
-            let port = try #require(await iterator.next())
-            try await body("http://127.0.0.1:\(port)")
-            group.cancelAll()
-        }
+            body)
     }
 
     func get(_ url: String, headers: [(String, String)] = []) async throws -> Page {
@@ -80,15 +71,13 @@ struct DashboardTests {
     func push(_ database: any QueueDatabase, _ queue: String, url: String = "https://api.example.com/posts", body: String = "{}",
         headers: [String: String] = [:]) async throws -> Int64
     {
-        try await database.pushEntry(
-            UnidentifiedQueueStoreEntry(requestData: .init(url: url, method: "POST", headers: headers, body: Data(body.utf8))),
-            queueName: queue, at: .tail, registeringSyncTag: nil
-        ).id
+        try await pushPOST(database, queue, url: url, body: body, headers: headers)
     }
 
     // MARK: Pages
 
-    @Test func theQueueListShowsEachQueueWithItsSizesAndAHealthCheck() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func theQueueListShowsEachQueueWithItsSizesAndAHealthCheck() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         for _ in 0..<3 { _ = try await push(database, "posts") }
         let dead = try await push(database, "posts")
@@ -111,7 +100,8 @@ struct DashboardTests {
         }
     }
 
-    @Test func aLargeQueueIsReadPageByPageInQueueOrder() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func aLargeQueueIsReadPageByPageInQueueOrder() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         var ids: [Int64] = []
         for index in 0..<23 { ids.append(try await push(database, "big", body: "\(index)")) }
@@ -135,7 +125,8 @@ struct DashboardTests {
         }
     }
 
-    @Test func anEntryShowsItsRequestWithSecretsMaskedAndItsLastFailure() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func anEntryShowsItsRequestWithSecretsMaskedAndItsLastFailure() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         let id = try await push(
             database, "posts", url: "https://user:hunter2@api.example.com/posts", body: "{\"title\":\"hello\"}",
@@ -147,6 +138,8 @@ struct DashboardTests {
             UnidentifiedQueueStoreEntry(requestData: .init(url: "https://api.example.com/blob", method: "PUT", body: Data([0, 1, 2, 255]))),
             queueName: "posts", at: .tail, registeringSyncTag: nil
         ).id
+        // Byte 65,536, where the preview stops, is the second byte of an "é".
+        let longText = try await push(database, "posts", body: "a" + String(repeating: "é", count: 40_000))
         try await withDashboard(database) { base in
             let page = try await get(base + "/entry?id=\(id)")
             #expect(page.status == 200)
@@ -155,6 +148,8 @@ struct DashboardTests {
             #expect(page.body.contains("<th>Authorization</th><td class=\"url\">(masked)</td>"))
             #expect(page.body.contains("{&quot;title&quot;:&quot;hello&quot;}"))
             #expect(page.body.contains("HTTP 422") && page.body.contains("title missing"))
+            let long = try await get(base + "/entry?id=\(longText)")
+            #expect(long.body.contains("éééé") && long.body.contains("more bytes"), "a long UTF-8 body cut mid-character is still text")
             let hex = try await get(base + "/entry?id=\(binary)")
             #expect(hex.body.contains("00 01 02 ff"), "a binary body shows as hex")
             let gone = try await get(base + "/entry?id=999999")
@@ -164,7 +159,8 @@ struct DashboardTests {
 
     // MARK: Actions
 
-    @Test func requeueingADeadLetterAsksFirstThenMovesItBack() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func requeueingADeadLetterAsksFirstThenMovesItBack() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         let id = try await push(database, "posts")
         try await database.setAsideEntries(
@@ -184,7 +180,8 @@ struct DashboardTests {
         }
     }
 
-    @Test func deletingAndPurgingAreConfirmedPosts() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func deletingAndPurgingAreConfirmedPosts() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         let keep = try await push(database, "posts")
         let doomed = try await push(database, "posts")
@@ -205,7 +202,8 @@ struct DashboardTests {
         }
     }
 
-    @Test func syncNowSendsTheQueueFromTheDashboard() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func syncNowSendsTheQueueFromTheDashboard() async throws {
         let server = try RecordingServer()
         let database = try SQLiteQueueDatabase.temporary()
         for index in 0..<3 { _ = try await push(database, "posts", url: server.url.absoluteString, body: "\(index)") }
@@ -228,7 +226,8 @@ struct DashboardTests {
 
     // MARK: Metrics
 
-    @Test func metricsServeTheStoresFiguresAndTheLibrarysCounters() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func metricsServeTheStoresFiguresAndTheLibrarysCounters() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         let registry = PrometheusCollectorRegistry()
         let queue = try Queue(
@@ -257,7 +256,8 @@ struct DashboardTests {
         }
     }
 
-    @Test func bgsyncRunServesMetricsAndHealthWhileItReplays() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func bgsyncRunServesMetricsAndHealthWhileItReplays() async throws {
         let server = try RecordingServer()
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("dashboard-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
@@ -296,11 +296,14 @@ struct DashboardTests {
 
     // MARK: Safety
 
-    @Test func aHostileStoredRequestShowsAsText() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func aHostileStoredRequestShowsAsText() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         let hostile = "<script>alert(1)</script>"
         let id = try await push(
             database, hostile, body: "<img src=x onerror=alert(1)>\"'&", headers: ["X-Note": "<svg onload=alert(1)>"])
+        _ = try await push(database, "joined\"\u{200D} autofocus data-x=\"")
+        _ = try await push(database, "marked\"\u{301} data-y=\"")
         try await database.setAsideEntries(
             queueName: hostile, ids: [id],
             failure: ReplayFailure(kind: .httpStatus, status: 400, message: "<b>bad</b>", responseExcerpt: Data("<script>x()</script>".utf8)))
@@ -314,11 +317,16 @@ struct DashboardTests {
             }
             let entry = try await get(base + "/entry?id=\(id)")
             #expect(entry.body.contains("&lt;img src=x onerror=alert(1)&gt;&quot;&#39;&amp;"))
+            // A quote followed by a combining mark or a joiner is still a quote to HTML.
+            let list = try await get(base + "/")
+            #expect(!list.body.contains("\"\u{200D}") && !list.body.contains("\"\u{301}"))
+            #expect(list.body.contains("data-queue=\"joined&quot;\u{200D} autofocus data-x=&quot;\""))
             #expect(entry.body.contains("&lt;svg onload=alert(1)&gt;"))
         }
     }
 
-    @Test func actionsNeedTheFormTokenAndTheDashboardsOwnPages() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func actionsNeedTheFormTokenAndTheDashboardsOwnPages() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         let id = try await push(database, "posts")
         try await withDashboard(database) { base in
@@ -335,12 +343,18 @@ struct DashboardTests {
             #expect(otherOrigin.status == 403)
             #expect(try await database.entry(id: id) != nil, "no refused action changed anything")
             // A page of another site reaching 127.0.0.1 through a rebound DNS name names its own host.
-            let rebound = try await get(base + "/", headers: [("Host", "evil.example")])
-            #expect(rebound.status == 403)
+            for host in ["evil.example", "127.0.0.1.evil.example", "localhost.evil.example:80", "[::2]:8080"] {
+                let rebound = try await get(base + "/", headers: [("Host", host)])
+                #expect(rebound.status == 403, "\(host)")
+            }
+            for host in ["LOCALHOST:8080", "127.1.2.3", "[::1]:8080"] {
+                #expect(try await get(base + "/", headers: [("Host", host)]).status == 200, "\(host)")
+            }
         }
     }
 
-    @Test func withATokenEveryRequestButTheHealthCheckCarriesIt() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func withATokenEveryRequestButTheHealthCheckCarriesIt() async throws {
         let database = try SQLiteQueueDatabase.temporary()
         _ = try await push(database, "posts")
         try await withDashboard(database, token: "s3cret token") { base in
@@ -356,14 +370,20 @@ struct DashboardTests {
             let pair = String(cookie.prefix { $0 != ";" })
             #expect(try await get(base + "/queue?name=posts", headers: [("Cookie", pair)]).status == 200)
             #expect(try await get(base + "/?token=nope").status == 401)
+            let offSite = try await get(base + "//evil.example/?token=s3cret%20token")
+            #expect(offSite.headers["Location"].first == "/evil.example/", "the token's redirect stays on this server")
             // With a token, any host name may be used (the dashboard may sit behind a proxy).
             #expect(try await get(base + "/", headers: [("Cookie", pair), ("Host", "queues.internal")]).status == 200)
         }
     }
 
-    @Test func aNonLoopbackAddressNeedsAToken() throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func aNonLoopbackAddressNeedsAToken() throws {
         #expect(throws: BackgroundSyncError.self) { try Dashboard.Configuration(host: "0.0.0.0").validate() }
         #expect(throws: BackgroundSyncError.self) { try Dashboard.Configuration(host: "127.0.0.1", token: " ").validate() }
+        #expect(throws: BackgroundSyncError.self) { try Dashboard.Configuration(host: "127.0.0.1.nip.example").validate() }
+        #expect(DashboardConfiguration.isLoopback("127.0.0.1") && DashboardConfiguration.isLoopback("::1"))
+        #expect(!DashboardConfiguration.isLoopback("127.0.0.256") && !DashboardConfiguration.isLoopback("127.0.0"))
         try Dashboard.Configuration(host: "0.0.0.0", token: "t").validate()
         try Dashboard.Configuration(host: "localhost").validate()
         #expect(try Dashboard.Configuration.listenAddress("0.0.0.0:8080") == ("0.0.0.0", 8080))
@@ -373,9 +393,54 @@ struct DashboardTests {
         #expect(throws: BackgroundSyncError.self) { try Dashboard.Configuration.listenAddress("[::1]9") }
     }
 
-    @Test func bgsyncDashboardRefusesAnOpenAddressWithoutAToken() async throws {
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func anAddressInUseIsAOneLineError() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        try await withDashboard(database) { base in
+            let port = try #require(Int(base.split(separator: ":").last ?? ""))
+            let second = try Dashboard(
+                database: database, configuration: .init(port: port),
+                logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+            let error = await #expect(throws: BackgroundSyncError.self) { try await second.run() }
+            #expect(error?.message == "cannot listen on 127.0.0.1:\(port): Address already in use")
+        }
+    }
+
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func bgsyncDashboardRefusesAnOpenAddressWithoutAToken() async throws {
         let run = try await bgsync(["dashboard", "--db", "/nonexistent/q.sqlite", "--listen", "0.0.0.0:0"])
         #expect(run.status == 2)
         #expect(run.stderr == "bgsync: refusing to serve the dashboard on 0.0.0.0 without a token (give --token or $BGSYNC_DASHBOARD_TOKEN, or listen on 127.0.0.1)\n")
     }
+}
+
+/// Serves a dashboard on `database` on a free port for the duration of `body`, which gets its
+/// `http://127.0.0.1:PORT`.
+@available(macOS 14, iOS 17, tvOS 17, *)
+func serveDashboard(
+    _ database: any QueueDatabase, _ configuration: DashboardConfiguration, _ body: @Sendable (_ base: String) async throws -> Void
+) async throws {
+    let (ports, portInput) = AsyncStream.makeStream(of: Int.self)
+    let dashboard = try Dashboard(
+        database: database, configuration: configuration, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() },
+        onRunning: { portInput.yield($0) })
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask {
+            // A dashboard that fails to start ends the wait for its port.
+            defer { portInput.finish() }
+            try await dashboard.run()
+        }
+        var iterator = ports.makeAsyncIterator()
+        let port = try #require(await iterator.next())
+        try await body("http://127.0.0.1:\(port)")
+        group.cancelAll()
+    }
+}
+
+/// Stores a POST in `queue` and returns its id.
+func pushPOST(_ database: any QueueDatabase, _ queue: String, url: String, body: String, headers: [String: String]) async throws -> Int64 {
+    try await database.pushEntry(
+        UnidentifiedQueueStoreEntry(requestData: .init(url: url, method: "POST", headers: headers, body: Data(body.utf8))),
+        queueName: queue, at: .tail, registeringSyncTag: nil
+    ).id
 }

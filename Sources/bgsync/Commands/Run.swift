@@ -97,6 +97,7 @@ struct Run: AsyncParsableCommand {
             // Checked (and the metrics backend set up) before the database is opened.
             var observability: DashboardConfiguration?
             if server.listen != nil {
+                guard #available(macOS 14, iOS 17, tvOS 17, *) else { throw CLIError("--listen needs macOS 14 or later") }
                 observability = try server.configuration(pages: false, default: "127.0.0.1:9090")
             } else if server.token != nil {
                 throw CLIError("--token needs --listen")
@@ -116,8 +117,7 @@ struct Run: AsyncParsableCommand {
                     })
                 logger.info("bgsync run: replaying the queues of \(db.identity)")
                 var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: service)]
-                if var configuration = observability {
-                    guard #available(macOS 14, iOS 17, tvOS 17, *) else { throw CLIError("--listen needs macOS 14 or later") }
+                if #available(macOS 14, iOS 17, tvOS 17, *), var configuration = observability {
                     configuration.storeDescription = db.identity
                     let host = configuration.host
                     let endpoint = try Dashboard(database: db, configuration: configuration, logger: logger) { port in

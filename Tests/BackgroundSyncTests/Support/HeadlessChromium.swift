@@ -35,25 +35,36 @@ final class HeadlessChromium: Sendable {
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         self.process = process
-        var endpoint: String?
-        for await line in lines(of: errors) {
-            if let range = line.range(of: "DevTools listening on ws://") {
-                let address = line[range.upperBound...].prefix { $0 != "/" }
-                endpoint = "http://" + address
-                break
+        // The endpoint's line, or the end of the output (the browser exited), or 60 seconds.
+        let found = await withTaskGroup(of: String?.self) { group in
+            group.addTask {
+                for await line in lines(of: errors) {
+                    if let range = line.range(of: "DevTools listening on ws://") {
+                        return "http://" + line[range.upperBound...].prefix { $0 != "/" }
+                    }
+                }
+                return nil
             }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(60))
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
         }
-        guard let endpoint else {
+        guard let found else {
             process.terminate()
-            throw BrowserError("chromium exited without a DevTools endpoint")
+            throw BrowserError("chromium gave no DevTools endpoint within 60 seconds")
         }
-        self.endpoint = endpoint
+        endpoint = found
     }
 
-    /// Stops the browser and removes its profile.
-    func stop() {
+    /// Stops the browser (SIGKILL if it has not ended 10 seconds after SIGTERM) and removes its profile.
+    func stop() async {
         if process.isRunning { process.terminate() }
-        process.waitUntilExit()
+        if (try? await exited(process, within: 10)) != true { kill(process.processIdentifier, SIGKILL) }
+        _ = try? await exited(process, within: 10)
         try? FileManager.default.removeItem(at: profile)
     }
 
