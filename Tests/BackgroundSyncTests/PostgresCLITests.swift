@@ -2,6 +2,9 @@ import BackgroundSync
 import Foundation
 import PostgresTestServer
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `bgsync --db postgres://…` against the tests' own PostgreSQL server, each test in a schema of
 /// its own.
@@ -34,6 +37,41 @@ struct PostgresCLITests {
         #expect(server.bodies == ["one", "two"])
         let empty = try await bgsync(["list", "--db", url])
         #expect(empty.stdout.contains("no pending entries"), "\(empty.stdout)")
+    }
+
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func theDashboardShowsAndFixesAPostgresStore() async throws {
+        let url = try await storeURL()
+        for body in ["one", "two"] {
+            #expect(try await bgsync(["enqueue", "--db", url, "--queue", "orders", "-d", body, "http://127.0.0.1:9/x"]).status == 0)
+        }
+        #expect(try await bgsync(["set-aside", "--db", url, "2", "--reason", "by hand"]).status == 0)
+        let dashboard = Process()
+        dashboard.executableURL = builtProductURL("bgsync")
+        dashboard.arguments = ["dashboard", "--db", url, "--listen", "127.0.0.1:0"]
+        let stdout = Pipe()
+        dashboard.standardOutput = stdout
+        dashboard.standardError = FileHandle.nullDevice
+        try dashboard.run()
+        defer { if dashboard.isRunning { kill(dashboard.processIdentifier, SIGKILL) } }
+        var output = lines(of: stdout).makeAsyncIterator()
+        let line = try #require(await output.next())
+        #expect(!line.contains("@"), "no credentials in the announcement: \(line)")
+        let port = try #require(line.range(of: "127.0.0.1:").flatMap { Int(line[$0.upperBound...].prefix { $0.isNumber }) })
+        let base = "http://127.0.0.1:\(port)"
+        let client = DashboardTests()
+        let list = try await client.get(base + "/")
+        #expect(list.body.contains("<tr data-queue=\"orders\"><td><a href=\"/queue?name=orders\">orders</a></td><td class=\"num\">1</td>"))
+        let metrics = try await client.get(base + "/metrics")
+        #expect(metrics.body.contains("background_sync_store_dead_letters{queue=\"orders\"} 1.0"), "\(metrics.body)")
+        let token = try #require(list.formToken)
+        let requeued = try await client.post(base + "/requeue", ["form": token, "name": "orders", "confirm": "yes"])
+        #expect(requeued.headers["Location"].first == "/queue?name=orders&state=dead&notice=requeued-1")
+        let queues = try await bgsync(["queues", "--db", url])
+        #expect(queues.stdout.contains("orders  2 "), "\(queues.stdout)")
+        dashboard.terminate()
+        #expect(try await exited(dashboard, within: 30))
+        #expect(dashboard.terminationStatus == 0)
     }
 
     @Test func badURLsAndUnreachableServersAreOneLineErrors() async throws {
