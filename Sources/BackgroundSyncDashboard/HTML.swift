@@ -116,16 +116,30 @@ enum StaticAssets {
         """
 
     /// Refreshes the page's live region (`<main data-live>`) every two seconds with what the
-    /// server renders for the same address, while the page is visible. A confirmation page has no
-    /// live region. The server escapes every stored value, so the markup it sends is inert.
+    /// server renders for the same address, while the page is visible and the operator is neither
+    /// pressing a button nor selecting text in it (a refresh would eat the click or the selection;
+    /// such a skipped tick sets `data-held`, and a refresh sets `data-refreshed`).
+    /// A confirmation page has no live region. The server escapes every stored value, so the markup
+    /// it sends is inert.
     static let script = """
         "use strict";
         (function () {
           const main = document.querySelector("main[data-live]");
           if (!main) return;
           let busy = false;
+          let pressing = false;
+          main.addEventListener("pointerdown", () => { pressing = true; });
+          window.addEventListener("pointerup", () => { setTimeout(() => { pressing = false; }, 500); });
+          function selecting() {
+            const selection = window.getSelection();
+            return selection !== null && !selection.isCollapsed && main.contains(selection.anchorNode);
+          }
           async function refresh() {
             if (busy || document.hidden) return;
+            if (pressing || selecting()) {
+              main.dataset.held = String(Date.now());
+              return;
+            }
             busy = true;
             try {
               const response = await fetch(location.href, { headers: { "X-Dashboard-Live": "1" }, credentials: "same-origin" });

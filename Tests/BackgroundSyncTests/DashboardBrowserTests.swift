@@ -103,6 +103,13 @@ struct DashboardBrowserTests {
             try await page.waitFor("document.getElementById('pending-count').textContent === '2'")
             try await page.waitFor("document.querySelector('tr[data-entry=\"\(added)\"]') !== null")
             #expect(try await page.evaluate("window.sameDocument") as? Bool == true, "updated in place, not reloaded")
+            // While the operator selects text in it (an idempotency key to copy), the region stays.
+            try await page.evaluate("window.getSelection().selectAllChildren(document.querySelector('h2'))")
+            let third = try await push(database, "posts")
+            try await page.waitFor("document.querySelector('main').dataset.held !== undefined")
+            #expect(try await page.evaluate("document.getElementById('pending-count').textContent") as? String == "2")
+            try await page.evaluate("window.getSelection().removeAllRanges()")
+            try await page.waitFor("document.querySelector('tr[data-entry=\"\(third)\"]') !== null")
         }
     }
 
