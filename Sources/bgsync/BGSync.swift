@@ -8,15 +8,16 @@ struct BGSync: AsyncParsableCommand {
         commandName: "bgsync",
         abstract: "Store HTTP requests that failed and replay them later, durably.",
         discussion: """
-            bgsync works on the SQLite database of swift-background-sync queues: the file given \
-            with --db, else $BGSYNC_DB, else the library's default file. Start with `bgsync demo` \
+            bgsync works on the database of swift-background-sync queues: the SQLite file or \
+            postgres:// URL given with --db, else $BGSYNC_DB, else the library's default file. Start with `bgsync demo` \
             to watch requests go offline → queued → online → delivered.
 
             Exit status: 0 done, 1 a retryable failure stopped the work, 2 bad input (one line on \
             stderr, the database untouched), 3 `send --fail-on-queue` queued the request, 4 the \
             database cannot be used (locked, disk full, I/O error, corrupt, newer version), \
-            5 `send`: the server refused the request for good (not queued), 64 a usage error \
-            (unknown option, missing or out-of-range value).
+            5 `send`: the server refused the request for good (not queued), 6 the PostgreSQL \
+            server cannot be reached, refused the login or dropped the connection, 64 a usage \
+            error (unknown option, missing or out-of-range value).
             """,
         version: "0.1.0",
         subcommands: [
