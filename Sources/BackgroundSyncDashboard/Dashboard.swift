@@ -100,7 +100,7 @@ public struct Dashboard: Service {
         }
         if let storeMetrics {
             router.get("/metrics") { _, _ -> Response in
-                let text = await storeMetrics.scrape({ try await queueViews() }, now: Date())
+                let text = await storeMetrics.scrape({ try await database.queueSummaries() }, now: Date())
                 var headers = Self.securityHeaders
                 headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
                 return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
@@ -115,7 +115,7 @@ public struct Dashboard: Service {
         }
         router.get("/") { request, _ in
             try await page(request) { now in
-                let summaries = try await queueViews()
+                let summaries = try await database.queueSummaries()
                 return ("Queues", pages.queueList(summaries, syncs: syncs.outcomes(), now: now, notice: notice(request)))
             }
         }
@@ -209,19 +209,6 @@ public struct Dashboard: Service {
         DashboardPages(storeDescription: configuration.storeDescription, formToken: formToken)
     }
 
-    /// Every queue with what the list shows: a few reads per queue, none scanning it.
-    func queueViews() async throws -> [QueueListView] {
-        var views: [QueueListView] = []
-        for name in try await database.queueNames() {
-            views.append(QueueListView(
-                name: name,
-                pending: try await database.countEntries(queueName: name, state: .pending),
-                dead: try await database.countEntries(queueName: name, state: .dead),
-                head: try await database.headEntry(queueName: name)))
-        }
-        return views
-    }
-
     // MARK: Responses
 
     /// A page: the whole document, or only its live region when the page's script asks for it.
@@ -230,13 +217,20 @@ public struct Dashboard: Service {
         do {
             let (title, main) = try await body(Date())
             return Self.html(live ? main : pages.document(title: title, main: main, live: true))
-        } catch let error as PageError {
-            return Self.html(pages.document(title: "Not found", main: pages.problem(error.message), live: false), status: error.status)
         } catch {
+            return problem(error, title: "Not found", storeFailure: "the store cannot be read")
+        }
+    }
+
+    /// The page that says why a page or an action failed: a ``PageError``'s message and status,
+    /// or `storeFailure` and the error, 503.
+    func problem(_ error: any Error, title: String, storeFailure: String) -> Response {
+        guard let error = error as? PageError else {
             return Self.html(
-                pages.document(title: "Store error", main: pages.problem("the store cannot be read: \(error)"), live: false),
+                pages.document(title: "Store error", main: pages.problem("\(storeFailure): \(error)"), live: false),
                 status: .serviceUnavailable)
         }
+        return Self.html(pages.document(title: title, main: pages.problem(error.message), live: false), status: error.status)
     }
 
     /// What an action handler decided.
@@ -261,12 +255,8 @@ public struct Dashboard: Service {
             case .done(let location):
                 return Response(status: .seeOther, headers: [.location: location, .cacheControl: "no-store"])
             }
-        } catch let error as PageError {
-            return Self.html(pages.document(title: "Refused", main: pages.problem(error.message), live: false), status: error.status)
         } catch {
-            return Self.html(
-                pages.document(title: "Store error", main: pages.problem("the action failed: \(error)"), live: false),
-                status: .serviceUnavailable)
+            return problem(error, title: "Refused", storeFailure: "the action failed")
         }
     }
 

@@ -1,15 +1,6 @@
 import BackgroundSync
 import Foundation
 
-/// A queue as the list shows it.
-struct QueueListView: Sendable {
-    var name: String
-    var pending: Int
-    var dead: Int
-    /// The next entry an ordered replay sends.
-    var head: QueueStoreEntry?
-}
-
 /// One page of a queue's entries in one state.
 struct QueuePageView: Sendable {
     var name: String
@@ -99,7 +90,7 @@ struct DashboardPages: Sendable {
 
     // MARK: Pages
 
-    func queueList(_ queues: [QueueListView], syncs: [String: SyncRunner.Outcome], now: Date, notice: String?) -> String {
+    func queueList(_ queues: [QueueSummary], syncs: [String: SyncRunner.Outcome], now: Date, notice: String?) -> String {
         var html = "<h2>Queues</h2>" + noticeLine(notice)
         guard !queues.isEmpty else { return html + "<p class=\"muted\">No queues in this store yet.</p>" }
         html += """
@@ -109,8 +100,8 @@ struct DashboardPages: Sendable {
         for queue in queues {
             let link = Self.queueLink(queue.name)
             let deadLink = Self.queueLink(queue.name, state: .dead)
-            var state = queue.pending == 0 ? "<span class=\"muted\">empty</span>" : "waiting"
-            if let failure = queue.head?.lastFailure {
+            var state = queue.size == 0 ? "<span class=\"muted\">empty</span>" : "waiting"
+            if let failure = queue.headLastFailure {
                 state = failure.pausesByDefault
                     ? "<span class=\"bad\">paused: \(escapeHTML(failure.summary)) at the head</span>"
                     : "retrying: \(escapeHTML(failure.summary))"
@@ -119,20 +110,20 @@ struct DashboardPages: Sendable {
             var actions = ""
             if queue.name.hasPrefix(Queue.outboxNamePrefix) {
                 actions += "<span class=\"muted\" title=\"uploaded by the app that owns it\">outbox</span> "
-            } else if queue.pending > 0 {
+            } else if queue.size > 0 {
                 actions += button("Sync now", action: "/sync", fields: ["name": queue.name]) + " "
             }
-            if queue.dead > 0 {
+            if queue.deadLetterCount > 0 {
                 actions += button("Requeue dead letters", action: "/requeue", fields: ["name": queue.name]) + " "
                 actions += button("Purge dead letters", action: "/purge", fields: ["name": queue.name], danger: true)
             }
             html += """
                 <tr data-queue="\(escapeHTML(queue.name))"><td><a href="\(escapeHTML(link))">\(escapeHTML(queue.name))</a></td>\
-                <td class="num">\(queue.pending)</td>\
-                <td class="num">\(queue.dead == 0 ? "0" : "<a href=\"\(escapeHTML(deadLink))\">\(queue.dead)</a>")</td>\
-                <td>\(queue.head.map { formatAge(now.timeIntervalSince($0.timestamp)) } ?? "-")</td>\
+                <td class="num">\(queue.size)</td>\
+                <td class="num">\(queue.deadLetterCount == 0 ? "0" : "<a href=\"\(escapeHTML(deadLink))\">\(queue.deadLetterCount)</a>")</td>\
+                <td>\(queue.headTimestamp.map { formatAge(now.timeIntervalSince($0)) } ?? "-")</td>\
                 <td>\(state)</td>\
-                <td>\(queue.head?.nextAttemptAt.map { escapeHTML(formatDate($0, now: now)) } ?? (queue.pending > 0 ? "due now" : "-"))</td>\
+                <td>\(queue.headNextAttemptAt.map { escapeHTML(formatDate($0, now: now)) } ?? (queue.size > 0 ? "due now" : "-"))</td>\
                 <td>\(actions)</td></tr>
                 """
         }

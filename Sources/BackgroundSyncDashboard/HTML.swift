@@ -46,14 +46,15 @@ func formFields(_ body: String) -> [String: String] {
     return fields
 }
 
-/// How long ago, in words an operator reads at a glance: `42s`, `5m`, `3h`, `2d`.
-func formatAge(_ seconds: TimeInterval) -> String {
-    let seconds = max(0, Int(seconds))
-    switch seconds {
-    case ..<120: return "\(seconds)s"
-    case ..<7_200: return "\(seconds / 60)m"
-    case ..<172_800: return "\(seconds / 3_600)h"
-    default: return "\(seconds / 86_400)d"
+/// An age in the unit an operator reads at a glance: `42s`, `5m`, `3h`, `2d` (`bgsync` prints
+/// ages with it too).
+public func formatAge(_ seconds: TimeInterval) -> String {
+    let value = max(0, Int(seconds))
+    switch value {
+    case ..<60: return "\(value)s"
+    case ..<3600: return "\(value / 60)m"
+    case ..<86400: return "\(value / 3600)h"
+    default: return "\(value / 86400)d"
     }
 }
 

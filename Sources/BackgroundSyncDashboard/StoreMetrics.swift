@@ -24,7 +24,7 @@ final class StoreMetrics: Sendable {
     }
 
     /// Reads the store into the gauges, then writes the registry in Prometheus' text format.
-    func scrape(_ read: () async throws -> [QueueListView], now: Date) async -> String {
+    func scrape(_ read: () async throws -> [QueueSummary], now: Date) async -> String {
         do {
             let queues = try await read()
             up.set(to: 1.0)
@@ -40,9 +40,9 @@ final class StoreMetrics: Sendable {
             }
             for queue in queues {
                 let gauge = gauges(for: queue.name)
-                gauge.pending.set(to: Double(queue.pending))
-                gauge.dead.set(to: Double(queue.dead))
-                gauge.age.set(to: queue.head.map { max(0, now.timeIntervalSince($0.timestamp)) } ?? 0)
+                gauge.pending.set(to: Double(queue.size))
+                gauge.dead.set(to: Double(queue.deadLetterCount))
+                gauge.age.set(to: queue.headTimestamp.map { max(0, now.timeIntervalSince($0)) } ?? 0)
             }
         } catch {
             up.set(to: 0.0)

@@ -264,19 +264,10 @@ struct DashboardTests {
         defer { try? FileManager.default.removeItem(at: folder) }
         let db = folder.appendingPathComponent("q.sqlite").path
         #expect(try await bgsync(["enqueue", server.url.absoluteString, "-d", "a", "--queue", "q", "--db", db]).status == 0)
-        let daemon = Process()
-        daemon.executableURL = builtProductURL("bgsync")
-        daemon.arguments = ["run", "--db", db, "--no-connectivity-monitor", "--poll-interval", "0.1", "--listen", "127.0.0.1:0"]
-        let stdout = Pipe()
-        daemon.standardOutput = stdout
-        daemon.standardError = FileHandle.nullDevice
-        try daemon.run()
+        let (daemon, base, line) = try await startServingBgsync(
+            ["run", "--db", db, "--no-connectivity-monitor", "--poll-interval", "0.1", "--listen", "127.0.0.1:0"])
         defer { if daemon.isRunning { daemon.terminate() } }
-        var output = lines(of: stdout).makeAsyncIterator()
-        let line = try #require(await output.next())
         #expect(line.hasPrefix("bgsync run: /metrics and /healthz: http://127.0.0.1:"), "\(line)")
-        let port = try #require(line.range(of: "127.0.0.1:").flatMap { Int(line[$0.upperBound...].prefix { $0.isNumber }) })
-        let base = "http://127.0.0.1:\(port)"
         #expect(try await get(base + "/healthz").body == "ok\n")
         // The daemon delivers the entry; its own counter says so.
         let deadline = ContinuousClock.now + .seconds(30)
@@ -443,4 +434,24 @@ func pushPOST(_ database: any QueueDatabase, _ queue: String, url: String, body:
         UnidentifiedQueueStoreEntry(requestData: .init(url: url, method: "POST", headers: headers, body: Data(body.utf8))),
         queueName: queue, at: .tail, registeringSyncTag: nil
     ).id
+}
+
+/// Starts the built `bgsync` with `arguments` (a command that serves HTTP on `127.0.0.1:0`) and
+/// returns it, the base URL it announced, and the announcement (its first line of output).
+func startServingBgsync(_ arguments: [String]) async throws -> (process: Process, base: String, announcement: String) {
+    let process = Process()
+    process.executableURL = builtProductURL("bgsync")
+    process.arguments = arguments
+    let stdout = Pipe()
+    process.standardOutput = stdout
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    var output = lines(of: stdout).makeAsyncIterator()
+    guard let line = await output.next(),
+        let port = line.range(of: "127.0.0.1:").flatMap({ Int(line[$0.upperBound...].prefix { $0.isNumber }) })
+    else {
+        process.terminate()
+        throw BrowserError("bgsync \(arguments.first ?? "") announced no address")
+    }
+    return (process, "http://127.0.0.1:\(port)", line)
 }

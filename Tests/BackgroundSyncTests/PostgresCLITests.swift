@@ -46,19 +46,9 @@ struct PostgresCLITests {
             #expect(try await bgsync(["enqueue", "--db", url, "--queue", "orders", "-d", body, "http://127.0.0.1:9/x"]).status == 0)
         }
         #expect(try await bgsync(["set-aside", "--db", url, "2", "--reason", "by hand"]).status == 0)
-        let dashboard = Process()
-        dashboard.executableURL = builtProductURL("bgsync")
-        dashboard.arguments = ["dashboard", "--db", url, "--listen", "127.0.0.1:0"]
-        let stdout = Pipe()
-        dashboard.standardOutput = stdout
-        dashboard.standardError = FileHandle.nullDevice
-        try dashboard.run()
+        let (dashboard, base, line) = try await startServingBgsync(["dashboard", "--db", url, "--listen", "127.0.0.1:0"])
         defer { if dashboard.isRunning { kill(dashboard.processIdentifier, SIGKILL) } }
-        var output = lines(of: stdout).makeAsyncIterator()
-        let line = try #require(await output.next())
         #expect(!line.contains("@"), "no credentials in the announcement: \(line)")
-        let port = try #require(line.range(of: "127.0.0.1:").flatMap { Int(line[$0.upperBound...].prefix { $0.isNumber }) })
-        let base = "http://127.0.0.1:\(port)"
         let client = DashboardTests()
         let list = try await client.get(base + "/")
         #expect(list.body.contains("<tr data-queue=\"orders\"><td><a href=\"/queue?name=orders\">orders</a></td><td class=\"num\">1</td>"))

@@ -205,7 +205,7 @@ extension QueueDatabase {
                 QueueSummary(
                     name: name, size: try await countEntries(queueName: name, state: .pending),
                     deadLetterCount: try await countEntries(queueName: name, state: .dead),
-                    headTimestamp: head?.timestamp, headNextAttemptAt: head?.nextAttemptAt))
+                    headTimestamp: head?.timestamp, headNextAttemptAt: head?.nextAttemptAt, headLastFailure: head?.lastFailure))
         }
         return summaries
     }
@@ -252,13 +252,20 @@ public struct QueueSummary: Sendable, Hashable, Codable {
     public var headTimestamp: Date?
     /// When the head entry's next attempt is due, if it is in backoff.
     public var headNextAttemptAt: Date?
+    /// How the head entry's last attempt failed, if it did (a 401 or 403 there pauses a queue
+    /// by default).
+    public var headLastFailure: ReplayFailure?
 
     /// Creates a summary.
-    public init(name: String, size: Int, deadLetterCount: Int, headTimestamp: Date?, headNextAttemptAt: Date? = nil) {
+    public init(
+        name: String, size: Int, deadLetterCount: Int, headTimestamp: Date?, headNextAttemptAt: Date? = nil,
+        headLastFailure: ReplayFailure? = nil
+    ) {
         self.name = name
         self.size = size
         self.deadLetterCount = deadLetterCount
         self.headTimestamp = headTimestamp
         self.headNextAttemptAt = headNextAttemptAt
+        self.headLastFailure = headLastFailure
     }
 }

@@ -47,12 +47,7 @@ struct DashboardCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .notice
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        logToStandardError(at: Logger.Level(rawValue: logLevel) ?? .notice)
         let logger = Logger(label: "bgsync.dashboard")
         try await reportingErrors {
             guard #available(macOS 14, iOS 17, tvOS 17, *) else {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BackgroundSync
+import BackgroundSyncDashboard
 import Foundation
 
 /// `bgsync list`: the entries of one queue or of all.

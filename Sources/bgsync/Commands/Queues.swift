@@ -1,5 +1,6 @@
 import ArgumentParser
 import BackgroundSync
+import BackgroundSyncDashboard
 import Foundation
 
 /// `bgsync queues`: every queue with its counts.

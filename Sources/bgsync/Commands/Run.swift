@@ -79,12 +79,7 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        logToStandardError(at: Logger.Level(rawValue: logLevel) ?? .info)
         let logger = Logger(label: "bgsync")
         try await reportingErrors {
             var connectivity: (any ConnectivityMonitor)? = noConnectivityMonitor ? nil : ConnectivityMonitors.system()

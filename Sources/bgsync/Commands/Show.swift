@@ -1,5 +1,6 @@
 import ArgumentParser
 import BackgroundSync
+import BackgroundSyncDashboard
 import Foundation
 
 /// `bgsync show ID`: one entry in full, secrets masked.

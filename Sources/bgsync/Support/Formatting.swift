@@ -6,14 +6,12 @@ import Logging
 /// A logger that drops everything: commands report on stdout/stderr themselves.
 let quietLogger = Logger(label: "bgsync") { _ in SwiftLogNoOpLogHandler() }
 
-/// "3s", "5m", "2h", "4d".
-func formatAge(_ seconds: TimeInterval) -> String {
-    let value = max(0, Int(seconds))
-    switch value {
-    case ..<60: return "\(value)s"
-    case ..<3600: return "\(value / 60)m"
-    case ..<86400: return "\(value / 3600)h"
-    default: return "\(value / 86400)d"
+/// Sends the process's log lines to stderr at `level` and above (the daemons: `run`, `dashboard`).
+func logToStandardError(at level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
     }
 }
 
