@@ -152,7 +152,7 @@ public struct Dashboard: Service {
                 }
                 guard fields["confirm"] == "yes" else {
                     return .confirm(pages.confirm(
-                        question: "Sync queue '\(name)' now? Its due entries are sent from this dashboard's process, in order, with the library's default options (entries older than 7 days expire instead of being sent).",
+                        question: "Sync queue '\(name)' now? Its due entries are sent from this dashboard's process, in order, whatever their age (none expires here).",
                         action: "/sync", fields: ["name": name], button: "Sync now", cancel: DashboardPages.queueLink(name)))
                 }
                 syncs.request(name)

@@ -4,8 +4,8 @@ import Logging
 
 /// The syncs the dashboard's "Sync now" starts: run one after the other in the dashboard's own
 /// task (a sync of a large queue outlives the request that asked for it), each as `bgsync sync`
-/// runs it (the queue's sync event, its entries in order). A queue asked for again while its sync
-/// waits is not queued twice. What happened last to each queue is kept for the pages.
+/// runs it (the queue's sync event, its entries in order), except that no entry expires. A queue
+/// asked for again while its sync waits is not queued twice. What happened last to each queue is kept for the pages.
 final class SyncRunner: Sendable {
     /// The last sync of a queue, as the pages show it.
     struct Outcome: Sendable {
@@ -65,11 +65,17 @@ final class SyncRunner: Sendable {
         input.finish()
     }
 
+    /// A retention no entry reaches (a century).
+    static let noExpiry = Duration.seconds(100 * 365 * 24 * 3600)
+
     private func sync(_ name: String) async -> Outcome.Phase {
         var quiet = logger
         quiet.logLevel = .critical
         do {
-            let queue = try Queue(name: name, options: QueueOptions(logger: quiet), database: database)
+            // Nothing expires here: how long an entry may wait is the owning app's setting, which
+            // the dashboard does not know; an old entry is sent, not removed.
+            let options = QueueOptions(maxRetentionTime: Self.noExpiry, logger: quiet)
+            let queue = try Queue(name: name, options: options, database: database)
             do {
                 try await queue.syncManager.dispatch(SyncEvent(tag: queue.syncTag))
                 let left = try await queue.size()

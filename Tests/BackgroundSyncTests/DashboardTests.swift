@@ -206,7 +206,13 @@ struct DashboardTests {
     func syncNowSendsTheQueueFromTheDashboard() async throws {
         let server = try RecordingServer()
         let database = try SQLiteQueueDatabase.temporary()
-        for index in 0..<3 { _ = try await push(database, "posts", url: server.url.absoluteString, body: "\(index)") }
+        // The first is 30 days old: past the library's default retention, and still sent.
+        _ = try await database.pushEntry(
+            UnidentifiedQueueStoreEntry(
+                requestData: .init(url: server.url.absoluteString, method: "POST", body: Data("0".utf8)),
+                timestamp: Date().addingTimeInterval(-30 * 86_400)),
+            queueName: "posts", at: .tail, registeringSyncTag: nil)
+        for index in 1..<3 { _ = try await push(database, "posts", url: server.url.absoluteString, body: "\(index)") }
         try await withDashboard(database) { base in
             let token = try #require(try await get(base + "/").formToken)
             let started = try await post(base + "/sync", ["form": token, "name": "posts", "confirm": "yes"])
