@@ -34,7 +34,7 @@ struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
                 // Keep the token out of the address bar and the history: a cookie, and the same
                 // address without it.
                 var headers: HTTPFields = [.location: Self.withoutToken(request.uri), .cacheControl: "no-store"]
-                headers[.setCookie] = "\(Self.cookieName)=\(tokenDigest); Path=/; HttpOnly; SameSite=Strict"
+                headers[.setCookie] = "\(Self.cookieName)=\(tokenDigest); Path=/; HttpOnly; SameSite=Lax"
                 return Response(status: .seeOther, headers: headers)
             }
             guard carriesToken(request, digest: tokenDigest) else {

@@ -70,16 +70,16 @@ public struct Dashboard: Service {
             },
             logger: logger)
         try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { await syncs.run() }
+            // A shutdown stops the syncs too: a cancelled replay gives its entries back.
+            group.addTask { await cancelWhenGracefulShutdown { await syncs.run() } }
             group.addTask {
                 defer { syncs.finish() }
                 do {
                     try await app.run()
-                } catch let error as IOError where !listening.withLock({ $0 }) {
-                    // The address is taken, or not one of this machine's.
-                    throw BackgroundSyncError(
-                        .invalidRequest,
-                        "cannot listen on \(configuration.host):\(configuration.port): \(String(cString: strerror(error.errnoCode)))")
+                } catch where !(error is CancellationError) && !listening.withLock({ $0 }) {
+                    // The address is taken, not one of this machine's, or not a name that resolves.
+                    let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)) } ?? "\(error)"
+                    throw BackgroundSyncError(.invalidRequest, "cannot listen on \(configuration.host):\(configuration.port): \(reason)")
                 }
             }
         }
@@ -94,7 +94,7 @@ public struct Dashboard: Service {
                 return Self.text("ok\n", status: .ok)
             } catch {
                 // No detail for whoever asks: the log has it.
-                logger.warning("health check: the store cannot be read", metadata: ["error": "\(error)"])
+                logger.info("health check: the store cannot be read", metadata: ["error": "\(error)"])
                 return Self.text("the store cannot be read\n", status: .serviceUnavailable)
             }
         }
@@ -147,12 +147,13 @@ public struct Dashboard: Service {
         router.post("/sync") { request, _ in
             try await action(request) { fields in
                 let name = try Self.queueName(fields)
+                guard try await database.queueNames().contains(name) else { throw PageError.notFound("no queue named '\(name)'") }
                 guard !name.hasPrefix(Queue.outboxNamePrefix) else {
                     throw PageError.refused("'\(name)' is an outbox: its records are uploaded by the app that owns it")
                 }
                 guard fields["confirm"] == "yes" else {
                     return .confirm(pages.confirm(
-                        question: "Sync queue '\(name)' now? Its due entries are sent from this dashboard's process, in order, whatever their age (none expires here).",
+                        question: "Sync queue '\(name)' now? Its due entries are sent from this dashboard's process, in order, whatever their age (none expires here), without the app's hooks or key: entries with encrypted secret header fields are set aside as dead letters (requeue them, then sync from the app).",
                         action: "/sync", fields: ["name": name], button: "Sync now", cancel: DashboardPages.queueLink(name)))
                 }
                 syncs.request(name)

@@ -49,7 +49,8 @@ func formFields(_ body: String) -> [String: String] {
 /// An age in the unit an operator reads at a glance: `42s`, `5m`, `3h`, `2d` (`bgsync` prints
 /// ages with it too).
 public func formatAge(_ seconds: TimeInterval) -> String {
-    let value = max(0, Int(seconds))
+    // A timestamp far off (or not a number) must not trap the conversion.
+    let value = seconds.isFinite ? Int(min(max(seconds, 0), 1e15)) : 0
     switch value {
     case ..<60: return "\(value)s"
     case ..<3600: return "\(value / 60)m"
@@ -130,7 +131,11 @@ enum StaticAssets {
           let busy = false;
           let pressing = false;
           main.addEventListener("pointerdown", () => { pressing = true; });
-          window.addEventListener("pointerup", () => { setTimeout(() => { pressing = false; }, 500); });
+          const released = () => { setTimeout(() => { pressing = false; }, 500); };
+          window.addEventListener("pointerup", released);
+          window.addEventListener("pointercancel", released);
+          // What the server sent last (the browser re-serializes main.innerHTML differently).
+          let last = null;
           function selecting() {
             const selection = window.getSelection();
             return selection !== null && !selection.isCollapsed && main.contains(selection.anchorNode);
@@ -146,7 +151,8 @@ enum StaticAssets {
               const response = await fetch(location.href, { headers: { "X-Dashboard-Live": "1" }, credentials: "same-origin" });
               if (response.ok) {
                 const html = await response.text();
-                if (html !== main.innerHTML) main.innerHTML = html;
+                if (html !== last) main.innerHTML = html;
+                last = html;
                 main.dataset.refreshed = String(Date.now());
               }
             } catch (e) {

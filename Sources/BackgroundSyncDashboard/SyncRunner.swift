@@ -86,7 +86,7 @@ final class SyncRunner: Sendable {
                 return .failed(error.message)
             }
         } catch {
-            logger.warning("dashboard sync failed", metadata: ["queue": "\(name)", "error": "\(error)"])
+            logger.info("dashboard sync failed", metadata: ["queue": "\(name)", "error": "\(error)"])
             return .failed("\(error)")
         }
     }

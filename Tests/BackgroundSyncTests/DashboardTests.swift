@@ -230,6 +230,32 @@ struct DashboardTests {
         }
     }
 
+    @Test @available(macOS 14, iOS 17, tvOS 17, *)
+    func aFailedSyncSaysWhyWithoutTheStoredPassword() async throws {
+        let server = try RecordingServer()
+        server.respond { _, _ in .respond(.text("down", status: 503)) }
+        let database = try SQLiteQueueDatabase.temporary()
+        var components = URLComponents(url: server.url, resolvingAgainstBaseURL: false)!
+        components.user = "user"
+        components.password = "hunter2"
+        _ = try await push(database, "posts", url: components.string!)
+        try await withDashboard(database) { base in
+            let token = try #require(try await get(base + "/").formToken)
+            #expect(try await post(base + "/sync", ["form": token, "name": "nope", "confirm": "yes"]).status == 404,
+                "no sync of a queue the store does not have")
+            _ = try await post(base + "/sync", ["form": token, "name": "posts", "confirm": "yes"])
+            let deadline = ContinuousClock.now + .seconds(30)
+            var page = try await get(base + "/")
+            while !page.body.contains("failed"), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+                page = try await get(base + "/")
+            }
+            #expect(page.body.contains("last sync from this page failed") && page.body.contains("HTTP 503"), "\(page.body)")
+            #expect(!page.body.contains("hunter2"))
+            #expect(page.body.contains("user:(masked)@"))
+        }
+    }
+
     // MARK: Metrics
 
     @Test @available(macOS 14, iOS 17, tvOS 17, *)
@@ -363,7 +389,7 @@ struct DashboardTests {
             #expect(login.status == 303)
             #expect(login.headers["Location"].first == "/queue?name=posts", "the token leaves the address")
             let cookie = try #require(login.headers["Set-Cookie"].first)
-            #expect(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && !cookie.contains("s3cret"))
+            #expect(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && !cookie.contains("s3cret"))
             let pair = String(cookie.prefix { $0 != ";" })
             #expect(try await get(base + "/queue?name=posts", headers: [("Cookie", pair)]).status == 200)
             #expect(try await get(base + "/?token=nope").status == 401)

@@ -21,7 +21,7 @@ extension ReplayRunner {
         // Described only when something went wrong: this runs for every replayed entry.
         var target: String {
             if let record = entry.recordKey { return "record \(record) (entry \(entry.id))" }
-            return "entry \(entry.id) (\(entry.requestData.method) \(entry.requestData.url))"
+            return "entry \(entry.id) (\(entry.requestData.method) \(MaskedRequest.url(entry.requestData.url)))"
         }
         let plugins = control.requestPlugins
         var outgoing: Outgoing

@@ -1,8 +1,8 @@
-import BackgroundSync
 import Foundation
 
 /// A stored request as an operator may see it: the header fields that carry credentials and the
-/// password of a URL are masked. `bgsync show` and the dashboard show requests through it.
+/// password of a URL are masked. `bgsync show`, the dashboard and replay messages show requests
+/// through it.
 public enum MaskedRequest {
     /// Header fields whose values are never shown (compared without case).
     public static let maskedFields: Set<String> = ["authorization", "cookie", "proxy-authorization"]
