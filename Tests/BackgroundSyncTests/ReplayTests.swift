@@ -238,6 +238,37 @@ struct ReplayTests {
         #expect(try await queue.size() == 0)
     }
 
+    /// An ordered replay leases 8 entries at a time, more (up to 32) while each batch goes out
+    /// fast, and 8 again when the server is slow: what a process that dies mid-replay sends again
+    /// (delivered entries waiting for the next lease to delete them) stays small in time.
+    @Test(arguments: [false, true])
+    func theOrderedBatchGrowsOnlyWhileTheServerIsFast(slow: Bool) async throws {
+        let server = try RecordingServer()
+        let clock = ManualWallClock()
+        let database = try SQLiteQueueDatabase.temporary()
+        let mostLeased = Box(0)
+        let options = QueueOptions(
+            requestWillReplay: { request, _ in
+                let leased = try await database.writer.read { db in
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM entry WHERE state = 'pending' AND leaseOwner IS NOT NULL") ?? 0
+                }
+                mostLeased.withLock { $0 = max($0, leased) }
+                if slow { clock.advance(by: .seconds(1)) }
+                return request
+            },
+            clock: clock)
+        let queue = try Queue(name: uniqueQueueName(), options: options, database: database)
+        for index in 0..<120 { try await queue.pushRequest(postRequest(server.url, body: "e\(index)")) }
+        #expect(try await queue.replayRequests().delivered == 120)
+        #expect(server.bodies == (0..<120).map { "e\($0)" })
+        if slow {
+            // The 8 leased, and the one before them, delivered and deleted with the next lease.
+            #expect(mostLeased.current <= 9)
+        } else {
+            #expect(mostLeased.current > 16 && mostLeased.current <= 33)
+        }
+    }
+
     /// A delivered entry's hook runs before the next entry is prepared, so it can shape the next
     /// request (a comment that needs the server id of the post replayed before it).
     @Test func eachDeliveryHookRunsBeforeTheNextRequestIsPrepared() async throws {

@@ -4,18 +4,25 @@ import GRDB
 /// The claims of one replay on a ``SQLiteQueueDatabase``.
 ///
 /// Entries are leased several at a time, in one commit, and handed out one by one: an ordered
-/// replay leases ``orderedLeaseAhead`` entries from the head, a concurrent one keeps about twice its
-/// in-flight limit leased ahead. Delivered entries are deleted in the commit that leases the next
+/// replay leases ``orderedLeaseAhead`` entries from the head (more while the server answers fast,
+/// see ``fastBatch``), a concurrent one keeps about twice its in-flight limit leased ahead. Delivered entries are deleted in the commit that leases the next
 /// ones (or at ``finish()``), so a replay pays one commit per few entries, and an ordered replay,
 /// which asks for the next entry while the current one is in flight, makes that commit during the
 /// send. Entries leased ahead are leased again once half their lease is gone, and each is checked
 /// when it is handed out (one indexed read): one deleted or set aside meanwhile, by this process or
 /// another, is skipped.
 final class SQLiteReplayClaims: ReplayClaims {
-    /// How many entries an ordered replay leases at a time. The price of batching: a process that
-    /// dies mid-replay may send again up to this many delivered entries (each with its
-    /// `Idempotency-Key`).
+    /// How many entries an ordered replay leases at a time, at first and whenever the server is
+    /// slow. The price of batching: a process that dies mid-replay may send again the delivered
+    /// entries of the batch (each with its `Idempotency-Key`).
     static let orderedLeaseAhead = 8
+    /// The most an ordered replay leases at a time: the batch doubles, up to this, each time the
+    /// previous full batch went out within ``fastBatch``.
+    static let orderedLeaseAheadMax = 32
+    /// How fast a batch must go out for the next one to be larger. Bounds what a process that dies
+    /// sends again to the larger of ``orderedLeaseAhead`` entries and about this much work, and
+    /// how long a delivery stays listed for other processes (it is deleted with the next lease).
+    static let fastBatch: TimeInterval = 0.05
 
     private struct State {
         /// Leased ahead and not handed out yet, in queue order, and when they were leased.
@@ -35,6 +42,8 @@ final class SQLiteReplayClaims: ReplayClaims {
         /// The last lease got fewer entries than it asked for, and how many it got.
         var drained = false
         var lastLeased = 0
+        /// How many entries the next lease of an ordered replay asks for.
+        var orderedBatch = orderedLeaseAhead
         var finished = false
     }
 
@@ -123,7 +132,15 @@ final class SQLiteReplayClaims: ReplayClaims {
         case .ordered:
             if !state.leased.isEmpty && !stale && !state.restartFromHead { return take(&state) }
             if state.leasing { return .wait }
-            return .lease(startLease(&state, limit: Self.orderedLeaseAhead, givingBackAll: true))
+            // `leasedAt` is when the previous batch was leased (a lease keeps the earliest time).
+            if state.lastLeased == state.orderedBatch, let previous = state.leasedAt,
+                now.timeIntervalSince(previous) < Self.fastBatch
+            {
+                state.orderedBatch = min(state.orderedBatch * 2, Self.orderedLeaseAheadMax)
+            } else {
+                state.orderedBatch = Self.orderedLeaseAhead
+            }
+            return .lease(startLease(&state, limit: state.orderedBatch, givingBackAll: true))
         case .concurrent(let maxInFlight):
             let lowWater = max(maxInFlight / 2, 1)
             if !state.leased.isEmpty && !stale && (state.leasing || state.drained || state.leased.count > lowWater) {
