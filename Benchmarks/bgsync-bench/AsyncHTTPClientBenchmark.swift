@@ -52,7 +52,9 @@ struct AsyncHTTPClientBenchmark {
 
     /// A diagnostic (`--only=ahcpairs`): 30 rounds of 1,000 requests each through the bare
     /// client, through `AsyncHTTPClientTransport.send` one at a time, and as a queue's drain; the
-    /// median rates' ratios to the bare loop and each side's CPU time per request.
+    /// median rates' ratios to the bare loop and each side's CPU time per request. For profiling one
+    /// side alone, `BGSYNC_BENCH_SIDE=transport` or `drain` runs only that side, and `instant` drains
+    /// 10,000 entries through a transport that answers at once (the queue's own cost per entry).
     func pairs(log: (String) -> Void) async throws -> [(String, Double)] {
         let server = try Fixtures.server()
         defer { server.stop() }
@@ -60,35 +62,50 @@ struct AsyncHTTPClientBenchmark {
         let replay = ReplayBenchmark(quick: quick, freshPath: freshPath)
         let ahc = AsyncHTTPClientTransport()
         _ = try await bare(url: url, count: 50)
+        let side = ProcessInfo.processInfo.environment["BGSYNC_BENCH_SIDE"]
+        let count = 1000
+        func transportLoop() async throws -> Double {
+            let stored = try (0..<count).map { try StorableRequest.fromRequest(ReplayBenchmark.request(url, $0)) }
+            let start = ContinuousClock.now
+            for request in stored { _ = try await ahc.send(request) }
+            return Double(count) / (ContinuousClock.now - start).seconds
+        }
         var rates: [[Double]] = [[], [], []]
         var cpu: [[Double]] = [[], [], []]
-        let count = 1000
         for _ in 0..<(quick ? 3 : 30) {
-            let only = ProcessInfo.processInfo.environment["AHCPAIRS"]
-            if only == "instant" {
-                let (rate, drainCPU) = try await replay.measuredDrain(url: url, count: 10_000, concurrency: 1, transport: InstantTransport())
-                log(String(format: "instant: %.1f µs per entry, %.1f µs CPU", 1e6 / rate, drainCPU)); continue
+            switch side {
+            case "instant":
+                let (rate, drainCPU) = try await replay.measuredDrain(
+                    url: url, count: 10_000, concurrency: 1, transport: InstantTransport())
+                log(String(format: "instant transport: %.1f µs per entry, %.1f µs of CPU", 1e6 / rate, drainCPU))
+                continue
+            case "drain":
+                _ = try await replay.measuredDrain(url: url, count: count, concurrency: 1, transport: ahc)
+                continue
+            case "transport":
+                _ = try await transportLoop()
+                continue
+            default:
+                break
             }
-            if only == "drain" { _ = try await replay.measuredDrain(url: url, count: count, concurrency: 1, transport: ahc); continue }
-            if only == "transport" { let stored = try (0..<count).map { try StorableRequest.fromRequest(ReplayBenchmark.request(url, $0)) }; for request in stored { _ = try await ahc.send(request) }; continue }
             var start = CPUTime.now()
             rates[0].append(try await bare(url: url, count: count))
             cpu[0].append(CPUTime.now().microseconds(since: start) / Double(count))
-            let stored = try (0..<count).map { try StorableRequest.fromRequest(ReplayBenchmark.request(url, $0)) }
             start = CPUTime.now()
-            let began = ContinuousClock.now
-            for request in stored { _ = try await ahc.send(request) }
-            rates[1].append(Double(count) / (ContinuousClock.now - began).seconds)
+            rates[1].append(try await transportLoop())
             cpu[1].append(CPUTime.now().microseconds(since: start) / Double(count))
             let (rate, drainCPU) = try await replay.measuredDrain(url: url, count: count, concurrency: 1, transport: ahc)
             rates[2].append(rate)
             cpu[2].append(drainCPU)
         }
-        if rates[0].isEmpty { return [] }
-        log(String(format: "bare %.0f/s (%.0f µs CPU), transport loop %.3f (%.0f µs), drain %.3f (%.0f µs)",
+        guard !rates[0].isEmpty else { return [] }
+        log(String(format: "bare %.0f/s (%.0f µs CPU each), transport loop %.3f (%.0f µs), drain %.3f (%.0f µs)",
                    median(rates[0]), median(cpu[0]), medianRatio(rates[1], rates[0]), median(cpu[1]),
                    medianRatio(rates[2], rates[0]), median(cpu[2])))
-        return [("ahcpairs_transport_ratio", medianRatio(rates[1], rates[0])), ("ahcpairs_drain_ratio", medianRatio(rates[2], rates[0]))]
+        return [
+            ("ahcpairs_transport_ratio", medianRatio(rates[1], rates[0])),
+            ("ahcpairs_drain_ratio", medianRatio(rates[2], rates[0])),
+        ]
     }
 
     /// The baseline: `count` POSTs through the shared client, one at a time, each body read.
@@ -111,6 +128,7 @@ struct AsyncHTTPClientBenchmark {
     }
 }
 
+/// Answers every request with a 201 at once, without a network.
 struct InstantTransport: HTTPTransport {
     func send(_ request: URLRequest) async throws -> ServerResponse { ServerResponse(status: 201) }
     func send(_ request: StorableRequest) async throws -> ServerResponse { ServerResponse(status: 201) }
