@@ -50,53 +50,64 @@ struct AsyncHTTPClientBenchmark {
         ]
     }
 
-    /// A diagnostic (`--only=ahcpairs`): 30 rounds of 1,000 requests each through the bare
-    /// client, through `AsyncHTTPClientTransport.send` one at a time, and as a queue's drain; the
-    /// median rates' ratios to the bare loop and each side's CPU time per request. For profiling one
-    /// side alone, `BGSYNC_BENCH_SIDE=transport` or `drain` runs only that side, and `instant` drains
-    /// 10,000 entries through a transport that answers at once (the queue's own cost per entry).
+    /// A diagnostic (`--only=ahcpairs`): 30 rounds (3 with `--quick`) of 1,000 requests each
+    /// through the bare client, through `AsyncHTTPClientTransport.send` one at a time, and as a
+    /// queue's drain, the three in a rotating order; the median of the rounds' ratios to the bare
+    /// loop, and each side's CPU time per request (requests built and entries stored beforehand,
+    /// untimed). For profiling one side alone, `BGSYNC_BENCH_SIDE=transport` or `drain` runs only
+    /// that side, and `instant` drains 10,000 entries through a transport that answers at once: the
+    /// queue's own cost per entry (with its largest lease batches, since every batch goes out fast).
     func pairs(log: (String) -> Void) async throws -> [(String, Double)] {
+        let side = ProcessInfo.processInfo.environment["BGSYNC_BENCH_SIDE"]
+        guard side == nil || ["transport", "drain", "instant"].contains(side) else {
+            throw BenchError("BGSYNC_BENCH_SIDE must be transport, drain or instant, not '\(side ?? "")'")
+        }
         let server = try Fixtures.server()
         defer { server.stop() }
         let url = server.baseURL.appendingPathComponent("api/posts")
         let replay = ReplayBenchmark(quick: quick, freshPath: freshPath)
         let ahc = AsyncHTTPClientTransport()
-        _ = try await bare(url: url, count: 50)
-        let side = ProcessInfo.processInfo.environment["BGSYNC_BENCH_SIDE"]
+        _ = try await bare(requests: bareRequests(url: url, count: 50))
         let count = 1000
-        func transportLoop() async throws -> Double {
-            let stored = try (0..<count).map { try StorableRequest.fromRequest(ReplayBenchmark.request(url, $0)) }
-            let start = ContinuousClock.now
-            for request in stored { _ = try await ahc.send(request) }
-            return Double(count) / (ContinuousClock.now - start).seconds
+        /// Runs one side: its rate, and its CPU time per request.
+        func run(_ index: Int) async throws -> (rate: Double, cpu: Double) {
+            switch index {
+            case 0:
+                let requests = bareRequests(url: url, count: count)
+                let start = CPUTime.now()
+                let rate = try await bare(requests: requests)
+                return (rate, CPUTime.now().microseconds(since: start) / Double(count))
+            case 1:
+                let stored = try (0..<count).map { try StorableRequest.fromRequest(ReplayBenchmark.request(url, $0)) }
+                let (start, began) = (CPUTime.now(), ContinuousClock.now)
+                for request in stored { _ = try await ahc.send(request) }
+                let rate = Double(count) / (ContinuousClock.now - began).seconds
+                return (rate, CPUTime.now().microseconds(since: start) / Double(count))
+            default:
+                let (rate, cpu) = try await replay.measuredDrain(url: url, count: count, concurrency: 1, transport: ahc)
+                return (rate, cpu)
+            }
         }
         var rates: [[Double]] = [[], [], []]
         var cpu: [[Double]] = [[], [], []]
-        for _ in 0..<(quick ? 3 : 30) {
+        for round in 0..<(quick ? 3 : 30) {
             switch side {
             case "instant":
                 let (rate, drainCPU) = try await replay.measuredDrain(
                     url: url, count: 10_000, concurrency: 1, transport: InstantTransport())
                 log(String(format: "instant transport: %.1f µs per entry, %.1f µs of CPU", 1e6 / rate, drainCPU))
-                continue
-            case "drain":
-                _ = try await replay.measuredDrain(url: url, count: count, concurrency: 1, transport: ahc)
-                continue
             case "transport":
-                _ = try await transportLoop()
-                continue
+                _ = try await run(1)
+            case "drain":
+                _ = try await run(2)
             default:
-                break
+                for offset in 0..<3 {
+                    let index = (round + offset) % 3
+                    let (rate, time) = try await run(index)
+                    rates[index].append(rate)
+                    cpu[index].append(time)
+                }
             }
-            var start = CPUTime.now()
-            rates[0].append(try await bare(url: url, count: count))
-            cpu[0].append(CPUTime.now().microseconds(since: start) / Double(count))
-            start = CPUTime.now()
-            rates[1].append(try await transportLoop())
-            cpu[1].append(CPUTime.now().microseconds(since: start) / Double(count))
-            let (rate, drainCPU) = try await replay.measuredDrain(url: url, count: count, concurrency: 1, transport: ahc)
-            rates[2].append(rate)
-            cpu[2].append(drainCPU)
         }
         guard !rates[0].isEmpty else { return [] }
         log(String(format: "bare %.0f/s (%.0f µs CPU each), transport loop %.3f (%.0f µs), drain %.3f (%.0f µs)",
@@ -108,10 +119,9 @@ struct AsyncHTTPClientBenchmark {
         ]
     }
 
-    /// The baseline: `count` POSTs through the shared client, one at a time, each body read.
-    func bare(url: URL, count: Int) async throws -> Double {
-        let client = AsyncHTTPClientTransport.sharedClient
-        let requests = (0..<count).map { index -> HTTPClientRequest in
+    /// `count` POSTs for the bare loop.
+    func bareRequests(url: URL, count: Int) -> [HTTPClientRequest] {
+        (0..<count).map { index -> HTTPClientRequest in
             let source = ReplayBenchmark.request(url, index)
             var request = HTTPClientRequest(url: url.absoluteString)
             request.method = .POST
@@ -119,12 +129,22 @@ struct AsyncHTTPClientBenchmark {
             request.body = .bytes(ByteBuffer(bytes: source.httpBody ?? Data()))
             return request
         }
+    }
+
+    /// The baseline: `count` POSTs through the shared client, one at a time, each body read.
+    func bare(url: URL, count: Int) async throws -> Double {
+        try await bare(requests: bareRequests(url: url, count: count))
+    }
+
+    /// The requests through the shared client, one at a time, each body read; their rate.
+    func bare(requests: [HTTPClientRequest]) async throws -> Double {
+        let client = AsyncHTTPClientTransport.sharedClient
         let start = ContinuousClock.now
         for request in requests {
             let response = try await client.execute(request, timeout: .seconds(60))
             _ = try await response.body.collect(upTo: 16 << 20)
         }
-        return Double(count) / (ContinuousClock.now - start).seconds
+        return Double(requests.count) / (ContinuousClock.now - start).seconds
     }
 }
 

@@ -34,7 +34,7 @@ struct DashboardBenchmark {
             var iterator = ports.makeAsyncIterator()
             var bases: [String] = []
             for _ in dashboards {
-                guard let port = await iterator.next() else { throw BenchmarkError("a dashboard did not start") }
+                guard let port = await iterator.next() else { throw BenchError("a dashboard did not start") }
                 bases.append("http://127.0.0.1:\(port)")
             }
             // The two servers start in either order: ask each which queue size it has.
@@ -59,12 +59,7 @@ struct DashboardBenchmark {
 
     func get(_ url: String) async throws -> String {
         let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(30))
-        guard response.status == .ok else { throw BenchmarkError("\(url): \(response.status)") }
+        guard response.status == .ok else { throw BenchError("\(url): \(response.status)") }
         return String(buffer: try await response.body.collect(upTo: 16 << 20))
     }
-}
-
-struct BenchmarkError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }

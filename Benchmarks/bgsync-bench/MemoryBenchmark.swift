@@ -50,6 +50,7 @@ struct MemoryBenchmark {
     }
 }
 
+/// A benchmark that cannot go on, with the reason.
 struct BenchError: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }

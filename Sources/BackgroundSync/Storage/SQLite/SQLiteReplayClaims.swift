@@ -5,7 +5,8 @@ import GRDB
 ///
 /// Entries are leased several at a time, in one commit, and handed out one by one: an ordered
 /// replay leases ``orderedLeaseAhead`` entries from the head (more while the server answers fast,
-/// see ``fastBatch``), a concurrent one keeps about twice its in-flight limit leased ahead. Delivered entries are deleted in the commit that leases the next
+/// see ``fastBatch``), a concurrent one keeps about twice its in-flight limit leased ahead.
+/// Delivered entries are deleted in the commit that leases the next
 /// ones (or at ``finish()``), so a replay pays one commit per few entries, and an ordered replay,
 /// which asks for the next entry while the current one is in flight, makes that commit during the
 /// send. Entries leased ahead are leased again once half their lease is gone, and each is checked
@@ -14,14 +15,15 @@ import GRDB
 final class SQLiteReplayClaims: ReplayClaims {
     /// How many entries an ordered replay leases at a time, at first and whenever the server is
     /// slow. The price of batching: a process that dies mid-replay may send again the delivered
-    /// entries of the batch (each with its `Idempotency-Key`).
+    /// entries of the batch (each with its `Idempotency-Key`), and other processes list them
+    /// until the next lease deletes them.
     static let orderedLeaseAhead = 8
-    /// The most an ordered replay leases at a time: the batch doubles, up to this, each time the
-    /// previous full batch went out within ``fastBatch``.
+    /// The most an ordered replay leases at a time (see ``fastBatch``).
     static let orderedLeaseAheadMax = 32
-    /// How fast a batch must go out for the next one to be larger. Bounds what a process that dies
-    /// sends again to the larger of ``orderedLeaseAhead`` entries and about this much work, and
-    /// how long a delivery stays listed for other processes (it is deleted with the next lease).
+    /// An ordered replay's batch doubles, up to ``orderedLeaseAheadMax``, when at the pace of the
+    /// previous batch it would go out within this time; otherwise it is ``orderedLeaseAhead``. So
+    /// the price of batching stays about this much work, or ``orderedLeaseAhead`` entries; a server
+    /// that slows down in the middle of a large batch makes it up to ``orderedLeaseAheadMax``.
     static let fastBatch: TimeInterval = 0.05
 
     private struct State {
@@ -132,11 +134,14 @@ final class SQLiteReplayClaims: ReplayClaims {
         case .ordered:
             if !state.leased.isEmpty && !stale && !state.restartFromHead { return take(&state) }
             if state.leasing { return .wait }
-            // `leasedAt` is when the previous batch was leased (a lease keeps the earliest time).
-            if state.lastLeased == state.orderedBatch, let previous = state.leasedAt,
-                now.timeIntervalSince(previous) < Self.fastBatch
+            // The previous batch went out whole (nothing given back, not stale): `leasedAt` is when
+            // it was leased, and all of it but the entry in flight was sent since.
+            if !stale, !state.restartFromHead, state.leased.isEmpty, state.lastLeased == state.orderedBatch,
+                let previous = state.leasedAt
             {
-                state.orderedBatch = min(state.orderedBatch * 2, Self.orderedLeaseAheadMax)
+                let pace = now.timeIntervalSince(previous) / Double(max(state.lastLeased - 1, 1))
+                let larger = min(state.orderedBatch * 2, Self.orderedLeaseAheadMax)
+                state.orderedBatch = pace * Double(larger) < Self.fastBatch ? larger : Self.orderedLeaseAhead
             } else {
                 state.orderedBatch = Self.orderedLeaseAhead
             }
