@@ -16,16 +16,21 @@ extension PostgresQueueDatabase {
     ) async throws -> T {
         try await waitUntilReady()
         return try await withUnsafeThrowingContinuation { continuation in
-            let job = Job(
-                id: UUID(),
-                body: { continuation.resume(with: await Result {
+            submit(
+                { continuation.resume(with: await Result {
                         try await self.transaction(action, singleStatement: singleStatement, body)
                     }) },
                 fail: { continuation.resume(throwing: $0) })
-            unstarted.withLock { $0[job.id] = job }
-            if case .terminated = jobInput.yield(job), unstarted.withLock({ $0.removeValue(forKey: job.id) }) != nil {
-                job.fail(BackgroundSyncError(.storage, "the PostgreSQL store \(identity) is not running"))
-            }
+        }
+    }
+
+    /// Runs `body` in ``run()``'s task, or calls `fail` instead when the store is not running:
+    /// exactly one of the two.
+    func submit(_ body: @escaping @Sendable () async -> Void, fail: @escaping @Sendable (BackgroundSyncError) -> Void) {
+        let job = Job(id: UUID(), body: body, fail: fail)
+        unstarted.withLock { $0[job.id] = job }
+        if case .terminated = jobInput.yield(job), unstarted.withLock({ $0.removeValue(forKey: job.id) }) != nil {
+            job.fail(BackgroundSyncError(.storage, "the PostgreSQL store \(identity) is not running"))
         }
     }
 
@@ -109,7 +114,7 @@ extension PostgresQueueDatabase {
         case untimed
     }
 
-    fileprivate func transaction<T: Sendable>(
+    func transaction<T: Sendable>(
         _ action: String, singleStatement: Bool, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         var attempt = 0
@@ -139,7 +144,7 @@ extension PostgresQueueDatabase {
     }
 
     /// A serialization failure or a deadlock: the transaction can run again.
-    fileprivate static func isRetryable(_ error: PSQLError) -> Bool {
+    static func isRetryable(_ error: PSQLError) -> Bool {
         guard let state = error.serverInfo?[.sqlState] else { return false }
         return state == "40001" || state == "40P01"
     }

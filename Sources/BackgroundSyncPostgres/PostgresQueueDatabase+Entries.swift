@@ -69,30 +69,30 @@ extension PostgresQueueDatabase {
         // One statement, so one round trip and one commit: the queue's row (the first time this
         // instance pushes to it), the entry and the registration. The size read sees the queue as
         // the statement started; the new entry is added to it. The other instances are notified
-        // after the commit, apart (see `announcePush`).
+        // after the commit, apart (see `announcePush`). Pushes at the tail of a known queue share
+        // their statement with the concurrent ones of this instance (see `PushBatcher`).
         let knownQueue = knownQueues.withLock { $0.contains(queueName) }
         let bindings = binds([queueName, syncTag, Date().timeIntervalSince1970] as [any Bindable] + values)
-        let result: [PostgresRow]
         if knownQueue && end == .tail {
-            result = try await write("write to", singleStatement: true) { connection in
-                try await self.rows(connection, PushAtTail.self, bindings)
-            }
-        } else {
-            let position = end == .tail ? "nextval('\(prefix)tail_position')" : "-nextval('\(prefix)head_position')"
-            let queueRow = knownQueue ? "" : "queue_row AS (INSERT INTO {s}.queue(name) VALUES ($1) ON CONFLICT DO NOTHING),"
-            let statement = sql("""
-                WITH \(queueRow)
-                registration AS (\(Self.registerTag(tag: 2, at: 3, table: "{s}.sync_registration"))),
-                inserted AS (
-                    INSERT INTO {s}.entry(queue_name, position, \(Self.contentColumns))
-                    VALUES ($1, \(position), \(Self.placeholders(from: 4, count: Self.contentColumnCount)))
-                    RETURNING id)
-                SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1) + 1
-                FROM inserted
-                """)
-            result = try await write("write to", singleStatement: true) { connection in
-                try await self.rows(connection, statement, bindings)
-            }
+            // Shares a statement with the pushes under way when there are some (see `PushBatcher`).
+            let row = pushBatcher.isBusy ? BatchedPushRow.json(entry, queueName: queueName, syncTag: syncTag) : nil
+            return try await pushBatched(
+                PushBatcher.Push(queueName: queueName, syncTag: syncTag, bindings: bindings, row: row))
+        }
+        let position = end == .tail ? "nextval('\(prefix)tail_position')" : "-nextval('\(prefix)head_position')"
+        let queueRow = knownQueue ? "" : "queue_row AS (INSERT INTO {s}.queue(name) VALUES ($1) ON CONFLICT DO NOTHING),"
+        let statement = sql("""
+            WITH \(queueRow)
+            registration AS (\(Self.registerTag(tag: 2, at: 3, table: "{s}.sync_registration"))),
+            inserted AS (
+                INSERT INTO {s}.entry(queue_name, position, \(Self.contentColumns))
+                VALUES ($1, \(position), \(Self.placeholders(from: 4, count: Self.contentColumnCount)))
+                RETURNING id)
+            SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1) + 1
+            FROM inserted
+            """)
+        let result = try await write("write to", singleStatement: true) { connection in
+            try await self.rows(connection, statement, bindings)
         }
         guard let row = result.first else { throw BackgroundSyncError(.storage, "the push returned no entry") }
         let (id, size) = try row.decode((Int64, Int64).self)

@@ -39,7 +39,7 @@ extension PostgresQueueDatabase {
         (first..<(first + count)).map { "$\($0)" }.joined(separator: ", ")
     }
 
-    private static func json(_ fields: [String: String]) -> String {
+    static func json(_ fields: [String: String]) -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         // A dictionary of strings always encodes.

@@ -62,6 +62,8 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     private let subscribers = Locked<[UUID: AsyncStream<String>.Continuation]>([:])
     /// Queues this instance knows have a row.
     let knownQueues = Locked<Set<String>>([])
+    /// Concurrent pushes waiting to share a statement.
+    let pushBatcher = PushBatcher()
     /// Queues pushed to and not announced yet, and the signal that wakes the announcer.
     private let unannounced = Locked<Set<String>>([])
     private let announcements: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation) =

@@ -51,6 +51,37 @@ extension PostgresQueueDatabase {
             """
     }
 
+    /// Pushes at the tail of queues this instance pushed to before, several in one statement (see
+    /// ``PushBatcher``): `$1` a JSON array of ``BatchedPushRow``s, `$2` now. Registers their sync
+    /// tags as ``PushAtTail`` does (in the tags' order, so that two batches take their locks and
+    /// rows in the same order). Returns, for each pushed entry, its place in the array (from 1),
+    /// its id, and its queue's size with it: as the statement started, plus the entries of the
+    /// array up to it in that queue.
+    enum PushBatch: StatementText {
+        static let sql = """
+            WITH input AS (
+                SELECT r.*, item.ord, nextval('tail_position') AS pos
+                FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS item(value, ord),
+                jsonb_to_record(item.value) AS r(\(BatchedPushRow.recordColumns))
+            ),
+            registration AS (
+                INSERT INTO sync_registration(tag, registered_at)
+                SELECT tag, $2::double precision FROM (SELECT DISTINCT t AS tag FROM input WHERE t IS NOT NULL ORDER BY 1) AS tags
+                WHERE pg_advisory_xact_lock_shared(hashtextextended('bgsync registration ' || tag, 0))::text = ''
+                ON CONFLICT (tag) DO NOTHING
+            ),
+            inserted AS (
+                INSERT INTO entry(queue_name, position, \(contentColumns))
+                SELECT q, pos, \(BatchedPushRow.contentExpressions) FROM input ORDER BY q, ord
+                RETURNING id, position
+            )
+            SELECT input.ord, inserted.id,
+                (SELECT coalesce(sum(pending), 0)::bigint FROM queue_count WHERE queue_name = input.q)
+                + row_number() OVER (PARTITION BY input.q ORDER BY input.ord)
+            FROM input JOIN inserted ON inserted.position = input.pos
+            """
+    }
+
     /// A queue's size in one state (`$2`: `pending` or `dead`).
     enum CountEntries: StatementText {
         static let sql = """

@@ -1,0 +1,250 @@
+import BackgroundSync
+import Foundation
+import PostgresNIO
+
+/// Shares statements and commits between concurrent pushes of one store instance: while a push is
+/// being written, the pushes that arrive wait, and the next write takes them all in one statement
+/// (``PostgresQueueDatabase/PushBatch``), one commit. Each caller still returns only after *its*
+/// entry is committed, so durability is unchanged; a lone push is written alone, as before, with
+/// no wait. Most of a push's cost on the server is the statement's (the registration lock, the
+/// count trigger, the size read, the commit), not the row's, so N pushes in one statement cost
+/// little more than one.
+///
+/// Only pushes at the tail of a queue this instance knows are batched, and only those whose entry
+/// fits the statement's JSON (``BatchedPushRow``). A batch the server refuses (one entry it cannot
+/// store) is written again one push per statement, so that the bad one fails alone. A batch whose
+/// outcome is unknown (the connection was lost) fails every push in it, as a lone push would:
+/// writing them again could store them twice.
+final class PushBatcher: Sendable {
+    /// A push waiting to be written.
+    struct Push: Sendable {
+        let queueName: String
+        let syncTag: String?
+        /// The parameters of ``PostgresQueueDatabase/PushAtTail``, to write it alone.
+        let bindings: PostgresBindings
+        /// The entry as a ``BatchedPushRow`` in JSON, made only when the push found a write under
+        /// way (a lone push does not need it); `nil` also for one that cannot be batched.
+        let row: String?
+    }
+
+    private struct Waiter {
+        var push: Push
+        var continuation: UnsafeContinuation<PushedEntry, any Error>
+    }
+
+    private struct State {
+        var waiting: [Waiter] = []
+        /// A drain is submitted or running.
+        var draining = false
+    }
+
+    private let state = Locked(State())
+    /// The most pushes one statement takes.
+    static let maxBatch = 64
+    /// The largest body a batched push carries (base64 in the statement's JSON); larger ones go
+    /// alone, as binary parameters.
+    static let maxBodySize = 64 << 10
+
+    /// Whether a write of pushes is under way (then a new push will likely share the next one).
+    var isBusy: Bool { state.withLock { $0.draining } }
+
+    /// How many pushes wait.
+    fileprivate var waitingCount: Int { state.withLock { $0.waiting.count } }
+
+    /// Adds a push; returns whether the caller must start a drain (none was under way).
+    fileprivate func add(_ push: Push, _ continuation: UnsafeContinuation<PushedEntry, any Error>) -> Bool {
+        state.withLock { state in
+            state.waiting.append(Waiter(push: push, continuation: continuation))
+            guard !state.draining else { return false }
+            state.draining = true
+            return true
+        }
+    }
+
+    /// The next pushes to write, oldest first; `nil`, and no drain under way anymore, when none wait.
+    fileprivate func next() -> [(Push, UnsafeContinuation<PushedEntry, any Error>)]? {
+        state.withLock { state in
+            guard !state.waiting.isEmpty else {
+                state.draining = false
+                return nil
+            }
+            let batch = state.waiting.prefix(Self.maxBatch).map { ($0.push, $0.continuation) }
+            state.waiting.removeFirst(batch.count)
+            return batch
+        }
+    }
+
+    /// Fails every waiting push (the store is not running) and ends the drain.
+    fileprivate func failAll(_ error: BackgroundSyncError) {
+        let waiters = state.withLock { state in
+            defer {
+                state.waiting = []
+                state.draining = false
+            }
+            return state.waiting
+        }
+        for waiter in waiters { waiter.continuation.resume(throwing: error) }
+    }
+}
+
+/// An entry pushed in a ``PostgresQueueDatabase/PushBatch``: its queue, sync tag and content, in
+/// JSON (`nil` fields are left out and read as NULL; bytes in base64).
+struct BatchedPushRow: Encodable {
+    let q: String
+    let t: String?
+    let url: String
+    let method: String
+    let headers: String
+    let body: Data?
+    let timeout_interval: Double
+    let cache_policy: Int64
+    let handles_cookies: Bool
+    let allows_cellular: Bool
+    let main_document_url: String?
+    let queued_at: Double
+    let metadata: String?
+    let idempotency_key: String?
+    let sealed_secrets: Data?
+    let record_key: String?
+    let attempts: Int64
+    let next_attempt_at: Double?
+    let last_failure_kind: String?
+    let last_status: Int64?
+    let last_error: String?
+    let last_response_excerpt: Data?
+
+    /// The columns `jsonb_to_record` reads, with their types.
+    static let recordColumns = """
+        q text, t text, url text, method text, headers text, body text, timeout_interval double precision,
+        cache_policy bigint, handles_cookies boolean, allows_cellular boolean, main_document_url text,
+        queued_at double precision, metadata text, idempotency_key text, sealed_secrets text, record_key text,
+        attempts bigint, next_attempt_at double precision, last_failure_kind text, last_status bigint,
+        last_error text, last_response_excerpt text
+        """
+
+    /// The values of ``PostgresQueueDatabase/contentColumns``, in order, from those columns.
+    static let contentExpressions = """
+        url, method, headers, decode(body, 'base64'), timeout_interval, cache_policy, handles_cookies,
+        allows_cellular, main_document_url, queued_at, metadata, idempotency_key, decode(sealed_secrets, 'base64'),
+        record_key, attempts, next_attempt_at, last_failure_kind, last_status, last_error,
+        decode(last_response_excerpt, 'base64')
+        """
+
+    /// The JSON of an entry pushed to `queueName`; `nil` for one that does not fit a batch (a large
+    /// body, a number JSON cannot carry).
+    static func json(_ entry: UnidentifiedQueueStoreEntry, queueName: String, syncTag: String?) -> String? {
+        let data = entry.requestData
+        guard (data.body?.count ?? 0) <= PushBatcher.maxBodySize else { return nil }
+        let failure = entry.lastFailure
+        let row = BatchedPushRow(
+            q: queueName, t: syncTag, url: data.url, method: data.method, headers: PostgresQueueDatabase.json(data.headers), body: data.body,
+            timeout_interval: data.timeoutInterval, cache_policy: Int64(data.cachePolicy),
+            handles_cookies: data.httpShouldHandleCookies, allows_cellular: data.allowsCellularAccess,
+            main_document_url: data.mainDocumentURL, queued_at: entry.timestamp.timeIntervalSince1970,
+            metadata: entry.metadata.map(PostgresQueueDatabase.json), idempotency_key: entry.idempotencyKey, sealed_secrets: entry.sealedSecrets,
+            record_key: entry.recordKey, attempts: Int64(entry.attempts),
+            next_attempt_at: entry.nextAttemptAt?.timeIntervalSince1970, last_failure_kind: failure?.kind.rawValue,
+            last_status: failure?.status.map(Int64.init), last_error: failure?.message,
+            last_response_excerpt: failure?.responseExcerpt)
+        // Throws only for a number JSON cannot carry (an infinite timeout): that push goes alone.
+        return (try? JSONEncoder().encode(row)).map { String(decoding: $0, as: UTF8.self) }
+    }
+}
+
+extension PostgresQueueDatabase {
+    /// Writes a push at the tail of a known queue through ``PushBatcher``.
+    func pushBatched(_ push: PushBatcher.Push) async throws -> PushedEntry {
+        try await waitUntilReady()
+        return try await withUnsafeThrowingContinuation { continuation in
+            guard pushBatcher.add(push, continuation) else { return }
+            submit({ await self.drainPushes() }, fail: { self.pushBatcher.failAll($0) })
+        }
+    }
+
+    /// Writes the waiting pushes, a batch at a time, until none wait. Runs in ``run()``'s task.
+    ///
+    /// Under contention it gathers, as PostgreSQL's `commit_delay` does: after a batch of several
+    /// pushes, the next one waits for as many (the producers of the last batch are the likeliest
+    /// next ones) or for as long as the last batch took, at most 2 ms, whichever comes first.
+    /// Without it, the producers come back while the next batch is written, and split into
+    /// alternating part-size batches.
+    private func drainPushes() async {
+        var last: (count: Int, took: Duration) = (1, .zero)
+        while true {
+            if last.count > 1 {
+                let deadline = ContinuousClock.now + min(last.took, .milliseconds(2))
+                while pushBatcher.waitingCount < last.count, ContinuousClock.now < deadline, !Task.isCancelled {
+                    try? await Task.sleep(for: .microseconds(100))
+                }
+            }
+            guard let batch = pushBatcher.next() else { return }
+            let start = ContinuousClock.now
+            // A push that came while nothing was under way has no row: it goes alone.
+            let together = batch.compactMap { push, continuation in push.row.map { (push, continuation, $0) } }
+            let alone = together.count > 1 ? batch.filter { $0.0.row == nil } : batch
+            if together.count > 1 {
+                await writeBatch(together.map { ($0.0, $0.1) }, rows: together.map(\.2))
+            }
+            for (push, continuation) in alone {
+                continuation.resume(with: await Result { try await pushAlone(push) })
+            }
+            last = (batch.count, ContinuousClock.now - start)
+        }
+    }
+
+    /// One push in its own statement (``PushAtTail``).
+    private func pushAlone(_ push: PushBatcher.Push) async throws -> PushedEntry {
+        let result = try await transaction("write to", singleStatement: true) { connection in
+            try await self.rows(connection, PushAtTail.self, push.bindings)
+        }
+        guard let row = result.first else { throw BackgroundSyncError(.storage, "the push returned no entry") }
+        let (id, size) = try row.decode((Int64, Int64).self)
+        announcePush(push.queueName)
+        return PushedEntry(id: id, size: Int(size))
+    }
+
+    /// Pushes in one statement; when the server refuses it, each alone.
+    private func writeBatch(
+        _ batch: [(PushBatcher.Push, UnsafeContinuation<PushedEntry, any Error>)], rows: [String]
+    ) async {
+        let json = "[" + rows.joined(separator: ",") + "]"
+        let bindings = binds(json, Date().timeIntervalSince1970)
+        let outcome: Result<[PostgresRow]?, any Error> = await Result {
+            try await transaction("write to", singleStatement: true) { connection in
+                do {
+                    return try await self.rows(connection, PushBatch.self, bindings)
+                } catch let error as PSQLError where Self.wasRefused(error) {
+                    return nil  // nothing was written
+                }
+            }
+        }
+        switch outcome {
+        case .success(let written?):
+            var entries: [Int: PushedEntry] = [:]
+            for row in written {
+                guard let (place, id, size) = try? row.decode((Int64, Int64, Int64).self) else { continue }
+                entries[Int(place) - 1] = PushedEntry(id: id, size: Int(size))
+            }
+            for name in Set(batch.map(\.0.queueName)) { announcePush(name) }
+            for (index, (_, continuation)) in batch.enumerated() {
+                if let entry = entries[index] {
+                    continuation.resume(returning: entry)
+                } else {
+                    continuation.resume(throwing: BackgroundSyncError(.storage, "the push returned no entry"))
+                }
+            }
+        case .success(nil):
+            for (push, continuation) in batch {
+                continuation.resume(with: await Result { try await pushAlone(push) })
+            }
+        case .failure(let error):
+            for (_, continuation) in batch { continuation.resume(throwing: error) }
+        }
+    }
+
+    /// Whether the server answered the statement with an error of its own that rolls it back for
+    /// sure and is no matter of the connection or of a retry (bad data in one of the entries).
+    private static func wasRefused(_ error: PSQLError) -> Bool {
+        error.serverInfo?[.sqlState] != nil && !isRetryable(error) && !isUnreachable(error)
+    }
+}
