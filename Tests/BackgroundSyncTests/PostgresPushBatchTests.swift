@@ -1,0 +1,132 @@
+import BackgroundSync
+import BackgroundSyncPostgres
+import BackgroundSyncTesting
+import Foundation
+import Logging
+import PostgresTestServer
+import Testing
+
+/// Concurrent pushes of one PostgreSQL store instance share statements and commits: checked on a
+/// real server, content and sizes included, and a bad entry among them.
+@Suite(
+    "PostgreSQL pushes sharing a statement", .timeLimit(.minutes(3)),
+    .enabled(if: PostgresTestServer.unavailableReason == nil, Comment(rawValue: PostgresTestServer.unavailableReason ?? "")))
+struct PostgresPushBatchTests {
+    private func withStore(
+        _ body: (PostgresQueueDatabase, _ server: PostgresTestServer, _ schema: String) async throws -> Void
+    ) async throws {
+        let server = try await offCooperativePool { try PostgresTestServer.shared() }
+        var configuration = try PostgresQueueDatabase.Configuration(url: server.url)
+        configuration.schema = "batch_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        var logger = Logger(label: "test.postgres")
+        logger.logLevel = .warning
+        try await PostgresQueueDatabase.withDatabase(configuration, logger: logger) { database in
+            try await body(database, server, configuration.schema)
+        }
+    }
+
+    /// A value read with `psql`.
+    private func query(_ server: PostgresTestServer, _ sql: String) async throws -> String {
+        try await offCooperativePool {
+            try runChild(
+                URL(fileURLWithPath: "/usr/bin/psql"),
+                ["-h", "127.0.0.1", "-p", "\(server.port)", "-U", server.user, "-d", "postgres", "-tAc", sql],
+                environment: ["PATH": "/usr/bin:/bin"])
+        }.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// An entry with every field set, different for each index: bytes, Unicode, quotes, a
+    /// fractional time, metadata, a key and sealed secrets.
+    private func entry(_ index: Int) -> UnidentifiedQueueStoreEntry {
+        UnidentifiedQueueStoreEntry(
+            requestData: StorableRequest.RequestData(
+                url: "https://batch.example/p/\(index)?q=%C3%A9&r=\"\(index)\"", method: "POST",
+                headers: ["content-type": "application/octet-stream", "x-quote": "a \"b\" \\ c \(index)", "x-é": "ü"],
+                body: Data([0, 1, 2, 0xFF, 0xFE, 0x0A, 0x0D, UInt8(index % 256)]), timeoutInterval: 12.5 + Double(index),
+                cachePolicy: UInt(index % 3), httpShouldHandleCookies: index.isMultiple(of: 2),
+                allowsCellularAccess: !index.isMultiple(of: 3), mainDocumentURL: index.isMultiple(of: 5) ? nil : "https://batch.example/"),
+            timestamp: Date(timeIntervalSince1970: 1_700_000_000.123_456 + Double(index) / 7),
+            metadata: index.isMultiple(of: 4) ? nil : ["n": "\(index)", "quote": "\"\\"],
+            idempotencyKey: "key-\(index)",
+            sealedSecrets: index.isMultiple(of: 2) ? Data([9, 8, UInt8(index % 256)]) : nil)
+    }
+
+    @Test func concurrentPushesShareCommitsAndKeepEverything() async throws {
+        try await withStore { database, server, schema in
+            let queues = ["a", "b"]
+            // A queue's first push by an instance writes its row, alone.
+            for name in queues { _ = try await database.pushEntry(entry(0), queueName: name, at: .tail, registeringSyncTag: nil) }
+            let count = 96
+            let pushed = try await withThrowingTaskGroup(of: (Int, PushedEntry).self) { group in
+                for index in 1...count {
+                    group.addTask {
+                        let tag = index.isMultiple(of: 3) ? nil : "tag-\(index % 2)"
+                        return (index, try await database.pushEntry(
+                            entry(index), queueName: queues[index % 2], at: .tail, registeringSyncTag: tag))
+                    }
+                }
+                var pushed: [Int: PushedEntry] = [:]
+                for try await (index, entry) in group { pushed[index] = entry }
+                return pushed
+            }
+            #expect(Set(pushed.values.map(\.id)).count == count, "each push has an entry of its own")
+            for (offset, name) in queues.enumerated() {
+                let indexes = (1...count).filter { $0 % 2 == offset }
+                // Each push sees the queue with its own entry, after the ones written before it.
+                #expect(indexes.map { pushed[$0]!.size }.sorted() == Array(2...(indexes.count + 1)))
+                let stored = try await database.entries(queueName: name, state: .pending)
+                #expect(stored.count == indexes.count + 1)
+                let byID = Dictionary(uniqueKeysWithValues: stored.map { ($0.id, $0) })
+                for index in indexes {
+                    let expected = entry(index)
+                    guard let found = byID[pushed[index]!.id] else {
+                        Issue.record("entry \(index) is not in queue \(name)")
+                        continue
+                    }
+                    #expect(found.requestData == expected.requestData)
+                    #expect(found.timestamp == expected.timestamp)
+                    #expect(found.metadata == expected.metadata)
+                    #expect(found.idempotencyKey == expected.idempotencyKey)
+                    #expect(found.sealedSecrets == expected.sealedSecrets)
+                    #expect(found.attempts == 0 && found.lastFailure == nil && found.nextAttemptAt == nil)
+                }
+            }
+            #expect(Set(try await database.syncTags()) == ["tag-0", "tag-1"])
+            // Fewer transactions than pushes: each batch committed several entries at once.
+            let transactions = try await query(
+                server, "SELECT count(DISTINCT xmin::text) FROM \(schema).entry WHERE queued_at > 1600000000")
+            #expect((Int(transactions) ?? count) < count / 2, "\(transactions) transactions for \(count) pushes")
+        }
+    }
+
+    /// An entry the server cannot store (a NUL character in its URL) fails alone: the pushes that
+    /// shared its statement are written again one by one, and kept.
+    @Test func anEntryTheServerRefusesFailsAlone() async throws {
+        try await withStore { database, _, _ in
+            _ = try await database.pushEntry(entry(0), queueName: "q", at: .tail, registeringSyncTag: nil)
+            let results = try await withThrowingTaskGroup(of: (Int, Result<PushedEntry, any Error>).self) { group in
+                for index in 1...32 {
+                    group.addTask {
+                        var pushed = entry(index)
+                        if index == 20 { pushed.requestData.url = "https://batch.example/\u{0}" }
+                        return (index, await Result {
+                            try await database.pushEntry(pushed, queueName: "q", at: .tail, registeringSyncTag: "t")
+                        })
+                    }
+                }
+                var results: [Int: Result<PushedEntry, any Error>] = [:]
+                for try await (index, result) in group { results[index] = result }
+                return results
+            }
+            for (index, result) in results {
+                switch result {
+                case .success: #expect(index != 20, "the entry with a NUL was stored")
+                case .failure(let error):
+                    #expect(index == 20, "push \(index) failed: \(error)")
+                    #expect(error is BackgroundSyncError)
+                }
+            }
+            #expect(try await database.entries(queueName: "q", state: .pending).count == 32)
+        }
+    }
+}
