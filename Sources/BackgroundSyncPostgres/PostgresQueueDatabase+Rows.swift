@@ -40,10 +40,7 @@ extension PostgresQueueDatabase {
     }
 
     static func json(_ fields: [String: String]) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        // A dictionary of strings always encodes.
-        return String(decoding: (try? encoder.encode(fields)) ?? Data("{}".utf8), as: UTF8.self)
+        FlatJSON.encode(fields)
     }
 
     /// Reads an entry from a row whose columns from `first` on are ``entryColumns``. A row that

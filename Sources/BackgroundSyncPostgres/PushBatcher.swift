@@ -87,32 +87,11 @@ final class PushBatcher: Sendable {
     }
 }
 
-/// An entry pushed in a ``PostgresQueueDatabase/PushBatch``: its queue, sync tag and content, in
-/// JSON (`nil` fields are left out and read as NULL; bytes in base64).
-struct BatchedPushRow: Encodable {
-    let q: String
-    let t: String?
-    let url: String
-    let method: String
-    let headers: String
-    let body: Data?
-    let timeout_interval: Double
-    let cache_policy: Int64
-    let handles_cookies: Bool
-    let allows_cellular: Bool
-    let main_document_url: String?
-    let queued_at: Double
-    let metadata: String?
-    let idempotency_key: String?
-    let sealed_secrets: Data?
-    let record_key: String?
-    let attempts: Int64
-    let next_attempt_at: Double?
-    let last_failure_kind: String?
-    let last_status: Int64?
-    let last_error: String?
-    let last_response_excerpt: Data?
-
+/// An entry pushed in a ``PostgresQueueDatabase/PushBatch``: its queue (`q`), sync tag (`t`) and
+/// content, as a JSON object whose keys are the entry table's columns (`nil` fields are left out
+/// and read as NULL; bytes in base64). Written by hand: `JSONEncoder` would cost more than the
+/// rest of a push's work on the client.
+enum BatchedPushRow {
     /// The columns `jsonb_to_record` reads, with their types.
     static let recordColumns = """
         q text, t text, url text, method text, headers text, body text, timeout_interval double precision,
@@ -130,24 +109,58 @@ struct BatchedPushRow: Encodable {
         decode(last_response_excerpt, 'base64')
         """
 
-    /// The JSON of an entry pushed to `queueName`; `nil` for one that does not fit a batch (a large
-    /// body, a number JSON cannot carry).
+    /// The JSON of an entry pushed to `queueName`; `nil` for one that does not fit a batch (a body
+    /// over ``PushBatcher/maxBodySize``, a time that is not a finite number).
     static func json(_ entry: UnidentifiedQueueStoreEntry, queueName: String, syncTag: String?) -> String? {
         let data = entry.requestData
         guard (data.body?.count ?? 0) <= PushBatcher.maxBodySize else { return nil }
+        let times = [data.timeoutInterval, entry.timestamp.timeIntervalSince1970, entry.nextAttemptAt?.timeIntervalSince1970]
+        guard times.allSatisfy({ $0?.isFinite ?? true }) else { return nil }
+        var out = "{"
+        func key(_ name: String) {
+            if out.utf8.count > 1 { out += "," }
+            out += "\"" + name + "\":"
+        }
+        func string(_ name: String, _ value: String?) {
+            guard let value else { return }
+            key(name)
+            FlatJSON.appendString(value, to: &out)
+        }
+        func bytes(_ name: String, _ value: Data?) {
+            guard let value else { return }
+            key(name)
+            out += "\"" + value.base64EncodedString() + "\""
+        }
+        func number(_ name: String, _ value: (some LosslessStringConvertible)?) {
+            guard let value else { return }
+            key(name)
+            out += value.description  // a finite Double's description is the shortest that reads back exactly
+        }
         let failure = entry.lastFailure
-        let row = BatchedPushRow(
-            q: queueName, t: syncTag, url: data.url, method: data.method, headers: PostgresQueueDatabase.json(data.headers), body: data.body,
-            timeout_interval: data.timeoutInterval, cache_policy: Int64(data.cachePolicy),
-            handles_cookies: data.httpShouldHandleCookies, allows_cellular: data.allowsCellularAccess,
-            main_document_url: data.mainDocumentURL, queued_at: entry.timestamp.timeIntervalSince1970,
-            metadata: entry.metadata.map(PostgresQueueDatabase.json), idempotency_key: entry.idempotencyKey, sealed_secrets: entry.sealedSecrets,
-            record_key: entry.recordKey, attempts: Int64(entry.attempts),
-            next_attempt_at: entry.nextAttemptAt?.timeIntervalSince1970, last_failure_kind: failure?.kind.rawValue,
-            last_status: failure?.status.map(Int64.init), last_error: failure?.message,
-            last_response_excerpt: failure?.responseExcerpt)
-        // Throws only for a number JSON cannot carry (an infinite timeout): that push goes alone.
-        return (try? JSONEncoder().encode(row)).map { String(decoding: $0, as: UTF8.self) }
+        string("q", queueName)
+        string("t", syncTag)
+        string("url", data.url)
+        string("method", data.method)
+        string("headers", PostgresQueueDatabase.json(data.headers))
+        bytes("body", data.body)
+        number("timeout_interval", data.timeoutInterval)
+        number("cache_policy", Int64(data.cachePolicy))
+        number("handles_cookies", data.httpShouldHandleCookies)
+        number("allows_cellular", data.allowsCellularAccess)
+        string("main_document_url", data.mainDocumentURL)
+        number("queued_at", entry.timestamp.timeIntervalSince1970)
+        string("metadata", entry.metadata.map(PostgresQueueDatabase.json))
+        string("idempotency_key", entry.idempotencyKey)
+        bytes("sealed_secrets", entry.sealedSecrets)
+        string("record_key", entry.recordKey)
+        number("attempts", Int64(entry.attempts))
+        number("next_attempt_at", entry.nextAttemptAt?.timeIntervalSince1970)
+        string("last_failure_kind", failure?.kind.rawValue)
+        number("last_status", failure?.status.map(Int64.init))
+        string("last_error", failure?.message)
+        bytes("last_response_excerpt", failure?.responseExcerpt)
+        out += "}"
+        return out
     }
 }
 

@@ -5,8 +5,8 @@ import Foundation
 /// replayed entry, where `JSONEncoder` and `JSONDecoder` cost more than the rest of the work
 /// together. Any JSON object of strings is read (escapes, `\u` with surrogate pairs, white space),
 /// as `JSONDecoder` would.
-enum FlatJSON {
-    static func encode(_ object: [String: String]) -> String {
+package enum FlatJSON {
+    package static func encode(_ object: [String: String]) -> String {
         var out = "{"
         for (index, key) in object.keys.sorted().enumerated() {
             if index > 0 { out += "," }
@@ -18,7 +18,8 @@ enum FlatJSON {
         return out
     }
 
-    private static func appendString(_ text: String, to out: inout String) {
+    /// Appends `text` as a JSON string.
+    package static func appendString(_ text: String, to out: inout String) {
         out += "\""
         // Most header values need no escaping: copy them whole.
         if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
