@@ -114,6 +114,9 @@ extension PostgresQueueDatabase {
         case untimed
     }
 
+    /// Runs `body` in a transaction on a pooled connection, in the calling task (``write(_:singleStatement:_:)``
+    /// runs it in ``run()``'s task): tried again after a serialization failure or a deadlock;
+    /// errors other than ``BackgroundSyncError`` mapped to one (see ``mapError(_:action:)``).
     func transaction<T: Sendable>(
         _ action: String, singleStatement: Bool, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {

@@ -73,11 +73,9 @@ extension PostgresQueueDatabase {
         // their statement with the concurrent ones of this instance (see `PushBatcher`).
         let knownQueue = knownQueues.withLock { $0.contains(queueName) }
         let bindings = binds([queueName, syncTag, Date().timeIntervalSince1970] as [any Bindable] + values)
-        if knownQueue && end == .tail {
-            // Shares a statement with the pushes under way when there are some (see `PushBatcher`).
-            let row = pushBatcher.isBusy ? BatchedPushRow.json(entry, queueName: queueName, syncTag: syncTag) : nil
+        if knownQueue && end == .tail && BatchedPushRow.fits(entry) {
             return try await pushBatched(
-                PushBatcher.Push(queueName: queueName, syncTag: syncTag, bindings: bindings, row: row))
+                PushBatcher.Push(entry: entry, queueName: queueName, syncTag: syncTag, bindings: bindings))
         }
         let position = end == .tail ? "nextval('\(prefix)tail_position')" : "-nextval('\(prefix)head_position')"
         let queueRow = knownQueue ? "" : "queue_row AS (INSERT INTO {s}.queue(name) VALUES ($1) ON CONFLICT DO NOTHING),"

@@ -169,6 +169,9 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                 group.addTask {
                     await withDiscardingTaskGroup { writes in
                         for await job in self.jobs {
+                            // A stream that always has a job waiting does not end when the task is
+                            // cancelled: the jobs left are failed by `end(_:)`.
+                            if Task.isCancelled { break }
                             guard self.unstarted.withLock({ $0.removeValue(forKey: job.id) }) != nil else { continue }
                             writes.addTask { await job.body() }
                         }

@@ -56,7 +56,9 @@ extension PostgresQueueDatabase {
     /// tags as ``PushAtTail`` does (in the tags' order, so that two batches take their locks and
     /// rows in the same order). Returns, for each pushed entry, its place in the array (from 1),
     /// its id, and its queue's size with it: as the statement started, plus the entries of the
-    /// array up to it in that queue.
+    /// array up to it in that queue. `input` is read three times and calls `nextval`, so
+    /// PostgreSQL evaluates it once (a CTE with a volatile function is always materialized): each
+    /// entry has one position, by which the inserted rows are matched to their places.
     enum PushBatch: StatementText {
         static let sql = """
             WITH input AS (

@@ -11,20 +11,21 @@ import PostgresNIO
 /// little more than one.
 ///
 /// Only pushes at the tail of a queue this instance knows are batched, and only those whose entry
-/// fits the statement's JSON (``BatchedPushRow``). A batch the server refuses (one entry it cannot
-/// store) is written again one push per statement, so that the bad one fails alone. A batch whose
-/// outcome is unknown (the connection was lost) fails every push in it, as a lone push would:
-/// writing them again could store them twice.
+/// fits the statement's JSON (``BatchedPushRow/fits(_:)``); the others are written apart, as
+/// before. A batch the server refuses for its data (an entry it cannot store) is written again one
+/// push per statement, so that the bad one fails alone. A batch whose outcome is unknown (the
+/// connection was lost) fails every push in it, as a lone push would: writing them again could
+/// store them twice. The pushes of an instance are written one batch at a time: a batch that waits
+/// for a lock (a tag being unregistered, a queue's count row another transaction updates) holds
+/// the instance's other pushes until it is done.
 final class PushBatcher: Sendable {
     /// A push waiting to be written.
     struct Push: Sendable {
+        let entry: UnidentifiedQueueStoreEntry
         let queueName: String
         let syncTag: String?
         /// The parameters of ``PostgresQueueDatabase/PushAtTail``, to write it alone.
         let bindings: PostgresBindings
-        /// The entry as a ``BatchedPushRow`` in JSON, made only when the push found a write under
-        /// way (a lone push does not need it); `nil` also for one that cannot be batched.
-        let row: String?
     }
 
     private struct Waiter {
@@ -44,9 +45,6 @@ final class PushBatcher: Sendable {
     /// The largest body a batched push carries (base64 in the statement's JSON); larger ones go
     /// alone, as binary parameters.
     static let maxBodySize = 64 << 10
-
-    /// Whether a write of pushes is under way (then a new push will likely share the next one).
-    var isBusy: Bool { state.withLock { $0.draining } }
 
     /// How many pushes wait.
     fileprivate var waitingCount: Int { state.withLock { $0.waiting.count } }
@@ -109,13 +107,22 @@ enum BatchedPushRow {
         decode(last_response_excerpt, 'base64')
         """
 
-    /// The JSON of an entry pushed to `queueName`; `nil` for one that does not fit a batch (a body
-    /// over ``PushBatcher/maxBodySize``, a time that is not a finite number).
-    static func json(_ entry: UnidentifiedQueueStoreEntry, queueName: String, syncTag: String?) -> String? {
+    /// Whether an entry can go in a batch: its body is at most ``PushBatcher/maxBodySize``, its
+    /// times are finite numbers, and its text has no NUL character (PostgreSQL's text refuses it;
+    /// such an entry fails alone, with the server's error).
+    static func fits(_ entry: UnidentifiedQueueStoreEntry) -> Bool {
         let data = entry.requestData
-        guard (data.body?.count ?? 0) <= PushBatcher.maxBodySize else { return nil }
+        guard (data.body?.count ?? 0) <= PushBatcher.maxBodySize else { return false }
         let times = [data.timeoutInterval, entry.timestamp.timeIntervalSince1970, entry.nextAttemptAt?.timeIntervalSince1970]
-        guard times.allSatisfy({ $0?.isFinite ?? true }) else { return nil }
+        guard times.allSatisfy({ $0?.isFinite ?? true }) else { return false }
+        let failure = entry.lastFailure
+        let texts = [data.url, data.method, data.mainDocumentURL, entry.idempotencyKey, entry.recordKey, failure?.message]
+        return !texts.contains { $0?.utf8.contains(0) ?? false }
+    }
+
+    /// The JSON of an entry pushed to `queueName` (one that ``fits(_:)``).
+    static func json(_ entry: UnidentifiedQueueStoreEntry, queueName: String, syncTag: String?) -> String {
+        let data = entry.requestData
         var out = "{"
         func key(_ name: String) {
             if out.utf8.count > 1 { out += "," }
@@ -165,7 +172,8 @@ enum BatchedPushRow {
 }
 
 extension PostgresQueueDatabase {
-    /// Writes a push at the tail of a known queue through ``PushBatcher``.
+    /// Writes a push at the tail of a known queue through ``PushBatcher`` (one that
+    /// ``BatchedPushRow/fits(_:)``).
     func pushBatched(_ push: PushBatcher.Push) async throws -> PushedEntry {
         try await waitUntilReady()
         return try await withUnsafeThrowingContinuation { continuation in
@@ -184,6 +192,11 @@ extension PostgresQueueDatabase {
     private func drainPushes() async {
         var last: (count: Int, took: Duration) = (1, .zero)
         while true {
+            // The store is stopping: what waits was not written, and nothing more will be.
+            if Task.isCancelled {
+                pushBatcher.failAll(BackgroundSyncError(.storage, "the PostgreSQL store \(identity) is not running"))
+                return
+            }
             if last.count > 1 {
                 let deadline = ContinuousClock.now + min(last.took, .milliseconds(2))
                 while pushBatcher.waitingCount < last.count, ContinuousClock.now < deadline, !Task.isCancelled {
@@ -192,14 +205,10 @@ extension PostgresQueueDatabase {
             }
             guard let batch = pushBatcher.next() else { return }
             let start = ContinuousClock.now
-            // A push that came while nothing was under way has no row: it goes alone.
-            let together = batch.compactMap { push, continuation in push.row.map { (push, continuation, $0) } }
-            let alone = together.count > 1 ? batch.filter { $0.0.row == nil } : batch
-            if together.count > 1 {
-                await writeBatch(together.map { ($0.0, $0.1) }, rows: together.map(\.2))
-            }
-            for (push, continuation) in alone {
+            if batch.count == 1, let (push, continuation) = batch.first {
                 continuation.resume(with: await Result { try await pushAlone(push) })
+            } else {
+                await writeBatch(batch)
             }
             last = (batch.count, ContinuousClock.now - start)
         }
@@ -217,9 +226,8 @@ extension PostgresQueueDatabase {
     }
 
     /// Pushes in one statement; when the server refuses it, each alone.
-    private func writeBatch(
-        _ batch: [(PushBatcher.Push, UnsafeContinuation<PushedEntry, any Error>)], rows: [String]
-    ) async {
+    private func writeBatch(_ batch: [(PushBatcher.Push, UnsafeContinuation<PushedEntry, any Error>)]) async {
+        let rows = batch.map { push, _ in BatchedPushRow.json(push.entry, queueName: push.queueName, syncTag: push.syncTag) }
         let json = "[" + rows.joined(separator: ",") + "]"
         let bindings = binds(json, Date().timeIntervalSince1970)
         let outcome: Result<[PostgresRow]?, any Error> = await Result {
@@ -234,16 +242,24 @@ extension PostgresQueueDatabase {
         switch outcome {
         case .success(let written?):
             var entries: [Int: PushedEntry] = [:]
+            var unreadable: (any Error)?
             for row in written {
-                guard let (place, id, size) = try? row.decode((Int64, Int64, Int64).self) else { continue }
-                entries[Int(place) - 1] = PushedEntry(id: id, size: Int(size))
+                do {
+                    let (place, id, size) = try row.decode((Int64, Int64, Int64).self)
+                    entries[Int(place) - 1] = PushedEntry(id: id, size: Int(size))
+                } catch {
+                    unreadable = error
+                }
             }
             for name in Set(batch.map(\.0.queueName)) { announcePush(name) }
             for (index, (_, continuation)) in batch.enumerated() {
                 if let entry = entries[index] {
                     continuation.resume(returning: entry)
                 } else {
-                    continuation.resume(throwing: BackgroundSyncError(.storage, "the push returned no entry"))
+                    // Committed with the others: pushing it again would store it twice.
+                    continuation.resume(throwing: BackgroundSyncError(
+                        .storage, "the entry was stored, but the PostgreSQL store \(identity) returned no readable id for it"
+                            + (unreadable.map { ": \(describe($0))" } ?? "")))
                 }
             }
         case .success(nil):
@@ -255,9 +271,11 @@ extension PostgresQueueDatabase {
         }
     }
 
-    /// Whether the server answered the statement with an error of its own that rolls it back for
-    /// sure and is no matter of the connection or of a retry (bad data in one of the entries).
+    /// Whether the server refused the statement for its data (SQLSTATE classes 22, data exception,
+    /// and 23, integrity constraint violation): one of the entries, which alone will fail again.
+    /// The statement, its own transaction, was rolled back.
     private static func wasRefused(_ error: PSQLError) -> Bool {
-        error.serverInfo?[.sqlState] != nil && !isRetryable(error) && !isUnreachable(error)
+        guard let state = error.serverInfo?[.sqlState] else { return false }
+        return state.hasPrefix("22") || state.hasPrefix("23")
     }
 }

@@ -99,10 +99,10 @@ struct PostgresPushBatchTests {
         }
     }
 
-    /// An entry the server cannot store (a NUL character in its URL) fails alone: the pushes that
-    /// shared its statement are written again one by one, and kept.
+    /// An entry the server cannot store (a NUL character in its URL) fails alone, with the
+    /// server's error; the pushes around it still share their commits.
     @Test func anEntryTheServerRefusesFailsAlone() async throws {
-        try await withStore { database, _, _ in
+        try await withStore { database, server, schema in
             _ = try await database.pushEntry(entry(0), queueName: "q", at: .tail, registeringSyncTag: nil)
             let results = try await withThrowingTaskGroup(of: (Int, Result<PushedEntry, any Error>).self) { group in
                 for index in 1...32 {
@@ -127,6 +127,53 @@ struct PostgresPushBatchTests {
                 }
             }
             #expect(try await database.entries(queueName: "q", state: .pending).count == 32)
+            let transactions = Int(try await query(server, "SELECT count(DISTINCT xmin::text) FROM \(schema).entry")) ?? 32
+            #expect(transactions < 20, "\(transactions) transactions for 32 pushes")
         }
+    }
+
+    /// A store that stops while its producers keep pushing (a service retrying every failure)
+    /// stops: the pushes waiting to be written fail, and no new batch starts.
+    @Test func aStoreStopsWhileProducersKeepPushing() async throws {
+        let server = try await offCooperativePool { try PostgresTestServer.shared() }
+        var configuration = try PostgresQueueDatabase.Configuration(url: server.url)
+        configuration.schema = "batch_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        var logger = Logger(label: "test.postgres")
+        logger.logLevel = .critical
+        let database = try PostgresQueueDatabase(configuration: configuration, logger: logger)
+        // When run() returned.
+        let running = Task {
+            _ = await Result { try await database.run() }
+            return ContinuousClock.now
+        }
+        _ = try await database.pushEntry(entry(0), queueName: "q", at: .tail, registeringSyncTag: nil)
+        let stopped = Box(false)
+        let (failures, stopTime) = try await withThrowingTaskGroup(of: Int.self) { group in
+            for producer in 0..<16 {
+                group.addTask {
+                    var failures = 0
+                    let giveUp = ContinuousClock.now + .seconds(15)
+                    while !stopped.current, ContinuousClock.now < giveUp {
+                        do {
+                            _ = try await database.pushEntry(entry(producer), queueName: "q", at: .tail, registeringSyncTag: "t")
+                        } catch {
+                            failures += 1
+                            await Task.yield()  // as a service retrying would: no thread held
+                        }
+                    }
+                    return failures
+                }
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            let cancelledAt = ContinuousClock.now
+            running.cancel()
+            let stopTime = await running.value - cancelledAt
+            stopped.withLock { $0 = true }
+            var failures = 0
+            for try await count in group { failures += count }
+            return (failures, stopTime)
+        }
+        #expect(stopTime < .seconds(10), "the store took \(stopTime) to stop")
+        #expect(failures > 0)
     }
 }
