@@ -65,18 +65,17 @@ extension PostgresQueueDatabase {
     public func pushEntry(
         _ entry: UnidentifiedQueueStoreEntry, queueName: String, at end: QueueEnd, registeringSyncTag syncTag: String?
     ) async throws -> PushedEntry {
-        let values = Self.contentValues(entry)
         // One statement, so one round trip and one commit: the queue's row (the first time this
         // instance pushes to it), the entry and the registration. The size read sees the queue as
         // the statement started; the new entry is added to it. The other instances are notified
         // after the commit, apart (see `announcePush`). Pushes at the tail of a known queue share
         // their statement with the concurrent ones of this instance (see `PushBatcher`).
         let knownQueue = knownQueues.withLock { $0.contains(queueName) }
-        let bindings = binds([queueName, syncTag, Date().timeIntervalSince1970] as [any Bindable] + values)
+        let now = Date().timeIntervalSince1970
         if knownQueue && end == .tail && BatchedPushRow.fits(entry) {
-            return try await pushBatched(
-                PushBatcher.Push(entry: entry, queueName: queueName, syncTag: syncTag, bindings: bindings))
+            return try await pushBatched(PushBatcher.Push(entry: entry, queueName: queueName, syncTag: syncTag, at: now))
         }
+        let bindings = Self.pushBindings(entry, queueName: queueName, syncTag: syncTag, at: now)
         let position = end == .tail ? "nextval('\(prefix)tail_position')" : "-nextval('\(prefix)head_position')"
         let queueRow = knownQueue ? "" : "queue_row AS (INSERT INTO {s}.queue(name) VALUES ($1) ON CONFLICT DO NOTHING),"
         let statement = sql("""
@@ -92,9 +91,23 @@ extension PostgresQueueDatabase {
         let result = try await write("write to", singleStatement: true) { connection in
             try await self.rows(connection, statement, bindings)
         }
+        knownQueues.withLock { _ = $0.insert(queueName) }
+        return try pushed(result, queueName: queueName)
+    }
+
+    /// The parameters of a push's statement (``PushAtTail`` and its variants): `$1` queue, `$2`
+    /// tag or NULL, `$3` now, then ``contentColumns``.
+    static func pushBindings(
+        _ entry: UnidentifiedQueueStoreEntry, queueName: String, syncTag: String?, at now: Double
+    ) -> PostgresBindings {
+        binds([queueName, syncTag, now] as [any Bindable] + contentValues(entry))
+    }
+
+    /// The entry a push statement returned (its id and the queue's size), announced to the other
+    /// instances.
+    func pushed(_ result: [PostgresRow], queueName: String) throws -> PushedEntry {
         guard let row = result.first else { throw BackgroundSyncError(.storage, "the push returned no entry") }
         let (id, size) = try row.decode((Int64, Int64).self)
-        knownQueues.withLock { _ = $0.insert(queueName) }
         announcePush(queueName)
         return PushedEntry(id: id, size: Int(size))
     }

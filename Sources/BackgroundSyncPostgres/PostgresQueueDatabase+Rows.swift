@@ -26,9 +26,9 @@ extension PostgresQueueDatabase {
         let data = entry.requestData
         let failure = entry.lastFailure
         return [
-            data.url, data.method, json(data.headers), data.body, data.timeoutInterval, Int64(data.cachePolicy),
+            data.url, data.method, FlatJSON.encode(data.headers), data.body, data.timeoutInterval, Int64(data.cachePolicy),
             data.httpShouldHandleCookies, data.allowsCellularAccess, data.mainDocumentURL,
-            entry.timestamp.timeIntervalSince1970, entry.metadata.map(json), entry.idempotencyKey, entry.sealedSecrets,
+            entry.timestamp.timeIntervalSince1970, entry.metadata.map(FlatJSON.encode), entry.idempotencyKey, entry.sealedSecrets,
             entry.recordKey, Int64(entry.attempts), entry.nextAttemptAt?.timeIntervalSince1970, failure?.kind.rawValue,
             failure?.status.map(Int64.init), failure?.message, failure?.responseExcerpt,
         ]
@@ -37,10 +37,6 @@ extension PostgresQueueDatabase {
     /// `$first, $first+1, …` for `count` parameters.
     static func placeholders(from first: Int, count: Int) -> String {
         (first..<(first + count)).map { "$\($0)" }.joined(separator: ", ")
-    }
-
-    static func json(_ fields: [String: String]) -> String {
-        FlatJSON.encode(fields)
     }
 
     /// Reads an entry from a row whose columns from `first` on are ``entryColumns``. A row that
@@ -52,10 +48,8 @@ extension PostgresQueueDatabase {
             func value<T: PostgresDecodable>(_ index: Int, _ type: T.Type = T.self) throws -> T {
                 try cells[first + index].decode(T.self)
             }
-            let headers = try JSONDecoder().decode([String: String].self, from: Data(try value(5, String.self).utf8))
-            let metadata = try (try value(13, String?.self)).map {
-                try JSONDecoder().decode([String: String].self, from: Data($0.utf8))
-            }
+            let headers = try FlatJSON.decode(try value(5, String.self))
+            let metadata = try (try value(13, String?.self)).map(FlatJSON.decode)
             let stateText = try value(14, String.self)
             guard let state = EntryState(rawValue: stateText) else {
                 throw BackgroundSyncError(.storage, "unknown state '\(stateText)'")

@@ -24,8 +24,8 @@ final class PushBatcher: Sendable {
         let entry: UnidentifiedQueueStoreEntry
         let queueName: String
         let syncTag: String?
-        /// The parameters of ``PostgresQueueDatabase/PushAtTail``, to write it alone.
-        let bindings: PostgresBindings
+        /// When the push was asked for: the time a registration it makes is stamped with.
+        let at: Double
     }
 
     private struct Waiter {
@@ -112,12 +112,13 @@ enum BatchedPushRow {
     /// such an entry fails alone, with the server's error).
     static func fits(_ entry: UnidentifiedQueueStoreEntry) -> Bool {
         let data = entry.requestData
-        guard (data.body?.count ?? 0) <= PushBatcher.maxBodySize else { return false }
-        let times = [data.timeoutInterval, entry.timestamp.timeIntervalSince1970, entry.nextAttemptAt?.timeIntervalSince1970]
-        guard times.allSatisfy({ $0?.isFinite ?? true }) else { return false }
-        let failure = entry.lastFailure
-        let texts = [data.url, data.method, data.mainDocumentURL, entry.idempotencyKey, entry.recordKey, failure?.message]
-        return !texts.contains { $0?.utf8.contains(0) ?? false }
+        func finite(_ time: Double?) -> Bool { time?.isFinite ?? true }
+        func withoutNUL(_ text: String?) -> Bool { !(text?.utf8.contains(0) ?? false) }
+        return (data.body?.count ?? 0) <= PushBatcher.maxBodySize
+            && finite(data.timeoutInterval) && finite(entry.timestamp.timeIntervalSince1970)
+            && finite(entry.nextAttemptAt?.timeIntervalSince1970)
+            && withoutNUL(data.url) && withoutNUL(data.method) && withoutNUL(data.mainDocumentURL)
+            && withoutNUL(entry.idempotencyKey) && withoutNUL(entry.recordKey) && withoutNUL(entry.lastFailure?.message)
     }
 
     /// The JSON of an entry pushed to `queueName` (one that ``fits(_:)``).
@@ -148,7 +149,7 @@ enum BatchedPushRow {
         string("t", syncTag)
         string("url", data.url)
         string("method", data.method)
-        string("headers", PostgresQueueDatabase.json(data.headers))
+        string("headers", FlatJSON.encode(data.headers))
         bytes("body", data.body)
         number("timeout_interval", data.timeoutInterval)
         number("cache_policy", Int64(data.cachePolicy))
@@ -156,7 +157,7 @@ enum BatchedPushRow {
         number("allows_cellular", data.allowsCellularAccess)
         string("main_document_url", data.mainDocumentURL)
         number("queued_at", entry.timestamp.timeIntervalSince1970)
-        string("metadata", entry.metadata.map(PostgresQueueDatabase.json))
+        string("metadata", entry.metadata.map(FlatJSON.encode))
         string("idempotency_key", entry.idempotencyKey)
         bytes("sealed_secrets", entry.sealedSecrets)
         string("record_key", entry.recordKey)
@@ -216,20 +217,18 @@ extension PostgresQueueDatabase {
 
     /// One push in its own statement (``PushAtTail``).
     private func pushAlone(_ push: PushBatcher.Push) async throws -> PushedEntry {
+        let bindings = Self.pushBindings(push.entry, queueName: push.queueName, syncTag: push.syncTag, at: push.at)
         let result = try await transaction("write to", singleStatement: true) { connection in
-            try await self.rows(connection, PushAtTail.self, push.bindings)
+            try await self.rows(connection, PushAtTail.self, bindings)
         }
-        guard let row = result.first else { throw BackgroundSyncError(.storage, "the push returned no entry") }
-        let (id, size) = try row.decode((Int64, Int64).self)
-        announcePush(push.queueName)
-        return PushedEntry(id: id, size: Int(size))
+        return try pushed(result, queueName: push.queueName)
     }
 
     /// Pushes in one statement; when the server refuses it, each alone.
     private func writeBatch(_ batch: [(PushBatcher.Push, UnsafeContinuation<PushedEntry, any Error>)]) async {
         let rows = batch.map { push, _ in BatchedPushRow.json(push.entry, queueName: push.queueName, syncTag: push.syncTag) }
         let json = "[" + rows.joined(separator: ",") + "]"
-        let bindings = binds(json, Date().timeIntervalSince1970)
+        let bindings = binds(json, batch[0].0.at)
         let outcome: Result<[PostgresRow]?, any Error> = await Result {
             try await transaction("write to", singleStatement: true) { connection in
                 do {

@@ -1,7 +1,7 @@
 import Foundation
 
 /// Writes and reads a `[String: String]` as a JSON object (keys sorted), the form header fields
-/// and metadata take in the database. Hand-written because it runs on every enqueue and every
+/// and metadata take in the databases (SQLite and PostgreSQL). Hand-written because it runs on every enqueue and every
 /// replayed entry, where `JSONEncoder` and `JSONDecoder` cost more than the rest of the work
 /// together. Any JSON object of strings is read (escapes, `\u` with surrogate pairs, white space),
 /// as `JSONDecoder` would.
@@ -45,7 +45,7 @@ package enum FlatJSON {
 
     /// Reads a JSON object whose values are all strings. Throws on anything else: this reader
     /// does not know it, so `JSONDecoder` decides, and its error says what is wrong.
-    static func decode(_ text: String) throws -> [String: String] {
+    package static func decode(_ text: String) throws -> [String: String] {
         var text = text
         if let object = text.withUTF8({ bytes in
             var reader = FlatJSONReader(bytes: bytes)
