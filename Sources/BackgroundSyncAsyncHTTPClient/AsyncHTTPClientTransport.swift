@@ -112,7 +112,9 @@ public struct AsyncHTTPClientTransport: HTTPTransport {
 
     /// The URL without its user and password, and the `Authorization` value they make, if any.
     static func splittingCredentials(_ url: URL) -> (url: URL, authorization: String?) {
-        guard var components = URLComponents(url: url, resolvingAgainstBaseURL: true),
+        // Most URLs have no `@` at all: no user or password, and no parse into components.
+        guard url.absoluteString.utf8.contains(UInt8(ascii: "@")),
+            var components = URLComponents(url: url, resolvingAgainstBaseURL: true),
             components.user != nil || components.password != nil
         else { return (url, nil) }
         let pair = (components.user ?? "") + ":" + (components.password ?? "")

@@ -237,6 +237,35 @@ extension StoreConformance {
                 try expectEqual(dead.map(path), ["1", "2"], "set aside")
                 try expectEqual(dead.first?.lastFailure?.kind, .setAside, "a release does not undo a set-aside")
             },
+            check("an entry handed out at once was checked within the age asked for, and counts as handed out") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                let ids = try await push(["1", "2", "3", "4", "5"], to: "q", one)
+                let clock = ManualWallClock()
+                let claims = ordered(one, clock: clock)
+                let head = try await claimed(claims, "head")
+                // Taken while the head is in flight, as an ordered replayer does: whatever a driver
+                // hands out at once is the next entry in order.
+                let early = claims.nextLeasedAhead(checkedWithin: .milliseconds(5))
+                try await claims.complete(head)
+                var second = early
+                if second == nil { second = try await claimed(claims, "2") }
+                guard let second else { return }
+                try expectEqual(path(second), "2", "the entry after the head")
+                try await claims.complete(second)
+                // Another process deletes the next entry; once the age asked for has passed since
+                // anything was checked, it is not handed out at once.
+                try await two.deleteEntries(ids: [ids[2]])
+                clock.advance(by: .milliseconds(6))
+                let late = claims.nextLeasedAhead(checkedWithin: .milliseconds(5))
+                try expect(late == nil, "an entry checked more than 5 ms ago was handed out at once: \(late.map(path) ?? "")")
+                try expectEqual(path(try await claimed(claims, "after the deletion")), "4", "the next entry handed out")
+                // What was handed out at once is not handed out again, and goes back at the end.
+                let fifth = claims.nextLeasedAhead(checkedWithin: .seconds(60))
+                if let fifth { try expectEqual(path(fifth), "5", "the entry handed out at once") }
+                try expectEqual(try await drain(claims).map(path), fifth == nil ? ["5"] : [], "handed out after it")
+                try await claims.finish()
+                try expectEqual(try await paths("q", one), ["4", "5"], "pending after the replay")
+            },
             check("in order, an entry given back untouched is the next one handed out") { store in
                 let database = try await store.open()
                 try await push((1...10).map(String.init), to: "q", database)

@@ -1,9 +1,16 @@
 import Foundation
 
 extension ReplayRunner {
+    /// How old a check of an entry leased ahead may be for it to be taken without asking the store
+    /// (``ReplayClaims/nextLeasedAhead(checkedWithin:)``). The entry is taken before the current
+    /// send, as ``ReplayClaims/next()`` would be during it, so a deletion or set-aside stops its
+    /// send when it is made at least this long, plus the current send, before.
+    static let leaseCheckAge: Duration = .milliseconds(5)
+
     /// One entry at a time, in queue order, stopping at the first that must be retried. The next
-    /// entry is asked for while the current one is in flight, so the store's bookkeeping (leasing
-    /// ahead, deleting deliveries) overlaps the send; the current entry is resolved, and
+    /// entry is taken before the current one is sent when the claims have it ready, and otherwise
+    /// asked for while the current one is in flight, so that the store's work (leasing ahead,
+    /// deleting deliveries, checking) overlaps the send; the current entry is resolved, and
     /// ``QueueOptions/requestDidReplay`` has run, before the next one is prepared.
     func replayInOrder(_ claims: any ReplayClaims, summary: inout ReplaySummary) async throws {
         var next = try await claims.next()
@@ -19,8 +26,17 @@ extension ReplayRunner {
                 continue
             }
             let askedAt = options.clock.now
-            async let following = claims.next()
             let outcome: ReplayOutcome
+            if let ready = claims.nextLeasedAhead(checkedWithin: Self.leaseCheckAge) {
+                // Handed out now, and back at `finish()` if the replay stops before sending it.
+                outcome = try await replay(entry, claims: claims)
+                next = .claimed(ready)
+                handedOutAt = askedAt
+                summary.count(outcome)
+                if case .stop(let error) = outcome { throw error }
+                continue
+            }
+            async let following = claims.next()
             do {
                 outcome = try await replay(entry, claims: claims)
             } catch {

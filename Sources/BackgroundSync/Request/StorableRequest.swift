@@ -87,7 +87,7 @@ public struct StorableRequest: Sendable, Hashable {
     /// GET/HEAD). Header names are lower-cased and the method upper-cased.
     public init(requestData: RequestData) throws {
         var data = requestData
-        data.method = data.method.uppercased()
+        if data.method.utf8.contains(where: { $0 >= 0x61 && $0 <= 0x7A }) { data.method = data.method.uppercased() }
         data.headers = Self.lowercasedHeaders(data.headers)
         parsedURL = try Self.validate(data, url: URL(string: data.url))
         self.data = data
@@ -221,6 +221,8 @@ public struct StorableRequest: Sendable, Hashable {
     /// Header names lower-cased; fields whose names differ only in case are joined with ", ", in
     /// the order of their original names (stable whatever the dictionary's order).
     private static func lowercasedHeaders(_ fields: [String: String]) -> [String: String] {
+        // Stored requests have theirs lower-cased already: nothing to rebuild.
+        if fields.keys.allSatisfy({ !$0.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) }) { return fields }
         var headers: [String: String] = [:]
         headers.reserveCapacity(fields.count)
         for (name, value) in fields {

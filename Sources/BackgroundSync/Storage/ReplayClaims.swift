@@ -74,4 +74,19 @@ public protocol ReplayClaims: AnyObject, Sendable {
     /// Ends the replay: pending deletions are made, and every entry still leased goes back
     /// untouched. Crash-safe. Called once, last.
     func finish() async throws
+
+    /// Hands out the next entry at once, without waiting for the store, when the driver has one
+    /// leased ahead that it found pending and leased to the owner at most `maxCheckAge` ago, by
+    /// the claims' clock (at the lease, or at a check made with an earlier call of ``next()``);
+    /// otherwise `nil`, and the caller calls ``next()``. Unlike ``next()``, it may hand out an
+    /// entry deleted or set aside less than `maxCheckAge` ago: the caller accepts a check that old.
+    /// What it hands out counts as handed out by ``next()``. An ordered replayer calls it before
+    /// each send, and starts a task to call ``next()`` during the send only when it returns `nil`.
+    /// The default returns `nil`.
+    func nextLeasedAhead(checkedWithin maxCheckAge: Duration) -> QueueStoreEntry?
+}
+
+extension ReplayClaims {
+    /// `nil`: every entry comes from ``ReplayClaims/next()``.
+    public func nextLeasedAhead(checkedWithin maxCheckAge: Duration) -> QueueStoreEntry? { nil }
 }

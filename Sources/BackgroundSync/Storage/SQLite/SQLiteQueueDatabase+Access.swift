@@ -51,20 +51,26 @@ extension SQLiteQueueDatabase {
         }
     }
 
-    /// Whether an entry is pending and leased to `owner`: the check a replay makes before it hands
-    /// out an entry it leased ahead. It runs on every hand-out, so on a file it is one statement on
-    /// a read-only connection of its own, in the caller's thread, without a transaction (a single
-    /// `SELECT` is atomic): GRDB's pooled async read hops to a reader's queue and back and wraps the
-    /// statement in a transaction, and a blocking read from the pool could wait for a reader held
-    /// by an async read that needs this very thread to finish. In WAL mode this connection never
-    /// waits for the writer, and nothing else uses it.
-    func isLeased(_ id: Int64, to owner: String) async throws -> Bool {
-        @Sendable func check(_ db: Database) throws -> Bool {
-            let row = try Row.fetchOne(
-                try db.cachedStatement(sql: "SELECT state, leaseOwner FROM entry WHERE id = ?"), arguments: [id])
-            guard let row else { return false }
-            let (state, holder): (String?, String?) = (try row.decode(atIndex: 0), try row.decode(atIndex: 1))
-            return state == EntryState.pending.rawValue && holder == owner
+    /// How many entries one ``leased(among:to:)`` checks at most.
+    static let leaseCheckLimit = 16
+
+    /// Which of these entries (at most ``leaseCheckLimit``) are pending and leased to `owner`: the
+    /// check a replay makes before it hands out entries it leased ahead. It runs often, so on a file
+    /// it is one statement on a read-only connection of its own, in the caller's thread, without a
+    /// transaction (a single `SELECT` is atomic): GRDB's pooled async read hops to a reader's queue
+    /// and back and wraps the statement in a transaction, and a blocking read from the pool could
+    /// wait for a reader held by an async read that needs this very thread to finish. In WAL mode
+    /// this connection never waits for the writer, and nothing else uses it.
+    func leased(among ids: [Int64], to owner: String) async throws -> Set<Int64> {
+        precondition(!ids.isEmpty && ids.count <= Self.leaseCheckLimit, "checks 1 to \(Self.leaseCheckLimit) entries")
+        // One statement text whatever the count: the list is padded with its first id.
+        let padded = ids + Array(repeating: ids[0], count: Self.leaseCheckLimit - ids.count)
+        @Sendable func check(_ db: Database) throws -> Set<Int64> {
+            let statement = try db.cachedStatement(sql: """
+                SELECT id FROM entry WHERE id IN (\(Array(repeating: "?", count: Self.leaseCheckLimit).joined(separator: ", ")))
+                AND state = 'pending' AND leaseOwner = ?
+                """)
+            return Set(try Int64.fetchAll(statement, arguments: StatementArguments(padded + [owner] as [any DatabaseValueConvertible])))
         }
         guard writer is DatabasePool else { return try await read("read", check) }
         do {
@@ -74,7 +80,7 @@ extension SQLiteQueueDatabase {
         }
     }
 
-    /// The read-only connection of ``isLeased(_:to:)``, opened the first time.
+    /// The read-only connection of ``leased(among:to:)``, opened the first time.
     private func leaseChecker() throws -> DatabaseQueue {
         try leaseCheckConnection.withLock { connection in
             if let connection { return connection }

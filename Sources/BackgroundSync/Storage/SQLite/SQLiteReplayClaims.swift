@@ -10,8 +10,10 @@ import GRDB
 /// ones (or at ``finish()``), so a replay pays one commit per few entries, and an ordered replay,
 /// which asks for the next entry while the current one is in flight, makes that commit during the
 /// send. Entries leased ahead are leased again once half their lease is gone, and each is checked
-/// when it is handed out (one indexed read): one deleted or set aside meanwhile, by this process or
-/// another, is skipped.
+/// by ``next()`` when it is handed out: one deleted or set aside meanwhile, by this process or
+/// another, is skipped. A check reads the following entries with it (up to
+/// ``SQLiteQueueDatabase/leaseCheckLimit`` in one statement), and notes when each was found
+/// leased, as a lease does: ``nextLeasedAhead(checkedWithin:)`` hands them out without a read.
 final class SQLiteReplayClaims: ReplayClaims {
     /// How many entries an ordered replay leases at a time, at first and whenever the server is
     /// slow. The price of batching: a process that dies mid-replay may send again the delivered
@@ -30,6 +32,8 @@ final class SQLiteReplayClaims: ReplayClaims {
         /// Leased ahead and not handed out yet, in queue order, and when they were leased.
         var leased: [QueueStoreEntry] = []
         var leasedAt: Date?
+        /// When each entry leased ahead was last found pending and leased to this replay.
+        var checkedAt: [Int64: Date] = [:]
         /// In order: an entry went back (or turned out not to be ours), so what is leased ahead
         /// must go back too and the next lease start from the head. A lease under way does not
         /// clear it.
@@ -94,7 +98,16 @@ final class SQLiteReplayClaims: ReplayClaims {
             switch state.withLock({ plan(&$0, now: now) }) {
             case .take(let entry):
                 if justLeased.contains(entry.id) { return .claimed(entry) }
-                if try await database.isLeased(entry.id, to: owner) { return .claimed(entry) }
+                let following = state.withLock { state in
+                    state.leased.prefix(SQLiteQueueDatabase.leaseCheckLimit - 1).map(\.id)
+                }
+                let valid = try await database.leased(among: [entry.id] + following, to: owner)
+                state.withLock { state in
+                    for id in following where valid.contains(id) && state.checkedAt[id] != nil {
+                        state.checkedAt[id] = now
+                    }
+                }
+                if valid.contains(entry.id) { return .claimed(entry) }
                 state.withLock { state in
                     state.handedOut.remove(entry.id)
                     // In order, nothing may be sent past it (it may be pending again, or held by
@@ -121,6 +134,22 @@ final class SQLiteReplayClaims: ReplayClaims {
         }
     }
 
+    func nextLeasedAhead(checkedWithin maxCheckAge: Duration) -> QueueStoreEntry? {
+        let now = clock.now
+        return state.withLock { state in
+            // What `next()` would take without a lease: in order, only while nothing went back.
+            guard !state.finished, !state.leasing, let first = state.leased.first,
+                let leasedAt = state.leasedAt, now.timeIntervalSince(leasedAt) <= leaseDuration.timeInterval / 2,
+                let checkedAt = state.checkedAt[first.id], now.timeIntervalSince(checkedAt) <= maxCheckAge.timeInterval
+            else { return nil }
+            if case .ordered = order, state.restartFromHead { return nil }
+            state.leased.removeFirst()
+            state.checkedAt[first.id] = nil
+            state.handedOut.insert(first.id)
+            return first
+        }
+    }
+
     /// Decides what a call of ``next()`` does, under the lock.
     private func plan(_ state: inout State, now: Date) -> Step {
         if state.finished { return .done(.empty) }
@@ -128,6 +157,7 @@ final class SQLiteReplayClaims: ReplayClaims {
         let take = { (state: inout State) -> Step in
             let entry = state.leased.removeFirst()
             state.handedOut.insert(entry.id)
+            state.checkedAt[entry.id] = nil
             return .take(entry)
         }
         switch order {
@@ -168,6 +198,7 @@ final class SQLiteReplayClaims: ReplayClaims {
             (work.givingBack, work.givingBackLeasedAt) = (state.leased, state.leasedAt)
             state.leased = []
             state.leasedAt = nil
+            state.checkedAt = [:]
             state.restartFromHead = false
         }
         return work
@@ -205,6 +236,7 @@ final class SQLiteReplayClaims: ReplayClaims {
                 state.delivered.removeFirst(min(work.deleting.count, state.delivered.count))
                 state.leasedAt = state.leased.isEmpty ? now : min(state.leasedAt ?? now, now)
                 state.leased += leased.entries
+                for entry in leased.entries { state.checkedAt[entry.id] = now }
                 state.drained = leased.entries.count < work.limit
                 state.lastLeased = leased.entries.count
             case .failure:
@@ -265,6 +297,7 @@ final class SQLiteReplayClaims: ReplayClaims {
             defer {
                 state.delivered = []
                 state.leased = []
+                state.checkedAt = [:]
                 state.handedOut = []
             }
             return (state.delivered, state.leased.map(\.id) + state.handedOut)
