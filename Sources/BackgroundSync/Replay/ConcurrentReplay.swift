@@ -2,7 +2,8 @@ import Foundation
 
 extension ReplayRunner {
     /// Up to `maxInFlight` entries in flight, independent of each other: as many workers, each
-    /// taking the next entry as soon as its send is resolved. Entries in backoff are skipped by the
+    /// taking the next entry as soon as its send is resolved (without asking the store when the
+    /// claims have one ready, see ``leaseCheckAge``). Entries in backoff are skipped by the
     /// claims; the first failure that must stop the replay (a retry, a pause) stops every worker
     /// from taking more, and is thrown once the sends in flight are resolved.
     func replayConcurrently(
@@ -16,7 +17,13 @@ extension ReplayRunner {
                 group.addTask {
                     var outcomes: [ReplayOutcome] = []
                     while failure.withLock({ $0 == nil }), !mustStop {
-                        guard case .claimed(let entry) = try await claims.next() else { break }
+                        let entry: QueueStoreEntry
+                        if let ready = claims.nextLeasedAhead(checkedWithin: Self.leaseCheckAge) {
+                            entry = ready
+                        } else {
+                            guard case .claimed(let claimed) = try await claims.next() else { break }
+                            entry = claimed
+                        }
                         // Another worker may have stopped the replay while this one waited for it. (A
                         // give-back that fails leaves the entry to `finish()`.)
                         if failure.withLock({ $0 != nil }) || mustStop {

@@ -1,10 +1,11 @@
 import Foundation
 
 extension ReplayRunner {
-    /// How old a check of an entry leased ahead may be for it to be taken without asking the store
-    /// (``ReplayClaims/nextLeasedAhead(checkedWithin:)``). The entry is taken before the current
-    /// send, as ``ReplayClaims/next()`` would be during it, so a deletion or set-aside stops its
-    /// send when it is made at least this long, plus the current send, before.
+    /// How old a check of an entry leased ahead may be for a replay to take it without asking the
+    /// store (``ReplayClaims/nextLeasedAhead(checkedWithin:)``). A deletion or set-aside made this
+    /// long before a worker takes the entry stops its send; in order, where the next entry is taken
+    /// before the current one is sent (as ``ReplayClaims/next()`` would be during that send), this
+    /// long plus the current send.
     static let leaseCheckAge: Duration = .milliseconds(5)
 
     /// One entry at a time, in queue order, stopping at the first that must be retried. The next

@@ -80,9 +80,11 @@ public protocol ReplayClaims: AnyObject, Sendable {
     /// the claims' clock (at the lease, or at a check made with an earlier call of ``next()``);
     /// otherwise `nil`, and the caller calls ``next()``. Unlike ``next()``, it may hand out an
     /// entry deleted or set aside less than `maxCheckAge` ago: the caller accepts a check that old.
-    /// What it hands out counts as handed out by ``next()``. An ordered replayer calls it before
-    /// each send, and starts a task to call ``next()`` during the send only when it returns `nil`.
-    /// The default returns `nil`.
+    /// What it hands out counts as handed out by ``next()``, and it returns `nil` wherever
+    /// ``next()`` would write or wait first (a lease to make or under way, an ordered replay to
+    /// restart from the head). An ordered replayer calls it before each send, and starts a task to
+    /// call ``next()`` during the send only when it returns `nil`; a concurrent one calls it before
+    /// ``next()``. The default returns `nil`.
     func nextLeasedAhead(checkedWithin maxCheckAge: Duration) -> QueueStoreEntry?
 }
 

@@ -137,12 +137,18 @@ final class SQLiteReplayClaims: ReplayClaims {
     func nextLeasedAhead(checkedWithin maxCheckAge: Duration) -> QueueStoreEntry? {
         let now = clock.now
         return state.withLock { state in
-            // What `next()` would take without a lease: in order, only while nothing went back.
             guard !state.finished, !state.leasing, let first = state.leased.first,
                 let leasedAt = state.leasedAt, now.timeIntervalSince(leasedAt) <= leaseDuration.timeInterval / 2,
                 let checkedAt = state.checkedAt[first.id], now.timeIntervalSince(checkedAt) <= maxCheckAge.timeInterval
             else { return nil }
-            if case .ordered = order, state.restartFromHead { return nil }
+            // What `next()` would take without starting a lease: in order, only while nothing went
+            // back; concurrently, only above the low water that starts the next lease.
+            switch order {
+            case .ordered:
+                if state.restartFromHead { return nil }
+            case .concurrent(let maxInFlight):
+                if !state.drained && state.leased.count <= max(maxInFlight / 2, 1) { return nil }
+            }
             state.leased.removeFirst()
             state.checkedAt[first.id] = nil
             state.handedOut.insert(first.id)
