@@ -247,9 +247,8 @@ extension StoreConformance {
                 // hands out at once is the next entry in order.
                 let early = claims.nextLeasedAhead(checkedWithin: .milliseconds(5))
                 try await claims.complete(head)
-                var second = early
-                if second == nil { second = try await claimed(claims, "2") }
-                guard let second else { return }
+                let second: QueueStoreEntry
+                if let early { second = early } else { second = try await claimed(claims, "2") }
                 try expectEqual(path(second), "2", "the entry after the head")
                 try await claims.complete(second)
                 // Another process deletes the next entry; once the age asked for has passed since
@@ -259,12 +258,32 @@ extension StoreConformance {
                 let late = claims.nextLeasedAhead(checkedWithin: .milliseconds(5))
                 try expect(late == nil, "an entry checked more than 5 ms ago was handed out at once: \(late.map(path) ?? "")")
                 try expectEqual(path(try await claimed(claims, "after the deletion")), "4", "the next entry handed out")
-                // What was handed out at once is not handed out again, and goes back at the end.
+                // What was handed out at once is not handed out again, and goes back at the end:
+                // another replay takes it at once.
                 let fifth = claims.nextLeasedAhead(checkedWithin: .seconds(60))
                 if let fifth { try expectEqual(path(fifth), "5", "the entry handed out at once") }
                 try expectEqual(try await drain(claims).map(path), fifth == nil ? ["5"] : [], "handed out after it")
                 try await claims.finish()
-                try expectEqual(try await paths("q", one), ["4", "5"], "pending after the replay")
+                let after = ordered(two, clock: ManualWallClock())
+                try expectEqual(path(try await claimed(after, "the next replay's first")), "4", "the next replay's first")
+                try expectEqual(path(try await claimed(after, "the next replay's second")), "5", "the next replay's second")
+                try await after.finish()
+            },
+            check("nothing is handed out at once past an entry given back, or on half a lease") { store in
+                let database = try await store.open()
+                try await push(["1", "2", "3"], to: "q", database)
+                let clock = ManualWallClock()
+                let claims = ordered(database, clock: clock)
+                let first = try await claimed(claims, "1")
+                try await claims.release(first, failure: nil, nextAttemptAt: nil)
+                let early = claims.nextLeasedAhead(checkedWithin: .seconds(3600))
+                try expect(early == nil, "handed out at once after the head went back: \(early.map(path) ?? "")")
+                try expectEqual(path(try await claimed(claims, "1 again")), "1", "after a give-back")
+                // More than half of the 60-second lease gone: nothing is handed out on it.
+                clock.advance(by: .seconds(36))
+                let late = claims.nextLeasedAhead(checkedWithin: .seconds(3600))
+                try expect(late == nil, "handed out at once with less than half a lease left: \(late.map(path) ?? "")")
+                try await claims.finish()
             },
             check("in order, an entry given back untouched is the next one handed out") { store in
                 let database = try await store.open()

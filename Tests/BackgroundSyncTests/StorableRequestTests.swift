@@ -49,6 +49,21 @@ struct StorableRequestTests {
         #expect(plain.mainDocumentURL == nil)
     }
 
+    @Test func requestDataIsNormalisedWithUnicodeCaseMapping() throws {
+        // Already normal: kept as it is. Otherwise cased as `uppercased()`/`lowercased()` do,
+        // non-ASCII letters included (the long s of "POſT" upper-cases to S, the Kelvin sign
+        // lower-cases to k).
+        let normal = try StorableRequest(requestData: .init(
+            url: "https://example.com/a", method: "POST", headers: ["content-type": "text/plain"], body: Data("x".utf8)))
+        #expect(normal.toObject().method == "POST")
+        #expect(normal.toObject().headers == ["content-type": "text/plain"])
+        let cased = try StorableRequest(requestData: .init(
+            url: "https://example.com/a", method: "po\u{17F}t", headers: ["\u{212A}eep-Alive": "5", "X-A": "1"],
+            body: Data("x".utf8)))
+        #expect(cased.toObject().method == "POST")
+        #expect(cased.toObject().headers == ["keep-alive": "5", "x-a": "1"])
+    }
+
     @Test func requestDataSurvivesJSONAndOlderDataDecodes() throws {
         let storable = try StorableRequest(requestData: .init(
             url: "http://localhost:8080/x", method: "post", headers: ["X-A": "1"], body: Data([0, 1, 2])))

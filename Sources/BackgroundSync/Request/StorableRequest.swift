@@ -87,7 +87,9 @@ public struct StorableRequest: Sendable, Hashable {
     /// GET/HEAD). Header names are lower-cased and the method upper-cased.
     public init(requestData: RequestData) throws {
         var data = requestData
-        if data.method.utf8.contains(where: { $0 >= 0x61 && $0 <= 0x7A }) { data.method = data.method.uppercased() }
+        if data.method.utf8.contains(where: { (0x61...0x7A).contains($0) || $0 >= 0x80 }) {
+            data.method = data.method.uppercased()
+        }
         data.headers = Self.lowercasedHeaders(data.headers)
         parsedURL = try Self.validate(data, url: URL(string: data.url))
         self.data = data
@@ -222,7 +224,10 @@ public struct StorableRequest: Sendable, Hashable {
     /// the order of their original names (stable whatever the dictionary's order).
     private static func lowercasedHeaders(_ fields: [String: String]) -> [String: String] {
         // Stored requests have theirs lower-cased already: nothing to rebuild.
-        if fields.keys.allSatisfy({ !$0.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) }) { return fields }
+        // (Non-ASCII names take the long way: Unicode case mapping may turn them into tokens.)
+        if fields.keys.allSatisfy({ !$0.utf8.contains(where: { (0x41...0x5A).contains($0) || $0 >= 0x80 }) }) {
+            return fields
+        }
         var headers: [String: String] = [:]
         headers.reserveCapacity(fields.count)
         for (name, value) in fields {

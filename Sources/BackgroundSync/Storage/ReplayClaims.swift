@@ -27,11 +27,12 @@ public enum ClaimResult: Sendable {
 /// The claims of one replay of one queue, from ``QueueDatabase/claims(queueName:order:owner:leaseDuration:clock:)``:
 /// the entries handed out, and what became of each.
 ///
-/// The replayer calls ``next()`` for each entry it sends, then exactly one of ``complete(_:)``,
-/// ``release(_:failure:nextAttemptAt:)`` or ``deadLetter(_:failure:)`` for it, and ``finish()``
-/// once at the end, on every path (errors and cancellation included). An ordered replayer may call
-/// ``next()`` while the previous entry is in flight (so that leasing overlaps the send); it
-/// resolves that previous entry before it sends the next one.
+/// The replayer takes each entry it sends from ``next()`` (or ``nextLeasedAhead(checkedWithin:)``),
+/// then calls exactly one of ``complete(_:)``, ``release(_:failure:nextAttemptAt:)`` or
+/// ``deadLetter(_:failure:)`` for it, and ``finish()`` once at the end, on every path (errors and
+/// cancellation included). An ordered replayer may take the next entry while the previous one is
+/// in flight (so that leasing overlaps the send); it resolves that previous entry before it sends
+/// the next one.
 ///
 /// A driver batches as it likes behind these calls: lease several entries with one write and hand
 /// them out one by one, delete delivered entries with the next lease, share commits between
@@ -41,7 +42,8 @@ public enum ClaimResult: Sendable {
 ///   or that expired, is taken);
 /// - an entry is handed out with at least half of `leaseDuration` left on its lease (a driver that
 ///   leased it ahead of time leases it again before that), and only while it is still pending and
-///   leased to the owner: an entry deleted or set aside after it was leased ahead is not handed out;
+///   leased to the owner: an entry deleted or set aside after it was leased ahead is not handed out
+///   by ``next()`` (``nextLeasedAhead(checkedWithin:)`` may rely on a check as old as its caller allows);
 /// - an entry handed out and not resolved is not handed out again by the same claims;
 /// - an entry that cannot be read (a damaged row) is neither handed out nor left blocking the queue:
 ///   it becomes a dead letter with a failure of kind ``ReplayFailure/Kind/unreadableEntry``, in the
@@ -80,9 +82,11 @@ public protocol ReplayClaims: AnyObject, Sendable {
     /// the claims' clock (at the lease, or at a check made with an earlier call of ``next()``);
     /// otherwise `nil`, and the caller calls ``next()``. Unlike ``next()``, it may hand out an
     /// entry deleted or set aside less than `maxCheckAge` ago: the caller accepts a check that old.
-    /// What it hands out counts as handed out by ``next()``, and it returns `nil` wherever
-    /// ``next()`` would write or wait first (a lease to make or under way, an ordered replay to
-    /// restart from the head). An ordered replayer calls it before each send, and starts a task to
+    /// Everything else ``next()`` keeps, it keeps: it returns only the entry ``next()`` would
+    /// return now, with at least half of `leaseDuration` left on its lease, and that entry counts
+    /// as handed out (``finish()`` gives it back if unresolved). It returns `nil` wherever
+    /// ``next()`` would write or wait first: a lease to make or under way, an ordered replay to
+    /// restart from the head after an entry went back untouched. An ordered replayer calls it before each send, and starts a task to
     /// call ``next()`` during the send only when it returns `nil`; a concurrent one calls it before
     /// ``next()``. The default returns `nil`.
     func nextLeasedAhead(checkedWithin maxCheckAge: Duration) -> QueueStoreEntry?

@@ -53,6 +53,10 @@ extension SQLiteQueueDatabase {
 
     /// How many entries one ``leased(among:to:)`` checks at most.
     static let leaseCheckLimit = 16
+    private static let leaseCheckSQL = """
+        SELECT id FROM entry WHERE id IN (\(Array(repeating: "?", count: leaseCheckLimit).joined(separator: ", ")))
+        AND state = 'pending' AND leaseOwner = ?
+        """
 
     /// Which of these entries (at most ``leaseCheckLimit``) are pending and leased to `owner`: the
     /// check a replay makes before it hands out entries it leased ahead. It runs often, so on a file
@@ -65,12 +69,9 @@ extension SQLiteQueueDatabase {
         precondition(!ids.isEmpty && ids.count <= Self.leaseCheckLimit, "checks 1 to \(Self.leaseCheckLimit) entries")
         // One statement text whatever the count: the list is padded with its first id.
         let padded = ids + Array(repeating: ids[0], count: Self.leaseCheckLimit - ids.count)
+        let arguments = StatementArguments(padded + [owner] as [any DatabaseValueConvertible])
         @Sendable func check(_ db: Database) throws -> Set<Int64> {
-            let statement = try db.cachedStatement(sql: """
-                SELECT id FROM entry WHERE id IN (\(Array(repeating: "?", count: Self.leaseCheckLimit).joined(separator: ", ")))
-                AND state = 'pending' AND leaseOwner = ?
-                """)
-            return Set(try Int64.fetchAll(statement, arguments: StatementArguments(padded + [owner] as [any DatabaseValueConvertible])))
+            Set(try Int64.fetchAll(try db.cachedStatement(sql: Self.leaseCheckSQL), arguments: arguments))
         }
         guard writer is DatabasePool else { return try await read("read", check) }
         do {

@@ -10,10 +10,11 @@ import GRDB
 /// ones (or at ``finish()``), so a replay pays one commit per few entries, and an ordered replay,
 /// which asks for the next entry while the current one is in flight, makes that commit during the
 /// send. Entries leased ahead are leased again once half their lease is gone, and each is checked
-/// by ``next()`` when it is handed out: one deleted or set aside meanwhile, by this process or
+/// by ``next()`` when it hands it out: one deleted or set aside meanwhile, by this process or
 /// another, is skipped. A check reads the following entries with it (up to
 /// ``SQLiteQueueDatabase/leaseCheckLimit`` in one statement), and notes when each was found
-/// leased, as a lease does: ``nextLeasedAhead(checkedWithin:)`` hands them out without a read.
+/// leased, as a lease does: ``nextLeasedAhead(checkedWithin:)`` hands out, without a read, an
+/// entry found leased recently enough for its caller.
 final class SQLiteReplayClaims: ReplayClaims {
     /// How many entries an ordered replay leases at a time, at first and whenever the server is
     /// slow. The price of batching: a process that dies mid-replay may send again the delivered
@@ -103,8 +104,9 @@ final class SQLiteReplayClaims: ReplayClaims {
                 }
                 let valid = try await database.leased(among: [entry.id] + following, to: owner)
                 state.withLock { state in
-                    for id in following where valid.contains(id) && state.checkedAt[id] != nil {
-                        state.checkedAt[id] = now
+                    // Only for entries still leased ahead; one found gone waits for `next()`.
+                    for id in following where state.leased.contains(where: { $0.id == id }) {
+                        state.checkedAt[id] = valid.contains(id) ? now : nil
                     }
                 }
                 if valid.contains(entry.id) { return .claimed(entry) }
@@ -137,9 +139,15 @@ final class SQLiteReplayClaims: ReplayClaims {
     func nextLeasedAhead(checkedWithin maxCheckAge: Duration) -> QueueStoreEntry? {
         let now = clock.now
         return state.withLock { state in
+            // Ages below zero (the clock went back) count as too old.
+            func within(_ since: Date?, _ limit: TimeInterval) -> Bool {
+                guard let since else { return false }
+                let age = now.timeIntervalSince(since)
+                return age >= 0 && age <= limit
+            }
             guard !state.finished, !state.leasing, let first = state.leased.first,
-                let leasedAt = state.leasedAt, now.timeIntervalSince(leasedAt) <= leaseDuration.timeInterval / 2,
-                let checkedAt = state.checkedAt[first.id], now.timeIntervalSince(checkedAt) <= maxCheckAge.timeInterval
+                within(state.leasedAt, leaseDuration.timeInterval / 2),
+                within(state.checkedAt[first.id], maxCheckAge.timeInterval)
             else { return nil }
             // What `next()` would take without starting a lease: in order, only while nothing went
             // back; concurrently, only above the low water that starts the next lease.
