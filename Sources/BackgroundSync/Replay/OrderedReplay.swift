@@ -32,20 +32,17 @@ extension ReplayRunner {
                 // Handed out now, and back at `finish()` if the replay stops before sending it.
                 outcome = try await replay(entry, claims: claims)
                 next = .claimed(ready)
-                handedOutAt = askedAt
-                summary.count(outcome)
-                if case .stop(let error) = outcome { throw error }
-                continue
+            } else {
+                async let following = claims.next()
+                do {
+                    outcome = try await replay(entry, claims: claims)
+                } catch {
+                    // The entry the next claim handed out goes back with the others at `finish()`.
+                    _ = try? await following
+                    throw error
+                }
+                next = try await following
             }
-            async let following = claims.next()
-            do {
-                outcome = try await replay(entry, claims: claims)
-            } catch {
-                // The entry the next claim handed out goes back with the others at `finish()`.
-                _ = try? await following
-                throw error
-            }
-            next = try await following
             handedOutAt = askedAt
             summary.count(outcome)
             if case .stop(let error) = outcome { throw error }

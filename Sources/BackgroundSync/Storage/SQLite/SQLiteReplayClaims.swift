@@ -139,44 +139,46 @@ final class SQLiteReplayClaims: ReplayClaims {
     func nextLeasedAhead(checkedWithin maxCheckAge: Duration) -> QueueStoreEntry? {
         let now = clock.now
         return state.withLock { state in
-            // Ages below zero (the clock went back) count as too old.
-            func within(_ since: Date?, _ limit: TimeInterval) -> Bool {
-                guard let since else { return false }
-                let age = now.timeIntervalSince(since)
-                return age >= 0 && age <= limit
-            }
-            guard !state.finished, !state.leasing, let first = state.leased.first,
-                within(state.leasedAt, leaseDuration.timeInterval / 2),
-                within(state.checkedAt[first.id], maxCheckAge.timeInterval)
+            // What `next()` would take now without a lease, found leased recently enough (an age
+            // below zero, the clock gone back, counts as too old).
+            guard !state.finished, takesLeasedAhead(state, now: now), let first = state.leased.first,
+                let leasedAt = state.leasedAt, now >= leasedAt,
+                let checkedAt = state.checkedAt[first.id], now >= checkedAt,
+                now.timeIntervalSince(checkedAt) <= maxCheckAge.timeInterval
             else { return nil }
-            // What `next()` would take without starting a lease: in order, only while nothing went
-            // back; concurrently, only above the low water that starts the next lease.
-            switch order {
-            case .ordered:
-                if state.restartFromHead { return nil }
-            case .concurrent(let maxInFlight):
-                if !state.drained && state.leased.count <= max(maxInFlight / 2, 1) { return nil }
-            }
-            state.leased.removeFirst()
-            state.checkedAt[first.id] = nil
-            state.handedOut.insert(first.id)
-            return first
+            return handOutLeasedAhead(&state)
         }
+    }
+
+    /// Whether ``next()`` hands out the first entry leased ahead rather than starting a lease: in
+    /// order, while the lease is fresh and nothing went back; concurrently, while the lease is fresh
+    /// and above the low water that starts the next lease (or while one is under way, or none is left).
+    private func takesLeasedAhead(_ state: State, now: Date) -> Bool {
+        let stale = state.leasedAt.map { now.timeIntervalSince($0) > leaseDuration.timeInterval / 2 } ?? false
+        guard !state.leased.isEmpty, !stale else { return false }
+        switch order {
+        case .ordered:
+            return !state.restartFromHead
+        case .concurrent(let maxInFlight):
+            return state.leasing || state.drained || state.leased.count > max(maxInFlight / 2, 1)
+        }
+    }
+
+    /// Hands out the first entry leased ahead.
+    private func handOutLeasedAhead(_ state: inout State) -> QueueStoreEntry {
+        let entry = state.leased.removeFirst()
+        state.handedOut.insert(entry.id)
+        state.checkedAt[entry.id] = nil
+        return entry
     }
 
     /// Decides what a call of ``next()`` does, under the lock.
     private func plan(_ state: inout State, now: Date) -> Step {
         if state.finished { return .done(.empty) }
+        if takesLeasedAhead(state, now: now) { return .take(handOutLeasedAhead(&state)) }
         let stale = state.leasedAt.map { now.timeIntervalSince($0) > leaseDuration.timeInterval / 2 } ?? false
-        let take = { (state: inout State) -> Step in
-            let entry = state.leased.removeFirst()
-            state.handedOut.insert(entry.id)
-            state.checkedAt[entry.id] = nil
-            return .take(entry)
-        }
         switch order {
         case .ordered:
-            if !state.leased.isEmpty && !stale && !state.restartFromHead { return take(&state) }
             if state.leasing { return .wait }
             // The previous batch went out whole (nothing given back, not stale): `leasedAt` is when
             // it was leased, and all of it but the entry in flight was sent since.
@@ -191,10 +193,6 @@ final class SQLiteReplayClaims: ReplayClaims {
             }
             return .lease(startLease(&state, limit: state.orderedBatch, givingBackAll: true))
         case .concurrent(let maxInFlight):
-            let lowWater = max(maxInFlight / 2, 1)
-            if !state.leased.isEmpty && !stale && (state.leasing || state.drained || state.leased.count > lowWater) {
-                return take(&state)
-            }
             if state.leasing { return .wait }
             if state.leased.isEmpty && state.drained && state.lastLeased == 0 { return .done(.empty) }
             let wanted = max(2 * maxInFlight - state.handedOut.count - (stale ? 0 : state.leased.count), 1)
