@@ -150,18 +150,24 @@ final class SQLiteReplayClaims: ReplayClaims {
         }
     }
 
-    /// Whether ``next()`` hands out the first entry leased ahead rather than starting a lease: in
-    /// order, while the lease is fresh and nothing went back; concurrently, while the lease is fresh
-    /// and above the low water that starts the next lease (or while one is under way, or none is left).
+    /// Whether ``next()`` hands out the first entry leased ahead rather than starting a lease or
+    /// waiting for one: in order, while the lease is fresh and nothing went back; concurrently,
+    /// while the lease is fresh and above the low water that starts the next lease (or while one is
+    /// under way, or none is left).
     private func takesLeasedAhead(_ state: State, now: Date) -> Bool {
-        let stale = state.leasedAt.map { now.timeIntervalSince($0) > leaseDuration.timeInterval / 2 } ?? false
-        guard !state.leased.isEmpty, !stale else { return false }
+        guard !state.leased.isEmpty, !isStale(state, now: now) else { return false }
         switch order {
         case .ordered:
             return !state.restartFromHead
         case .concurrent(let maxInFlight):
             return state.leasing || state.drained || state.leased.count > max(maxInFlight / 2, 1)
         }
+    }
+
+    /// Whether half of the lease of the entries leased ahead is gone: they are leased again before
+    /// one is handed out.
+    private func isStale(_ state: State, now: Date) -> Bool {
+        state.leasedAt.map { now.timeIntervalSince($0) > leaseDuration.timeInterval / 2 } ?? false
     }
 
     /// Hands out the first entry leased ahead.
@@ -176,7 +182,7 @@ final class SQLiteReplayClaims: ReplayClaims {
     private func plan(_ state: inout State, now: Date) -> Step {
         if state.finished { return .done(.empty) }
         if takesLeasedAhead(state, now: now) { return .take(handOutLeasedAhead(&state)) }
-        let stale = state.leasedAt.map { now.timeIntervalSince($0) > leaseDuration.timeInterval / 2 } ?? false
+        let stale = isStale(state, now: now)
         switch order {
         case .ordered:
             if state.leasing { return .wait }
