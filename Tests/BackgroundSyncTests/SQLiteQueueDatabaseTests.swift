@@ -213,10 +213,43 @@ struct SQLiteQueueDatabaseTests {
             try await database.entries(queueName: "q", state: .pending)
         }
         #expect(error.entryID == 1)
+        #expect(error.description.contains("column timestamp holds \"yesterday\""), "the message names the column: \(error)")
         let queue = try Queue(name: "q", database: database)
         #expect(try await queue.replayRequests().delivered == 1)
         #expect(server.bodies == ["b"])
         #expect(try await database.countEntries(queueName: "q", state: .dead) == 1, "set aside, not lost")
+    }
+
+    /// Deletions, leases and give-backs by id go in statements of a few dozen ids: more than one
+    /// statement's worth, repeated ids and ids of no entry are each counted once or not at all.
+    @Test func changesByIdSpanSeveralStatements() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        let store = QueueStore(queueName: "q", database: database)
+        var ids: [Int64] = []
+        for index in 0..<75 {
+            ids.append(try await store.pushEntry(UnidentifiedQueueStoreEntry(
+                requestData: .init(url: "https://a.example/\(index)", method: "POST"))))
+        }
+        // One replayer leases 70 entries ahead and gives them all back at its end.
+        let clock = ManualWallClock()
+        let first = database.claims(
+            queueName: "q", order: .concurrent(maxInFlight: 35), owner: .current(), leaseDuration: .seconds(300), clock: clock)
+        guard case .claimed = try await first.next() else {
+            Issue.record("the first replayer takes an entry")
+            return
+        }
+        try await first.finish()
+        // Another one finds every entry free.
+        let second = database.claims(
+            queueName: "q", order: .concurrent(maxInFlight: 40), owner: otherReplayer, leaseDuration: .seconds(300), clock: clock)
+        var taken: Set<Int64> = []
+        while case .claimed(let entry) = try await second.next() { taken.insert(entry.id) }
+        #expect(taken == Set(ids))
+        try await second.finish()
+        let deleted = try await database.deleteEntries(ids: Array(ids.prefix(70)) + [ids[0], ids[69], 999_999])
+        #expect(deleted == 70)
+        #expect(try await store.getAll().map(\.id) == Array(ids.suffix(5)))
+        #expect(try await store.size() == 5, "the count kept by the trigger")
     }
 
     @Test func inMemoryDatabasesWork() async throws {

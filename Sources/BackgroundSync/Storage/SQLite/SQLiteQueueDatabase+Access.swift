@@ -51,6 +51,42 @@ extension SQLiteQueueDatabase {
         }
     }
 
+    /// How many ids one statement of ``execute(_:ids:leading:trailing:_:)`` takes.
+    static let idBatch = 32
+    /// The placeholders of ``idBatch`` ids, for an `IN` list.
+    static let idList = Array(repeating: "?", count: idBatch).joined(separator: ", ")
+
+    /// Runs a change whose SQL has an `IN (\(idList))` list for the ids in the open transaction,
+    /// in statements of ``idBatch`` ids (the last list padded with its own first id, so that each SQL
+    /// text is one cached statement), with `leading` arguments before the list and `trailing`
+    /// ones after it; returns how many rows it changed. One statement per few dozen rows instead
+    /// of one per row: each statement run costs about as much as the change of a row.
+    @discardableResult
+    static func execute(
+        _ sql: String, ids: some Collection<Int64>, leading: [any DatabaseValueConvertible] = [],
+        trailing: [any DatabaseValueConvertible] = [], _ db: Database
+    ) throws -> Int {
+        guard !ids.isEmpty else { return 0 }
+        let statement = try db.cachedStatement(sql: sql)
+        var changed = 0
+        var batch: [any DatabaseValueConvertible] = []
+        batch.reserveCapacity(leading.count + idBatch + trailing.count)
+        var rest = ids[...]
+        while !rest.isEmpty {
+            let chunk = rest.prefix(idBatch)
+            rest = rest.dropFirst(chunk.count)
+            batch.removeAll(keepingCapacity: true)
+            batch += leading
+            for id in chunk { batch.append(id) }
+            // Within one statement a repeated id changes its row once.
+            for _ in chunk.count..<idBatch { batch.append(chunk.first!) }
+            batch += trailing
+            try statement.execute(arguments: StatementArguments(batch))
+            changed += db.changesCount
+        }
+        return changed
+    }
+
     /// How many entries one ``leased(among:to:)`` checks at most.
     static let leaseCheckLimit = 16
     private static let leaseCheckSQL = """

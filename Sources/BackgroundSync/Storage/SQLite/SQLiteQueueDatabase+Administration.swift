@@ -54,15 +54,10 @@ extension SQLiteQueueDatabase {
     /// Deletes entries by id in the open transaction; returns how many existed.
     @discardableResult
     static func deleteEntries(_ ids: some Collection<Int64>, _ db: Database) throws -> Int {
-        guard !ids.isEmpty else { return 0 }
-        let delete = try db.cachedStatement(sql: "DELETE FROM entry WHERE id = ?")
-        var deleted = 0
-        for id in ids {
-            try delete.execute(arguments: [id])
-            deleted += db.changesCount
-        }
-        return deleted
+        try execute(deleteByIDSQL, ids: ids, db)
     }
+
+    private static let deleteByIDSQL = "DELETE FROM entry WHERE id IN (\(idList))"
 
     @discardableResult
     public func deleteEntries(queueName: String?, state: EntryState?) async throws -> Int {

@@ -17,7 +17,7 @@ extension SQLiteQueueDatabase {
             ORDER BY position LIMIT ?
             """)
         scan: while entries.count < limit {
-            // Rows are read in place; a lease changes no indexed column, so the scan goes on.
+            // Rows are read in place and leased once read.
             let cursor = try Row.fetchCursor(head, arguments: [queueName, limit + excluded.count + entries.count])
             while entries.count < limit, let row = try cursor.next() {
                 let id: Int64 = try row.decode(atIndex: EntryColumn.id.rawValue)
@@ -30,11 +30,12 @@ extension SQLiteQueueDatabase {
                     break scan
                 }
                 // An unreadable row is set aside (its state changes, an indexed column): scan again.
-                guard let entry = try lease(row, to: owner, until: expiry, db) else { continue scan }
+                guard let entry = try readForLease(row, db) else { continue scan }
                 entries.append(entry)
             }
             break
         }
+        try markLeased(entries, to: owner, until: expiry, db)
         return (entries, nil)
     }
 
@@ -47,7 +48,7 @@ extension SQLiteQueueDatabase {
     ) throws -> [QueueStoreEntry] {
         var entries: [QueueStoreEntry] = []
         // Entries leased by a live holder are skipped; scan a bounded window past them. Rows are
-        // read in place and only until enough are leased: the leases change no indexed column.
+        // read in place and only until enough are taken, then leased.
         let window = try db.cachedStatement(sql: """
             SELECT \(EntryColumn.list) FROM entry WHERE queueName = ? AND state = 'pending'
             AND (nextAttemptAt IS NULL OR nextAttemptAt <= ?)
@@ -57,13 +58,15 @@ extension SQLiteQueueDatabase {
             let cursor = try Row.fetchCursor(window, arguments: [queueName, now, limit * 4 + 64])
             while entries.count < limit, let row = try cursor.next() {
                 if liveLease(row, now: now) != nil { continue }
-                if !excluded.isEmpty, excluded.contains(try row.decode(atIndex: EntryColumn.id.rawValue)) { continue }
+                let id: Int64 = try row.decode(atIndex: EntryColumn.id.rawValue)
+                if excluded.contains(id) || entries.contains(where: { $0.id == id }) { continue }
                 // An unreadable row was set aside (its state changed): scan again.
-                guard let entry = try lease(row, to: owner, until: expiry, db) else { continue scan }
+                guard let entry = try readForLease(row, db) else { continue scan }
                 entries.append(entry)
             }
             break
         }
+        try markLeased(entries, to: owner, until: expiry, db)
         return entries
     }
 
@@ -78,9 +81,9 @@ extension SQLiteQueueDatabase {
         return (holder, until)
     }
 
-    /// Leases a row's entry to `owner` and returns it. A row that cannot be decoded must neither
-    /// block the queue nor vanish: it is set aside as a dead letter with the reason, and `nil` returned.
-    private static func lease(_ row: Row, to owner: String, until expiry: Double, _ db: Database) throws -> QueueStoreEntry? {
+    /// The entry of a row about to be leased. A row that cannot be decoded must neither block the
+    /// queue nor vanish: it is set aside as a dead letter with the reason, and `nil` returned.
+    private static func readForLease(_ row: Row, _ db: Database) throws -> QueueStoreEntry? {
         let id: Int64 = try row.decode(atIndex: EntryColumn.id.rawValue)
         let entry: QueueStoreEntry
         do {
@@ -93,17 +96,21 @@ extension SQLiteQueueDatabase {
                 """).execute(arguments: [ReplayFailure.Kind.unreadableEntry.rawValue, "unreadable entry: \(error)", id])
             return nil
         }
-        try db.cachedStatement(sql: "UPDATE entry SET leaseOwner = ?, leaseExpiresAt = ? WHERE id = ?")
-            .execute(arguments: [owner, expiry, id])
         return entry
+    }
+
+    private static let markLeasedSQL = "UPDATE entry SET leaseOwner = ?, leaseExpiresAt = ? WHERE id IN (\(idList))"
+    private static let giveBackSQL =
+        "UPDATE entry SET leaseOwner = NULL, leaseExpiresAt = NULL WHERE id IN (\(idList)) AND leaseOwner = ?"
+
+    /// Leases entries read by ``readForLease(_:_:)`` to `owner` until `expiry`.
+    private static func markLeased(_ entries: [QueueStoreEntry], to owner: String, until expiry: Double, _ db: Database) throws {
+        try execute(markLeasedSQL, ids: entries.map(\.id), leading: [owner, expiry], db)
     }
 
     /// Clears this owner's leases on entries, counting nothing.
     static func giveBack(_ ids: some Collection<Int64>, owner: String, _ db: Database) throws {
-        guard !ids.isEmpty else { return }
-        let release = try db.cachedStatement(
-            sql: "UPDATE entry SET leaseOwner = NULL, leaseExpiresAt = NULL WHERE id = ? AND leaseOwner = ?")
-        for id in ids { try release.execute(arguments: [id, owner]) }
+        try execute(giveBackSQL, ids: ids, trailing: [owner], db)
     }
 
     /// Counts a failed attempt on a pending entry this owner holds (or nobody does), records the
