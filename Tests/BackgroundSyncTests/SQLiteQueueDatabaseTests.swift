@@ -252,6 +252,19 @@ struct SQLiteQueueDatabaseTests {
         #expect(try await store.size() == 5, "the count kept by the trigger")
     }
 
+    /// Entries whose settings alternate read back each with its own (the last settings read are
+    /// kept for the next entry).
+    @Test func settingsReadBackEntryByEntry() async throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        let store = QueueStore(queueName: "q", database: database)
+        let timeouts: [Double] = [5, 5, 7, 60, 5, 7]
+        for timeout in timeouts {
+            try await store.pushEntry(UnidentifiedQueueStoreEntry(
+                requestData: .init(url: "https://a.example/", method: "POST", timeoutInterval: timeout)))
+        }
+        #expect(try await store.getAll().map(\.requestData.timeoutInterval) == timeouts)
+    }
+
     @Test func inMemoryDatabasesWork() async throws {
         let database = try SQLiteQueueDatabase.inMemory()
         let store = QueueStore(queueName: "q", database: database)

@@ -59,6 +59,16 @@ extension SQLiteQueueDatabase {
 
         static let defaults = RequestSettings(StorableRequest.RequestData(url: ""))
 
+        /// The settings a text holds. The entries of a queue mostly share theirs: the last text
+        /// decoded is kept, so that a replay does not run a `JSONDecoder` for every entry.
+        static func decode(_ text: String) throws -> RequestSettings {
+            if let last = lastDecoded.withLock({ $0 }), last.text == text { return last.settings }
+            let settings = try JSONDecoder().decode(RequestSettings.self, from: Data(text.utf8))
+            lastDecoded.withLock { $0 = (text, settings) }
+            return settings
+        }
+        private static let lastDecoded = Locked<(text: String, settings: RequestSettings)?>(nil)
+
         init(_ data: StorableRequest.RequestData) {
             timeoutInterval = data.timeoutInterval
             cachePolicy = data.cachePolicy
@@ -83,18 +93,27 @@ extension SQLiteQueueDatabase {
     /// GRDB's strict conversions (no SQLite type coercion), so a damaged row (a wrong type written
     /// by hand or by corruption) is an error that names the entry and the column, never a crash.
     static func decode(_ row: Row) throws -> QueueStoreEntry {
+        // The stored value, then converted: GRDB's generic `decode(atIndex:)` runs unspecialized
+        // code (for optionals too) that costs more than the rest of a lease.
+        func stored(_ column: EntryColumn) -> DatabaseValue {
+            (row[column.rawValue] as (any DatabaseValueConvertible)?)?.databaseValue ?? .null
+        }
         func value<T: DatabaseValueConvertible>(_ column: EntryColumn) throws -> T {
-            // The stored value, then converted: GRDB's generic `decode(atIndex:)` runs
-            // unspecialized code that costs more than the rest of a lease.
-            let stored = (row[column.rawValue] as (any DatabaseValueConvertible)?)?.databaseValue ?? .null
+            let stored = stored(column)
+            if let converted = T.fromDatabaseValue(stored) { return converted }
+            throw BackgroundSyncError(.storage, "column \(column) holds \(stored), not \(T.self)")
+        }
+        func optional<T: DatabaseValueConvertible>(_ column: EntryColumn) throws -> T? {
+            let stored = stored(column)
+            if stored.isNull { return nil }
             if let converted = T.fromDatabaseValue(stored) { return converted }
             throw BackgroundSyncError(.storage, "column \(column) holds \(stored), not \(T.self)")
         }
         let id: Int64 = try value(.id)
         func failure() throws -> ReplayFailure? {
-            guard let message: String = try value(.lastError) else { return nil }
-            let status: Int? = try value(.lastStatus)
-            let kindText: String? = try value(.lastFailureKind)
+            guard let message: String = try optional(.lastError) else { return nil }
+            let status: Int? = try optional(.lastStatus)
+            let kindText: String? = try optional(.lastFailureKind)
             let kind: ReplayFailure.Kind
             if let kindText {
                 guard let known = ReplayFailure.Kind(rawValue: kindText) else {
@@ -105,14 +124,13 @@ extension SQLiteQueueDatabase {
                 kind = .unrecorded
             }
             return ReplayFailure(
-                kind: kind, status: status, message: message, responseExcerpt: try value(.lastResponseExcerpt))
+                kind: kind, status: status, message: message, responseExcerpt: try optional(.lastResponseExcerpt))
         }
         do {
             let headers = try FlatJSON.decode(try value(.headers))
-            let settingsText: String? = try value(.settings)
-            let settings = try settingsText.map { try JSONDecoder().decode(RequestSettings.self, from: Data($0.utf8)) }
-                ?? RequestSettings.defaults
-            let metadataText: String? = try value(.metadata)
+            let settingsText: String? = try optional(.settings)
+            let settings = try settingsText.map(RequestSettings.decode) ?? RequestSettings.defaults
+            let metadataText: String? = try optional(.metadata)
             let metadata = try metadataText.map(FlatJSON.decode)
             let stateText: String = try value(.state)
             guard let state = EntryState(rawValue: stateText) else {
@@ -122,14 +140,14 @@ extension SQLiteQueueDatabase {
                 url: try value(.url),
                 method: try value(.method),
                 headers: headers,
-                body: try value(.body),
+                body: try optional(.body),
                 timeoutInterval: settings.timeoutInterval,
                 cachePolicy: settings.cachePolicy,
                 httpShouldHandleCookies: settings.httpShouldHandleCookies,
                 allowsCellularAccess: settings.allowsCellularAccess,
                 mainDocumentURL: settings.mainDocumentURL)
             let timestamp: Double = try value(.timestamp)
-            let nextAttemptAt: Double? = try value(.nextAttemptAt)
+            let nextAttemptAt: Double? = try optional(.nextAttemptAt)
             return QueueStoreEntry(
                 id: id,
                 queueName: try value(.queueName),
@@ -141,9 +159,9 @@ extension SQLiteQueueDatabase {
                 attempts: try value(.attempts),
                 nextAttemptAt: nextAttemptAt.map(Date.init(timeIntervalSince1970:)),
                 lastFailure: try failure(),
-                idempotencyKey: try value(.idempotencyKey),
-                sealedSecrets: try value(.sealedSecrets),
-                recordKey: try value(.recordKey))
+                idempotencyKey: try optional(.idempotencyKey),
+                sealedSecrets: try optional(.sealedSecrets),
+                recordKey: try optional(.recordKey))
         } catch {
             throw BackgroundSyncError(.storage, "entry \(id) cannot be read: \(error)", entryID: id)
         }
