@@ -22,7 +22,7 @@ final class SQLiteReplayClaims: ReplayClaims {
     /// until the next lease deletes them.
     static let orderedLeaseAhead = 8
     /// The most an ordered replay leases at a time (see ``fastBatch``).
-    static let orderedLeaseAheadMax = 32
+    static let orderedLeaseAheadMax = 64
     /// An ordered replay's batch doubles, up to ``orderedLeaseAheadMax``, when at the pace of the
     /// previous batch it would go out within this time; otherwise it is ``orderedLeaseAhead``. So
     /// the price of batching stays about this much work, or ``orderedLeaseAhead`` entries; a server
