@@ -36,6 +36,12 @@ enum Fixtures {
         try handle.close()
     }
 
+    /// Closes a database and removes its files.
+    static func remove(_ database: SQLiteQueueDatabase, path: String) {
+        try? database.close()
+        for suffix in ["", "-wal", "-shm", ".reserve"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+    }
+
     /// A loopback server that answers every request at once with a 201.
     static func server() throws -> LoopbackHTTPServer {
         let server = LoopbackHTTPServer { _ in .respond(.init(status: 201, body: Data(#"{"ok":true}"#.utf8))) }

@@ -123,9 +123,12 @@ struct ReplayBenchmark {
     ) async throws -> (rate: Double, cpuMicroseconds: Double) {
         let path = freshPath("drain-\(concurrency)")
         try Fixtures.fill(path: path, queue: "bench", url: url.absoluteString, count: count)
+        let database = try SQLiteQueueDatabase(path: path)
+        // Removed at once: the kernel would otherwise write its pages back during what runs next.
+        defer { Fixtures.remove(database, path: path) }
         let queue = try Queue(
             name: "bench", options: QueueOptions(maxConcurrentReplays: concurrency),
-            database: try SQLiteQueueDatabase(path: path), transport: transport, syncManager: SyncManager())
+            database: database, transport: transport, syncManager: SyncManager())
         let cpu = CPUTime.now()
         let start = ContinuousClock.now
         let summary = try await queue.replayRequests()
