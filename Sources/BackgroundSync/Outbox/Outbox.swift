@@ -26,7 +26,7 @@ import FoundationNetworking
 ///   process dies is uploaded again (at least once), so `upload` should be idempotent (send the
 ///   record's id).
 /// - A record that a running sync has already taken is not replaced by a save: the one being
-///   uploaded, and those the store leased ahead of it (up to 8 with the SQLite store, 32 while
+///   uploaded, and those the store leased ahead of it (up to 8 with the SQLite store, 64 while
 ///   uploads go fast). The new version goes to the end and is uploaded after the old one.
 ///
 /// The records are entries of a ``Queue`` named `outbox:<name>` (``queue``) on the same database

@@ -59,8 +59,9 @@ extension SQLiteQueueDatabase {
     /// Runs a change whose SQL has an `IN (\(idList))` list for the ids in the open transaction,
     /// in statements of ``idBatch`` ids (the last list padded with its own first id, so that each SQL
     /// text is one cached statement), with `leading` arguments before the list and `trailing`
-    /// ones after it; returns how many rows it changed. One statement per few dozen rows instead
-    /// of one per row: each statement run costs about as much as the change of a row.
+    /// ones after it; returns how many rows it changed (for an `UPDATE`, an id given twice in
+    /// different statements counts twice). Running a statement costs about as much as changing a
+    /// row, so the rows go a few dozen to a statement, not one each.
     @discardableResult
     static func execute(
         _ sql: String, ids: some Collection<Int64>, leading: [any DatabaseValueConvertible] = [],
@@ -87,11 +88,10 @@ extension SQLiteQueueDatabase {
         return changed
     }
 
-    /// How many entries one ``leased(among:to:)`` checks at most.
-    static let leaseCheckLimit = 16
+    /// How many entries one ``leased(among:to:)`` checks at most: one ``idList``.
+    static let leaseCheckLimit = idBatch
     private static let leaseCheckSQL = """
-        SELECT id FROM entry WHERE id IN (\(Array(repeating: "?", count: leaseCheckLimit).joined(separator: ", ")))
-        AND state = 'pending' AND leaseOwner = ?
+        SELECT id FROM entry WHERE id IN (\(Array(repeating: "?", count: leaseCheckLimit).joined(separator: ", "))) AND state = 'pending' AND leaseOwner = ?
         """
 
     /// Which of these entries (at most ``leaseCheckLimit``) are pending and leased to `owner`: the

@@ -17,7 +17,7 @@ extension SQLiteQueueDatabase {
             ORDER BY position LIMIT ?
             """)
         scan: while entries.count < limit {
-            // Rows are read in place and leased once read.
+            // Rows are read in place, then leased together once the scan ends.
             let cursor = try Row.fetchCursor(head, arguments: [queueName, limit + excluded.count + entries.count])
             while entries.count < limit, let row = try cursor.next() {
                 let id: Int64 = try row.decode(atIndex: EntryColumn.id.rawValue)
@@ -73,7 +73,7 @@ extension SQLiteQueueDatabase {
     /// The lease on a row, unless it expired or its holder is a dead process of this host.
     static func liveLease(_ row: Row, now: Double) -> (holder: String, until: Double)? {
         // A lease that cannot be read is no lease: the entry is claimable (and set aside by
-        // `lease(_:to:until:_:)` if the rest of the row is damaged too).
+        // `readForLease(_:_:)` if the rest of the row is damaged too).
         guard let holder: String = try? row.decode(atIndex: EntryColumn.leaseOwner.rawValue),
             let until: Double = try? row.decode(atIndex: EntryColumn.leaseExpiresAt.rawValue), until >= now,
             !LeaseOwner.isAbandoned(holder)

@@ -62,7 +62,7 @@ extension SQLiteQueueDatabase {
         /// The settings a text holds. The entries of a queue mostly share theirs: the last text
         /// decoded is kept, so that a replay does not run a `JSONDecoder` for every entry.
         static func decode(_ text: String) throws -> RequestSettings {
-            if let last = lastDecoded.withLock({ $0 }), last.text == text { return last.settings }
+            if let last = lastDecoded.withLock({ $0 }), last.text.utf8.elementsEqual(text.utf8) { return last.settings }
             let settings = try JSONDecoder().decode(RequestSettings.self, from: Data(text.utf8))
             lastDecoded.withLock { $0 = (text, settings) }
             return settings
@@ -90,11 +90,12 @@ extension SQLiteQueueDatabase {
     }
 
     /// Reads an entry from a row of `SELECT \(EntryColumn.list)`. Every column is converted by
-    /// GRDB's strict conversions (no SQLite type coercion), so a damaged row (a wrong type written
+    /// GRDB's `fromDatabaseValue`, which refuses what it cannot convert (text in a number column,
+    /// NULL in a required one) where SQLite would coerce it, so a damaged row (a wrong type written
     /// by hand or by corruption) is an error that names the entry and the column, never a crash.
     static func decode(_ row: Row) throws -> QueueStoreEntry {
-        // The stored value, then converted: GRDB's generic `decode(atIndex:)` runs unspecialized
-        // code (for optionals too) that costs more than the rest of a lease.
+        // The stored value, then converted, without GRDB's generic `decode(atIndex:)`, whose
+        // unspecialized code (for optionals too) is a large part of a lease's CPU.
         func stored(_ column: EntryColumn) -> DatabaseValue {
             (row[column.rawValue] as (any DatabaseValueConvertible)?)?.databaseValue ?? .null
         }
