@@ -34,6 +34,30 @@ struct ConnectivityTests {
         #expect(server.received.current.first?.method == "HEAD")
     }
 
+    @Test func aBaseMonitorGatesTheProbesAndItsOfflineEndsThem() async throws {
+        let server = try RecordingServer()
+        let base = ManualConnectivityMonitor(.offline)
+        let clock = ManualWallClock()
+        let monitor = ProbeConnectivityMonitor(
+            url: server.server.baseURL.appendingPathComponent("health"), clock: clock, base: base)
+        var updates = monitor.statusUpdates().makeAsyncIterator()
+        // Offline by the base: said at once, nothing probed.
+        #expect(await updates.next() == .offline)
+        #expect(server.received.current.isEmpty)
+        base.set(.online)
+        #expect(await updates.next() == .online)
+        #expect(server.received.current.count == 1)
+        await clock.waitForSleepers(1)  // the next probe, a minute on
+        base.set(.offline)
+        #expect(await updates.next() == .offline)
+        // The probing ended before offline was said: no wait left, and a minute later no probe.
+        #expect(clock.nextDeadline == nil)
+        clock.advance(by: .seconds(61))
+        base.set(.online)
+        #expect(await updates.next() == .online)
+        #expect(server.received.current.count == 2)
+    }
+
     #if os(Linux)
     @Test func routeTablesAreReadAsTheKernelWritesThem() {
         let ipv4 = """

@@ -58,22 +58,28 @@ public struct ProbeConnectivityMonitor: ConnectivityMonitor {
 
     public func statusUpdates() -> AsyncStream<ConnectivityStatus> {
         let (stream, continuation) = AsyncStream.makeStream(of: ConnectivityStatus.self)
-        // The protocol hands out a stream, so its producer is a task of its own (and, gated by a base
-        // monitor, the probing a child of it that a new base status replaces); both live exactly as
-        // long as the consumer's iteration: ending or cancelling that iteration cancels them.
+        // The protocol hands out a stream, so its producer is a task of its own, living exactly as
+        // long as the consumer's iteration: ending or cancelling that iteration cancels it. Gated by
+        // a base monitor, the probing is a child of it, ended before the next base status is told.
         let task = Task {
             if let base {
-                // Probe while the base monitor says online; report offline at once when it does not.
-                var probing: Task<Void, Never>?
-                for await status in base.statusUpdates() {
-                    probing?.cancel()
-                    if status == .offline {
+                var statuses = base.statusUpdates().makeAsyncIterator()
+                var status = await statuses.next()
+                while let current = status {
+                    if current == .offline {
                         continuation.yield(.offline)
-                    } else {
-                        probing = Task { await probeLoop(continuation) }
+                        status = await statuses.next()
+                        continue
+                    }
+                    // Online: probe until the base says something else, and end the probing before
+                    // that is told, so that no probe's answer follows it.
+                    status = await withTaskGroup(of: Void.self) { group in
+                        group.addTask { await probeLoop(continuation) }
+                        let next = await statuses.next()
+                        group.cancelAll()
+                        return next
                     }
                 }
-                probing?.cancel()
             } else {
                 await probeLoop(continuation)
             }
