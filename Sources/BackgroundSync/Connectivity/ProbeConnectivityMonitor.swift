@@ -9,7 +9,8 @@ import FoundationNetworking
 ///
 /// While offline it probes again with exponential backoff (``RetryPolicy``, without jitter by
 /// default: 1 s, 2 s, 4 s… up to 1 minute); while online, every ``onlineInterval``. When a `base`
-/// monitor is given (the system's), the probe runs only while `base` says online.
+/// monitor is given (the system's), the probe runs only while `base` says online: its offline is
+/// told at once, and a probe then under way is cancelled and its answer not told.
 public struct ProbeConnectivityMonitor: ConnectivityMonitor {
     /// The probed URL.
     public var url: URL
@@ -58,9 +59,11 @@ public struct ProbeConnectivityMonitor: ConnectivityMonitor {
 
     public func statusUpdates() -> AsyncStream<ConnectivityStatus> {
         let (stream, continuation) = AsyncStream.makeStream(of: ConnectivityStatus.self)
-        // The protocol hands out a stream, so its producer is a task of its own, living exactly as
-        // long as the consumer's iteration: ending or cancelling that iteration cancels it. Gated by
-        // a base monitor, the probing is a child of it, ended before the next base status is told.
+        // The protocol hands out a stream, so its producer is a task of its own: ending or cancelling
+        // the consumer's iteration cancels it, and it ends once its probe does (at once with a
+        // transport that gives up when cancelled). Gated by a base monitor, each online period
+        // probes in a child task whose word stops counting, under a lock, the moment the base says
+        // something else: a base offline is told at once, and no probe's answer follows it.
         let task = Task {
             if let base {
                 var statuses = base.statusUpdates().makeAsyncIterator()
@@ -71,17 +74,20 @@ public struct ProbeConnectivityMonitor: ConnectivityMonitor {
                         status = await statuses.next()
                         continue
                     }
-                    // Online: probe until the base says something else, and end the probing before
-                    // that is told, so that no probe's answer follows it.
+                    let heard = Locked(true)
                     status = await withTaskGroup(of: Void.self) { group in
-                        group.addTask { await probeLoop(continuation) }
+                        group.addTask { await probeLoop(continuation, heard: heard) }
                         let next = await statuses.next()
+                        heard.withLock { $0 = false }
+                        if next == .offline { continuation.yield(.offline) }
                         group.cancelAll()
                         return next
                     }
+                    // An offline is told already; what follows it is next.
+                    if status == .offline { status = await statuses.next() }
                 }
             } else {
-                await probeLoop(continuation)
+                await probeLoop(continuation, heard: nil)
             }
             continuation.finish()
         }
@@ -89,7 +95,8 @@ public struct ProbeConnectivityMonitor: ConnectivityMonitor {
         return stream
     }
 
-    private func probeLoop(_ continuation: AsyncStream<ConnectivityStatus>.Continuation) async {
+    /// Probes until cancelled, telling each change of status while `heard` (if any) is true.
+    private func probeLoop(_ continuation: AsyncStream<ConnectivityStatus>.Continuation, heard: Locked<Bool>?) async {
         var last: ConnectivityStatus?
         var failures = 0
         while !Task.isCancelled {
@@ -97,7 +104,14 @@ public struct ProbeConnectivityMonitor: ConnectivityMonitor {
             if Task.isCancelled { return }
             if status != last {
                 last = status
-                continuation.yield(status)
+                if let heard {
+                    guard heard.withLock({ stillHeard in
+                        if stillHeard { continuation.yield(status) }
+                        return stillHeard
+                    }) else { return }
+                } else {
+                    continuation.yield(status)
+                }
             }
             let wait: Duration
             if status == .online {
