@@ -59,8 +59,8 @@ struct AsyncHTTPClientBenchmark {
     /// A diagnostic (`--only=ahcpairs`): 30 rounds (3 with `--quick`) of 1,000 requests each
     /// through the bare client, through `AsyncHTTPClientTransport.send` one at a time, and as a
     /// queue's drain, the three in a rotating order; the median of the rounds' ratios to the bare
-    /// loop, and each side's CPU time per request (requests built and entries stored beforehand,
-    /// untimed). For profiling one side alone, `BGSYNC_BENCH_SIDE=transport` or `drain` runs only
+    /// loop, and each side's CPU time and context switches per request (requests built and entries
+    /// stored beforehand, untimed). For profiling one side alone, `BGSYNC_BENCH_SIDE=transport` or `drain` runs only
     /// that side, and `instant` drains 10,000 entries through a transport that answers at once: the
     /// queue's own cost per entry (with its largest lease batches, since every batch goes out fast).
     func pairs(log: (String) -> Void) async throws -> [(String, Double)] {
@@ -75,33 +75,37 @@ struct AsyncHTTPClientBenchmark {
         let ahc = AsyncHTTPClientTransport()
         _ = try await bare(requests: bareRequests(url: url, count: 50))
         let count = 1000
-        /// Runs one side: its rate, and its CPU time per request.
-        func run(_ index: Int) async throws -> (rate: Double, cpu: Double) {
+        /// Runs one side: its rate, and its CPU time and context switches per request.
+        func run(_ index: Int) async throws -> (rate: Double, cpu: Double, switches: Double) {
             switch index {
             case 0:
                 let requests = bareRequests(url: url, count: count)
                 let start = CPUTime.now()
                 let rate = try await bare(requests: requests)
-                return (rate, CPUTime.now().microseconds(since: start) / Double(count))
+                let (time, switched) = CPUTime.now().perOperation(since: start, count: count)
+                return (rate, time, switched)
             case 1:
                 let stored = try (0..<count).map { try StorableRequest.fromRequest(ReplayBenchmark.request(url, $0)) }
                 let (start, began) = (CPUTime.now(), ContinuousClock.now)
                 for request in stored { _ = try await ahc.send(request) }
                 let rate = Double(count) / (ContinuousClock.now - began).seconds
-                return (rate, CPUTime.now().microseconds(since: start) / Double(count))
+                let (time, switched) = CPUTime.now().perOperation(since: start, count: count)
+                return (rate, time, switched)
             default:
-                let (rate, cpu) = try await replay.measuredDrain(url: url, count: count, concurrency: 1, transport: ahc)
-                return (rate, cpu)
+                let (rate, time, switched) = try await replay.measuredDrain(url: url, count: count, concurrency: 1, transport: ahc)
+                return (rate, time, switched)
             }
         }
         var rates: [[Double]] = [[], [], []]
         var cpu: [[Double]] = [[], [], []]
+        var switches: [[Double]] = [[], [], []]
         for round in 0..<(quick ? 3 : 30) {
             switch side {
             case "instant":
-                let (rate, drainCPU) = try await replay.measuredDrain(
+                let (rate, drainCPU, drainSwitches) = try await replay.measuredDrain(
                     url: url, count: 10_000, concurrency: 1, transport: InstantTransport())
-                log(String(format: "instant transport: %.1f µs per entry, %.1f µs of CPU", 1e6 / rate, drainCPU))
+                log(String(format: "instant transport: %.1f µs per entry, %.1f µs of CPU, %.2f context switches",
+                           1e6 / rate, drainCPU, drainSwitches))
             case "transport":
                 _ = try await run(1)
             case "drain":
@@ -109,9 +113,10 @@ struct AsyncHTTPClientBenchmark {
             default:
                 for offset in 0..<3 {
                     let index = (round + offset) % 3
-                    let (rate, time) = try await run(index)
+                    let (rate, time, switched) = try await run(index)
                     rates[index].append(rate)
                     cpu[index].append(time)
+                    switches[index].append(switched)
                 }
             }
         }
@@ -119,6 +124,8 @@ struct AsyncHTTPClientBenchmark {
         log(String(format: "bare %.0f/s (%.0f µs CPU each), transport loop %.3f (%.0f µs), drain %.3f (%.0f µs)",
                    median(rates[0]), median(cpu[0]), medianRatio(rates[1], rates[0]), median(cpu[1]),
                    medianRatio(rates[2], rates[0]), median(cpu[2])))
+        log(String(format: "context switches per request: bare %.2f, transport loop %.2f, drain %.2f",
+                   median(switches[0]), median(switches[1]), median(switches[2])))
         return [
             ("ahcpairs_transport_ratio", medianRatio(rates[1], rates[0])),
             ("ahcpairs_drain_ratio", medianRatio(rates[2], rates[0])),

@@ -34,6 +34,8 @@ func warmedRate(count: Int, warmUp: Int, _ step: () async throws -> Void) async 
 struct CPUTime {
     var user: Double
     var system: Double
+    /// Context switches, voluntary and not, of every thread so far.
+    var switches: Double = 0
 
     static func now() -> CPUTime {
         var usage = rusage()
@@ -43,7 +45,14 @@ struct CPUTime {
         getrusage(RUSAGE_SELF, &usage)
         #endif
         func seconds(_ time: timeval) -> Double { Double(time.tv_sec) + Double(time.tv_usec) / 1e6 }
-        return CPUTime(user: seconds(usage.ru_utime), system: seconds(usage.ru_stime))
+        return CPUTime(
+            user: seconds(usage.ru_utime), system: seconds(usage.ru_stime),
+            switches: Double(usage.ru_nvcsw + usage.ru_nivcsw))
+    }
+
+    /// CPU time (µs) and context switches per operation, for `count` operations since `start`.
+    func perOperation(since start: CPUTime, count: Int) -> (cpu: Double, switches: Double) {
+        (microseconds(since: start) / Double(count), (switches - start.switches) / Double(count))
     }
 
     /// User and system time since `start`, in microseconds.

@@ -67,7 +67,7 @@ struct ReplayBenchmark {
                 let start = CPUTime.now()
                 let bareRate = try await bare(url: url, count: 1000, inFlight: inFlight, transport: transport)
                 cpu.bare.append(CPUTime.now().microseconds(since: start) / 1000)
-                let (queueRate, queueCPU) = try await measuredDrain(
+                let (queueRate, queueCPU, _) = try await measuredDrain(
                     url: url, count: 1000, concurrency: inFlight, transport: transport)
                 cpu.queue.append(queueCPU)
                 ratios.append(queueRate / bareRate)
@@ -117,10 +117,10 @@ struct ReplayBenchmark {
         try await measuredDrain(url: url, count: count, concurrency: concurrency, transport: transport).rate
     }
 
-    /// A drain's rate and the process's CPU time per entry while it ran.
+    /// A drain's rate, and the process's CPU time and context switches per entry while it ran.
     func measuredDrain(
         url: URL, count: Int, concurrency: Int, transport: any HTTPTransport
-    ) async throws -> (rate: Double, cpuMicroseconds: Double) {
+    ) async throws -> (rate: Double, cpuMicroseconds: Double, switches: Double) {
         let path = freshPath("drain-\(concurrency)")
         try Fixtures.fill(path: path, queue: "bench", url: url.absoluteString, count: count)
         let database = try SQLiteQueueDatabase(path: path)
@@ -133,8 +133,8 @@ struct ReplayBenchmark {
         let start = ContinuousClock.now
         let summary = try await queue.replayRequests()
         let elapsed = (ContinuousClock.now - start).seconds
-        let cpuMicroseconds = CPUTime.now().microseconds(since: cpu) / Double(count)
+        let (time, switches) = CPUTime.now().perOperation(since: cpu, count: count)
         precondition(summary.delivered == count, "drained \(summary.delivered) of \(count)")
-        return (Double(count) / elapsed, cpuMicroseconds)
+        return (Double(count) / elapsed, time, switches)
     }
 }
