@@ -103,6 +103,35 @@ extension StoreConformance {
                 try expectEqual(path(try await claimed(late, "after expiry")), "1", "taken over")
                 try await late.finish()
             },
+            check("a replayer whose leases ran out during its sends changes none of the entries taken over") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                try await push(["1", "2", "3"], to: "q", one)
+                let clock = ManualWallClock()
+                func claims(_ database: any QueueDatabase, _ owner: LeaseOwner) -> any ReplayClaims {
+                    database.claims(
+                        queueName: "q", order: .concurrent(maxInFlight: 3), owner: owner, leaseDuration: .seconds(60),
+                        clock: clock)
+                }
+                let slow = claims(one, .current())
+                let held = [try await claimed(slow, "1st"), try await claimed(slow, "2nd"), try await claimed(slow, "3rd")]
+                clock.advance(by: .seconds(61))
+                let other = claims(two, LeaseOwner(host: "elsewhere", processID: 1, token: "other"))
+                let taken = [try await claimed(other, "1st"), try await claimed(other, "2nd"), try await claimed(other, "3rd")]
+                try expectEqual(Set(taken.map(\.id)), Set(held.map(\.id)), "taken over")
+                // The first replayer's answers come in late.
+                let failure = ReplayFailure(kind: .httpStatus, status: 422, message: "HTTP 422")
+                try await slow.complete(held[0])
+                try await slow.release(held[1], failure: failure, nextAttemptAt: clock.now.addingTimeInterval(600))
+                try await slow.deadLetter(held[2], failure: failure)
+                try await slow.finish()
+                try expectEqual(try await paths("q", one).count, 3, "still pending")
+                for entry in held {
+                    try expectEqual(try await two.entry(id: entry.id)?.attempts, 0, "no attempt counted on \(path(entry))")
+                }
+                for entry in taken { try await other.complete(entry) }
+                try await other.finish()
+                try expectEqual(try await two.countEntries(queueName: "q", state: .pending), 0, "delivered by the other")
+            },
             check("a lease of a dead process of this host is taken over at once") { store in
                 // Only where a process's liveness can be checked (Linux, macOS).
                 guard LeaseOwner.isAbandoned("\(ProcessInfo.processInfo.hostName)|\(deadProcessID())|x") else { return }

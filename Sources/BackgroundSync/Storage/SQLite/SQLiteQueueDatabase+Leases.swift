@@ -113,27 +113,29 @@ extension SQLiteQueueDatabase {
         try execute(giveBackSQL, ids: ids, trailing: [owner], db)
     }
 
-    /// Counts a failed attempt on a pending entry this owner holds (or nobody does), records the
-    /// failure and clears the lease.
+    /// Counts a failed attempt on a pending entry this owner holds, records the failure and clears
+    /// the lease. An entry no longer leased to the owner (its lease ran out during the send, and it
+    /// was replaced or taken since) is left as it is.
     static func recordFailure(
         _ id: Int64, owner: String, failure: ReplayFailure, nextAttemptAt: Double?, _ db: Database
     ) throws {
         try db.cachedStatement(sql: """
             UPDATE entry SET attempts = attempts + 1, nextAttemptAt = ?, lastFailureKind = ?, lastStatus = ?,
             lastError = ?, lastResponseExcerpt = ?, leaseOwner = NULL, leaseExpiresAt = NULL
-            WHERE id = ? AND state = 'pending' AND (leaseOwner IS NULL OR leaseOwner = ?)
+            WHERE id = ? AND state = 'pending' AND leaseOwner = ?
             """).execute(arguments: [
                 nextAttemptAt, failure.kind.rawValue, failure.status, failure.message, failure.responseExcerpt, id, owner,
             ])
     }
 
-    /// Moves a pending entry this owner holds (or nobody does) to the dead letters, counting the
-    /// attempt and recording the failure.
+    /// Moves a pending entry this owner holds to the dead letters, counting the attempt and
+    /// recording the failure; like ``recordFailure(_:owner:failure:nextAttemptAt:_:)``, it leaves
+    /// an entry no longer leased to the owner as it is.
     static func deadLetter(_ id: Int64, owner: String, failure: ReplayFailure, _ db: Database) throws {
         try db.cachedStatement(sql: """
             UPDATE entry SET state = 'dead', attempts = attempts + 1, nextAttemptAt = NULL, lastFailureKind = ?,
             lastStatus = ?, lastError = ?, lastResponseExcerpt = ?, leaseOwner = NULL, leaseExpiresAt = NULL
-            WHERE id = ? AND state = 'pending' AND (leaseOwner IS NULL OR leaseOwner = ?)
+            WHERE id = ? AND state = 'pending' AND leaseOwner = ?
             """).execute(arguments: [
                 failure.kind.rawValue, failure.status, failure.message, failure.responseExcerpt, id, owner,
             ])

@@ -61,6 +61,8 @@ final class SQLiteReplayClaims: ReplayClaims {
         /// When the entries given back were leased (they keep that time if the commit fails).
         var givingBackLeasedAt: Date?
         var excluding: Set<Int64>
+        /// The ordered replay was to restart from the head (restored if the commit fails).
+        var restartingFromHead: Bool
         var limit: Int
     }
 
@@ -119,6 +121,8 @@ final class SQLiteReplayClaims: ReplayClaims {
             case .done(let result):
                 return result
             case .wait:
+                // What this call leased before waiting is checked like any entry leased ahead.
+                justLeased = []
                 await withUnsafeContinuation { continuation in
                     let waiting = state.withLock { state -> Bool in
                         guard state.leasing else { return false }
@@ -211,13 +215,18 @@ final class SQLiteReplayClaims: ReplayClaims {
     private func startLease(_ state: inout State, limit: Int, givingBackAll: Bool) -> LeaseWork {
         state.leasing = true
         var work = LeaseWork(
-            deleting: state.delivered, givingBack: [], givingBackLeasedAt: nil, excluding: state.handedOut, limit: limit)
+            deleting: state.delivered, givingBack: [], givingBackLeasedAt: nil, excluding: state.handedOut,
+            restartingFromHead: state.restartFromHead, limit: limit)
         if givingBackAll {
             (work.givingBack, work.givingBackLeasedAt) = (state.leased, state.leasedAt)
             state.leased = []
             state.leasedAt = nil
             state.checkedAt = [:]
             state.restartFromHead = false
+        } else {
+            // Kept leased ahead: an entry among them whose lease was cleared meanwhile (set aside and
+            // requeued) must not be leased a second time and held twice.
+            work.excluding.formUnion(state.leased.lazy.map(\.id))
         }
         return work
     }
@@ -230,7 +239,7 @@ final class SQLiteReplayClaims: ReplayClaims {
         let outcome: Result<(entries: [QueueStoreEntry], busy: (owner: String, until: Date)?), any Error>
         do {
             outcome = .success(try await database.write("claim from", .crashSafe) { db in
-                try SQLiteQueueDatabase.deleteEntries(work.deleting, db)
+                try SQLiteQueueDatabase.deleteDelivered(work.deleting, owner: owner, db)
                 try SQLiteQueueDatabase.giveBack(work.givingBack.map(\.id), owner: owner, db)
                 switch order {
                 case .ordered:
@@ -261,6 +270,7 @@ final class SQLiteReplayClaims: ReplayClaims {
                 // Nothing changed in the database: what was to be given back is still leased, since
                 // the time it was leased.
                 state.leased = work.givingBack + state.leased
+                state.restartFromHead = state.restartFromHead || work.restartingFromHead
                 if let leasedAt = work.givingBackLeasedAt {
                     state.leasedAt = min(state.leasedAt ?? leasedAt, leasedAt)
                 }
@@ -326,7 +336,7 @@ final class SQLiteReplayClaims: ReplayClaims {
         // (sent again) and the leases expire.
         defer { database.forgetDeliveries(deleting, of: queueName) }
         try await database.write("update", .crashSafe) { db in
-            try SQLiteQueueDatabase.deleteEntries(deleting, db)
+            try SQLiteQueueDatabase.deleteDelivered(deleting, owner: owner, db)
             try SQLiteQueueDatabase.giveBack(givingBack, owner: owner, db)
         }
     }
