@@ -60,6 +60,17 @@ struct QueueTests {
         #expect(try await queue.size() == 0)
     }
 
+    /// Half a lease shorter than a lease's commit would lease and give back forever.
+    @Test func aLeaseUnderOneSecondIsRefused() throws {
+        let database = try SQLiteQueueDatabase.temporary()
+        let error = #expect(throws: BackgroundSyncError.self) {
+            try Queue(name: uniqueQueueName(), options: QueueOptions(leaseDuration: .milliseconds(200)), database: database)
+        }
+        #expect(error?.code == .invalidRequest)
+        #expect(error?.message.contains("leaseDuration must be at least 1 second") == true)
+        _ = try Queue(name: uniqueQueueName(), options: QueueOptions(leaseDuration: .seconds(1)), database: database)
+    }
+
     @Test func defaultRetentionIsSevenDays() {
         #expect(QueueOptions().maxRetentionTime == .seconds(10080 * 60))
     }

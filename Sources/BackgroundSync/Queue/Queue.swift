@@ -26,6 +26,8 @@ import FoundationNetworking
 public actor Queue {
     /// The queue's name.
     public nonisolated let name: String
+    /// The shortest ``QueueOptions/leaseDuration`` a queue accepts.
+    static let minimumLeaseDuration: Duration = .seconds(1)
     /// The sync tag of the queue: `background-sync:<name>`.
     public nonisolated let syncTag: String
     /// The options the queue was created with.
@@ -65,8 +67,9 @@ public actor Queue {
     ///   - transport: how replays are sent; default: ``URLSessionTransport``.
     ///   - syncManager: who runs the queue's syncs; default: ``SyncManager/shared(for:)`` of the database.
     /// - Throws: ``BackgroundSyncError/Code/duplicateQueueName`` when a live queue has the name,
-    ///   ``BackgroundSyncError/Code/invalidRequest`` for an empty name, or a storage error when the
-    ///   default database cannot be opened.
+    ///   ``BackgroundSyncError/Code/invalidRequest`` for an empty name or a
+    ///   ``QueueOptions/leaseDuration`` under 1 second, or a storage error when the default database
+    ///   cannot be opened.
     public init(
         name: String,
         options: QueueOptions = QueueOptions(),
@@ -76,6 +79,12 @@ public actor Queue {
     ) throws {
         guard !name.isEmpty else {
             throw BackgroundSyncError(.invalidRequest, "a queue name cannot be empty")
+        }
+        // Entries leased ahead are leased again once half the lease is gone: half a lease shorter
+        // than a lease's own commit would lease forever and send nothing.
+        guard options.leaseDuration >= Self.minimumLeaseDuration else {
+            throw BackgroundSyncError(
+                .invalidRequest, "leaseDuration must be at least 1 second, not \(options.leaseDuration)", queueName: name)
         }
         let database = try database ?? SQLiteQueueDatabase.shared()
         self.name = name

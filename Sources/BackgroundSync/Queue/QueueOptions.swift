@@ -61,7 +61,8 @@ public struct QueueOptions: Sendable {
     /// How long a replay holds the entry it sends before another replayer may take it over (a
     /// process that dies holding it is detected sooner when it ran on the same host). An ordered
     /// replay leases a few entries ahead and leases them again once half of this has passed.
-    /// Default: 5 minutes; keep it longer than a request's timeout.
+    /// Default: 5 minutes; keep it longer than a request's timeout. At least 1 second (a queue
+    /// refuses less).
     public var leaseDuration: Duration
     /// The clock for timestamps, expiry and backoff. Default: ``SystemWallClock``.
     public var clock: any WallClock
