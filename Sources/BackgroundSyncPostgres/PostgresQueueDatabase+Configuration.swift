@@ -89,6 +89,10 @@ extension PostgresQueueDatabase {
             guard let scheme = components.scheme?.lowercased(), scheme == "postgres" || scheme == "postgresql" else {
                 throw invalid("the scheme must be postgres:// or postgresql://")
             }
+            // `postgres:/u:pw@h` would read as a database named `u:pw@h` on the default host.
+            guard url.dropFirst(scheme.count).hasPrefix("://") else {
+                throw invalid("the URL must start with postgres:// or postgresql://")
+            }
             self.init()
             if let user = components.user, !user.isEmpty { username = user }
             password = components.password
@@ -169,17 +173,38 @@ extension PostgresQueueDatabase {
 
         /// The URL with any password replaced by `***`, for messages: what lies between the first
         /// `:` after the scheme and the last `@` (a password may hold `/`, `?` or `#` unencoded),
-        /// and the value of a `password` query parameter.
+        /// and the value of every query parameter but the known ones that hold no secret (`sslmode`,
+        /// `schema`, `user`, `dbname`, `host`, `max_connections`, `connect_timeout`,
+        /// `application_name`, `target_session_attrs`), so that a misspelt `password` is hidden
+        /// too. Text that is not in the `scheme://` form shows only its scheme.
         public static func redacting(_ url: String) -> String {
-            var text = url
-            if let schemeEnd = text.range(of: "://"), let at = text[schemeEnd.upperBound...].lastIndex(of: "@"),
-                let colon = text[schemeEnd.upperBound..<at].firstIndex(of: ":")
-            {
-                text.replaceSubrange(text.index(after: colon)..<at, with: "***")
+            guard let schemeEnd = url.range(of: "://") else {
+                let scheme = url.prefix { $0 != ":" }
+                return scheme.count < url.count ? scheme + ":***" : "***"
             }
-            text.replace(#/(?i)password=[^&#]*/#, with: "password=***")
-            return text
+            var text = url
+            var queryFrom = schemeEnd.upperBound
+            if let at = text[schemeEnd.upperBound...].lastIndex(of: "@") {
+                if let colon = text[schemeEnd.upperBound..<at].firstIndex(of: ":") {
+                    text.replaceSubrange(text.index(after: colon)..<at, with: "***")
+                }
+                queryFrom = text[schemeEnd.upperBound...].lastIndex(of: "@")!
+            }
+            guard let question = text[queryFrom...].firstIndex(of: "?") else { return text }
+            let query = text[text.index(after: question)...].split(separator: "&", omittingEmptySubsequences: false)
+                .map { item -> String in
+                    guard let equals = item.firstIndex(of: "=") else { return String(item) }
+                    let name = item[..<equals]
+                    return Self.plainParameters.contains(name.lowercased()) ? String(item) : name + "=***"
+                }
+            return text[...question] + query.joined(separator: "&")
         }
+
+        /// The URL parameters whose values are shown in messages.
+        private static let plainParameters: Set<String> = [
+            "sslmode", "schema", "user", "dbname", "host", "max_connections", "connect_timeout", "application_name",
+            "target_session_attrs",
+        ]
 
         /// Where the store is, without credentials: the store's identity and the name in messages.
         var location: String {
@@ -248,5 +273,21 @@ extension Optional {
     func orThrow(_ error: @autoclosure () -> some Error) throws -> Wrapped {
         guard let self else { throw error() }
         return self
+    }
+}
+
+extension PostgresQueueDatabase.Configuration: CustomStringConvertible, CustomReflectable {
+    /// Where the store is and who logs in, without the password.
+    public var description: String {
+        "PostgresQueueDatabase.Configuration(\(location), user \(username)\(password == nil ? "" : ", password ***"))"
+    }
+
+    /// The fields, with the password shown as `***` (for `dump` and debuggers).
+    public var customMirror: Mirror {
+        Mirror(self, children: [
+            "host": host, "port": port, "unixSocketPath": unixSocketPath as Any, "username": username,
+            "password": (password == nil ? nil : "***") as Any, "database": database as Any, "tls": tls,
+            "schema": schema, "maximumConnections": maximumConnections, "connectTimeout": connectTimeout,
+        ])
     }
 }

@@ -110,6 +110,33 @@ struct CLIInputTests {
         }
     }
 
+    /// A `--db` or `$BGSYNC_DB` value that is neither a path nor a `postgres://` URL (a mistyped
+    /// URL, a libpq key=value string) would name a SQLite file: it is refused, without repeating
+    /// its password, and no file is created in the working folder.
+    @Test func aDatabaseValueThatIsNeitherAPathNorAPostgresURLIsRefused() async throws {
+        let values: [(String, String)] = [
+            ("postgres:/u:s3cret@h/db", "must start with postgres:// or postgresql://"),
+            ("postgresql:u:s3cret@h", "must start with postgres:// or postgresql://"),
+            ("mysql://u:s3cret@h/db", "not a mysql: URL"),
+            ("host=db password=s3cret dbname=app", "not a key=value connection string"),
+        ]
+        let workingFolder = FileManager.default.currentDirectoryPath
+        let before = Set(try FileManager.default.contentsOfDirectory(atPath: workingFolder))
+        for (value, message) in values {
+            for run in [
+                try await bgsync(["enqueue", "https://api.example.com/x", "-d", "x", "--db", value]),
+                try await bgsync(["queues"], environment: ["BGSYNC_DB": value]),
+            ] {
+                expectRefused(run, mentioning: message)
+                #expect(!run.stderr.contains("s3cret"), "\(run.stderr)")
+            }
+        }
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: workingFolder)) == before)
+        // A file whose name has a colon is still a file, written as a path.
+        let colon = folder.appendingPathComponent("a:b.sqlite").path
+        #expect(try await bgsync(["enqueue", "http://127.0.0.1:9/x", "-d", "x", "--db", colon]).status == 0)
+    }
+
     @Test func refusingLeavesTheFileAsItWas() async throws {
         for body in ["one", "two"] {
             #expect(try await run(["enqueue", "http://127.0.0.1:9/posts", "--queue", "posts", "-d", body]).status == 0)

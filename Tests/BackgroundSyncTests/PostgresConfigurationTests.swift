@@ -34,6 +34,7 @@ struct PostgresConfigurationTests {
         ("postgres://u@h/db?schema=Public", "invalid PostgreSQL schema name 'Public'"),
         ("postgres://u@h/db?schema=x;drop", "invalid PostgreSQL schema name 'x;drop'"),
         ("postgres://u@h/db?colour=blue", "unknown parameter 'colour'"),
+        ("postgres:/u@h/db", "the URL must start with postgres:// or postgresql://"),
     ])
     func aBadURLIsNamed(_ url: String, _ reason: String) throws {
         let error = #expect(throws: BackgroundSyncError.self) { try Configuration(url: url) }
@@ -47,7 +48,20 @@ struct PostgresConfigurationTests {
         #expect(Configuration.redacting("postgres://u:ab/c?d#e@h/db") == "postgres://u:***@h/db")
         #expect(Configuration.redacting("postgres://h/db?user=u&password=s3cret&sslmode=disable")
             == "postgres://h/db?user=u&password=***&sslmode=disable")
-        for url in ["postgres://u:ab/cd@h/db?x=1", "postgres://u:s3cret@h:99999/db", "postgres://h/db?password=s3cret&bad=1"] {
+        // A misspelt password parameter, and text not in the scheme:// form.
+        #expect(Configuration.redacting("postgres://u@h/db?sslmode=disable&passwd=s3cret")
+            == "postgres://u@h/db?sslmode=disable&passwd=***")
+        #expect(Configuration.redacting("postgres://u:a?b@h/db?pass=s3cret") == "postgres://u:***@h/db?pass=***")
+        #expect(Configuration.redacting("postgres:/u:s3cret@h/db") == "postgres:***")
+        let configuration = try Configuration(url: "postgres://u:s3cret@h/db")
+        #expect(!"\(configuration)".contains("s3cret") && "\(configuration)".contains("user u"))
+        var dumped = ""
+        dump(configuration, to: &dumped)
+        #expect(!dumped.contains("s3cret") && dumped.contains("***"), "\(dumped)")
+        for url in [
+            "postgres://u:ab/cd@h/db?x=1", "postgres://u:s3cret@h:99999/db", "postgres://h/db?password=s3cret&bad=1",
+            "postgres://u@h/db?passwd=s3cret", "postgres:/u:s3cret@h/db",
+        ] {
             let error = #expect(throws: BackgroundSyncError.self) { try Configuration(url: url) }
             #expect(error.map { !$0.description.contains("s3cret") && !$0.description.contains("ab/cd") } == true,
                 "\(error?.description ?? "")")

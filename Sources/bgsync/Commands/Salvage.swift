@@ -36,7 +36,7 @@ struct Salvage: AsyncParsableCommand {
             if database.isPostgres {
                 throw CLIError("salvage copies what can be read of a damaged SQLite file; a PostgreSQL store is not one")
             }
-            let source = database.resolvedPath
+            let source = try database.checkedPath()
             guard FileManager.default.fileExists(atPath: source) else { throw CLIError("no database at '\(source)'") }
             guard !FileManager.default.fileExists(atPath: destination) else {
                 throw CLIError("'\(destination)' exists: salvage writes a new file")

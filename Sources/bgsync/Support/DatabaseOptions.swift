@@ -22,6 +22,35 @@ struct DatabaseOptions: ParsableArguments {
         }
     }
 
+    /// The path in force, once it is known to be a file path or a `postgres://` URL.
+    func checkedPath() throws -> String {
+        let path = resolvedPath
+        if let problem = Self.notAPathOrURL(path) { throw CLIError(problem) }
+        return path
+    }
+
+    /// Why a `--db` (or `$BGSYNC_DB`) value is neither a file path nor a `postgres://` URL, or
+    /// `nil`. Such a value would otherwise name a SQLite file (a mistyped URL, a libpq
+    /// `host=… password=…` string): created by the commands that create, and shown, password
+    /// and all, in messages. The message never repeats the value.
+    static func notAPathOrURL(_ value: String) -> String? {
+        let lowered = value.lowercased()
+        if lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://") { return nil }
+        let scheme = lowered.prefix { $0 != ":" && $0 != "/" }
+        if scheme.count < lowered.count, lowered.dropFirst(scheme.count).hasPrefix(":"), !scheme.isEmpty,
+            scheme.allSatisfy({ $0.isLetter || $0.isNumber || "+.-".contains($0) }), scheme.first!.isLetter
+        {
+            return scheme.hasPrefix("postgres")
+                ? "the database URL must start with postgres:// or postgresql://"
+                : "--db (or $BGSYNC_DB) takes a file path or a postgres:// URL, not a \(scheme): URL (write ./NAME for a file whose name has a colon)"
+        }
+        let words = lowered.split(whereSeparator: \.isWhitespace)
+        if words.contains(where: { word in ["host=", "hostaddr=", "dbname=", "user=", "password=", "port="].contains { word.hasPrefix($0) } }) {
+            return "--db (or $BGSYNC_DB) takes a postgres:// URL, not a key=value connection string"
+        }
+        return nil
+    }
+
     /// The path in force: `--db`, then `$BGSYNC_DB`, then the library's default.
     var resolvedPath: String {
         if let path { return path }
@@ -40,11 +69,12 @@ struct DatabaseOptions: ParsableArguments {
     /// Runs `body` with the database in force: a SQLite file opened for `access`, or a PostgreSQL
     /// store running for the duration of the call (its schema created or migrated on the way).
     func withDatabase<T: Sendable>(_ access: Access, _ body: (any QueueDatabase) async throws -> T) async throws -> T {
+        let path = try checkedPath()
         guard isPostgres else { return try await body(try open(access)) }
         var logger = Logger(label: "bgsync.postgres")
         logger.logLevel = .error
         return try await PostgresQueueDatabase.withDatabase(
-            try PostgresQueueDatabase.Configuration(url: resolvedPath), logger: logger, body)
+            try PostgresQueueDatabase.Configuration(url: path), logger: logger, body)
     }
 
     /// How a command uses the database.
@@ -60,7 +90,7 @@ struct DatabaseOptions: ParsableArguments {
     /// Opens the database. Commands that do not create report a missing file instead of creating
     /// an empty database at a mistyped path.
     func open(_ access: Access) throws -> SQLiteQueueDatabase {
-        let path = resolvedPath
+        let path = try checkedPath()
         if access != .create && !FileManager.default.fileExists(atPath: path) {
             throw CLIError("no database at '\(path)'")
         }
