@@ -4,7 +4,7 @@ import NIOSSL
 import PostgresNIO
 
 extension PostgresQueueDatabase {
-    /// Where the store is and how to reach it. Every parameter of ``init(host:port:unixSocketPath:username:password:database:tls:schema:maximumConnections:connectTimeout:)``
+    /// Where the store is and how to reach it. Every parameter of ``init(host:port:unixSocketPath:username:password:database:tls:schema:maximumConnections:connectTimeout:sessionCheckInterval:)``
     /// has a default; ``init(url:)`` reads a `postgres://` URL.
     public struct Configuration: Sendable {
         /// How the connection uses TLS, named as libpq's `sslmode`.
@@ -47,6 +47,13 @@ extension PostgresQueueDatabase {
         public var maximumConnections: Int
         /// How long to wait for a connection to be established. Default: 10 seconds.
         public var connectTimeout: Duration
+        /// How often the session's connection (the one whose lock names this instance's claims, and
+        /// that listens for pushes) is checked with a `SELECT 1`: one that is not answered within a
+        /// third of this is closed and a new session connected. A connection dropped on the way
+        /// without a word (a NAT or a load balancer ending an idle flow) would otherwise wait for
+        /// notifications forever, while the server may end the session and free its claims.
+        /// Default: 30 seconds; at least 1 second.
+        public var sessionCheckInterval: Duration
 
         /// Creates a configuration; every parameter has its default.
         public init(
@@ -59,7 +66,8 @@ extension PostgresQueueDatabase {
             tls: TLSMode = .prefer,
             schema: String = "background_sync",
             maximumConnections: Int = 20,
-            connectTimeout: Duration = .seconds(10)
+            connectTimeout: Duration = .seconds(10),
+            sessionCheckInterval: Duration = .seconds(30)
         ) {
             self.host = host
             self.port = port
@@ -71,6 +79,7 @@ extension PostgresQueueDatabase {
             self.schema = schema
             self.maximumConnections = maximumConnections
             self.connectTimeout = connectTimeout
+            self.sessionCheckInterval = sessionCheckInterval
         }
 
         /// Reads `postgres://user:password@host:port/database?sslmode=…&schema=…` (or
@@ -156,6 +165,9 @@ extension PostgresQueueDatabase {
             }
             guard maximumConnections >= 1 else {
                 throw BackgroundSyncError(.invalidRequest, "maximumConnections must be at least 1")
+            }
+            guard sessionCheckInterval >= .seconds(1) else {
+                throw BackgroundSyncError(.invalidRequest, "sessionCheckInterval must be at least 1 second")
             }
         }
 
@@ -288,6 +300,7 @@ extension PostgresQueueDatabase.Configuration: CustomStringConvertible, CustomRe
             "host": host, "port": port, "unixSocketPath": unixSocketPath as Any, "username": username,
             "password": (password == nil ? nil : "***") as Any, "database": database as Any, "tls": tls,
             "schema": schema, "maximumConnections": maximumConnections, "connectTimeout": connectTimeout,
+            "sessionCheckInterval": sessionCheckInterval,
         ])
     }
 }

@@ -254,6 +254,51 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// The key of this instance's session lock while the session holds it, `nil` while it is lost.
     var sessionKey: Int64? { session.withLock { $0?.key } }
 
+    /// Ends the session under `key`, if it is still the current one, because the server no longer
+    /// holds its lock (it ended the session, and the connection has not noticed): closing the
+    /// connection ends its listening, and ``keepSession(_:)`` connects a new session.
+    func dropSession(key: Int64) {
+        let lost = session.withLock { current -> PostgresConnection? in
+            guard let connection = current?.connection, current?.key == key else { return nil }
+            current = nil
+            return connection
+        }
+        guard let lost else { return }
+        logger.warning("the PostgreSQL server no longer holds this instance's session lock; connecting again")
+        _ = lost.close() as EventLoopFuture<Void>
+    }
+
+    /// Returns once `connection` failed to answer a `SELECT 1` within a third of
+    /// ``Configuration/sessionCheckInterval`` (checked every interval), having set `silent` and
+    /// closed it; or when cancelled.
+    private func checkSession(_ connection: PostgresConnection, silent: Locked<Bool>) async {
+        let interval = configuration.sessionCheckInterval
+        while true {
+            do { try await Task.sleep(for: interval) } catch { return }
+            let answered = await withTaskGroup(of: Bool.self) { group in
+                group.addTask {
+                    (try? await self.onLoop(of: connection) {
+                        try self.ensureOpen(connection)
+                        return try await self.rows(connection, "SELECT 1").count
+                    }) != nil
+                }
+                group.addTask {
+                    try? await Task.sleep(for: interval / 3)
+                    return false
+                }
+                let first = await group.next() ?? false
+                // A statement that waits for an answer ends when its connection closes.
+                if !first && !Task.isCancelled {
+                    silent.withLock { $0 = true }
+                    _ = connection.close() as EventLoopFuture<Void>
+                }
+                group.cancelAll()
+                return first
+            }
+            if Task.isCancelled || !answered { return }
+        }
+    }
+
     /// Listens for pushes on the session's connection; when it is lost, connects a new session
     /// (after a short pause, growing to 5 seconds) until cancelled.
     private func keepSession(_ first: PostgresConnection) async {
@@ -263,21 +308,32 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             if let current = connection {
                 // The pause before the next session grows until one listens again.
                 let listened = Locked(false)
+                // Set by the check that closes a connection whose server stopped answering.
+                let silent = Locked(false)
                 do {
                     // Cancelling closes the connection, which ends the listening whatever it waits for.
                     try await withTaskCancellationHandler {
-                        try await onLoop(of: current) {
-                            try ensureOpen(current)
-                            try await current.listen(on: channel) { notifications in
-                                listened.withLock { $0 = true }
-                                // Pushes made while no session listened were missed: wake the listeners once,
-                                // and send the announcements kept meanwhile.
-                                broadcast("")
-                                announcements.continuation.yield()
-                                for try await notification in notifications {
-                                    broadcast(notification.payload)
+                        // The listening ends when the connection does; the check closes a connection
+                        // whose server stopped answering.
+                        try await withThrowingTaskGroup(of: Void.self) { group in
+                            group.addTask { [self] in
+                                try await onLoop(of: current) {
+                                    try ensureOpen(current)
+                                    try await current.listen(on: channel) { notifications in
+                                        listened.withLock { $0 = true }
+                                        // Pushes made while no session listened were missed: wake the
+                                        // listeners once, and send the announcements kept meanwhile.
+                                        broadcast("")
+                                        announcements.continuation.yield()
+                                        for try await notification in notifications {
+                                            broadcast(notification.payload)
+                                        }
+                                    }
                                 }
                             }
+                            group.addTask { [self] in await checkSession(current, silent: silent) }
+                            try await group.next()
+                            group.cancelAll()
                         }
                     } onCancel: {
                         // The announcer sends nothing more on it.
@@ -285,9 +341,12 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                         _ = current.close() as EventLoopFuture<Void>
                     }
                 } catch {
-                    if !Task.isCancelled {
+                    if !Task.isCancelled && !silent.withLock({ $0 }) {
                         logger.warning("lost the PostgreSQL session; connecting again", metadata: ["error": "\(describe(error))"])
                     }
+                }
+                if silent.withLock({ $0 }) {
+                    logger.warning("the PostgreSQL session did not answer a check in time; connecting again")
                 }
                 session.withLock { $0 = nil }
                 try? await current.close()

@@ -171,7 +171,10 @@ extension PostgresQueueDatabase {
             }
             guard let row = rows.first else { return .empty }
             let cells = row.makeRandomAccess()
-            guard try cells[0].decode(Bool.self) else { throw sessionLost() }
+            guard try cells[0].decode(Bool.self) else {
+                dropSession(key: key)
+                throw sessionLost()
+            }
             // No candidate: nothing (more) to replay now.
             guard let holds = try cells[3].decode(Bool?.self) else { return .empty }
             guard try cells[4].decode(Int64?.self) != nil else {

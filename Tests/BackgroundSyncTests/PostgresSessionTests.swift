@@ -1,0 +1,77 @@
+import BackgroundSync
+@testable import BackgroundSyncPostgres
+import Foundation
+import PostgresTestServer
+import Testing
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The connection that holds an instance's session lock (its claims) and listens for pushes.
+@Suite(
+    "PostgreSQL session", .timeLimit(.minutes(2)),
+    .enabled(if: PostgresTestServer.unavailableReason == nil, Comment(rawValue: PostgresTestServer.unavailableReason ?? "")))
+struct PostgresSessionTests {
+    /// A session whose server stops answering without closing the connection (its backend stopped
+    /// with SIGSTOP, as silent as a flow a NAT dropped) is replaced once a check goes unanswered,
+    /// and the instance leases again.
+    @Test func aSessionThatStopsAnsweringIsReplaced() async throws {
+        let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
+        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
+        configuration.schema = "session_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        configuration.sessionCheckInterval = .seconds(1)
+        let stores = RunningStores()
+        let database = try await stores.open(configuration)
+        func waitForKey(otherThan old: Int64?) async throws -> Int64? {
+            for _ in 0..<1_000 {
+                if let key = database.sessionKey, key != old { return key }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            return nil
+        }
+        guard let first = try await waitForKey(otherThan: nil) else {
+            Issue.record("no session")
+            await stores.stopAll()
+            return
+        }
+        let found = try await offCooperativePool {
+            try Self.psql(postgres, """
+                SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1
+                AND ((classid::bigint << 32) | objid::bigint) = \(first)
+                """)
+        }
+        guard let pid = Int32(found) else {
+            Issue.record("no backend holds the session lock: '\(found)'")
+            await stores.stopAll()
+            return
+        }
+        kill(pid, SIGSTOP)
+        let second = try await waitForKey(otherThan: first)
+        #expect(second != nil, "a new session within 10 seconds")
+
+        let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/x", method: "POST"))
+        _ = try await database.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
+        let claims = database.claims(
+            queueName: "q", order: .ordered, owner: .current(), leaseDuration: .seconds(60), clock: SystemWallClock())
+        let result = try await claims.next()
+        if case .claimed = result {} else { Issue.record("leased under the new session: \(result)") }
+        try await claims.finish()
+        kill(pid, SIGCONT)
+        await stores.stopAll()
+    }
+
+    /// One value from `psql`, as text.
+    static func psql(_ server: PostgresTestServer, _ sql: String) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["psql", "-h", "127.0.0.1", "-p", "\(server.port)", "-U", server.user, "-d", "postgres", "-At", "-c", sql]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
