@@ -66,6 +66,8 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     let pushBatcher = PushBatcher()
     /// Queues pushed to and not announced yet, and the signal that wakes the announcer.
     private let unannounced = Locked<Set<String>>([])
+    /// Whether this instance pushed anything (``announceBeforeStopping()``).
+    private let pushedAny = Locked(false)
     private let announcements: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation) =
         AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
 
@@ -124,10 +126,12 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             do {
                 try await database.waitUntilReady()
                 let result = try await body(database)
+                await database.announceBeforeStopping()
                 group.cancelAll()
                 try? await group.waitForAll()
                 return result
             } catch {
+                await database.announceBeforeStopping()
                 group.cancelAll()
                 try? await group.waitForAll()
                 throw error
@@ -394,6 +398,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// wait for each other. A push made while the session is down is announced once the next session
     /// listens; one made by a process that dies before announcing it is left to the others' poll.
     func announcePush(_ queueName: String) {
+        pushedAny.withLock { $0 = true }
         unannounced.withLock { _ = $0.insert(queueName) }
         announcements.continuation.yield()
     }
@@ -412,30 +417,48 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             }
             // Many queues at once: one notification for all of them.
             let payloads = names.count > 8 ? [""] : names.map(Self.notifyPayload)
-            for payload in payloads {
-                // No session now: the names wait for the next one (it sends them as it listens).
-                guard let connection = session.withLock({ $0?.connection }) else {
-                    unannounced.withLock { $0.formUnion(names) }
-                    break
-                }
-                let eventLoop = connection.eventLoop
-                let query = eventLoop.flatSubmit { [channel, identity] () -> EventLoopFuture<PostgresQueryResult> in
-                    guard !connection.isClosed else {
-                        return eventLoop.makeFailedFuture(
-                            BackgroundSyncError(.storeUnreachable, "the connection to the PostgreSQL store \(identity) closed"))
-                    }
-                    return connection.query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)", [PostgresData(string: channel), PostgresData(string: payload)])
-                }
-                let done = Locked(false)
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let finish: @Sendable () -> Void = {
-                        if done.withLock({ finished in defer { finished = true }; return !finished }) { continuation.resume() }
-                    }
-                    query.whenComplete { _ in finish() }
-                    eventLoop.scheduleTask(in: .seconds(5)) { finish() }
-                }
+            for payload in payloads where !(await notify(payload)) {
+                // No session now, or it failed: the names wait for the next session (it sends them
+                // as it listens) or the next push.
+                unannounced.withLock { $0.formUnion(names) }
+                break
             }
         }
+    }
+
+    /// Sends one notification on the session's connection: `true` once PostgreSQL took it, `false`
+    /// when there is no session, the statement failed, or 5 seconds passed.
+    private func notify(_ payload: String) async -> Bool {
+        guard let connection = session.withLock({ $0?.connection }) else { return false }
+        let eventLoop = connection.eventLoop
+        let query = eventLoop.flatSubmit { [channel, identity] () -> EventLoopFuture<PostgresQueryResult> in
+            guard !connection.isClosed else {
+                return eventLoop.makeFailedFuture(
+                    BackgroundSyncError(.storeUnreachable, "the connection to the PostgreSQL store \(identity) closed"))
+            }
+            return connection.query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)", [PostgresData(string: channel), PostgresData(string: payload)])
+        }
+        let sent = Locked<Bool?>(nil)
+        return await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let finish: @Sendable (Bool) -> Void = { ok in
+                if sent.withLock({ outcome in defer { outcome = outcome ?? ok }; return outcome == nil }) {
+                    continuation.resume(returning: ok)
+                }
+            }
+            query.whenComplete { result in
+                if case .success = result { finish(true) } else { finish(false) }
+            }
+            eventLoop.scheduleTask(in: .seconds(5)) { finish(false) }
+        }
+    }
+
+    /// For an instance about to stop (``withDatabase(_:logger:_:)`` once its body returned): if it
+    /// pushed anything, one more notification for every queue, so that a push whose own
+    /// notification the stop would cut off still wakes the other instances (an idle `SyncService`
+    /// that does not poll would otherwise learn of it only with a later push).
+    func announceBeforeStopping() async {
+        guard pushedAny.withLock({ $0 }) else { return }
+        _ = await notify("")
     }
 
     private func broadcast(_ queueName: String) {

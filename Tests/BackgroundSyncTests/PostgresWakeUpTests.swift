@@ -49,4 +49,36 @@ struct PostgresWakeUpTests {
         await stores.stopAll()
         #expect(server.bodies == ["from another host"])
     }
+
+    /// `bgsync enqueue` pushes and stops at once: its push still wakes a service that does not poll.
+    @Test func aPushByAShortLivedBgsyncWakesAnIdleService() async throws {
+        let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
+        let schema = "wake_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
+        configuration.schema = schema
+        let stores = RunningStores()
+        let worker = try await stores.open(configuration)
+        let server = try RecordingServer()
+        let queue = try Queue(name: "orders", database: worker)
+        let service = SyncService(queues: [queue], configuration: .init(connectivity: nil, pollInterval: nil))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await service.run() }
+            try await Task.sleep(for: .milliseconds(300))
+            for body in ["first", "second"] {
+                let run = try await bgsync([
+                    "enqueue", server.url.absoluteString, "--queue", "orders", "-d", body,
+                    "--db", postgres.url + "?sslmode=disable&schema=\(schema)",
+                ])
+                #expect(run.status == 0, "\(run.stderr)")
+            }
+            var waited = 0
+            while server.bodies.count < 2 && waited < 1_000 {
+                try await Task.sleep(for: .milliseconds(10))
+                waited += 1
+            }
+            group.cancelAll()
+        }
+        await stores.stopAll()
+        #expect(server.bodies == ["first", "second"])
+    }
 }
