@@ -49,7 +49,7 @@ extension PostgresQueueDatabase {
         public var connectTimeout: Duration
         /// How often the session's connection (the one whose lock names this instance's claims, and
         /// that listens for pushes) is checked with a `SELECT 1`: one that is not answered within a
-        /// third of this is closed and a new session connected. A connection dropped on the way
+        /// third of this (at least 5 seconds) is closed and a new session connected. A connection dropped on the way
         /// without a word (a NAT or a load balancer ending an idle flow) would otherwise wait for
         /// notifications forever, while the server may end the session and free its claims.
         /// Default: 30 seconds; at least 1 second.
@@ -187,29 +187,39 @@ extension PostgresQueueDatabase {
         /// `:` after the scheme and the last `@` (a password may hold `/`, `?` or `#` unencoded),
         /// and the value of every query parameter but the known ones that hold no secret (`sslmode`,
         /// `schema`, `user`, `dbname`, `host`, `max_connections`, `connect_timeout`,
-        /// `application_name`, `target_session_attrs`), so that a misspelt `password` is hidden
-        /// too. Text that is not in the `scheme://` form shows only its scheme.
+        /// `application_name`, `target_session_attrs`), wherever a `?`, `&` or `#` starts it, so
+        /// that a misspelt `password` is hidden too. Text that is not in the `scheme://` form shows
+        /// only its scheme, if it starts with one.
         public static func redacting(_ url: String) -> String {
             guard let schemeEnd = url.range(of: "://") else {
                 let scheme = url.prefix { $0 != ":" }
-                return scheme.count < url.count ? scheme + ":***" : "***"
+                let isScheme = scheme.first?.isLetter == true
+                    && scheme.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "+.-".contains($0)) }
+                return isScheme && scheme.count < url.count ? scheme + ":***" : "***"
             }
             var text = url
-            var queryFrom = schemeEnd.upperBound
-            if let at = text[schemeEnd.upperBound...].lastIndex(of: "@") {
-                if let colon = text[schemeEnd.upperBound..<at].firstIndex(of: ":") {
-                    text.replaceSubrange(text.index(after: colon)..<at, with: "***")
-                }
-                queryFrom = text[schemeEnd.upperBound...].lastIndex(of: "@")!
+            if let at = text[schemeEnd.upperBound...].lastIndex(of: "@"),
+                let colon = text[schemeEnd.upperBound..<at].firstIndex(of: ":")
+            {
+                text.replaceSubrange(text.index(after: colon)..<at, with: "***")
             }
-            guard let question = text[queryFrom...].firstIndex(of: "?") else { return text }
-            let query = text[text.index(after: question)...].split(separator: "&", omittingEmptySubsequences: false)
-                .map { item -> String in
-                    guard let equals = item.firstIndex(of: "=") else { return String(item) }
-                    let name = item[..<equals]
-                    return Self.plainParameters.contains(name.lowercased()) ? String(item) : name + "=***"
+            // Every `name=value` that follows a `?`, `&` or `#`, wherever it is (a query may hold an
+            // `@`, which the step above may have taken for the end of a password).
+            var shown = ""
+            var rest = text[...]
+            while let separator = rest.firstIndex(where: { "?&#".contains($0) }) {
+                shown += rest[...separator]
+                rest = rest[rest.index(after: separator)...]
+                let end = rest.firstIndex(where: { "&#".contains($0) }) ?? rest.endIndex
+                let item = rest[..<end]
+                if let equals = item.firstIndex(of: "="), !Self.plainParameters.contains(item[..<equals].lowercased()) {
+                    shown += item[..<equals] + "=***"
+                } else {
+                    shown += item
                 }
-            return text[...question] + query.joined(separator: "&")
+                rest = rest[end...]
+            }
+            return shown + rest
         }
 
         /// The URL parameters whose values are shown in messages.

@@ -6,7 +6,9 @@ import ServiceLifecycle
 
 /// A ``QueueDatabase`` on PostgreSQL: one set of queues shared by every process and host that
 /// opens the same database and schema. Any instance may queue a request, any live worker may
-/// replay it, and nothing is sent by two workers at once.
+/// replay it, and nothing is sent by two workers at once while their sessions last: a worker
+/// whose session is lost (its connection dropped, the server ended it) frees its leases, so an
+/// entry it is sending then may be sent by another worker too, with the same `Idempotency-Key`.
 ///
 /// The store runs on PostgresNIO's `PostgresClient` and needs a task of its own, as the client
 /// does: run it in the caller's `ServiceGroup` (it is a `Service`), or use
@@ -131,7 +133,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                 try? await group.waitForAll()
                 return result
             } catch {
-                await database.announceBeforeStopping()
+                if !Task.isCancelled { await database.announceBeforeStopping() }
                 group.cancelAll()
                 try? await group.waitForAll()
                 throw error
@@ -272,34 +274,42 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         _ = lost.close() as EventLoopFuture<Void>
     }
 
-    /// Returns once `connection` failed to answer a `SELECT 1` within a third of
-    /// ``Configuration/sessionCheckInterval`` (checked every interval), having set `silent` and
-    /// closed it; or when cancelled.
+    /// Returns once `connection` failed a check: a `SELECT 1`, every
+    /// ``Configuration/sessionCheckInterval``, not answered within a third of it (at least 5
+    /// seconds) — then the session is dropped (`silent` set, the connection closed) — or refused
+    /// (the connection closed: its listening ends with the reason); or when cancelled.
     private func checkSession(_ connection: PostgresConnection, silent: Locked<Bool>) async {
         let interval = configuration.sessionCheckInterval
+        let patience = max(interval / 3, .seconds(5))
+        enum Check { case answered, refused, unanswered }
         while true {
             do { try await Task.sleep(for: interval) } catch { return }
-            let answered = await withTaskGroup(of: Bool.self) { group in
+            let check = await withTaskGroup(of: Check.self) { group in
                 group.addTask {
-                    (try? await self.onLoop(of: connection) {
+                    let answered = try? await self.onLoop(of: connection) {
                         try self.ensureOpen(connection)
                         return try await self.rows(connection, "SELECT 1").count
-                    }) != nil
+                    }
+                    return answered == nil ? .refused : .answered
                 }
                 group.addTask {
-                    try? await Task.sleep(for: interval / 3)
-                    return false
+                    try? await Task.sleep(for: patience)
+                    return .unanswered
                 }
-                let first = await group.next() ?? false
-                // A statement that waits for an answer ends when its connection closes.
-                if !first && !Task.isCancelled {
+                let first = await group.next() ?? .unanswered
+                if first == .unanswered && !Task.isCancelled {
+                    // No lease may name this session's key from now on; the statement still waiting
+                    // for an answer ends when its connection closes.
                     silent.withLock { $0 = true }
+                    session.withLock { current in
+                        if current?.connection === connection { current = nil }
+                    }
                     _ = connection.close() as EventLoopFuture<Void>
                 }
                 group.cancelAll()
                 return first
             }
-            if Task.isCancelled || !answered { return }
+            if Task.isCancelled || check != .answered { return }
         }
     }
 

@@ -266,6 +266,33 @@ extension StoreConformance {
                 try expectEqual(dead.map(path), ["1", "2"], "set aside")
                 try expectEqual(dead.first?.lastFailure?.kind, .setAside, "a release does not undo a set-aside")
             },
+            check("an entry set aside while in flight and then accepted by the server is deleted") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                let ids = try await push(["1", "2"], to: "q", one)
+                let claims = ordered(one, clock: ManualWallClock())
+                let head = try await claimed(claims, "head")
+                try await two.setAsideEntries(
+                    queueName: "q", ids: [ids[0]], failure: ReplayFailure(kind: .setAside, message: "by hand"))
+                try await claims.complete(head)
+                try await claims.finish()
+                try expectEqual(try await paths("q", two, state: .dead), [], "no dead letter left")
+                try expectEqual(try await paths("q", two), ["2"], "pending")
+            },
+            check("a record saved anew after its lease ran out is not changed by the old version's outcome") { store in
+                let (one, two) = (try await store.open(), try await store.open())
+                _ = try await one.saveEntry(record("k", "v1"), queueName: "q", registeringSyncTag: nil)
+                // Leased two minutes ago for one: a save (which reads the system's clock) finds the
+                // lease run out.
+                let clock = ManualWallClock(start: Date().addingTimeInterval(-120))
+                let claims = ordered(one, lease: .seconds(60), clock: clock)
+                let old = try await claimed(claims, "v1")
+                // The app saves the record again while v1's answer is still to come.
+                _ = try await two.saveEntry(record("k", "v2"), queueName: "q", registeringSyncTag: nil)
+                try await claims.deadLetter(old, failure: ReplayFailure(kind: .httpStatus, status: 422, message: "HTTP 422"))
+                try await claims.finish()
+                let pending = try await two.entries(queueName: "q", state: .pending)
+                try expect(pending.contains { path($0) == "v2" && $0.attempts == 0 }, "v2 pending, no attempt: \(pending.map(path))")
+            },
             check("an entry handed out at once was checked within the age asked for, and counts as handed out") { store in
                 let (one, two) = (try await store.open(), try await store.open())
                 let ids = try await push(["1", "2", "3", "4", "5"], to: "q", one)

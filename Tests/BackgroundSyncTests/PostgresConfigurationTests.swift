@@ -53,6 +53,13 @@ struct PostgresConfigurationTests {
             == "postgres://u@h/db?sslmode=disable&passwd=***")
         #expect(Configuration.redacting("postgres://u:a?b@h/db?pass=s3cret") == "postgres://u:***@h/db?pass=***")
         #expect(Configuration.redacting("postgres:/u:s3cret@h/db") == "postgres:***")
+        // An `@` in the query, a fragment, and key=value text.
+        #expect(Configuration.redacting("postgres://h/db?user=admin@srv&password=s3cret&colour=1")
+            == "postgres://h/db?user=admin@srv&password=***&colour=***")
+        #expect(!Configuration.redacting("postgres://h:5432/db?user=a@b&password=s3cret&sslmode=bogus").contains("s3cret"))
+        #expect(Configuration.redacting("postgres://h/db?sslmode=disable#password=s3cret")
+            == "postgres://h/db?sslmode=disable#password=***")
+        #expect(Configuration.redacting("host=h password=s3cret hostaddr=fe80::1") == "***")
         let configuration = try Configuration(url: "postgres://u:s3cret@h/db")
         #expect(!"\(configuration)".contains("s3cret") && "\(configuration)".contains("user u"))
         var dumped = ""
@@ -61,6 +68,7 @@ struct PostgresConfigurationTests {
         for url in [
             "postgres://u:ab/cd@h/db?x=1", "postgres://u:s3cret@h:99999/db", "postgres://h/db?password=s3cret&bad=1",
             "postgres://u@h/db?passwd=s3cret", "postgres:/u:s3cret@h/db",
+            "postgres://h/db?user=admin@srv&password=s3cret&colour=1",
         ] {
             let error = #expect(throws: BackgroundSyncError.self) { try Configuration(url: url) }
             #expect(error.map { !$0.description.contains("s3cret") && !$0.description.contains("ab/cd") } == true,

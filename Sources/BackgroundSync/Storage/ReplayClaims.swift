@@ -61,7 +61,8 @@ public protocol ReplayClaims: AnyObject, Sendable {
     /// returns the entry is no longer listed or counted by this database instance. The deletion is
     /// crash-safe once ``finish()`` returned; a driver may make it sooner (with a later lease), and
     /// a replay that dies before it is made sends the entry again (at least once, with its
-    /// `Idempotency-Key`). Like ``release(_:failure:nextAttemptAt:)`` and
+    /// `Idempotency-Key`). An entry set aside while it was in flight is deleted too (the server
+    /// accepted it). Otherwise, like ``release(_:failure:nextAttemptAt:)`` and
     /// ``deadLetter(_:failure:)``, it changes the entry only while it is still leased to the
     /// owner: one whose lease ran out during its send and that another replayer took since, or
     /// that was replaced (an outbox save), is left to them.

@@ -36,6 +36,9 @@ struct DatabaseOptions: ParsableArguments {
     static func notAPathOrURL(_ value: String) -> String? {
         let lowered = value.lowercased()
         if lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://") { return nil }
+        if lowered.contains("://") {
+            return "the database URL must start with postgres:// or postgresql:// (no quotes or spaces around it)"
+        }
         let scheme = lowered.prefix { $0 != ":" && $0 != "/" }
         if scheme.count < lowered.count, lowered.dropFirst(scheme.count).hasPrefix(":"), !scheme.isEmpty,
             scheme.allSatisfy({ $0.isLetter || $0.isNumber || "+.-".contains($0) }), scheme.first!.isLetter

@@ -59,14 +59,16 @@ extension SQLiteQueueDatabase {
 
     private static let deleteByIDSQL = "DELETE FROM entry WHERE id IN (\(idList))"
 
-    /// Deletes delivered entries in the open transaction, each only while it is still leased to
-    /// `owner`: one whose lease ran out during its send and that was replaced since (an outbox
-    /// save in place) or leased by another replayer is left to that newer version or replayer.
+    /// Deletes delivered entries in the open transaction, each while it is still leased to `owner`
+    /// or was set aside meanwhile (the server accepted it, so it is no dead letter); one whose lease
+    /// ran out during its send and that was replaced since (an outbox save in place) or leased by
+    /// another replayer is left to that newer version or replayer.
     static func deleteDelivered(_ ids: some Collection<Int64>, owner: String, _ db: Database) throws {
         try execute(deleteDeliveredSQL, ids: ids, trailing: [owner], db)
     }
 
-    private static let deleteDeliveredSQL = "DELETE FROM entry WHERE id IN (\(idList)) AND leaseOwner = ?"
+    private static let deleteDeliveredSQL =
+        "DELETE FROM entry WHERE id IN (\(idList)) AND (leaseOwner = ? OR (state = 'dead' AND leaseOwner IS NULL))"
 
     @discardableResult
     public func deleteEntries(queueName: String?, state: EntryState?) async throws -> Int {
