@@ -274,10 +274,10 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         _ = lost.close() as EventLoopFuture<Void>
     }
 
-    /// Returns once `connection` failed a check: a `SELECT 1`, every
+    /// Returns once `connection` failed a check — a `SELECT 1`, every
     /// ``Configuration/sessionCheckInterval``, not answered within a third of it (at least 5
-    /// seconds) — then the session is dropped (`silent` set, the connection closed) — or refused
-    /// (the connection closed: its listening ends with the reason); or when cancelled.
+    /// seconds; `silent` is set), or refused — having dropped the session and closed the
+    /// connection, which ends its listening; or when cancelled.
     private func checkSession(_ connection: PostgresConnection, silent: Locked<Bool>) async {
         let interval = configuration.sessionCheckInterval
         let patience = max(interval / 3, .seconds(5))
@@ -297,10 +297,10 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                     return .unanswered
                 }
                 let first = await group.next() ?? .unanswered
-                if first == .unanswered && !Task.isCancelled {
+                if first != .answered && !Task.isCancelled {
                     // No lease may name this session's key from now on; the statement still waiting
-                    // for an answer ends when its connection closes.
-                    silent.withLock { $0 = true }
+                    // for an answer ends when its connection closes, and so does the listening.
+                    if first == .unanswered { silent.withLock { $0 = true } }
                     session.withLock { current in
                         if current?.connection === connection { current = nil }
                     }
