@@ -89,7 +89,9 @@ struct ConcurrencyTests {
         let database = try SQLiteQueueDatabase.temporary()
         let queue = try Queue(
             name: uniqueQueueName(),
-            options: QueueOptions(retryPolicy: RetryPolicy(jitter: false), maxConcurrentReplays: 4),
+            // An hour of backoff: "5" stays out of reach however slowly the test runs (under TSan,
+            // beside the whole suite, the default 2 s ran out before the entries were read).
+            options: QueueOptions(retryPolicy: RetryPolicy(initialDelay: .seconds(3600), jitter: false), maxConcurrentReplays: 4),
             database: database)
         for index in 0..<40 { try await queue.pushRequest(postRequest(server.url, body: "\(index)")) }
         await #expect(throws: BackgroundSyncError.self) { try await queue.replayRequests() }
