@@ -15,7 +15,7 @@ struct PostgresCLITests {
     /// A URL to a new schema of the shared server.
     private func storeURL() async throws -> String {
         let server = try await offCooperativePool { try PostgresTestServer.shared() }
-        return server.url + "?sslmode=disable&schema=cli_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        return server.url + "?sslmode=disable&schema=\(uniqueSchema("cli"))"
     }
 
     @Test func commandsWorkOnAPostgresStore() async throws {

@@ -75,7 +75,7 @@ struct PostgresFleetTests {
 
     @Test func fourWorkersOneKilledMidSendDeliverEverything() async throws {
         let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
-        let schema = "fleet_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        let schema = uniqueSchema("fleet")
         let url = postgres.url + "?sslmode=disable&schema=\(schema)"
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-fleet-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)

@@ -17,7 +17,7 @@ struct PostgresPushBatchTests {
     ) async throws {
         let server = try await offCooperativePool { try PostgresTestServer.shared() }
         var configuration = try PostgresQueueDatabase.Configuration(url: server.url)
-        configuration.schema = "batch_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        configuration.schema = uniqueSchema("batch")
         var logger = Logger(label: "test.postgres")
         logger.logLevel = .warning
         try await PostgresQueueDatabase.withDatabase(configuration, logger: logger) { database in
@@ -137,7 +137,7 @@ struct PostgresPushBatchTests {
     @Test func aStoreStopsWhileProducersKeepPushing() async throws {
         let server = try await offCooperativePool { try PostgresTestServer.shared() }
         var configuration = try PostgresQueueDatabase.Configuration(url: server.url)
-        configuration.schema = "batch_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        configuration.schema = uniqueSchema("batch")
         var logger = Logger(label: "test.postgres")
         logger.logLevel = .critical
         let database = try PostgresQueueDatabase(configuration: configuration, logger: logger)

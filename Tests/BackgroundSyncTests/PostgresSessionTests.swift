@@ -20,7 +20,7 @@ struct PostgresSessionTests {
     @Test func aSessionThatStopsAnsweringIsReplaced() async throws {
         let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
         var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
-        configuration.schema = "session_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        configuration.schema = uniqueSchema("session")
         configuration.sessionCheckInterval = .seconds(1)
         let stores = RunningStores()
         let database = try await stores.open(configuration)

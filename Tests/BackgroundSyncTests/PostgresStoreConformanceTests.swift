@@ -15,7 +15,7 @@ struct PostgresStoreConformanceTests {
     static let conformance = StoreConformance {
         let server = try await offCooperativePool { try PostgresTestServer.shared() }
         var configuration = try PostgresQueueDatabase.Configuration(url: server.url)
-        configuration.schema = "conformance_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        configuration.schema = uniqueSchema("conformance")
         configuration.maximumConnections = 4
         let stores = RunningStores()
         return StoreConformance.Store(

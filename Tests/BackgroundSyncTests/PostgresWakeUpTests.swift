@@ -15,7 +15,7 @@ struct PostgresWakeUpTests {
     @Test func aPushOnAnotherInstanceWakesAnIdleService() async throws {
         let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
         var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
-        configuration.schema = "wake_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        configuration.schema = uniqueSchema("wake")
         let stores = RunningStores()
         let worker = try await stores.open(configuration)
         let producer = try await stores.open(configuration)
@@ -53,7 +53,7 @@ struct PostgresWakeUpTests {
     /// `bgsync enqueue` pushes and stops at once: its push still wakes a service that does not poll.
     @Test func aPushByAShortLivedBgsyncWakesAnIdleService() async throws {
         let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
-        let schema = "wake_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        let schema = uniqueSchema("wake")
         var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
         configuration.schema = schema
         let stores = RunningStores()

@@ -169,3 +169,8 @@ func exited(_ process: Process, within seconds: TimeInterval) async throws -> Bo
         return !process.isRunning
     }
 }
+
+/// A PostgreSQL schema name no other test uses: `prefix` and a UUID's hex digits.
+func uniqueSchema(_ prefix: String) -> String {
+    prefix + "_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+}
