@@ -25,7 +25,7 @@ if CommandLine.arguments.count == 5 && CommandLine.arguments[1] == "--postgres-w
 let arguments = Set(CommandLine.arguments.dropFirst())
 let known: Set<String> = ["--quick", "--json"]
 if let unknown = arguments.first(where: { !known.contains($0) && !$0.hasPrefix("--only=") }) {
-    FileHandle.standardError.write(Data("bgsync-bench: unknown option '\(unknown)' (use --quick, --json, --only=enqueue,replay,ahc,scale,memory,postgres,dashboard; diagnostics: split,group,pairs,ahcpairs)\n".utf8))
+    FileHandle.standardError.write(Data("bgsync-bench: unknown option '\(unknown)' (use --quick, --json, --only=enqueue,replay,ahc,scale,memory,postgres,dashboard; diagnostics: split,group,pairs,ahcpairs,pgsplit)\n".utf8))
     exit(2)
 }
 let quick = arguments.contains("--quick")
@@ -64,6 +64,9 @@ if only?.contains("pairs") == true {  // a diagnostic, only when asked for
 }
 if only?.contains("ahcpairs") == true {  // a diagnostic, only when asked for
     results += try await AsyncHTTPClientBenchmark(quick: quick, freshPath: freshPath).pairs(log: log).map { (key: $0.0, value: $0.1) }
+}
+if only?.contains("pgsplit") == true {  // a diagnostic, only when asked for
+    try await PostgresSplitDiagnostic(quick: quick).run(log: log)
 }
 if runs("replay") {
     results += try await ReplayBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }

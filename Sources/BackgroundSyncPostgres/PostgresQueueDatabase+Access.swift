@@ -27,9 +27,13 @@ extension PostgresQueueDatabase {
     /// Runs `body` in ``run()``'s task, or calls `fail` instead when the store is not running:
     /// exactly one of the two.
     func submit(_ body: @escaping @Sendable () async -> Void, fail: @escaping @Sendable (BackgroundSyncError) -> Void) {
-        let job = Job(id: UUID(), body: body, fail: fail)
-        unstarted.withLock { $0[job.id] = job }
-        if case .terminated = jobInput.yield(job), unstarted.withLock({ $0.removeValue(forKey: job.id) }) != nil {
+        let job = unstarted.withLock { unstarted in
+            defer { unstarted.nextID &+= 1 }
+            let job = Job(id: unstarted.nextID, body: body, fail: fail)
+            unstarted.jobs[job.id] = job
+            return job
+        }
+        if case .terminated = jobInput.yield(job), unstarted.withLock({ $0.jobs.removeValue(forKey: job.id) }) != nil {
             job.fail(BackgroundSyncError(.storage, "the PostgreSQL store \(identity) is not running"))
         }
     }
@@ -63,7 +67,7 @@ extension PostgresQueueDatabase {
         let patience = configuration.connectTimeout * 3
         return try await withThrowingTaskGroup(of: PooledEnding<T>.self) { group in
             group.addTask {
-                .value(try await self.client.withConnection { connection in
+                .value(try await self.leasing { connection in
                     let proceed = wait.withLock { wait -> Bool in
                         if !wait.timedOut { wait.leased = true }
                         return wait.leased
@@ -103,6 +107,24 @@ extension PostgresQueueDatabase {
                     return wait.timedOut
                 }
                 if givenUp { group.cancelAll() }
+            }
+        }
+    }
+
+    /// Runs `body` on a connection of the pool, counted in ``poolUse``.
+    func leasing<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await client.withConnection { connection in
+            poolUse.withLock { $0.leased += 1 }
+            do {
+                let value = try await body(connection)
+                poolUse.withLock { use in
+                    use.leased -= 1
+                    use.lastSuccess = .now
+                }
+                return value
+            } catch {
+                poolUse.withLock { $0.leased -= 1 }
+                throw error
             }
         }
     }
@@ -214,5 +236,18 @@ extension PostgresQueueDatabase {
         case .authMechanismRequiresPassword: return "the server asks for a password and none was given"
         default: return "\(error.code)"
         }
+    }
+}
+
+/// How a store uses its connection pool (see ``PostgresQueueDatabase/leasing(_:)``).
+struct PoolUse {
+    var leased = 0
+    var lastSuccess: ContinuousClock.Instant?
+
+    /// Whether a statement succeeded within the last second and fewer than `maximum` connections
+    /// are leased: a new lease then most likely finds a connection at once.
+    func isBusyAndAvailable(within maximum: Int) -> Bool {
+        guard let lastSuccess, leased < maximum else { return false }
+        return ContinuousClock.now - lastSuccess < .seconds(1)
     }
 }

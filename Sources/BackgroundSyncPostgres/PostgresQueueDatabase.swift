@@ -66,6 +66,8 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     let knownQueues = Locked<Set<String>>([])
     /// Concurrent pushes waiting to share a statement.
     let pushBatcher = PushBatcher()
+    /// The pool's connections leased by this store now, and when a statement on one last succeeded.
+    let poolUse = Locked(PoolUse())
     /// Queues pushed to and not announced yet, and the signal that wakes the announcer.
     private let unannounced = Locked<Set<String>>([])
     /// Whether this instance pushed anything (``announceBeforeStopping()``).
@@ -77,13 +79,14 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// Whoever takes it out of ``unstarted`` (the runner starting it, or ``end(_:)`` failing it)
     /// resumes its caller, exactly once.
     struct Job: Sendable {
-        let id: UUID
+        let id: UInt64
         let body: @Sendable () async -> Void
         let fail: @Sendable (BackgroundSyncError) -> Void
     }
 
-    /// Writes submitted and not started yet.
-    let unstarted = Locked<[UUID: Job]>([:])
+    /// Writes submitted and not started yet, by id (numbered in order: an id costs no system call,
+    /// as Foundation's `UUID()` does on Linux).
+    let unstarted = Locked<(nextID: UInt64, jobs: [UInt64: Job])>((0, [:]))
 
     private struct RunState {
         var ready = false
@@ -178,7 +181,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                             // A stream that always has a job waiting does not end when the task is
                             // cancelled: the jobs left are failed by `end(_:)`.
                             if Task.isCancelled { break }
-                            guard self.unstarted.withLock({ $0.removeValue(forKey: job.id) }) != nil else { continue }
+                            guard self.unstarted.withLock({ $0.jobs.removeValue(forKey: job.id) }) != nil else { continue }
                             writes.addTask { await job.body() }
                         }
                     }
@@ -193,6 +196,12 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// Waits until ``run()`` is ready; throws if it ended, or if the caller is cancelled (a store
     /// whose ``run()`` was never started would keep it waiting).
     func waitUntilReady() async throws {
+        // Most calls find the store running: no wait to set up.
+        let now = runState.withLock { state -> Result<Void, any Error>? in
+            if let ended = state.ended { return .failure(ended) }
+            return state.ready ? .success(()) : nil
+        }
+        if let now { return try now.get() }
         let id = UUID()
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
@@ -228,9 +237,9 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         }
         for waiter in waiters { waiter.resume(throwing: error) }
         jobInput.finish()
-        let jobs = unstarted.withLock { jobs in
-            defer { jobs = [:] }
-            return Array(jobs.values)
+        let jobs = unstarted.withLock { unstarted in
+            defer { unstarted.jobs = [:] }
+            return Array(unstarted.jobs.values)
         }
         for job in jobs { job.fail(error) }
         for subscriber in subscribers.withLock({ Array($0.values) }) { subscriber.finish() }

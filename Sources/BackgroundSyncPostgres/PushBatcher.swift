@@ -5,8 +5,9 @@ import PostgresNIO
 /// Shares statements and commits between concurrent pushes of one store instance: while a push is
 /// being written, the pushes that arrive wait, and the next write takes them all in one statement
 /// (``PostgresQueueDatabase/PushBatch``), one commit. Each caller still returns only after *its*
-/// entry is committed, so durability is unchanged; a lone push is written alone, as before, with
-/// no wait. Most of a push's cost on the server is the statement's (the registration lock, the
+/// entry is committed, so durability is unchanged; a lone push is written alone, with no wait, in
+/// its caller's task while the store is busy and well (see `pushDirectly`), else in ``run()``'s
+/// task. Most of a push's cost on the server is the statement's (the registration lock, the
 /// count trigger, the size read, the commit), not the row's, so N pushes in one statement cost
 /// little more than one.
 ///
@@ -69,6 +70,26 @@ final class PushBatcher: Sendable {
             let batch = state.waiting.prefix(Self.maxBatch).map { ($0.push, $0.continuation) }
             state.waiting.removeFirst(batch.count)
             return batch
+        }
+    }
+
+    /// Takes the drain role for a push written at once by its caller (see
+    /// ``PostgresQueueDatabase/pushDirectly(_:)``) when no drain is under way and no push waits:
+    /// pushes that arrive meanwhile wait for it. Returns whether it was taken.
+    fileprivate func claimIdle() -> Bool {
+        state.withLock { state in
+            guard !state.draining, state.waiting.isEmpty else { return false }
+            state.draining = true
+            return true
+        }
+    }
+
+    /// Gives back the role ``claimIdle()`` took; returns whether pushes wait, and so the caller
+    /// must start a drain for them (the role stays taken for it).
+    fileprivate func releaseClaim() -> Bool {
+        state.withLock { state in
+            if state.waiting.isEmpty { state.draining = false }
+            return state.draining
         }
     }
 
@@ -177,6 +198,19 @@ extension PostgresQueueDatabase {
     /// ``BatchedPushRow/fits(_:)``).
     func pushBatched(_ push: PushBatcher.Push) async throws -> PushedEntry {
         try await waitUntilReady()
+        if !Task.isCancelled, poolUse.withLock({ $0.isBusyAndAvailable(within: configuration.maximumConnections) }),
+            pushBatcher.claimIdle()
+        {
+            let outcome = await pushDirectly(push)
+            if pushBatcher.releaseClaim() {
+                submit({ await self.drainPushes() }, fail: { self.pushBatcher.failAll($0) })
+            }
+            switch outcome {
+            case .written(let entry): return entry
+            case .failed(let error): throw error
+            case .notSent: break
+            }
+        }
         return try await withUnsafeThrowingContinuation { continuation in
             guard pushBatcher.add(push, continuation) else { return }
             submit({ await self.drainPushes() }, fail: { self.pushBatcher.failAll($0) })
@@ -212,6 +246,51 @@ extension PostgresQueueDatabase {
                 await writeBatch(batch)
             }
             last = (batch.count, ContinuousClock.now - start)
+        }
+    }
+
+    /// What ``pushDirectly(_:)`` did.
+    private enum DirectPush {
+        case written(PushedEntry)
+        case failed(any Error)
+        /// Nothing was written: the push is to be made the usual way.
+        case notSent
+    }
+
+    /// A lone push written in its caller's task, with no hop to ``run()``'s task and no timer:
+    /// taken only while the store is busy and well (a pooled statement succeeded within the last
+    /// second, fewer connections leased than the pool's maximum), when a connection is there at
+    /// once. A wait for a connection that the caller's cancellation ends, a statement refused
+    /// before it was written, or a serialization failure or deadlock (rolled back) writes nothing,
+    /// and the push is made the usual way, which completes for a cancelled caller and gives up a
+    /// wait for a connection after its patience. Once written, the push reports its outcome; a
+    /// cancellation that cuts its answer off (the caller cancelled while the answer is still
+    /// arriving) fails it with an error that says the entry may be stored.
+    private func pushDirectly(_ push: PushBatcher.Push) async -> DirectPush {
+        let bindings = Self.pushBindings(push.entry, queueName: push.queueName, syncTag: push.syncTag, at: push.at)
+        let written = Locked(false)
+        do {
+            let result = try await leasing { connection in
+                try await self.onLoop(of: connection) {
+                    try self.ensureOpen(connection)
+                    written.withLock { $0 = true }
+                    let answer = try await connection.execute(Prepared<PushAtTail>(bindings: bindings), logger: self.logger)
+                    do {
+                        var result: [PostgresRow] = []
+                        for try await row in answer { result.append(row) }
+                        return result
+                    } catch is CancellationError {
+                        throw BackgroundSyncError(
+                            .storage,
+                            "the push to \(push.queueName) was cancelled while the PostgreSQL store \(self.identity) answered: the entry may be stored")
+                    }
+                }
+            }
+            return .written(try pushed(result, queueName: push.queueName))
+        } catch let error as PSQLError where Self.isRetryable(error) {
+            return .notSent
+        } catch {
+            return written.withLock { $0 } ? .failed(mapError(error, action: "write to")) : .notSent
         }
     }
 

@@ -99,6 +99,45 @@ struct PostgresPushBatchTests {
         }
     }
 
+    /// Pushes one after another on a busy store (written in their callers' tasks) whose callers are
+    /// cancelled before or while they run: each is stored and returns its id (a cancelled wait for a
+    /// connection hands the push to the store's own task), or, if the cancellation cut the answer
+    /// off, says that the entry may be stored. Nothing else fails, and every id returned is stored.
+    @Test func pushesOfCancelledCallersAreStoredOrReported() async throws {
+        try await withStore { database, _, _ in
+            for index in 0..<20 {
+                let pushed = try await database.pushEntry(entry(index), queueName: "c", at: .tail, registeringSyncTag: "c")
+                #expect(pushed.size == index + 1)
+            }
+            var ids: Set<Int64> = []
+            var maybeStored = 0
+            for index in 20..<220 {
+                let push = Task { try await database.pushEntry(entry(index), queueName: "c", at: .tail, registeringSyncTag: "c") }
+                if !index.isMultiple(of: 3) {
+                    // Cancelled at varied moments of the push: before, during the wait for a
+                    // connection, during the statement.
+                    for _ in 0..<(index % 7) { await Task.yield() }
+                }
+                push.cancel()
+                do {
+                    ids.insert(try await push.value.id)
+                } catch let error as BackgroundSyncError where error.message.contains("may be stored") {
+                    maybeStored += 1
+                }
+            }
+            let stored = try await database.entries(queueName: "c", state: .pending)
+            let storedIDs = Set(stored.map(\.id))
+            #expect(ids.isSubset(of: storedIDs))
+            #expect(stored.count >= 20 + ids.count && stored.count <= 20 + ids.count + maybeStored)
+            #expect(ids.count + maybeStored == 200)
+            // In queue order, the entries are in the order of their pushes.
+            let indexes = stored.sorted { $0.position < $1.position }.compactMap { entry in
+                entry.requestData.url.split(separator: "/").last?.split(separator: "?").first.flatMap { Int($0) }
+            }
+            #expect(indexes.count == stored.count && indexes == indexes.sorted())
+        }
+    }
+
     /// An entry the server cannot store (a NUL character in its URL) fails alone, with the
     /// server's error; the pushes around it still share their commits.
     @Test func anEntryTheServerRefusesFailsAlone() async throws {
