@@ -114,7 +114,14 @@ extension PostgresQueueDatabase {
     /// Runs `body` on a connection of the pool, counted in ``poolUse``.
     func leasing<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         try await client.withConnection { connection in
-            poolUse.withLock { $0.leased += 1 }
+            let id = connection.id
+            let seen = poolUse.withLock { use -> Bool in
+                use.leased += 1
+                return !use.open.insert(id).inserted
+            }
+            if !seen {
+                connection.closeFuture.whenComplete { [poolUse] _ in poolUse.withLock { _ = $0.open.remove(id) } }
+            }
             do {
                 let value = try await body(connection)
                 poolUse.withLock { use in
@@ -241,13 +248,17 @@ extension PostgresQueueDatabase {
 
 /// How a store uses its connection pool (see ``PostgresQueueDatabase/leasing(_:)``).
 struct PoolUse {
+    /// The connections leased now.
     var leased = 0
+    /// The connections of the pool the store has leased and not seen close since.
+    var open: Set<PostgresConnection.ID> = []
+    /// When a statement on a pooled connection last succeeded.
     var lastSuccess: ContinuousClock.Instant?
 
-    /// Whether a statement succeeded within the last second and fewer than `maximum` connections
-    /// are leased: a new lease then most likely finds a connection at once.
-    func isBusyAndAvailable(within maximum: Int) -> Bool {
-        guard let lastSuccess, leased < maximum else { return false }
+    /// Whether a statement succeeded within the last second and a connection known to be open is
+    /// not leased now: a lease then gets a connection at once, unless another one takes it first.
+    var hasIdleConnection: Bool {
+        guard let lastSuccess, leased < open.count else { return false }
         return ContinuousClock.now - lastSuccess < .seconds(1)
     }
 }

@@ -198,8 +198,7 @@ extension PostgresQueueDatabase {
     /// ``BatchedPushRow/fits(_:)``).
     func pushBatched(_ push: PushBatcher.Push) async throws -> PushedEntry {
         try await waitUntilReady()
-        if !Task.isCancelled, poolUse.withLock({ $0.isBusyAndAvailable(within: configuration.maximumConnections) }),
-            pushBatcher.claimIdle()
+        if !Task.isCancelled, poolUse.withLock({ $0.hasIdleConnection }), pushBatcher.claimIdle()
         {
             let outcome = await pushDirectly(push)
             if pushBatcher.releaseClaim() {
@@ -258,12 +257,14 @@ extension PostgresQueueDatabase {
     }
 
     /// A lone push written in its caller's task, with no hop to ``run()``'s task and no timer:
-    /// taken only while the store is busy and well (a pooled statement succeeded within the last
-    /// second, fewer connections leased than the pool's maximum), when a connection is there at
-    /// once. A wait for a connection that the caller's cancellation ends, a statement refused
+    /// taken only while the store is busy and well (``PoolUse/hasIdleConnection``: a pooled
+    /// statement succeeded within the last second, and a connection the store knows to be open is
+    /// idle), so that a connection is there at once; a store whose connections closed (the server
+    /// went away) writes its pushes the usual way, whose wait for a connection gives up after its
+    /// patience. A wait for a connection that the caller's cancellation ends, a statement refused
     /// before it was written, or a serialization failure or deadlock (rolled back) writes nothing,
-    /// and the push is made the usual way, which completes for a cancelled caller and gives up a
-    /// wait for a connection after its patience. Once written, the push reports its outcome; a
+    /// and the push is made the usual way, which completes for a cancelled caller. Once written,
+    /// the push reports its outcome; a
     /// cancellation that cuts its answer off (the caller cancelled while the answer is still
     /// arriving) fails it with an error that says the entry may be stored.
     private func pushDirectly(_ push: PushBatcher.Push) async -> DirectPush {
