@@ -116,7 +116,7 @@ private struct RawInsert: PostgresPreparedStatement {
 
 /// The store's statement for a push at the tail of a known queue, written out here with the
 /// schema named (the library's own is internal): the sync registration under its shared lock,
-/// the entry (the count trigger fires), the size read.
+/// the entry, its count in the queue's shard, the size read.
 private struct PushStatement: PostgresPreparedStatement {
     typealias Row = PostgresRow
     static let name = "pgsplit_push"
@@ -128,13 +128,17 @@ private struct PushStatement: PostgresPreparedStatement {
             WHERE pg_advisory_xact_lock_shared(hashtextextended('bgsync registration ' || $2::text, 0))::text = ''
             ON CONFLICT (tag) DO NOTHING),
         inserted AS (
-            INSERT INTO bench_split.entry(queue_name, position, url, method, headers, body, timeout_interval,
+            INSERT INTO bench_split.entry(queue_name, position, counted, url, method, headers, body, timeout_interval,
                 cache_policy, handles_cookies, allows_cellular, main_document_url, queued_at, metadata,
                 idempotency_key, sealed_secrets, record_key, attempts, next_attempt_at, last_failure_kind,
                 last_status, last_error, last_response_excerpt)
-            VALUES ($1, nextval('bench_split.tail_position'), $4, 'POST', $5, $6, 60, 0, true, true, NULL, $3, NULL,
+            VALUES ($1, nextval('bench_split.tail_position'), true, $4, 'POST', $5, $6, 60, 0, true, true, NULL, $3, NULL,
                 $7, NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL)
-            RETURNING id)
+            RETURNING id, queue_name),
+        counted AS (
+            INSERT INTO bench_split.queue_count AS c (queue_name, shard, pending, dead)
+            SELECT queue_name, pg_backend_pid() % 16, count(*), 0 FROM inserted GROUP BY queue_name
+            ON CONFLICT (queue_name, shard) DO UPDATE SET pending = c.pending + EXCLUDED.pending)
         SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM bench_split.queue_count WHERE queue_name = $1) + 1
         FROM inserted
         """

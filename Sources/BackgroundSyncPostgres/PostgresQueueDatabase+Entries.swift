@@ -82,9 +82,10 @@ extension PostgresQueueDatabase {
             WITH \(queueRow)
             registration AS (\(Self.registerTag(tag: 2, at: 3, table: "{s}.sync_registration"))),
             inserted AS (
-                INSERT INTO {s}.entry(queue_name, position, \(Self.contentColumns))
-                VALUES ($1, \(position), \(Self.placeholders(from: 4, count: Self.contentColumnCount)))
-                RETURNING id)
+                INSERT INTO {s}.entry(queue_name, position, counted, \(Self.contentColumns))
+                VALUES ($1, \(position), true, \(Self.placeholders(from: 4, count: Self.contentColumnCount)))
+                RETURNING id, queue_name),
+            \(Self.countPushed(table: "{s}.queue_count"))
             SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1) + 1
             FROM inserted
             """)

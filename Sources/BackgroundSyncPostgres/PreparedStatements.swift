@@ -43,9 +43,10 @@ extension PostgresQueueDatabase {
         static let sql = """
             WITH registration AS (\(registerTag(tag: 2, at: 3, table: "sync_registration"))),
             inserted AS (
-                INSERT INTO entry(queue_name, position, \(contentColumns))
-                VALUES ($1, nextval('tail_position'), \(placeholders(from: 4, count: contentColumnCount)))
-                RETURNING id)
+                INSERT INTO entry(queue_name, position, counted, \(contentColumns))
+                VALUES ($1, nextval('tail_position'), true, \(placeholders(from: 4, count: contentColumnCount)))
+                RETURNING id, queue_name),
+            \(countPushed(table: "queue_count"))
             SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM queue_count WHERE queue_name = $1) + 1
             FROM inserted
             """
@@ -73,10 +74,11 @@ extension PostgresQueueDatabase {
                 ON CONFLICT (tag) DO NOTHING
             ),
             inserted AS (
-                INSERT INTO entry(queue_name, position, \(contentColumns))
-                SELECT q, pos, \(BatchedPushRow.contentExpressions) FROM input ORDER BY q, ord
-                RETURNING id, position
-            )
+                INSERT INTO entry(queue_name, position, counted, \(contentColumns))
+                SELECT q, pos, true, \(BatchedPushRow.contentExpressions) FROM input ORDER BY q, ord
+                RETURNING id, position, queue_name
+            ),
+            \(countPushed(table: "queue_count"))
             SELECT input.ord, inserted.id,
                 (SELECT coalesce(sum(pending), 0)::bigint FROM queue_count WHERE queue_name = input.q)
                 + row_number() OVER (PARTITION BY input.q ORDER BY input.ord)

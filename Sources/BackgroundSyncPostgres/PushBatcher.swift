@@ -8,7 +8,7 @@ import PostgresNIO
 /// entry is committed, so durability is unchanged; a lone push is written alone, with no wait, in
 /// its caller's task while the store is busy and well (see `pushDirectly`), else in ``run()``'s
 /// task. Most of a push's cost on the server is the statement's (the registration lock, the
-/// count trigger, the size read, the commit), not the row's, so N pushes in one statement cost
+/// queue's count, the size read, the commit), not the row's, so N pushes in one statement cost
 /// little more than one.
 ///
 /// Only pushes at the tail of a queue this instance knows are batched, and only those whose entry

@@ -25,14 +25,16 @@ struct PostgresPushBatchTests {
         }
     }
 
-    /// A value read with `psql`.
+    /// A value read with `psql` (statements that fail are recorded as issues).
     private func query(_ server: PostgresTestServer, _ sql: String) async throws -> String {
-        try await offCooperativePool {
+        let run = try await offCooperativePool {
             try runChild(
                 URL(fileURLWithPath: "/usr/bin/psql"),
-                ["-h", "127.0.0.1", "-p", "\(server.port)", "-U", server.user, "-d", "postgres", "-tAc", sql],
+                ["-h", "127.0.0.1", "-p", "\(server.port)", "-U", server.user, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", sql],
                 environment: ["PATH": "/usr/bin:/bin"])
-        }.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        #expect(run.status == 0, "psql: \(run.stderr)")
+        return run.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// An entry with every field set, different for each index: bytes, Unicode, quotes, a
@@ -135,6 +137,48 @@ struct PostgresPushBatchTests {
                 entry.requestData.url.split(separator: "/").last?.split(separator: "?").first.flatMap { Int($0) }
             }
             #expect(indexes.count == stored.count && indexes == indexes.sorted())
+        }
+    }
+
+    /// Pushes count their entries themselves; any other insert (the code of an older version
+    /// still running in the fleet) is counted by the trigger, and a schema written by that older
+    /// version keeps its counts through the upgrade.
+    @Test func sizesStayRightAcrossTheUpgradeAndWithOlderWriters() async throws {
+        let server = try await offCooperativePool { try PostgresTestServer.shared() }
+        var configuration = try PostgresQueueDatabase.Configuration(url: server.url)
+        configuration.schema = uniqueSchema("counted")
+        let schema = configuration.schema
+        var logger = Logger(label: "test.postgres")
+        logger.logLevel = .warning
+        let olderPush = """
+            INSERT INTO \(schema).entry(queue_name, position, url, method, headers, timeout_interval, cache_policy,
+            handles_cookies, allows_cellular, queued_at) VALUES ('q', nextval('\(schema).tail_position'), 'http://older.example/',
+            'POST', '{}', 60, 0, true, true, 0)
+            """
+        try await PostgresQueueDatabase.withDatabase(configuration, logger: logger) { database in
+            for index in 0..<3 { _ = try await database.pushEntry(entry(index), queueName: "q", at: .tail, registeringSyncTag: "t") }
+        }
+        // The schema as the version before this one left it, with an entry that version pushed.
+        _ = try await query(server, """
+            DROP TRIGGER entry_inserted ON \(schema).entry; ALTER TABLE \(schema).entry DROP COLUMN counted;
+            CREATE TRIGGER entry_inserted AFTER INSERT ON \(schema).entry FOR EACH ROW EXECUTE FUNCTION \(schema).count_entry();
+            DELETE FROM \(schema).schema_migration WHERE version = 'v2'; \(olderPush)
+            """)
+        try await PostgresQueueDatabase.withDatabase(configuration, logger: logger) { database in
+            #expect(try await database.countEntries(queueName: "q", state: .pending) == 4)
+            let pushed = try await database.pushEntry(entry(3), queueName: "q", at: .tail, registeringSyncTag: "t")
+            #expect(pushed.size == 5)
+            let batch = try await withThrowingTaskGroup(of: PushedEntry.self) { group in
+                for index in 4..<20 {
+                    group.addTask { try await database.pushEntry(entry(index), queueName: "q", at: .tail, registeringSyncTag: "t") }
+                }
+                return try await group.reduce(into: [PushedEntry]()) { $0.append($1) }
+            }
+            #expect(Set(batch.map(\.size)) == Set(6...21))
+            _ = try await query(server, olderPush)
+            #expect(try await database.countEntries(queueName: "q", state: .pending) == 22)
+            #expect(try await database.entries(queueName: "q", state: .pending).count == 22)
+            #expect(try await query(server, "SELECT count(*) FROM \(schema).entry WHERE counted") == "17")
         }
     }
 
