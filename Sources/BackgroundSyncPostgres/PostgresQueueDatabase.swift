@@ -66,8 +66,12 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     let knownQueues = Locked<Set<String>>([])
     /// Concurrent pushes waiting to share a statement.
     let pushBatcher = PushBatcher()
-    /// The pool's connections leased by this store now, and when a statement on one last succeeded.
+    /// How the store uses its connection pool (see ``leasing(_:)``).
     let poolUse = Locked(PoolUse())
+    /// How many pushes ``pushDirectly(_:)`` tried, by outcome (`written`, `failed`, `notSent`).
+    let directPushes = Locked<[String: Int]>([:])
+    /// ``directPushes``, for tests.
+    @_spi(Testing) public var directPushCounts: [String: Int] { directPushes.withLock { $0 } }
     /// Queues pushed to and not announced yet, and the signal that wakes the announcer.
     private let unannounced = Locked<Set<String>>([])
     /// Whether this instance pushed anything (``announceBeforeStopping()``).

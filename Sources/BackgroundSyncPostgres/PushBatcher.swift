@@ -198,12 +198,9 @@ extension PostgresQueueDatabase {
     /// ``BatchedPushRow/fits(_:)``).
     func pushBatched(_ push: PushBatcher.Push) async throws -> PushedEntry {
         try await waitUntilReady()
-        if !Task.isCancelled, poolUse.withLock({ $0.hasIdleConnection }), pushBatcher.claimIdle()
-        {
+        if !Task.isCancelled, poolUse.withLock({ $0.hasIdleConnection }) {
             let outcome = await pushDirectly(push)
-            if pushBatcher.releaseClaim() {
-                submit({ await self.drainPushes() }, fail: { self.pushBatcher.failAll($0) })
-            }
+            directPushes.withLock { $0[outcome.name, default: 0] += 1 }
             switch outcome {
             case .written(let entry): return entry
             case .failed(let error): throw error
@@ -249,49 +246,96 @@ extension PostgresQueueDatabase {
     }
 
     /// What ``pushDirectly(_:)`` did.
-    private enum DirectPush {
+    enum DirectPush {
         case written(PushedEntry)
         case failed(any Error)
         /// Nothing was written: the push is to be made the usual way.
         case notSent
+
+        /// The outcome's name, as ``PostgresQueueDatabase/directPushes`` counts it.
+        var name: String {
+            switch self {
+            case .written: "written"
+            case .failed: "failed"
+            case .notSent: "notSent"
+            }
+        }
     }
 
-    /// A lone push written in its caller's task, with no hop to ``run()``'s task and no timer:
-    /// taken only while the store is busy and well (``PoolUse/hasIdleConnection``: a pooled
+    /// A lone push written in its caller's task, with no hop to ``run()``'s task and no timer.
+    ///
+    /// Tried only while the store is busy and well (``PoolUse/hasIdleConnection``: a pooled
     /// statement succeeded within the last second, and a connection the store knows to be open is
-    /// idle), so that a connection is there at once; a store whose connections closed (the server
-    /// went away) writes its pushes the usual way, whose wait for a connection gives up after its
-    /// patience. A wait for a connection that the caller's cancellation ends, a statement refused
-    /// before it was written, or a serialization failure or deadlock (rolled back) writes nothing,
-    /// and the push is made the usual way, which completes for a cancelled caller. Once written,
-    /// the push reports its outcome; a
-    /// cancellation that cuts its answer off (the caller cancelled while the answer is still
-    /// arriving) fails it with an error that says the entry may be stored.
+    /// idle), so that a connection most likely comes at once; a store whose connections closed
+    /// (the server went away) writes its pushes the usual way, whose wait for a connection gives
+    /// up after its patience. Its own wait for a connection has no time limit of its own: it ends
+    /// when the pool gives it a connection (one released, or made), or fails it. It takes the
+    /// batcher's drain role only once it has a connection, so the pushes that arrive meanwhile
+    /// never wait for that wait, only for its statement.
+    ///
+    /// Nothing is written, and the push is made the usual way (which completes for a cancelled
+    /// caller), when the caller's cancellation ends the wait for a connection or comes before the
+    /// statement, when a drain is under way, when the connection closed, or on a serialization
+    /// failure or deadlock (rolled back). Once written, the push completes whatever happens to its
+    /// caller: a cancellation that cuts its answer off (possible only while the answer is still
+    /// arriving) is followed by a question on the same connection, see ``pushOutcome(of:on:)``.
     private func pushDirectly(_ push: PushBatcher.Push) async -> DirectPush {
         let bindings = Self.pushBindings(push.entry, queueName: push.queueName, syncTag: push.syncTag, at: push.at)
-        let written = Locked(false)
+        let progress = Locked<(claimed: Bool, written: Bool)>((false, false))
+        defer {
+            if progress.withLock({ $0.claimed }), pushBatcher.releaseClaim() {
+                submit({ await self.drainPushes() }, fail: { self.pushBatcher.failAll($0) })
+            }
+        }
         do {
             let result = try await leasing { connection in
-                try await self.onLoop(of: connection) {
+                try await self.onLoop(of: connection) { () -> [PostgresRow]? in
+                    guard !Task.isCancelled, self.pushBatcher.claimIdle() else { return nil }
+                    progress.withLock { $0.claimed = true }
                     try self.ensureOpen(connection)
-                    written.withLock { $0 = true }
+                    progress.withLock { $0.written = true }
                     let answer = try await connection.execute(Prepared<PushAtTail>(bindings: bindings), logger: self.logger)
                     do {
-                        var result: [PostgresRow] = []
-                        for try await row in answer { result.append(row) }
-                        return result
+                        var rows: [PostgresRow] = []
+                        for try await row in answer { rows.append(row) }
+                        return rows
                     } catch is CancellationError {
-                        throw BackgroundSyncError(
-                            .storage,
-                            "the push to \(push.queueName) was cancelled while the PostgreSQL store \(self.identity) answered: the entry may be stored")
+                        return try await self.pushOutcome(of: push, on: connection)
                     }
                 }
             }
+            guard let result else { return .notSent }
             return .written(try pushed(result, queueName: push.queueName))
         } catch let error as PSQLError where Self.isRetryable(error) {
             return .notSent
         } catch {
-            return written.withLock { $0 } ? .failed(mapError(error, action: "write to")) : .notSent
+            return progress.withLock { $0.written } ? .failed(mapError(error, action: "write to")) : .notSent
+        }
+    }
+
+    /// What became of a push whose answer its caller's cancellation cut off, asked on the same
+    /// connection once the push's statement ended (PostgreSQL runs a connection's statements in
+    /// turn), in a way the cancellation does not stop: the rows ``PushAtTail`` returns (the id,
+    /// the size now), or `nil` when the push stored nothing. The entry is found by the position the
+    /// push took (`currval` of the session) with its queue, time and URL. `nil` is also what an
+    /// entry stored, replayed and deleted before this question would give: the push is then made
+    /// again, and sent twice, with one `Idempotency-Key`.
+    private func pushOutcome(of push: PushBatcher.Push, on connection: PostgresConnection) async throws -> [PostgresRow]? {
+        let question = PostgresQuery(unsafeSQL: sql("""
+            SELECT id, (SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1)
+            FROM {s}.entry WHERE position = currval('\(prefix)tail_position') AND queue_name = $1 AND queued_at = $2 AND url = $3
+            """), binds: binds(push.queueName, push.entry.timestamp.timeIntervalSince1970, push.entry.requestData.url))
+        do {
+            try ensureOpen(connection)
+            let answer: EventLoopFuture<PostgresQueryResult> = connection.query(question, logger: logger)
+            let rows = Array(try await answer.get().rows)
+            return rows.isEmpty ? nil : rows
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "55000" {
+            return nil  // `currval` before any `nextval` of the session: the push took no position
+        } catch {
+            throw BackgroundSyncError(
+                .storage,
+                "the push to \(push.queueName) was cancelled while the PostgreSQL store \(identity) answered, and what became of it cannot be known (\(describe(error))): the entry may be stored")
         }
     }
 

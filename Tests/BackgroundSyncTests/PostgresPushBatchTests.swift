@@ -1,5 +1,5 @@
 import BackgroundSync
-import BackgroundSyncPostgres
+@_spi(Testing) import BackgroundSyncPostgres
 import BackgroundSyncTesting
 import Foundation
 import Logging
@@ -111,6 +111,8 @@ struct PostgresPushBatchTests {
                 let pushed = try await database.pushEntry(entry(index), queueName: "c", at: .tail, registeringSyncTag: "c")
                 #expect(pushed.size == index + 1)
             }
+            // After the first, which makes the queue known, each one is written in this task.
+            #expect(database.directPushCounts["written"] == 19)
             var ids: Set<Int64> = []
             var maybeStored = 0
             for index in 20..<220 {

@@ -45,4 +45,33 @@ struct PostgresUnreachableTests {
         #expect(count == 1)
         await stores.stopAll()
     }
+
+    /// Pushes written in their callers' tasks while the store is busy: the server stops between
+    /// two of them, and the next push gives up after its patience, as any call does, with the
+    /// same error.
+    @Test func aPushJustAfterTheServerWentAwayGivesUp() async throws {
+        let postgres = try await offCooperativePool { try PostgresTestServer() }
+        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable&connect_timeout=1")
+        configuration.schema = "gone_pushing"
+        let stores = RunningStores()
+        let database = try await stores.open(configuration)
+        let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "http://127.0.0.1:9/a", method: "POST"))
+        for _ in 0..<5 { _ = try await database.pushEntry(entry, queueName: "orders", at: .tail, registeringSyncTag: nil) }
+        try await offCooperativePool { postgres.stop() }
+        let start = ContinuousClock.now
+        var failure: BackgroundSyncError?
+        while failure == nil && ContinuousClock.now - start < .seconds(30) {
+            do {
+                _ = try await database.pushEntry(entry, queueName: "orders", at: .tail, registeringSyncTag: nil)
+                Issue.record("a push succeeded with the server stopped")
+                break
+            } catch let error as BackgroundSyncError {
+                // A push may first meet a pooled connection the server closed; then it waits.
+                if error.message.contains("no connection within") { failure = error }
+            }
+        }
+        #expect(failure?.code == .storeUnreachable, "\(String(describing: failure))")
+        #expect(ContinuousClock.now - start < .seconds(20))
+        await stores.stopAll()
+    }
 }
