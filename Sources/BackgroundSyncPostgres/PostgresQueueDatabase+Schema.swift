@@ -93,24 +93,43 @@ extension PostgresQueueDatabase {
             WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION {s}.count_entry()
             """,
         ]),
-        // The hot pushes count their entries in their own statement (``countPushed(table:)``), which
-        // costs the server less than the trigger's call; they mark their rows `counted`. Any other
-        // insert, by this version or an older one still running in the fleet, is counted by the
-        // trigger as before.
-        Migration(version: "v2", statements: [
-            "ALTER TABLE {s}.entry ADD COLUMN counted boolean NOT NULL DEFAULT false",
-            "DROP TRIGGER entry_inserted ON {s}.entry",
-            """
-            CREATE TRIGGER entry_inserted AFTER INSERT ON {s}.entry FOR EACH ROW WHEN (NOT NEW.counted)
-            EXECUTE FUNCTION {s}.count_entry()
-            """,
-        ]),
+    ]
+
+    /// A change that older versions of the library work with unchanged: applied under the
+    /// migration lock like a migration, but known by what it creates, not by a version row, which
+    /// older versions refuse. So an older instance still starts on the schema (a rollback, an
+    /// instance restarted in the middle of a deploy).
+    struct CompatibleChange {
+        /// A query whose one Bool says whether the change is in place (`$1`: the schema-qualified
+        /// name of the entry table).
+        let isInPlace: String
+        let statements: [String]
+    }
+
+    /// The compatible changes, applied after the migrations, in order.
+    static let compatibleChanges: [CompatibleChange] = [
+        // The hot pushes count their entries in their own statement (``countPushed(table:)``),
+        // which costs the server less than the trigger's call, and mark their rows `counted`. Any
+        // other insert, by this version or an older one, is counted by the trigger.
+        CompatibleChange(
+            isInPlace: "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'counted' AND NOT attisdropped)",
+            statements: [
+                "ALTER TABLE {s}.entry ADD COLUMN counted boolean NOT NULL DEFAULT false",
+                "DROP TRIGGER entry_inserted ON {s}.entry",
+                """
+                CREATE TRIGGER entry_inserted AFTER INSERT ON {s}.entry FOR EACH ROW WHEN (NOT NEW.counted)
+                EXECUTE FUNCTION {s}.count_entry()
+                """,
+            ]),
     ]
 
     /// The clause of a push statement that counts the entries its `inserted` clause wrote (those
     /// rows are inserted with `counted` true, so the trigger leaves them), as the trigger would:
     /// in the pushing session's shard of each queue, queues in name order. `table` is the count
-    /// table's name, schema-qualified or not.
+    /// table's name, schema-qualified or not. A push lists its `registration` clause after this
+    /// one: PostgreSQL runs the clauses the main query does not read at the statement's end, the
+    /// last listed first, so the tag's registration lock is taken before the count row's lock, as
+    /// the count trigger did (a push waiting for a tag being unregistered holds no count row).
     static func countPushed(table: String) -> String {
         """
         counted AS (
@@ -130,7 +149,7 @@ extension PostgresQueueDatabase {
             let applied = try await rows(connection, sql("SELECT version FROM {s}.schema_migration"))
                 .map { try $0.decode(String.self) }
             try refuseUnknown(applied, known: known)
-            if Set(known).isSubset(of: applied) { return }
+            if Set(known).isSubset(of: applied), try await missingCompatibleChanges(connection).isEmpty { return }
         }
         try await command(connection, "BEGIN")
         do {
@@ -150,11 +169,24 @@ extension PostgresQueueDatabase {
                 try await rows(connection, sql("INSERT INTO {s}.schema_migration(version) VALUES ($1)"), binds(migration.version))
                 logger.info("migrated the PostgreSQL store", metadata: ["store": "\(identity)", "version": "\(migration.version)"])
             }
+            for change in try await missingCompatibleChanges(connection) {
+                for statement in change.statements { try await rows(connection, sql(statement)) }
+            }
             try await command(connection, "COMMIT")
         } catch {
             try? await command(connection, "ROLLBACK")
             throw error
         }
+    }
+
+    /// The compatible changes not in place yet.
+    private func missingCompatibleChanges(_ connection: PostgresConnection) async throws -> [CompatibleChange] {
+        var missing: [CompatibleChange] = []
+        for change in Self.compatibleChanges {
+            let inPlace = try await rows(connection, change.isInPlace, binds(prefix + "entry"))
+            if try inPlace.first?.decode(Bool.self) != true { missing.append(change) }
+        }
+        return missing
     }
 
     /// Refuses a schema with versions this library does not know.

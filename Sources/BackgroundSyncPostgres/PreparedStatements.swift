@@ -41,12 +41,12 @@ extension PostgresQueueDatabase {
     /// NULL, `$3` now, then ``contentColumns`` from `$4`.
     enum PushAtTail: StatementText {
         static let sql = """
-            WITH registration AS (\(registerTag(tag: 2, at: 3, table: "sync_registration"))),
-            inserted AS (
+            WITH inserted AS (
                 INSERT INTO entry(queue_name, position, counted, \(contentColumns))
                 VALUES ($1, nextval('tail_position'), true, \(placeholders(from: 4, count: contentColumnCount)))
                 RETURNING id, queue_name),
-            \(countPushed(table: "queue_count"))
+            \(countPushed(table: "queue_count")),
+            registration AS (\(registerTag(tag: 2, at: 3, table: "sync_registration")))
             SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM queue_count WHERE queue_name = $1) + 1
             FROM inserted
             """
@@ -67,18 +67,18 @@ extension PostgresQueueDatabase {
                 FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS item(value, ord),
                 jsonb_to_record(item.value) AS r(\(BatchedPushRow.recordColumns))
             ),
-            registration AS (
-                INSERT INTO sync_registration(tag, registered_at)
-                SELECT tag, $2::double precision FROM (SELECT DISTINCT t AS tag FROM input WHERE t IS NOT NULL ORDER BY 1) AS tags
-                WHERE pg_advisory_xact_lock_shared(hashtextextended('bgsync registration ' || tag, 0))::text = ''
-                ON CONFLICT (tag) DO NOTHING
-            ),
             inserted AS (
                 INSERT INTO entry(queue_name, position, counted, \(contentColumns))
                 SELECT q, pos, true, \(BatchedPushRow.contentExpressions) FROM input ORDER BY q, ord
                 RETURNING id, position, queue_name
             ),
-            \(countPushed(table: "queue_count"))
+            \(countPushed(table: "queue_count")),
+            registration AS (
+                INSERT INTO sync_registration(tag, registered_at)
+                SELECT tag, $2::double precision FROM (SELECT DISTINCT t AS tag FROM input WHERE t IS NOT NULL ORDER BY 1) AS tags
+                WHERE pg_advisory_xact_lock_shared(hashtextextended('bgsync registration ' || tag, 0))::text = ''
+                ON CONFLICT (tag) DO NOTHING
+            )
             SELECT input.ord, inserted.id,
                 (SELECT coalesce(sum(pending), 0)::bigint FROM queue_count WHERE queue_name = input.q)
                 + row_number() OVER (PARTITION BY input.q ORDER BY input.ord)

@@ -269,7 +269,9 @@ extension PostgresQueueDatabase {
     /// idle), so that a connection most likely comes at once; a store whose connections closed
     /// (the server went away) writes its pushes the usual way, whose wait for a connection gives
     /// up after its patience. Its own wait for a connection has no time limit of its own: it ends
-    /// when the pool gives it a connection (one released, or made), or fails it. It takes the
+    /// when the pool gives it a connection (one released, or made), fails it, or the caller is
+    /// cancelled; so a server that goes away between the look at the pool and the lease keeps
+    /// that one push waiting until it is back or its caller gives up. It takes the
     /// batcher's drain role only once it has a connection, so the pushes that arrive meanwhile
     /// never wait for that wait, only for its statement.
     ///
@@ -317,14 +319,14 @@ extension PostgresQueueDatabase {
     /// connection once the push's statement ended (PostgreSQL runs a connection's statements in
     /// turn), in a way the cancellation does not stop: the rows ``PushAtTail`` returns (the id,
     /// the size now), or `nil` when the push stored nothing. The entry is found by the position the
-    /// push took (`currval` of the session) with its queue, time and URL. `nil` is also what an
-    /// entry stored, replayed and deleted before this question would give: the push is then made
-    /// again, and sent twice, with one `Idempotency-Key`.
+    /// push took (`currval` of the session: taking it is the statement's first step) in its
+    /// queue. `nil` is also what an entry stored, replayed and deleted before this question would
+    /// give: the push is then made again, and sent twice, with one `Idempotency-Key`.
     private func pushOutcome(of push: PushBatcher.Push, on connection: PostgresConnection) async throws -> [PostgresRow]? {
         let question = PostgresQuery(unsafeSQL: sql("""
             SELECT id, (SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1)
-            FROM {s}.entry WHERE position = currval('\(prefix)tail_position') AND queue_name = $1 AND queued_at = $2 AND url = $3
-            """), binds: binds(push.queueName, push.entry.timestamp.timeIntervalSince1970, push.entry.requestData.url))
+            FROM {s}.entry WHERE position = currval('\(prefix)tail_position') AND queue_name = $1
+            """), binds: binds(push.queueName))
         do {
             try ensureOpen(connection)
             let answer: EventLoopFuture<PostgresQueryResult> = connection.query(question, logger: logger)
