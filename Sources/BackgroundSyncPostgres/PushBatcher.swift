@@ -38,7 +38,13 @@ final class PushBatcher: Sendable {
         var waiting: [Waiter] = []
         /// A drain is submitted or running.
         var draining = false
+        /// When the last batch of several pushes was taken: pushes are contending.
+        var lastSharedBatch: ContinuousClock.Instant?
     }
+
+    /// How long after a batch of several pushes a lone push still goes through a drain (see
+    /// ``claimIdle()``).
+    static let contentionMemory = Duration.milliseconds(50)
 
     private let state = Locked(State())
     /// The most pushes one statement takes.
@@ -69,19 +75,32 @@ final class PushBatcher: Sendable {
             }
             let batch = state.waiting.prefix(Self.maxBatch).map { ($0.push, $0.continuation) }
             state.waiting.removeFirst(batch.count)
+            if batch.count > 1 { state.lastSharedBatch = .now }
             return batch
         }
     }
 
     /// Takes the drain role for a push written at once by its caller (see
-    /// ``PostgresQueueDatabase/pushDirectly(_:)``) when no drain is under way and no push waits:
-    /// pushes that arrive meanwhile wait for it. Returns whether it was taken.
+    /// ``PostgresQueueDatabase/pushDirectly(_:)``) when no drain is under way, no push waits, and
+    /// no batch of several pushes was taken within ``contentionMemory`` (contending pushes gather
+    /// in the drain, see `drainPushes`; a lone push written apart among them would split their
+    /// batches): pushes that arrive meanwhile wait for it. Returns whether it was taken.
     fileprivate func claimIdle() -> Bool {
         state.withLock { state in
-            guard !state.draining, state.waiting.isEmpty else { return false }
+            guard Self.isIdle(state) else { return false }
             state.draining = true
             return true
         }
+    }
+
+    /// Whether ``claimIdle()`` would take the role now: a push that finds it would not leases no
+    /// connection for it (under contention, every push would lease one only to give it back).
+    fileprivate var looksIdle: Bool { state.withLock { Self.isIdle($0) } }
+
+    private static func isIdle(_ state: State) -> Bool {
+        guard !state.draining, state.waiting.isEmpty else { return false }
+        guard let shared = state.lastSharedBatch else { return true }
+        return ContinuousClock.now - shared >= contentionMemory
     }
 
     /// Gives back the role ``claimIdle()`` took; returns whether pushes wait, and so the caller
@@ -198,7 +217,7 @@ extension PostgresQueueDatabase {
     /// ``BatchedPushRow/fits(_:)``).
     func pushBatched(_ push: PushBatcher.Push) async throws -> PushedEntry {
         try await waitUntilReady()
-        if !Task.isCancelled, poolUse.withLock({ $0.hasIdleConnection }) {
+        if !Task.isCancelled, pushBatcher.looksIdle, poolUse.withLock({ $0.hasIdleConnection }) {
             let outcome = await pushDirectly(push)
             directPushes.withLock { $0[outcome.name, default: 0] += 1 }
             switch outcome {
