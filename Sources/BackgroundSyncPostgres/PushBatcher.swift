@@ -283,9 +283,10 @@ extension PostgresQueueDatabase {
 
     /// A lone push written in its caller's task, with no hop to ``run()``'s task and no timer.
     ///
-    /// Tried only while the store is busy and well (``PoolUse/hasIdleConnection``: a pooled
-    /// statement succeeded within the last second, and a connection the store knows to be open is
-    /// idle), so that a connection most likely comes at once; a store whose connections closed
+    /// Tried only while pushes do not contend (the batcher looks idle, see
+    /// ``PushBatcher/claimIdle()``) and the store is busy and well (``PoolUse/hasIdleConnection``:
+    /// a pooled statement succeeded within the last second, and a connection the store knows to be
+    /// open is idle), so that a connection most likely comes at once; a store whose connections closed
     /// (the server went away) writes its pushes the usual way, whose wait for a connection gives
     /// up after its patience. Its own wait for a connection has no time limit of its own: it ends
     /// when the pool gives it a connection (one released, or made), fails it, or the caller is
