@@ -81,6 +81,8 @@ let package = Package(
             dependencies: [
                 "BackgroundSync",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                // Its pool's errors (`ConnectionPoolError`), which PostgresNIO passes on as they are.
+                .product(name: "_ConnectionPoolModule", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
@@ -159,6 +161,7 @@ let package = Package(
                 "BackgroundSyncTestChild",
                 "bgsync",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "_ConnectionPoolModule", package: "postgres-nio"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),

@@ -1,6 +1,7 @@
 import BackgroundSync
 import Foundation
 import PostgresNIO
+import _ConnectionPoolModule
 
 extension PostgresQueueDatabase {
     // MARK: Access
@@ -212,6 +213,9 @@ extension PostgresQueueDatabase {
     /// a role or password refused, a missing database, a server starting up, shutting down or out
     /// of connections, a connection the server closed.
     static func isUnreachable(_ error: any Error) -> Bool {
+        // The pool failed the wait for a connection: connecting had failed for a while (PostgresNIO's
+        // circuit breaker, a minute), with no connection open.
+        if let error = error as? ConnectionPoolError { return error == .connectionCreationCircuitBreakerTripped }
         guard let error = error as? PSQLError else { return false }
         // Class 28: authorization; 3D000: no such database; 57P01, 57P02: the session was ended by
         // a shutdown or a crash of another server process; 57P03: the server is starting or
@@ -228,6 +232,9 @@ extension PostgresQueueDatabase {
     /// One line about a PostgresNIO error: the server's message and SQLSTATE, or what happened to
     /// the connection. PostgresNIO's own description hides all of it.
     func describe(_ error: any Error) -> String {
+        if let error = error as? ConnectionPoolError, error == .connectionCreationCircuitBreakerTripped {
+            return "the connection pool gave up connecting (the server is down, unreachable or refuses connections)"
+        }
         guard let error = error as? PSQLError else { return "\(error)" }
         if let message = error.serverInfo?[.message] {
             let state = error.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? ""
