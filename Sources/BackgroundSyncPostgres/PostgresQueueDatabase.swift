@@ -68,10 +68,10 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     let pushBatcher = PushBatcher()
     /// How the store uses its connection pool (see ``leasing(_:)``).
     let poolUse = Locked(PoolUse())
-    /// How many pushes ``pushDirectly(_:)`` tried, by outcome (`written`, `failed`, `notSent`).
-    let directPushes = Locked<[String: Int]>([:])
+    /// How many pushes ``pushDirectly(_:)`` tried, by outcome.
+    let directPushes = Locked(DirectPushCounts())
     /// ``directPushes``, for tests.
-    @_spi(Testing) public var directPushCounts: [String: Int] { directPushes.withLock { $0 } }
+    @_spi(Testing) public var directPushCounts: DirectPushCounts { directPushes.withLock { $0 } }
     /// Queues pushed to and not announced yet, and the signal that wakes the announcer.
     private let unannounced = Locked<Set<String>>([])
     /// Whether this instance pushed anything (``announceBeforeStopping()``).
@@ -351,4 +351,15 @@ extension Result where Failure == any Error {
             self = .failure(error)
         }
     }
+}
+
+/// How many pushes a store wrote in their callers' tasks, by outcome (see
+/// ``PostgresQueueDatabase/directPushCounts``).
+@_spi(Testing) public struct DirectPushCounts: Sendable {
+    /// Written and answered.
+    public var written = 0
+    /// Written, and failed.
+    public var failed = 0
+    /// Not written: made the usual way.
+    public var notSent = 0
 }

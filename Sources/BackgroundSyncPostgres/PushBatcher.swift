@@ -219,11 +219,15 @@ extension PostgresQueueDatabase {
         try await waitUntilReady()
         if !Task.isCancelled, pushBatcher.looksIdle, poolUse.withLock({ $0.hasIdleConnection }) {
             let outcome = await pushDirectly(push)
-            directPushes.withLock { $0[outcome.name, default: 0] += 1 }
             switch outcome {
-            case .written(let entry): return entry
-            case .failed(let error): throw error
-            case .notSent: break
+            case .written(let entry):
+                directPushes.withLock { $0.written += 1 }
+                return entry
+            case .failed(let error):
+                directPushes.withLock { $0.failed += 1 }
+                throw error
+            case .notSent:
+                directPushes.withLock { $0.notSent += 1 }
             }
         }
         return try await withUnsafeThrowingContinuation { continuation in

@@ -112,7 +112,7 @@ struct PostgresPushBatchTests {
                 #expect(pushed.size == index + 1)
             }
             // After the first, which makes the queue known, each one is written in this task.
-            #expect(database.directPushCounts["written"] == 19)
+            #expect(database.directPushCounts.written == 19)
             var ids: Set<Int64> = []
             var maybeStored = 0
             for index in 20..<220 {

@@ -10,12 +10,18 @@ import Testing
     "PostgreSQL server gone", .timeLimit(.minutes(2)),
     .enabled(if: PostgresTestServer.unavailableReason == nil, Comment(rawValue: PostgresTestServer.unavailableReason ?? "")))
 struct PostgresUnreachableTests {
-    @Test func aCallWaitingForAConnectionGivesUpAndTheStoreRecovers() async throws {
+    /// A store on a server of its own (which the test stops), with a 5 s connection timeout: 15 s
+    /// of patience.
+    private func openOnServerOfItsOwn(schema: String) async throws -> (PostgresTestServer, RunningStores, PostgresQueueDatabase) {
         let postgres = try await offCooperativePool { try PostgresTestServer() }
         var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable&connect_timeout=5")
-        configuration.schema = "gone"
+        configuration.schema = schema
         let stores = RunningStores()
-        let database = try await stores.open(configuration)
+        return (postgres, stores, try await stores.open(configuration))
+    }
+
+    @Test func aCallWaitingForAConnectionGivesUpAndTheStoreRecovers() async throws {
+        let (postgres, stores, database) = try await openOnServerOfItsOwn(schema: "gone")
         _ = try await database.pushEntry(
             UnidentifiedQueueStoreEntry(requestData: .init(url: "http://127.0.0.1:9/a", method: "POST")),
             queueName: "orders", at: .tail, registeringSyncTag: nil)
@@ -50,11 +56,7 @@ struct PostgresUnreachableTests {
     /// two of them, and the next push gives up after its patience, as any call does, with the
     /// same error.
     @Test func aPushJustAfterTheServerWentAwayGivesUp() async throws {
-        let postgres = try await offCooperativePool { try PostgresTestServer() }
-        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable&connect_timeout=5")
-        configuration.schema = "gone_pushing"
-        let stores = RunningStores()
-        let database = try await stores.open(configuration)
+        let (postgres, stores, database) = try await openOnServerOfItsOwn(schema: "gone_pushing")
         let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "http://127.0.0.1:9/a", method: "POST"))
         for _ in 0..<5 { _ = try await database.pushEntry(entry, queueName: "orders", at: .tail, registeringSyncTag: nil) }
         try await offCooperativePool { postgres.stop() }
