@@ -83,3 +83,22 @@ func interleavedRates(
     }
     return (Double(count) / baselineTime.seconds, Double(count) / subjectTime.seconds)
 }
+
+/// `perf record`'s control FIFO, named by `$PERF_CTL`, so that a profile holds only the timed part
+/// of a diagnostic (`ahcpairs` one side at a time, `pgsplit` with `$PGSPLIT_ONLY`):
+///
+///     mkfifo /tmp/perf-ctl
+///     PERF_CTL=/tmp/perf-ctl BGSYNC_BENCH_SIDE=drain perf record -D -1 --control=fifo:/tmp/perf-ctl -g \
+///         .build/release/bgsync-bench --only=ahcpairs
+///
+/// With `-e context-switches -c 1`, the profile shows where each context switch comes from.
+enum PerfControl {
+    private static let fifo = ProcessInfo.processInfo.environment["PERF_CTL"].flatMap { FileHandle(forWritingAtPath: $0) }
+
+    /// Runs `body` with the profile recording.
+    static func recording<T>(_ body: () async throws -> T) async rethrows -> T {
+        fifo?.write(Data("enable\n".utf8))
+        defer { fifo?.write(Data("disable\n".utf8)) }
+        return try await body()
+    }
+}

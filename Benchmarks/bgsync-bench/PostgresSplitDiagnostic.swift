@@ -21,8 +21,13 @@ import FoundationNetworking
 /// - `store pushEntry`: ``PostgresQueueDatabase/pushEntry(_:queueName:at:registeringSyncTag:)``;
 /// - `Queue.pushRequest, request built`: a `Queue` push of a `URLRequest` built before timing;
 /// - `Queue.pushRequest`: the figure's subject, which builds its `URLRequest` in the timed part.
+///
+/// `PGSPLIT_ONLY=N` (0 to 5, in the order above) runs layer N alone, back to back, for its time
+/// without the others around it (and for a profile, see ``PerfControl``).
 struct PostgresSplitDiagnostic {
     let quick: Bool
+    /// The layers' numbers, for `PGSPLIT_ONLY`.
+    static let layers = 0..<6
 
     func run(log: (String) -> Void) async throws {
         guard PostgresTestServer.unavailableReason == nil else {
@@ -72,24 +77,27 @@ struct PostgresSplitDiagnostic {
             for layer in layers { try await layer.1() }
         }
         let rounds = quick ? 200 : 1500
+        precondition(layers.count == Self.layers.count)
+        let only = ProcessInfo.processInfo.environment["PGSPLIT_ONLY"].flatMap { Int($0) }
         var times = [Duration](repeating: .zero, count: layers.count)
         var cpu = [Double](repeating: 0, count: layers.count)
         var switches = [Double](repeating: 0, count: layers.count)
         for round in 0..<rounds {
             for step in 0..<layers.count {
                 let index = (round + step) % layers.count
+                if let only, only != index { continue }
                 let (start, startCPU) = (ContinuousClock.now, CPUTime.now())
-                try await layers[index].1()
+                try await PerfControl.recording { try await layers[index].1() }
                 times[index] += ContinuousClock.now - start
                 let (used, switched) = CPUTime.now().perOperation(since: startCPU, count: 1)
                 cpu[index] += used
                 switches[index] += switched
             }
         }
-        for (index, layer) in layers.enumerated() {
+        for (index, layer) in layers.enumerated() where only == nil || only == index {
             log(String(format: "pgsplit: %@ %.3f ms   raw insert / this %.3f   %3.0f µs CPU, %.1f context switches",
                        layer.0.padding(toLength: 34, withPad: " ", startingAt: 0), times[index].seconds / Double(rounds) * 1000,
-                       times[0].seconds / times[index].seconds, cpu[index] / Double(rounds), switches[index] / Double(rounds)))
+                       only == nil ? times[0].seconds / times[index].seconds : .nan, cpu[index] / Double(rounds), switches[index] / Double(rounds)))
         }
     }
 }

@@ -131,7 +131,7 @@ struct ReplayBenchmark {
             database: database, transport: transport, syncManager: SyncManager())
         let cpu = CPUTime.now()
         let start = ContinuousClock.now
-        let summary = try await queue.replayRequests()
+        let summary = try await PerfControl.recording { try await queue.replayRequests() }
         let elapsed = (ContinuousClock.now - start).seconds
         let (time, switches) = CPUTime.now().perOperation(since: cpu, count: count)
         precondition(summary.delivered == count, "drained \(summary.delivered) of \(count)")

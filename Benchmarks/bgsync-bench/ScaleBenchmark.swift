@@ -15,9 +15,15 @@ struct ScaleBenchmark {
         let pushes = quick ? 300 : 3000
         let fullPath = freshPath("backlog")
         try Fixtures.fill(path: fullPath, queue: "bench", url: "https://api.example.com/posts", count: backlog)
-        let full = try Queue(name: "bench", database: try SQLiteQueueDatabase(path: fullPath), syncManager: SyncManager())
-        let empty = try Queue(
-            name: "bench", database: try SQLiteQueueDatabase(path: freshPath("empty")), syncManager: SyncManager())
+        let emptyPath = freshPath("empty")
+        let (fullDatabase, emptyDatabase) = (try SQLiteQueueDatabase(path: fullPath), try SQLiteQueueDatabase(path: emptyPath))
+        // Removed at once: the kernel would otherwise write the backlog's pages back during what runs next.
+        defer {
+            Fixtures.remove(fullDatabase, path: fullPath)
+            Fixtures.remove(emptyDatabase, path: emptyPath)
+        }
+        let full = try Queue(name: "bench", database: fullDatabase, syncManager: SyncManager())
+        let empty = try Queue(name: "bench", database: emptyDatabase, syncManager: SyncManager())
 
         // Both warmed up (see `EnqueueBenchmark.warmUp`), then interleaved one push each.
         let enqueue = EnqueueBenchmark(quick: quick, freshPath: freshPath)

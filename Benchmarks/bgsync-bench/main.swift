@@ -28,11 +28,27 @@ if let unknown = arguments.first(where: { !known.contains($0) && !$0.hasPrefix("
     FileHandle.standardError.write(Data("bgsync-bench: unknown option '\(unknown)' (use --quick, --json, --only=enqueue,replay,ahc,scale,memory,postgres,dashboard; diagnostics: split,group,pairs,ahcpairs,pgsplit)\n".utf8))
     exit(2)
 }
+// The diagnostics' environment variables, checked before anything runs.
+let environment = ProcessInfo.processInfo.environment
+if let side = environment["BGSYNC_BENCH_SIDE"], !["transport", "drain", "instant"].contains(side) {
+    FileHandle.standardError.write(Data("bgsync-bench: BGSYNC_BENCH_SIDE must be transport, drain or instant, not '\(side)'\n".utf8))
+    exit(2)
+}
+if let layer = environment["PGSPLIT_ONLY"], !(Int(layer).map(PostgresSplitDiagnostic.layers.contains) ?? false) {
+    FileHandle.standardError.write(Data("bgsync-bench: PGSPLIT_ONLY must be a layer number from 0 to \(PostgresSplitDiagnostic.layers.upperBound - 1), not '\(layer)'\n".utf8))
+    exit(2)
+}
 let quick = arguments.contains("--quick")
 // `--only=enqueue,replay,ahc,scale,memory,postgres,dashboard` runs some groups (for profiling); default: all.
 let only = CommandLine.arguments.first { $0.hasPrefix("--only=") }
     .map { Set($0.dropFirst("--only=".count).split(separator: ",").map(String.init)) }
-func runs(_ group: String) -> Bool { only?.contains(group) ?? true }
+/// Whether `group` runs. Before each group that runs, the file system's dirty pages are written
+/// out (`sync`), so the writeback of one group's files does not fall inside the next one's timing.
+func runs(_ group: String) -> Bool {
+    guard only?.contains(group) ?? true else { return false }
+    sync()
+    return true
+}
 let json = arguments.contains("--json")
 
 func log(_ line: String) {
