@@ -102,3 +102,29 @@ enum PerfControl {
         return try await body()
     }
 }
+
+/// Lets the previous group's leftovers go before a group starts: the file system's dirty pages
+/// are written out (`sync`), so their writeback does not fall inside the group's timing, and the
+/// dispatch worker threads the previous group left idle (GRDB's queues run on them; libdispatch
+/// lets an idle worker go after about 5 seconds) are waited for until the thread count has not
+/// changed for 6 seconds, at most 20 seconds. Idle workers left from 16 concurrent replays cost
+/// the AsyncHTTPClient drain about 0.05 of its ratio to the bare loop, which starts no GRDB work.
+func settle() {
+    sync()
+    var (count, stableSince) = (threadCount(), Date())
+    let deadline = Date().addingTimeInterval(20)
+    while count > 1, Date().timeIntervalSince(stableSince) < 6, Date() < deadline {
+        Thread.sleep(forTimeInterval: 0.5)
+        let now = threadCount()
+        if now != count { (count, stableSince) = (now, Date()) }
+    }
+}
+
+/// This process's threads, from `/proc/self/status` (0 where there is no `/proc`).
+func threadCount() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in status.split(separator: "\n") where line.hasPrefix("Threads:") {
+        return Int(line.dropFirst("Threads:".count).trimmingCharacters(in: .whitespaces)) ?? 0
+    }
+    return 0
+}

@@ -42,11 +42,10 @@ let quick = arguments.contains("--quick")
 // `--only=enqueue,replay,ahc,scale,memory,postgres,dashboard` runs some groups (for profiling); default: all.
 let only = CommandLine.arguments.first { $0.hasPrefix("--only=") }
     .map { Set($0.dropFirst("--only=".count).split(separator: ",").map(String.init)) }
-/// Whether `group` runs. Before each group that runs, the file system's dirty pages are written
-/// out (`sync`), so the writeback of one group's files does not fall inside the next one's timing.
+/// Whether `group` runs. Before each group that runs, the process settles (see `settle()`).
 func runs(_ group: String) -> Bool {
     guard only?.contains(group) ?? true else { return false }
-    sync()
+    settle()
     return true
 }
 let json = arguments.contains("--json")
