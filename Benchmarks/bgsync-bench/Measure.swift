@@ -85,7 +85,8 @@ func interleavedRates(
 }
 
 /// `perf record`'s control FIFO, named by `$PERF_CTL`, so that a profile holds only the timed part
-/// of a diagnostic (`ahcpairs` one side at a time, `pgsplit` with `$PGSPLIT_ONLY`):
+/// of the drains (`replay`, `ahc`, `ahcpairs`, one side at a time with `BGSYNC_BENCH_SIDE`), of the
+/// `ahcpairs` transport loop, and of `pgsplit`'s rounds:
 ///
 ///     mkfifo /tmp/perf-ctl
 ///     PERF_CTL=/tmp/perf-ctl BGSYNC_BENCH_SIDE=drain perf record -D -1 --control=fifo:/tmp/perf-ctl -g \
@@ -93,30 +94,47 @@ func interleavedRates(
 ///
 /// With `-e context-switches -c 1`, the profile shows where each context switch comes from.
 enum PerfControl {
-    private static let fifo = ProcessInfo.processInfo.environment["PERF_CTL"].flatMap { FileHandle(forWritingAtPath: $0) }
+    nonisolated(unsafe) private static var descriptor: Int32 = -1
+
+    /// Opens `$PERF_CTL` when it is set, without waiting for a reader; returns why it cannot be used.
+    static func start() -> String? {
+        guard let path = ProcessInfo.processInfo.environment["PERF_CTL"] else { return nil }
+        descriptor = open(path, O_WRONLY | O_NONBLOCK)
+        guard descriptor >= 0 else {
+            return "PERF_CTL names '\(path)', which is not a FIFO that perf record --control reads (\(String(cString: strerror(errno))))"
+        }
+        signal(SIGPIPE, SIG_IGN)  // perf ending first must not end the benchmark
+        return nil
+    }
 
     /// Runs `body` with the profile recording.
     static func recording<T>(_ body: () async throws -> T) async rethrows -> T {
-        fifo?.write(Data("enable\n".utf8))
-        defer { fifo?.write(Data("disable\n".utf8)) }
+        command("enable\n")
+        defer { command("disable\n") }
         return try await body()
+    }
+
+    private static func command(_ text: String) {
+        guard descriptor >= 0 else { return }
+        _ = text.withCString { write(descriptor, $0, strlen($0)) }
     }
 }
 
 /// Lets the previous group's leftovers go before a group starts: the file system's dirty pages
-/// are written out (`sync`), so their writeback does not fall inside the group's timing, and the
-/// dispatch worker threads the previous group left idle (GRDB's queues run on them; libdispatch
-/// lets an idle worker go after about 5 seconds) are waited for until the thread count has not
-/// changed for 6 seconds, at most 20 seconds. Idle workers left from 16 concurrent replays cost
-/// the AsyncHTTPClient drain about 0.05 of its ratio to the bare loop, which starts no GRDB work.
-func settle() {
+/// are written out (`sync`), so their writeback does not fall inside the group's timing; with
+/// `threads`, the dispatch worker threads the previous group left idle (GRDB's queues run on them;
+/// libdispatch ends a worker idle for about 5 seconds) are waited for, until the thread count has
+/// not changed for 6 seconds, at most 20 seconds. Where there is no `/proc` (macOS), only `sync`.
+func settle(threads: Bool) {
     sync()
-    var (count, stableSince) = (threadCount(), Date())
-    let deadline = Date().addingTimeInterval(20)
-    while count > 1, Date().timeIntervalSince(stableSince) < 6, Date() < deadline {
+    guard threads else { return }
+    let clock = ContinuousClock()
+    var (count, stableSince) = (threadCount(), clock.now)
+    let deadline = clock.now + .seconds(20)
+    while count > 1, clock.now - stableSince < .seconds(6), clock.now < deadline {
         Thread.sleep(forTimeInterval: 0.5)
         let now = threadCount()
-        if now != count { (count, stableSince) = (now, Date()) }
+        if now != count { (count, stableSince) = (now, clock.now) }
     }
 }
 

@@ -22,8 +22,8 @@ import FoundationNetworking
 /// - `Queue.pushRequest, request built`: a `Queue` push of a `URLRequest` built before timing;
 /// - `Queue.pushRequest`: the figure's subject, which builds its `URLRequest` in the timed part.
 ///
-/// `PGSPLIT_ONLY=N` (0 to 5, in the order above) runs layer N alone, back to back, for its time
-/// without the others around it (and for a profile, see ``PerfControl``).
+/// `PGSPLIT_ONLY=N` (0 to 5, in the order above) runs layer N alone, back to back, and prints its
+/// time, CPU time and context switches without a ratio. ``PerfControl`` records all the rounds.
 struct PostgresSplitDiagnostic {
     let quick: Bool
     /// The layers' numbers, for `PGSPLIT_ONLY`.
@@ -82,22 +82,31 @@ struct PostgresSplitDiagnostic {
         var times = [Duration](repeating: .zero, count: layers.count)
         var cpu = [Double](repeating: 0, count: layers.count)
         var switches = [Double](repeating: 0, count: layers.count)
-        for round in 0..<rounds {
-            for step in 0..<layers.count {
-                let index = (round + step) % layers.count
-                if let only, only != index { continue }
-                let (start, startCPU) = (ContinuousClock.now, CPUTime.now())
-                try await PerfControl.recording { try await layers[index].1() }
-                times[index] += ContinuousClock.now - start
-                let (used, switched) = CPUTime.now().perOperation(since: startCPU, count: 1)
-                cpu[index] += used
-                switches[index] += switched
+        try await PerfControl.recording {
+            for round in 0..<rounds {
+                for step in 0..<layers.count {
+                    let index = (round + step) % layers.count
+                    if let only, only != index { continue }
+                    let (start, startCPU) = (ContinuousClock.now, CPUTime.now())
+                    try await layers[index].1()
+                    times[index] += ContinuousClock.now - start
+                    let (used, switched) = CPUTime.now().perOperation(since: startCPU, count: 1)
+                    cpu[index] += used
+                    switches[index] += switched
+                }
             }
         }
         for (index, layer) in layers.enumerated() where only == nil || only == index {
-            log(String(format: "pgsplit: %@ %.3f ms   raw insert / this %.3f   %3.0f µs CPU, %.1f context switches",
-                       layer.0.padding(toLength: 34, withPad: " ", startingAt: 0), times[index].seconds / Double(rounds) * 1000,
-                       only == nil ? times[0].seconds / times[index].seconds : .nan, cpu[index] / Double(rounds), switches[index] / Double(rounds)))
+            let name = layer.0.padding(toLength: 34, withPad: " ", startingAt: 0)
+            let (milliseconds, perCPU, perSwitches) = (
+                times[index].seconds / Double(rounds) * 1000, cpu[index] / Double(rounds), switches[index] / Double(rounds))
+            if only == nil {
+                log(String(format: "pgsplit: %@ %.3f ms   raw insert / this %.3f   %3.0f µs CPU, %.1f context switches",
+                           name, milliseconds, times[0].seconds / times[index].seconds, perCPU, perSwitches))
+            } else {
+                log(String(format: "pgsplit: %@ %.3f ms alone   %3.0f µs CPU, %.1f context switches",
+                           name, milliseconds, perCPU, perSwitches))
+            }
         }
     }
 }

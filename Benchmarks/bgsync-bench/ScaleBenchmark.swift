@@ -15,13 +15,12 @@ struct ScaleBenchmark {
         let pushes = quick ? 300 : 3000
         let fullPath = freshPath("backlog")
         try Fixtures.fill(path: fullPath, queue: "bench", url: "https://api.example.com/posts", count: backlog)
+        // Removed at the end, so the next group's `sync` does not write a million entries out.
+        let fullDatabase = try SQLiteQueueDatabase(path: fullPath)
+        defer { Fixtures.remove(fullDatabase, path: fullPath) }
         let emptyPath = freshPath("empty")
-        let (fullDatabase, emptyDatabase) = (try SQLiteQueueDatabase(path: fullPath), try SQLiteQueueDatabase(path: emptyPath))
-        // Removed at once: the kernel would otherwise write the backlog's pages back during what runs next.
-        defer {
-            Fixtures.remove(fullDatabase, path: fullPath)
-            Fixtures.remove(emptyDatabase, path: emptyPath)
-        }
+        let emptyDatabase = try SQLiteQueueDatabase(path: emptyPath)
+        defer { Fixtures.remove(emptyDatabase, path: emptyPath) }
         let full = try Queue(name: "bench", database: fullDatabase, syncManager: SyncManager())
         let empty = try Queue(name: "bench", database: emptyDatabase, syncManager: SyncManager())
 

@@ -38,14 +38,22 @@ if let layer = environment["PGSPLIT_ONLY"], !(Int(layer).map(PostgresSplitDiagno
     FileHandle.standardError.write(Data("bgsync-bench: PGSPLIT_ONLY must be a layer number from 0 to \(PostgresSplitDiagnostic.layers.upperBound - 1), not '\(layer)'\n".utf8))
     exit(2)
 }
+if let problem = PerfControl.start() {
+    FileHandle.standardError.write(Data("bgsync-bench: \(problem)\n".utf8))
+    exit(2)
+}
 let quick = arguments.contains("--quick")
 // `--only=enqueue,replay,ahc,scale,memory,postgres,dashboard` runs some groups (for profiling); default: all.
 let only = CommandLine.arguments.first { $0.hasPrefix("--only=") }
     .map { Set($0.dropFirst("--only=".count).split(separator: ",").map(String.init)) }
-/// Whether `group` runs. Before each group that runs, the process settles (see `settle()`).
-func runs(_ group: String) -> Bool {
-    guard only?.contains(group) ?? true else { return false }
-    settle()
+/// Whether `group` runs: a figure group unless `--only` leaves it out, a diagnostic only when
+/// `--only` names it. A group that runs after another starts once that one's leftovers are gone
+/// (see `settle(threads:)`; the idle threads are waited for in full runs only).
+var groupsStarted = 0
+@MainActor func runs(_ group: String, diagnostic: Bool = false) -> Bool {
+    guard diagnostic ? only?.contains(group) == true : only?.contains(group) ?? true else { return false }
+    if groupsStarted > 0 { settle(threads: !quick) }
+    groupsStarted += 1
     return true
 }
 let json = arguments.contains("--json")
@@ -68,19 +76,19 @@ log("bgsync-bench (\(quick ? "quick" : "full")) on \(cores) cores")
 if runs("enqueue") {
     results += try await EnqueueBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
 }
-if only?.contains("split") == true {  // a diagnostic, only when asked for
+if runs("split", diagnostic: true) {
     results += try await SplitBenchmark(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
 }
-if only?.contains("group") == true {  // a diagnostic, only when asked for
+if runs("group", diagnostic: true) {
     results += try await GroupCommitDiagnostic(quick: quick, freshPath: freshPath).run(log: log).map { (key: $0.0, value: $0.1) }
 }
-if only?.contains("pairs") == true {  // a diagnostic, only when asked for
+if runs("pairs", diagnostic: true) {
     results += try await ReplayBenchmark(quick: quick, freshPath: freshPath).pairs(log: log).map { (key: $0.0, value: $0.1) }
 }
-if only?.contains("ahcpairs") == true {  // a diagnostic, only when asked for
+if runs("ahcpairs", diagnostic: true) {
     results += try await AsyncHTTPClientBenchmark(quick: quick, freshPath: freshPath).pairs(log: log).map { (key: $0.0, value: $0.1) }
 }
-if only?.contains("pgsplit") == true {  // a diagnostic, only when asked for
+if runs("pgsplit", diagnostic: true) {
     try await PostgresSplitDiagnostic(quick: quick).run(log: log)
 }
 if runs("replay") {
