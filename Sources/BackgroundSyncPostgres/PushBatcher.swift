@@ -274,15 +274,6 @@ extension PostgresQueueDatabase {
         case failed(any Error)
         /// Nothing was written: the push is to be made the usual way.
         case notSent
-
-        /// The outcome's name, as ``PostgresQueueDatabase/directPushes`` counts it.
-        var name: String {
-            switch self {
-            case .written: "written"
-            case .failed: "failed"
-            case .notSent: "notSent"
-            }
-        }
     }
 
     /// A lone push written in its caller's task, with no hop to ``run()``'s task and no timer.
