@@ -60,8 +60,8 @@ struct AsyncHTTPClientBenchmark {
     /// through the bare client, through `AsyncHTTPClientTransport.send` one at a time, and as a
     /// queue's drain, the three in a rotating order; the median of the rounds' ratios to the bare
     /// loop, and each side's CPU time and context switches per request (requests built and entries
-    /// stored beforehand, untimed). For profiling one side alone, `BGSYNC_BENCH_SIDE=transport` or `drain` runs only
-    /// that side, and `instant` drains 10,000 entries through a transport that answers at once: the
+    /// stored beforehand, untimed). For profiling one side alone, `BGSYNC_BENCH_SIDE=bare`,
+    /// `transport` or `drain` runs only that side, and `instant` drains 10,000 entries through a transport that answers at once: the
     /// queue's own cost per entry (with its largest lease batches, since every batch goes out fast).
     func pairs(log: (String) -> Void) async throws -> [(String, Double)] {
         let side = ProcessInfo.processInfo.environment["BGSYNC_BENCH_SIDE"]
@@ -78,7 +78,7 @@ struct AsyncHTTPClientBenchmark {
             case 0:
                 let requests = bareRequests(url: url, count: count)
                 let start = CPUTime.now()
-                let rate = try await bare(requests: requests)
+                let rate = try await PerfControl.recording { try await bare(requests: requests) }
                 let (time, switched) = CPUTime.now().perOperation(since: start, count: count)
                 return (rate, time, switched)
             case 1:
@@ -103,6 +103,8 @@ struct AsyncHTTPClientBenchmark {
                     url: url, count: 10_000, concurrency: 1, transport: InstantTransport())
                 log(String(format: "instant transport: %.1f µs per entry, %.1f µs of CPU, %.2f context switches",
                            1e6 / rate, drainCPU, drainSwitches))
+            case "bare":
+                _ = try await run(0)
             case "transport":
                 _ = try await run(1)
             case "drain":

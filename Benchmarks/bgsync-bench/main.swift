@@ -30,8 +30,8 @@ if let unknown = arguments.first(where: { !known.contains($0) && !$0.hasPrefix("
 }
 // The diagnostics' environment variables, checked before anything runs.
 let environment = ProcessInfo.processInfo.environment
-if let side = environment["BGSYNC_BENCH_SIDE"], !["transport", "drain", "instant"].contains(side) {
-    FileHandle.standardError.write(Data("bgsync-bench: BGSYNC_BENCH_SIDE must be transport, drain or instant, not '\(side)'\n".utf8))
+if let side = environment["BGSYNC_BENCH_SIDE"], !["bare", "transport", "drain", "instant"].contains(side) {
+    FileHandle.standardError.write(Data("bgsync-bench: BGSYNC_BENCH_SIDE must be bare, transport, drain or instant, not '\(side)'\n".utf8))
     exit(2)
 }
 if let layer = environment["PGSPLIT_ONLY"], !(Int(layer).map(PostgresSplitDiagnostic.layers.contains) ?? false) {

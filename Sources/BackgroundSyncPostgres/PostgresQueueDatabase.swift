@@ -74,6 +74,12 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     @_spi(Testing) public var directPushCounts: DirectPushCounts { directPushes.withLock { $0 } }
     /// Queues pushed to and not announced yet, and the signal that wakes the announcer.
     private let unannounced = Locked<Set<String>>([])
+    /// How many rounds of announcements the announcer sent, with or without success.
+    private let announcementRounds = Locked(0)
+    /// The announcer's progress, for tests: its rounds so far, and whether pushes wait for one.
+    @_spi(Testing) public var announcerProgress: (rounds: Int, pending: Bool) {
+        (announcementRounds.withLock { $0 }, !unannounced.withLock { $0.isEmpty })
+    }
     /// Whether this instance pushed anything (``announceBeforeStopping()``).
     private let pushedAny = Locked(false)
     let announcements: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation) =
@@ -278,18 +284,38 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         announcements.continuation.yield()
     }
 
+    /// The shortest time between two rounds of announcements (see ``announce()``).
+    @_spi(Testing) public static let announcementInterval = Duration.milliseconds(5)
+
     /// Sends the announcements, until cancelled.
+    ///
+    /// A round of announcements goes out as soon as a push asks for one, unless the previous
+    /// round went out less than ``announcementInterval`` before: then it waits for the rest of
+    /// that time, and carries every queue pushed to meanwhile. So the first push after a quiet
+    /// spell wakes the other instances at once, a later push is announced at most that long
+    /// after its commit, and a producer pushing back to back sends one notification per queue
+    /// per interval instead of one per push: each costs a statement on the session's connection
+    /// and wakes every listening instance, and PostgreSQL serializes the commits of transactions
+    /// that notify.
     ///
     /// PostgresNIO loses a query written to a connection that has just closed: its result never
     /// comes. So a notification is checked and written on the connection's event loop (open there,
     /// its handler fails the query if it closes; see ``ensureOpen(_:)``), and its result is awaited
     /// for at most 5 seconds.
     private func announce() async {
+        var lastRound: ContinuousClock.Instant?
         for await _ in announcements.stream {
+            if let lastRound {
+                let ready = lastRound + Self.announcementInterval
+                if ContinuousClock.now < ready { try? await Task.sleep(until: ready, clock: .continuous) }
+            }
             let names = unannounced.withLock { names in
                 defer { names = [] }
                 return names
             }
+            guard !names.isEmpty else { continue }
+            lastRound = .now
+            announcementRounds.withLock { $0 += 1 }
             // Many queues at once: one notification for all of them.
             let payloads = names.count > 8 ? [""] : names.map(Self.notifyPayload)
             for payload in payloads where !(await notify(payload)) {

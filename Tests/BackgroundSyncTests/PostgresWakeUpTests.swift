@@ -1,5 +1,5 @@
 import BackgroundSync
-import BackgroundSyncPostgres
+@_spi(Testing) import BackgroundSyncPostgres
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -48,6 +48,52 @@ struct PostgresWakeUpTests {
         }
         await stores.stopAll()
         #expect(server.bodies == ["from another host"])
+    }
+
+    /// Back-to-back pushes are announced in rounds at least ``PostgresQueueDatabase/announcementInterval``
+    /// apart, not one notification per push, and the last of them too: an idle service on another
+    /// instance delivers every entry, and nothing is left unannounced.
+    @Test func aBurstOfPushesIsAnnouncedInFewRoundsAndCompletely() async throws {
+        let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
+        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
+        configuration.schema = uniqueSchema("wake")
+        let stores = RunningStores()
+        let worker = try await stores.open(configuration)
+        let producer = try await stores.open(configuration)
+        let server = try RecordingServer()
+        let queue = try Queue(name: "burst", database: worker)
+        let service = SyncService(queues: [queue], configuration: .init(connectivity: nil, pollInterval: nil))
+        let count = 40
+        var (elapsed, rounds) = (Duration.zero, 0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await service.run() }
+            try await Task.sleep(for: .milliseconds(300))
+            let before = producer.announcerProgress.rounds
+            let start = ContinuousClock.now
+            for index in 0..<count {
+                var request = URLRequest(url: server.url)
+                request.httpMethod = "POST"
+                request.httpBody = Data("\(index)".utf8)
+                _ = try await producer.pushEntry(
+                    UnidentifiedQueueStoreEntry(requestData: try StorableRequest.fromRequest(request).toObject()),
+                    queueName: "burst", at: .tail, registeringSyncTag: queue.syncTag)
+            }
+            elapsed = ContinuousClock.now - start
+            var waited = 0
+            while server.bodies.count < count || producer.announcerProgress.pending, waited < 1_000 {
+                try await Task.sleep(for: .milliseconds(10))
+                waited += 1
+            }
+            rounds = producer.announcerProgress.rounds - before
+            group.cancelAll()
+        }
+        await stores.stopAll()
+        #expect(server.bodies == (0..<count).map { "\($0)" })
+        #expect(!producer.announcerProgress.pending, "every push announced")
+        // The first round goes out at once, each later one an interval after the one before; the
+        // last may come an interval after the last push.
+        let most = Int(elapsed / PostgresQueueDatabase.announcementInterval) + 2
+        #expect((1...most).contains(rounds), "\(rounds) rounds for \(count) pushes in \(elapsed)")
     }
 
     /// `bgsync enqueue` pushes and stops at once: its push still wakes a service that does not poll.
