@@ -31,7 +31,7 @@ final class SQLiteReplayClaims: ReplayClaims {
 
     private struct State {
         /// Leased ahead and not handed out yet, in queue order, and when they were leased.
-        var leased: [QueueStoreEntry] = []
+        var leased = LeasedAhead()
         var leasedAt: Date?
         /// When each entry leased ahead was last found pending and leased to this replay.
         var checkedAt: [Int64: Date] = [:]
@@ -102,12 +102,12 @@ final class SQLiteReplayClaims: ReplayClaims {
             case .take(let entry):
                 if justLeased.contains(entry.id) { return .claimed(entry) }
                 let following = state.withLock { state in
-                    state.leased.prefix(SQLiteQueueDatabase.leaseCheckLimit - 1).map(\.id)
+                    state.leased.entries.prefix(SQLiteQueueDatabase.leaseCheckLimit - 1).map(\.id)
                 }
                 let valid = try await database.leased(among: [entry.id] + following, to: owner)
                 state.withLock { state in
                     // Only for entries still leased ahead; one found gone waits for `next()`.
-                    for id in following where state.leased.contains(where: { $0.id == id }) {
+                    for id in following where state.leased.entries.contains(where: { $0.id == id }) {
                         state.checkedAt[id] = valid.contains(id) ? now : nil
                     }
                 }
@@ -174,9 +174,9 @@ final class SQLiteReplayClaims: ReplayClaims {
         state.leasedAt.map { now.timeIntervalSince($0) > leaseDuration.timeInterval / 2 } ?? false
     }
 
-    /// Hands out the first entry leased ahead.
-    private func handOutLeasedAhead(_ state: inout State) -> QueueStoreEntry {
-        let entry = state.leased.removeFirst()
+    /// Hands out the first entry leased ahead, if any.
+    private func handOutLeasedAhead(_ state: inout State) -> QueueStoreEntry? {
+        guard let entry = state.leased.popFirst() else { return nil }
         state.handedOut.insert(entry.id)
         state.checkedAt[entry.id] = nil
         return entry
@@ -185,7 +185,7 @@ final class SQLiteReplayClaims: ReplayClaims {
     /// Decides what a call of ``next()`` does, under the lock.
     private func plan(_ state: inout State, now: Date) -> Step {
         if state.finished { return .done(.empty) }
-        if takesLeasedAhead(state, now: now) { return .take(handOutLeasedAhead(&state)) }
+        if takesLeasedAhead(state, now: now), let entry = handOutLeasedAhead(&state) { return .take(entry) }
         let stale = isStale(state, now: now)
         switch order {
         case .ordered:
@@ -218,15 +218,14 @@ final class SQLiteReplayClaims: ReplayClaims {
             deleting: state.delivered, givingBack: [], givingBackLeasedAt: nil, excluding: state.handedOut,
             restartingFromHead: state.restartFromHead, limit: limit)
         if givingBackAll {
-            (work.givingBack, work.givingBackLeasedAt) = (state.leased, state.leasedAt)
-            state.leased = []
+            (work.givingBack, work.givingBackLeasedAt) = (state.leased.removeAll(), state.leasedAt)
             state.leasedAt = nil
             state.checkedAt = [:]
             state.restartFromHead = false
         } else {
             // Kept leased ahead: an entry among them whose lease was cleared meanwhile (set aside and
             // requeued) must not be leased a second time and held twice.
-            work.excluding.formUnion(state.leased.lazy.map(\.id))
+            work.excluding.formUnion(state.leased.entries.lazy.map(\.id))
         }
         return work
     }
@@ -262,14 +261,14 @@ final class SQLiteReplayClaims: ReplayClaims {
             case .success(let leased):
                 state.delivered.removeFirst(min(work.deleting.count, state.delivered.count))
                 state.leasedAt = state.leased.isEmpty ? now : min(state.leasedAt ?? now, now)
-                state.leased += leased.entries
+                state.leased.append(contentsOf: leased.entries)
                 for entry in leased.entries { state.checkedAt[entry.id] = now }
                 state.drained = leased.entries.count < work.limit
                 state.lastLeased = leased.entries.count
             case .failure:
                 // Nothing changed in the database: what was to be given back is still leased, since
                 // the time it was leased.
-                state.leased = work.givingBack + state.leased
+                state.leased = LeasedAhead(work.givingBack + state.leased.entries)
                 state.restartFromHead = state.restartFromHead || work.restartingFromHead
                 if let leasedAt = work.givingBackLeasedAt {
                     state.leasedAt = min(state.leasedAt ?? leasedAt, leasedAt)
@@ -324,11 +323,11 @@ final class SQLiteReplayClaims: ReplayClaims {
             state.finished = true
             defer {
                 state.delivered = []
-                state.leased = []
+                state.leased = LeasedAhead()
                 state.checkedAt = [:]
                 state.handedOut = []
             }
-            return (state.delivered, state.leased.map(\.id) + state.handedOut)
+            return (state.delivered, state.leased.entries.map(\.id) + state.handedOut)
         }
         guard !deleting.isEmpty || !givingBack.isEmpty else { return }
         let owner = owner

@@ -1,0 +1,42 @@
+/// Entries leased ahead of a replay, in queue order, handed out from the front without moving
+/// the ones behind: the storage ahead of ``head`` is reclaimed once the entries behind it are
+/// as many or fewer, so what was handed out stays in memory no longer than about one batch.
+struct LeasedAhead {
+    private var storage: [QueueStoreEntry] = []
+    private var head = 0
+
+    init(_ entries: some Sequence<QueueStoreEntry> = []) {
+        storage = Array(entries)
+    }
+
+    /// The entries not handed out yet, first first.
+    var entries: ArraySlice<QueueStoreEntry> { storage[head...] }
+    var isEmpty: Bool { head == storage.count }
+    var count: Int { storage.count - head }
+    var first: QueueStoreEntry? { isEmpty ? nil : storage[head] }
+
+    /// Takes the first entry out.
+    mutating func popFirst() -> QueueStoreEntry? {
+        guard !isEmpty else { return nil }
+        let entry = storage[head]
+        head += 1
+        if isEmpty {
+            storage.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head >= 16 && head >= count {
+            storage.removeFirst(head)
+            head = 0
+        }
+        return entry
+    }
+
+    mutating func append(contentsOf entries: [QueueStoreEntry]) {
+        storage.append(contentsOf: entries)
+    }
+
+    /// Takes every entry out, first first.
+    mutating func removeAll() -> [QueueStoreEntry] {
+        defer { self = LeasedAhead() }
+        return Array(entries)
+    }
+}
