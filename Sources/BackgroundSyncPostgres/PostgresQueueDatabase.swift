@@ -72,13 +72,23 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     let directPushes = Locked(DirectPushCounts())
     /// ``directPushes``, for tests.
     @_spi(Testing) public var directPushCounts: DirectPushCounts { directPushes.withLock { $0 } }
-    /// Queues pushed to and not announced yet, and the signal that wakes the announcer.
-    private let unannounced = Locked<Set<String>>([])
-    /// How many rounds of announcements the announcer sent, with or without success.
-    private let announcementRounds = Locked(0)
-    /// The announcer's progress, for tests: its rounds so far, and whether pushes wait for one.
-    @_spi(Testing) public var announcerProgress: (rounds: Int, pending: Bool) {
-        (announcementRounds.withLock { $0 }, !unannounced.withLock { $0.isEmpty })
+    /// What the announcer has to send, and what it sent.
+    private struct Announcements {
+        /// Queues pushed to and not announced yet.
+        var unannounced: Set<String> = []
+        /// How many pushes asked to be announced, and how many of the first of them a round that
+        /// went through covered.
+        var asked = 0
+        var announced = 0
+        /// How many rounds were sent, with or without success, and the shortest time between two.
+        var rounds = 0
+        var shortestGap: Duration?
+    }
+    private let announcing = Locked(Announcements())
+    /// The announcer's progress, for tests: pushes asked to be announced, how many of them a round
+    /// that went through covered, its rounds, and the shortest time between two rounds.
+    @_spi(Testing) public var announcerProgress: (asked: Int, announced: Int, rounds: Int, shortestGap: Duration?) {
+        announcing.withLock { ($0.asked, $0.announced, $0.rounds, $0.shortestGap) }
     }
     /// Whether this instance pushed anything (``announceBeforeStopping()``).
     private let pushedAny = Locked(false)
@@ -159,47 +169,67 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// Runs the store until cancelled or shut down gracefully: the connection pool, the schema's
     /// migrations, the session that holds this instance's lock and listens for pushes (reconnected
     /// when lost), and the writes of callers. Throws when the server cannot be reached at start, a
-    /// password is refused, or the schema is newer than this library.
+    /// password is refused, or the schema is newer than this library. A graceful shutdown stops it
+    /// once the pushes it made are announced to the other instances.
     public func run() async throws {
         defer { end(BackgroundSyncError(.storage, "the PostgreSQL store \(identity) is not running (its run() returned)")) }
-        try await cancelWhenGracefulShutdown {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { await self.client.run() }
-                group.addTask { await self.deadlines.run(every: .milliseconds(250)) }
-                let session: PostgresConnection
-                do {
-                    // The session's connection is opened directly, not from the pool: a server that
-                    // cannot be reached, or refuses the login, is reported at once with the reason.
-                    session = try await self.openSession()
-                    do {
-                        try await self.onLoop(of: session) { try await self.migrate(session) }
-                    } catch {
-                        try? await session.close()
-                        throw error
-                    }
-                } catch {
-                    let failure = self.mapError(error, action: "open")
-                    self.end(failure)
-                    group.cancelAll()
-                    throw failure
-                }
-                group.addTask { await self.keepSession(session) }
-                group.addTask { await self.announce() }
-                group.addTask {
-                    await withDiscardingTaskGroup { writes in
-                        for await job in self.jobs {
-                            // A stream that always has a job waiting does not end when the task is
-                            // cancelled: the jobs left are failed by `end(_:)`.
-                            if Task.isCancelled { break }
-                            guard self.unstarted.withLock({ $0.jobs.removeValue(forKey: job.id) }) != nil else { continue }
-                            writes.addTask { await job.body() }
-                        }
-                    }
-                }
-                self.markReady()
-                try await group.next()
-                group.cancelAll()
+        try await withThrowingTaskGroup(of: Void.self) { stopping in
+            stopping.addTask { try await self.runParts() }
+            stopping.addTask {
+                // Outside a service group, this waits until `run()` is cancelled.
+                guard (try? await gracefulShutdown()) != nil else { return }
+                await self.announceBeforeStopping()
             }
+            // The parts end only when cancelled or failing to start; the other task, on a graceful
+            // shutdown once it announced, or when cancelled. Either way the store stops.
+            try await stopping.next()
+            stopping.cancelAll()
+        }
+    }
+
+    /// The parts of ``run()``, until cancelled.
+    private func runParts() async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await self.client.run()
+                // The pool stops by itself on a graceful shutdown; the store stops when `run()`
+                // says (once it announced what waits, on the session's connection).
+                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3_600)) }
+            }
+            group.addTask { await self.deadlines.run(every: .milliseconds(250)) }
+            let session: PostgresConnection
+            do {
+                // The session's connection is opened directly, not from the pool: a server that
+                // cannot be reached, or refuses the login, is reported at once with the reason.
+                session = try await self.openSession()
+                do {
+                    try await self.onLoop(of: session) { try await self.migrate(session) }
+                } catch {
+                    try? await session.close()
+                    throw error
+                }
+            } catch {
+                let failure = self.mapError(error, action: "open")
+                self.end(failure)
+                group.cancelAll()
+                throw failure
+            }
+            group.addTask { await self.keepSession(session) }
+            group.addTask { await self.announce() }
+            group.addTask {
+                await withDiscardingTaskGroup { writes in
+                    for await job in self.jobs {
+                        // A stream that always has a job waiting does not end when the task is
+                        // cancelled: the jobs left are failed by `end(_:)`.
+                        if Task.isCancelled { break }
+                        guard self.unstarted.withLock({ $0.jobs.removeValue(forKey: job.id) }) != nil else { continue }
+                        writes.addTask { await job.body() }
+                    }
+                }
+            }
+            self.markReady()
+            try await group.next()
+            group.cancelAll()
         }
     }
 
@@ -280,7 +310,10 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// listens; one made by a process that dies before announcing it is left to the others' poll.
     func announcePush(_ queueName: String) {
         pushedAny.withLock { $0 = true }
-        unannounced.withLock { _ = $0.insert(queueName) }
+        announcing.withLock { state in
+            state.unannounced.insert(queueName)
+            state.asked += 1
+        }
         announcements.continuation.yield()
     }
 
@@ -290,13 +323,14 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// Sends the announcements, until cancelled.
     ///
     /// A round of announcements goes out as soon as a push asks for one, unless the previous
-    /// round went out less than ``announcementInterval`` before: then it waits for the rest of
-    /// that time, and carries every queue pushed to meanwhile. So the first push after a quiet
-    /// spell wakes the other instances at once, a later push is announced at most that long
-    /// after its commit, and a producer pushing back to back sends one notification per queue
-    /// per interval instead of one per push: each costs a statement on the session's connection
-    /// and wakes every listening instance, and PostgreSQL serializes the commits of transactions
-    /// that notify.
+    /// round started less than ``announcementInterval`` before: then it waits for the rest of
+    /// that time (and for the previous round's statements to end), and carries every queue pushed
+    /// to meanwhile. So the first push after a quiet spell wakes the other instances at once, a
+    /// later push about that long after its commit, and a producer pushing back to back sends one
+    /// notification per queue per interval instead of one per push: each costs a statement on the
+    /// session's connection and wakes every listening instance, and PostgreSQL serializes the
+    /// commits of transactions that notify. What waits when the store stops is announced by
+    /// ``announceBeforeStopping()``.
     ///
     /// PostgresNIO loses a query written to a connection that has just closed: its result never
     /// comes. So a notification is checked and written on the connection's event loop (open there,
@@ -309,21 +343,29 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                 let ready = lastRound + Self.announcementInterval
                 if ContinuousClock.now < ready { try? await Task.sleep(until: ready, clock: .continuous) }
             }
-            let names = unannounced.withLock { names in
-                defer { names = [] }
-                return names
+            // Stopping: the session closes with the store, which announces what waits itself.
+            if Task.isCancelled { break }
+            let now = ContinuousClock.now
+            let (names, asked) = announcing.withLock { state -> (Set<String>, Int) in
+                defer { state.unannounced = [] }
+                guard !state.unannounced.isEmpty else { return ([], 0) }
+                state.rounds += 1
+                if let lastRound { state.shortestGap = min(state.shortestGap ?? now - lastRound, now - lastRound) }
+                return (state.unannounced, state.asked)
             }
             guard !names.isEmpty else { continue }
-            lastRound = .now
-            announcementRounds.withLock { $0 += 1 }
+            lastRound = now
             // Many queues at once: one notification for all of them.
             let payloads = names.count > 8 ? [""] : names.map(Self.notifyPayload)
+            var sent = true
             for payload in payloads where !(await notify(payload)) {
                 // No session now, or it failed: the names wait for the next session (it sends them
                 // as it listens) or the next push.
-                unannounced.withLock { $0.formUnion(names) }
+                announcing.withLock { $0.unannounced.formUnion(names) }
+                sent = false
                 break
             }
+            if sent { announcing.withLock { $0.announced = max($0.announced, asked) } }
         }
     }
 
@@ -353,13 +395,14 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
         }
     }
 
-    /// For an instance about to stop (``withDatabase(_:logger:_:)`` once its body returned): if it
-    /// pushed anything, one more notification for every queue, so that a push whose own
+    /// For an instance about to stop (``withDatabase(_:logger:_:)`` once its body returned,
+    /// ``run()`` on a graceful shutdown): if it pushed anything, one more notification for every queue, so that a push whose own
     /// notification the stop would cut off still wakes the other instances (an idle `SyncService`
     /// that does not poll would otherwise learn of it only with a later push).
     func announceBeforeStopping() async {
         guard pushedAny.withLock({ $0 }) else { return }
-        _ = await notify("")
+        let asked = announcing.withLock { $0.asked }
+        if await notify("") { announcing.withLock { $0.announced = max($0.announced, asked) } }
     }
 
     func broadcast(_ queueName: String) {

@@ -1,10 +1,12 @@
 import BackgroundSync
 @_spi(Testing) import BackgroundSyncPostgres
 import Foundation
+import Logging
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
 import PostgresTestServer
+import ServiceLifecycle
 import Testing
 
 /// Pushes on one instance of a PostgreSQL store wake a service on another, without polling.
@@ -51,8 +53,8 @@ struct PostgresWakeUpTests {
     }
 
     /// Back-to-back pushes are announced in rounds at least ``PostgresQueueDatabase/announcementInterval``
-    /// apart, not one notification per push, and the last of them too: an idle service on another
-    /// instance delivers every entry, and nothing is left unannounced.
+    /// apart, not one notification per push, and every one of them by a round that went through;
+    /// an idle service on another instance delivers every entry.
     @Test func aBurstOfPushesIsAnnouncedInFewRoundsAndCompletely() async throws {
         let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
         var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
@@ -64,36 +66,57 @@ struct PostgresWakeUpTests {
         let queue = try Queue(name: "burst", database: worker)
         let service = SyncService(queues: [queue], configuration: .init(connectivity: nil, pollInterval: nil))
         let count = 40
-        var (elapsed, rounds) = (Duration.zero, 0)
+        var elapsed = Duration.zero
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await service.run() }
             try await Task.sleep(for: .milliseconds(300))
-            let before = producer.announcerProgress.rounds
             let start = ContinuousClock.now
             for index in 0..<count {
-                var request = URLRequest(url: server.url)
-                request.httpMethod = "POST"
-                request.httpBody = Data("\(index)".utf8)
                 _ = try await producer.pushEntry(
-                    UnidentifiedQueueStoreEntry(requestData: try StorableRequest.fromRequest(request).toObject()),
+                    UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "\(index)")),
                     queueName: "burst", at: .tail, registeringSyncTag: queue.syncTag)
             }
             elapsed = ContinuousClock.now - start
             var waited = 0
-            while server.bodies.count < count || producer.announcerProgress.pending, waited < 1_000 {
+            while server.bodies.count < count || producer.announcerProgress.announced < count, waited < 1_000 {
                 try await Task.sleep(for: .milliseconds(10))
                 waited += 1
             }
-            rounds = producer.announcerProgress.rounds - before
             group.cancelAll()
         }
+        let progress = producer.announcerProgress
         await stores.stopAll()
         #expect(server.bodies == (0..<count).map { "\($0)" })
-        #expect(!producer.announcerProgress.pending, "every push announced")
+        #expect(progress.asked == count && progress.announced == count, "every push announced: \(progress)")
         // The first round goes out at once, each later one an interval after the one before; the
         // last may come an interval after the last push.
         let most = Int(elapsed / PostgresQueueDatabase.announcementInterval) + 2
-        #expect((1...most).contains(rounds), "\(rounds) rounds for \(count) pushes in \(elapsed)")
+        #expect((1...most).contains(progress.rounds), "\(progress.rounds) rounds for \(count) pushes in \(elapsed)")
+        if let gap = progress.shortestGap {
+            #expect(gap >= PostgresQueueDatabase.announcementInterval, "rounds \(gap) apart")
+        }
+    }
+
+    /// A store run in a service group that shuts down gracefully announces, before it stops, the
+    /// pushes whose round was still to come.
+    @Test func aGracefulShutdownAnnouncesWhatWaits() async throws {
+        let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
+        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
+        configuration.schema = uniqueSchema("wake")
+        let producer = try PostgresQueueDatabase(configuration: configuration)
+        let group = ServiceGroup(services: [producer], logger: Logger(label: "test"))
+        let running = Task { try await group.run() }
+        let server = try RecordingServer()
+        // Back to back: all but the first wait for a round when the shutdown comes.
+        for index in 0..<10 {
+            _ = try await producer.pushEntry(
+                UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "\(index)")),
+                queueName: "stopping", at: .tail, registeringSyncTag: nil)
+        }
+        await group.triggerGracefulShutdown()
+        try await running.value
+        let progress = producer.announcerProgress
+        #expect(progress.asked == 10 && progress.announced == 10, "\(progress)")
     }
 
     /// `bgsync enqueue` pushes and stops at once: its push still wakes a service that does not poll.
@@ -126,5 +149,13 @@ struct PostgresWakeUpTests {
         }
         await stores.stopAll()
         #expect(server.bodies == ["first", "second"])
+    }
+
+    /// A POST of `body` to `server`, as a store holds it.
+    private func postRequest(to server: RecordingServer, _ body: String) throws -> StorableRequest.RequestData {
+        var request = URLRequest(url: server.url)
+        request.httpMethod = "POST"
+        request.httpBody = Data(body.utf8)
+        return try StorableRequest.fromRequest(request).toObject()
     }
 }

@@ -154,7 +154,8 @@ public protocol QueueDatabase: Sendable {
 
     // MARK: Wake-ups
 
-    /// Pushes made by any instance of the store (other processes, other hosts), as they commit:
+    /// Pushes made by any instance of the store (other processes, other hosts), soon after they
+    /// commit (a store may gather a burst of pushes into one element):
     /// each element names a queue pushed to (an empty name: any queue may have new entries). A
     /// ``SyncService`` syncs at once on each instead of waiting for its poll. `nil` when the store
     /// cannot tell (the default; a SQLite file): a service relies on its poll interval. The stream

@@ -1,6 +1,6 @@
 /// Entries leased ahead of a replay, in queue order, handed out from the front without moving
-/// the ones behind: the storage ahead of ``head`` is reclaimed once the entries behind it are
-/// as many or fewer, so what was handed out stays in memory no longer than about one batch.
+/// the ones behind: the handed-out entries are let go once they are as many as the entries left
+/// (each move is paid for by as many hand-outs), so they never outnumber those.
 struct LeasedAhead {
     private var storage: [QueueStoreEntry] = []
     private var head = 0
@@ -23,7 +23,7 @@ struct LeasedAhead {
         if isEmpty {
             storage.removeAll(keepingCapacity: true)
             head = 0
-        } else if head >= 16 && head >= count {
+        } else if head >= count {
             storage.removeFirst(head)
             head = 0
         }
