@@ -235,6 +235,9 @@ extension PostgresQueueDatabase {
         if let error = error as? ConnectionPoolError, error == .connectionCreationCircuitBreakerTripped {
             return "the connection pool gave up connecting (the server is down, unreachable or refuses connections)"
         }
+        if let error = error as? ConnectionPoolError, error == .poolShutdown {
+            return "the store is stopping (its connection pool shut down)"
+        }
         guard let error = error as? PSQLError else { return "\(error)" }
         if let message = error.serverInfo?[.message] {
             let state = error.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? ""

@@ -73,25 +73,11 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// ``directPushes``, for tests.
     @_spi(Testing) public var directPushCounts: DirectPushCounts { directPushes.withLock { $0 } }
     /// What the announcer has to send, and what it sent.
-    private struct Announcements {
-        /// Queues pushed to and not announced yet.
-        var unannounced: Set<String> = []
-        /// How many pushes asked to be announced, and how many of the first of them a round that
-        /// went through covered.
-        var asked = 0
-        var announced = 0
-        /// How many rounds were sent, with or without success, and the shortest time between two.
-        var rounds = 0
-        var shortestGap: Duration?
-    }
-    private let announcing = Locked(Announcements())
-    /// The announcer's progress, for tests: pushes asked to be announced, how many of them a round
-    /// that went through covered, its rounds, and the shortest time between two rounds.
-    @_spi(Testing) public var announcerProgress: (asked: Int, announced: Int, rounds: Int, shortestGap: Duration?) {
-        announcing.withLock { ($0.asked, $0.announced, $0.rounds, $0.shortestGap) }
-    }
+    let announcing = Locked(Announcements())
+    /// The shortest time between two rounds of announcements (``announcementInterval``).
+    let announcementIntervalValue = Locked(Duration.milliseconds(5))
     /// Whether this instance pushed anything (``announceBeforeStopping()``).
-    private let pushedAny = Locked(false)
+    let pushedAny = Locked(false)
     let announcements: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation) =
         AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
 
@@ -169,8 +155,9 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// Runs the store until cancelled or shut down gracefully: the connection pool, the schema's
     /// migrations, the session that holds this instance's lock and listens for pushes (reconnected
     /// when lost), and the writes of callers. Throws when the server cannot be reached at start, a
-    /// password is refused, or the schema is newer than this library. A graceful shutdown stops it
-    /// once the pushes it made are announced to the other instances.
+    /// password is refused, or the schema is newer than this library. On a graceful shutdown it
+    /// stops once its statements under way have ended (at most 5 seconds) and it has announced its
+    /// pushes to the other instances (one try, on its session, see ``announceBeforeStopping()``).
     public func run() async throws {
         defer { end(BackgroundSyncError(.storage, "the PostgreSQL store \(identity) is not running (its run() returned)")) }
         try await withThrowingTaskGroup(of: Void.self) { stopping in
@@ -178,12 +165,17 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             stopping.addTask {
                 // Outside a service group, this waits until `run()` is cancelled.
                 guard (try? await gracefulShutdown()) != nil else { return }
+                // The pool takes no new statement once shutting down: the pushes to announce are
+                // those committed when the statements under way have ended.
+                await self.waitForStatementsToEnd(atMost: .seconds(5))
                 await self.announceBeforeStopping()
             }
             // The parts end only when cancelled or failing to start; the other task, on a graceful
-            // shutdown once it announced, or when cancelled. Either way the store stops.
+            // shutdown once it announced, or when cancelled. Either way the store stops, and
+            // throws what the parts threw.
             try await stopping.next()
             stopping.cancelAll()
+            try await stopping.waitForAll()
         }
     }
 
@@ -300,109 +292,6 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             subscribers.withLock { $0[id] = continuation }
         }
         return stream
-    }
-
-    /// Tells the other instances that a queue was pushed to, once the push committed: the
-    /// announcer sends the `NOTIFY`s apart from the pushes, on the session's connection, a burst of
-    /// pushes making one notification per queue. A `NOTIFY` in the push's own transaction would
-    /// hold PostgreSQL's notification lock through that commit's flush, and concurrent pushes would
-    /// wait for each other. A push made while the session is down is announced once the next session
-    /// listens; one made by a process that dies before announcing it is left to the others' poll.
-    func announcePush(_ queueName: String) {
-        pushedAny.withLock { $0 = true }
-        announcing.withLock { state in
-            state.unannounced.insert(queueName)
-            state.asked += 1
-        }
-        announcements.continuation.yield()
-    }
-
-    /// The shortest time between two rounds of announcements (see ``announce()``).
-    @_spi(Testing) public static let announcementInterval = Duration.milliseconds(5)
-
-    /// Sends the announcements, until cancelled.
-    ///
-    /// A round of announcements goes out as soon as a push asks for one, unless the previous
-    /// round started less than ``announcementInterval`` before: then it waits for the rest of
-    /// that time (and for the previous round's statements to end), and carries every queue pushed
-    /// to meanwhile. So the first push after a quiet spell wakes the other instances at once, a
-    /// later push about that long after its commit, and a producer pushing back to back sends one
-    /// notification per queue per interval instead of one per push: each costs a statement on the
-    /// session's connection and wakes every listening instance, and PostgreSQL serializes the
-    /// commits of transactions that notify. What waits when the store stops is announced by
-    /// ``announceBeforeStopping()``.
-    ///
-    /// PostgresNIO loses a query written to a connection that has just closed: its result never
-    /// comes. So a notification is checked and written on the connection's event loop (open there,
-    /// its handler fails the query if it closes; see ``ensureOpen(_:)``), and its result is awaited
-    /// for at most 5 seconds.
-    private func announce() async {
-        var lastRound: ContinuousClock.Instant?
-        for await _ in announcements.stream {
-            if let lastRound {
-                let ready = lastRound + Self.announcementInterval
-                if ContinuousClock.now < ready { try? await Task.sleep(until: ready, clock: .continuous) }
-            }
-            // Stopping: the session closes with the store, which announces what waits itself.
-            if Task.isCancelled { break }
-            let now = ContinuousClock.now
-            let (names, asked) = announcing.withLock { state -> (Set<String>, Int) in
-                defer { state.unannounced = [] }
-                guard !state.unannounced.isEmpty else { return ([], 0) }
-                state.rounds += 1
-                if let lastRound { state.shortestGap = min(state.shortestGap ?? now - lastRound, now - lastRound) }
-                return (state.unannounced, state.asked)
-            }
-            guard !names.isEmpty else { continue }
-            lastRound = now
-            // Many queues at once: one notification for all of them.
-            let payloads = names.count > 8 ? [""] : names.map(Self.notifyPayload)
-            var sent = true
-            for payload in payloads where !(await notify(payload)) {
-                // No session now, or it failed: the names wait for the next session (it sends them
-                // as it listens) or the next push.
-                announcing.withLock { $0.unannounced.formUnion(names) }
-                sent = false
-                break
-            }
-            if sent { announcing.withLock { $0.announced = max($0.announced, asked) } }
-        }
-    }
-
-    /// Sends one notification on the session's connection: `true` once PostgreSQL took it, `false`
-    /// when there is no session, the statement failed, or 5 seconds passed.
-    private func notify(_ payload: String) async -> Bool {
-        guard let connection = session.withLock({ $0?.connection }) else { return false }
-        let eventLoop = connection.eventLoop
-        let query = eventLoop.flatSubmit { [channel, identity] () -> EventLoopFuture<PostgresQueryResult> in
-            guard !connection.isClosed else {
-                return eventLoop.makeFailedFuture(
-                    BackgroundSyncError(.storeUnreachable, "the connection to the PostgreSQL store \(identity) closed"))
-            }
-            return connection.query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)", [PostgresData(string: channel), PostgresData(string: payload)])
-        }
-        let sent = Locked<Bool?>(nil)
-        return await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-            let finish: @Sendable (Bool) -> Void = { ok in
-                if sent.withLock({ outcome in defer { outcome = outcome ?? ok }; return outcome == nil }) {
-                    continuation.resume(returning: ok)
-                }
-            }
-            query.whenComplete { result in
-                if case .success = result { finish(true) } else { finish(false) }
-            }
-            eventLoop.scheduleTask(in: .seconds(5)) { finish(false) }
-        }
-    }
-
-    /// For an instance about to stop (``withDatabase(_:logger:_:)`` once its body returned,
-    /// ``run()`` on a graceful shutdown): if it pushed anything, one more notification for every queue, so that a push whose own
-    /// notification the stop would cut off still wakes the other instances (an idle `SyncService`
-    /// that does not poll would otherwise learn of it only with a later push).
-    func announceBeforeStopping() async {
-        guard pushedAny.withLock({ $0 }) else { return }
-        let asked = announcing.withLock { $0.asked }
-        if await notify("") { announcing.withLock { $0.announced = max($0.announced, asked) } }
     }
 
     func broadcast(_ queueName: String) {

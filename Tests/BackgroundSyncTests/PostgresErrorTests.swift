@@ -17,4 +17,11 @@ struct PostgresErrorTests {
         #expect(!error.message.contains("secret"))
         #expect(database.mapError(ConnectionPoolError.requestCancelled, action: "write to").code == .storage)
     }
+
+    /// A write made while the store stops, once its pool shut down, says so in words.
+    @Test func aShutDownPoolSaysTheStoreIsStopping() throws {
+        let database = try PostgresQueueDatabase(configuration: .init(url: "postgres://app:secret@db.example/app"))
+        let error = database.mapError(ConnectionPoolError.poolShutdown, action: "write to")
+        #expect(error.message.contains("the store is stopping") && !error.message.contains("ConnectionPoolError"), "\(error.message)")
+    }
 }

@@ -90,33 +90,51 @@ struct PostgresWakeUpTests {
         #expect(progress.asked == count && progress.announced == count, "every push announced: \(progress)")
         // The first round goes out at once, each later one an interval after the one before; the
         // last may come an interval after the last push.
-        let most = Int(elapsed / PostgresQueueDatabase.announcementInterval) + 2
+        let most = Int(elapsed / producer.announcementInterval) + 2
         #expect((1...most).contains(progress.rounds), "\(progress.rounds) rounds for \(count) pushes in \(elapsed)")
         if let gap = progress.shortestGap {
-            #expect(gap >= PostgresQueueDatabase.announcementInterval, "rounds \(gap) apart")
+            #expect(gap >= producer.announcementInterval, "rounds \(gap) apart")
         }
     }
 
     /// A store run in a service group that shuts down gracefully announces, before it stops, the
-    /// pushes whose round was still to come.
+    /// pushes whose round was still to come: another instance hears of them.
     @Test func aGracefulShutdownAnnouncesWhatWaits() async throws {
         let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
         var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
         configuration.schema = uniqueSchema("wake")
+        let stores = RunningStores()
+        let listener = try await stores.open(configuration)
+        let heard = try #require(listener.pushNotifications())
         let producer = try PostgresQueueDatabase(configuration: configuration)
+        // Only the first push's round goes out before the shutdown.
+        producer.announcementInterval = .seconds(60)
         let group = ServiceGroup(services: [producer], logger: Logger(label: "test"))
-        let running = Task { try await group.run() }
         let server = try RecordingServer()
-        // Back to back: all but the first wait for a round when the shutdown comes.
-        for index in 0..<10 {
-            _ = try await producer.pushEntry(
-                UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "\(index)")),
-                queueName: "stopping", at: .tail, registeringSyncTag: nil)
+        let names = Locked<[String]>([])
+        var (before, after) = ((asked: 0, announced: 0), (asked: 0, announced: 0))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { for await name in heard { names.withLock { $0.append(name) } } }
+            tasks.addTask { try await group.run() }
+            func push(_ index: Int) async throws {
+                _ = try await producer.pushEntry(
+                    UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "\(index)")),
+                    queueName: "stopping", at: .tail, registeringSyncTag: nil)
+            }
+            try await push(0)
+            try await waitUntil { producer.announcerProgress.announced == 1 }
+            for index in 1..<10 { try await push(index) }
+            before = (producer.announcerProgress.asked, producer.announcerProgress.announced)
+            await group.triggerGracefulShutdown()
+            try await tasks.next()
+            after = (producer.announcerProgress.asked, producer.announcerProgress.announced)
+            try await waitUntil { Self.heardTheStop(names.withLock { $0 }) }
+            tasks.cancelAll()
         }
-        await group.triggerGracefulShutdown()
-        try await running.value
-        let progress = producer.announcerProgress
-        #expect(progress.asked == 10 && progress.announced == 10, "\(progress)")
+        await stores.stopAll()
+        #expect(before == (10, 1), "one round before the shutdown: \(before)")
+        #expect(after == (10, 10), "every push announced at the stop: \(after)")
+        #expect(Self.heardTheStop(names.withLock { $0 }), "what the other instance heard: \(names.withLock { $0 })")
     }
 
     /// `bgsync enqueue` pushes and stops at once: its push still wakes a service that does not poll.
@@ -149,6 +167,19 @@ struct PostgresWakeUpTests {
         }
         await stores.stopAll()
         #expect(server.bodies == ["first", "second"])
+    }
+
+    /// Whether a listener heard the first round's queue, then the stop's notification for every
+    /// queue (an empty name; one also comes when its own session starts listening).
+    private static func heardTheStop(_ names: [String]) -> Bool {
+        guard let first = names.firstIndex(of: "stopping") else { return false }
+        return names[(first + 1)...].contains("")
+    }
+
+    /// Waits until `condition` holds, 10 seconds at most.
+    private func waitUntil(_ condition: () -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !condition(), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
     }
 
     /// A POST of `body` to `server`, as a store holds it.

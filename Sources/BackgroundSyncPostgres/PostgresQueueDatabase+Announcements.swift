@@ -1,0 +1,149 @@
+import BackgroundSync
+import Foundation
+import PostgresNIO
+
+extension PostgresQueueDatabase {
+    /// What the announcer has to send, and what it sent.
+    struct Announcements {
+        /// Queues pushed to and not announced yet.
+        var unannounced: Set<String> = []
+        /// How many announcements were asked (one per queue per push statement), and how many of
+        /// the first of them a round that went through covered.
+        var asked = 0
+        var announced = 0
+        /// How many rounds were sent, with or without success, and the shortest time between two.
+        var rounds = 0
+        var shortestGap: Duration?
+    }
+
+    /// Tells the other instances that a queue was pushed to, once the push committed: the
+    /// announcer sends the `NOTIFY`s apart from the pushes, on the session's connection, a burst of
+    /// pushes making one notification per queue. A `NOTIFY` in the push's own transaction would
+    /// hold PostgreSQL's notification lock through that commit's flush, and concurrent pushes would
+    /// wait for each other. A push made while the session is down is announced once the next session
+    /// listens; one made by a process that dies before announcing it is left to the others' poll.
+    func announcePush(_ queueName: String) {
+        pushedAny.withLock { $0 = true }
+        announcing.withLock { state in
+            state.unannounced.insert(queueName)
+            state.asked += 1
+        }
+        announcements.continuation.yield()
+    }
+
+    /// The shortest time between two rounds of announcements (see ``announce()``): 5 ms, changed
+    /// only by tests.
+    @_spi(Testing) public var announcementInterval: Duration {
+        get { announcementIntervalValue.withLock { $0 } }
+        set { announcementIntervalValue.withLock { $0 = newValue } }
+    }
+
+    /// The announcer's progress, for tests: announcements asked (one per queue per push
+    /// statement), how many of them a round that went through covered, its rounds, and the
+    /// shortest time between two rounds.
+    @_spi(Testing) public var announcerProgress: (asked: Int, announced: Int, rounds: Int, shortestGap: Duration?) {
+        announcing.withLock { ($0.asked, $0.announced, $0.rounds, $0.shortestGap) }
+    }
+
+    /// Sends the announcements, until cancelled.
+    ///
+    /// A round of announcements goes out as soon as a push asks for one, unless the previous
+    /// round started less than ``announcementInterval`` before: then it waits for the rest of
+    /// that time (and for the previous round's statements to end), and carries every queue pushed
+    /// to meanwhile. So the first push after a quiet spell wakes the other instances at once, a
+    /// later push about that long after its commit, and a producer pushing back to back sends one
+    /// notification per queue per interval instead of one per push: each costs a statement on the
+    /// session's connection and wakes every listening instance, and PostgreSQL serializes the
+    /// commits of transactions that notify. What waits when the store stops is announced by
+    /// ``announceBeforeStopping()``.
+    ///
+    /// PostgresNIO loses a query written to a connection that has just closed: its result never
+    /// comes. So a notification is checked and written on the connection's event loop (open there,
+    /// its handler fails the query if it closes; see ``ensureOpen(_:)``), and its result is awaited
+    /// for at most 5 seconds.
+    func announce() async {
+        var lastRound: ContinuousClock.Instant?
+        for await _ in announcements.stream {
+            if let lastRound {
+                let ready = lastRound + announcementInterval
+                if ContinuousClock.now < ready { try? await Task.sleep(until: ready, clock: .continuous) }
+            }
+            // Stopping: the session closes with the store, which announces what waits itself.
+            if Task.isCancelled { break }
+            let now = ContinuousClock.now
+            let (names, asked) = announcing.withLock { state -> (Set<String>, Int) in
+                defer { state.unannounced = [] }
+                guard !state.unannounced.isEmpty else { return ([], 0) }
+                state.rounds += 1
+                if let lastRound { state.shortestGap = min(state.shortestGap ?? now - lastRound, now - lastRound) }
+                return (state.unannounced, state.asked)
+            }
+            guard !names.isEmpty else { continue }
+            lastRound = now
+            // Many queues at once: one notification for all of them.
+            let payloads = names.count > 8 ? [""] : names.map(Self.notifyPayload)
+            var sent = true
+            for payload in payloads where !(await notify(payload)) {
+                // No session now: the names wait for the next one (it sends them as it listens) or
+                // the next push. A session that failed the statement: the next round tries again.
+                announcing.withLock { $0.unannounced.formUnion(names) }
+                if session.withLock({ $0 != nil }) { announcements.continuation.yield() }
+                sent = false
+                break
+            }
+            if sent { announcing.withLock { $0.announced = max($0.announced, asked) } }
+        }
+    }
+
+    /// Sends one notification on the session's connection: `true` once PostgreSQL took it, `false`
+    /// when there is no session, the statement failed, or 5 seconds passed.
+    private func notify(_ payload: String) async -> Bool {
+        guard let connection = session.withLock({ $0?.connection }) else { return false }
+        let eventLoop = connection.eventLoop
+        let query = eventLoop.flatSubmit { [channel, identity] () -> EventLoopFuture<PostgresQueryResult> in
+            guard !connection.isClosed else {
+                return eventLoop.makeFailedFuture(
+                    BackgroundSyncError(.storeUnreachable, "the connection to the PostgreSQL store \(identity) closed"))
+            }
+            return connection.query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)", [PostgresData(string: channel), PostgresData(string: payload)])
+        }
+        let sent = Locked<Bool?>(nil)
+        return await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let finish: @Sendable (Bool) -> Void = { ok in
+                if sent.withLock({ outcome in defer { outcome = outcome ?? ok }; return outcome == nil }) {
+                    continuation.resume(returning: ok)
+                }
+            }
+            query.whenComplete { result in
+                if case .success = result { finish(true) } else { finish(false) }
+            }
+            eventLoop.scheduleTask(in: .seconds(5)) { finish(false) }
+        }
+    }
+
+    /// For an instance about to stop (``withDatabase(_:logger:_:)`` once its body returned,
+    /// ``run()`` on a graceful shutdown): if it pushed anything, one more notification for every
+    /// queue, so that a push whose own notification the stop would cut off still wakes the other
+    /// instances (an idle `SyncService` that does not poll would otherwise learn of it only with a
+    /// later push). Sent again, up to twice, when a push asked for an announcement meanwhile.
+    func announceBeforeStopping() async {
+        guard pushedAny.withLock({ $0 }) else { return }
+        for _ in 0..<3 {
+            let asked = announcing.withLock { $0.asked }
+            guard await notify("") else { return }
+            let more = announcing.withLock { state -> Bool in
+                state.announced = max(state.announced, asked)
+                return state.asked > asked
+            }
+            if !more { return }
+        }
+    }
+
+    /// Returns once no statement runs on a pooled connection, or after `limit`.
+    func waitForStatementsToEnd(atMost limit: Duration) async {
+        let deadline = ContinuousClock.now + limit
+        while poolUse.withLock({ $0.leased }) > 0, ContinuousClock.now < deadline, !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+    }
+}
