@@ -63,12 +63,17 @@ extension PostgresQueueDatabase {
     /// for at most 5 seconds.
     func announce() async {
         var lastRound: ContinuousClock.Instant?
+        // Rounds that failed in a row on a live session (PostgreSQL refusing the notification: a
+        // standby, a full notification queue): each waits twice as long as the one before, up to
+        // 2 seconds, until one goes through.
+        var failures = 0
         for await _ in announcements.stream {
             if let lastRound {
-                let ready = lastRound + announcementInterval
+                let pause = failures == 0 ? announcementInterval : min(announcementInterval * (1 << min(failures, 12)), .seconds(2))
+                let ready = lastRound + pause
                 if ContinuousClock.now < ready { try? await Task.sleep(until: ready, clock: .continuous) }
             }
-            // Stopping: the session closes with the store, which announces what waits itself.
+            // Stopping: the session closes with the store (see ``announceBeforeStopping()``).
             if Task.isCancelled { break }
             let now = ContinuousClock.now
             let (names, asked) = announcing.withLock { state -> (Set<String>, Int) in
@@ -85,13 +90,22 @@ extension PostgresQueueDatabase {
             var sent = true
             for payload in payloads where !(await notify(payload)) {
                 // No session now: the names wait for the next one (it sends them as it listens) or
-                // the next push. A session that failed the statement: the next round tries again.
+                // the next push. A session that failed the statement: a later round tries again.
                 announcing.withLock { $0.unannounced.formUnion(names) }
-                if session.withLock({ $0 != nil }) { announcements.continuation.yield() }
+                if session.withLock({ $0 != nil }) {
+                    failures += 1
+                    if failures == 1 {
+                        logger.warning("cannot notify the other instances of pushes; trying again, less and less often")
+                    }
+                    announcements.continuation.yield()
+                }
                 sent = false
                 break
             }
-            if sent { announcing.withLock { $0.announced = max($0.announced, asked) } }
+            if sent {
+                failures = 0
+                announcing.withLock { $0.announced = max($0.announced, asked) }
+            }
         }
     }
 
@@ -114,10 +128,11 @@ extension PostgresQueueDatabase {
                     continuation.resume(returning: ok)
                 }
             }
+            let timer = eventLoop.scheduleTask(in: .seconds(5)) { finish(false) }
             query.whenComplete { result in
+                timer.cancel()
                 if case .success = result { finish(true) } else { finish(false) }
             }
-            eventLoop.scheduleTask(in: .seconds(5)) { finish(false) }
         }
     }
 

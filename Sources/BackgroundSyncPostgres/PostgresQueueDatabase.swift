@@ -155,9 +155,10 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     /// Runs the store until cancelled or shut down gracefully: the connection pool, the schema's
     /// migrations, the session that holds this instance's lock and listens for pushes (reconnected
     /// when lost), and the writes of callers. Throws when the server cannot be reached at start, a
-    /// password is refused, or the schema is newer than this library. On a graceful shutdown it
-    /// stops once its statements under way have ended (at most 5 seconds) and it has announced its
-    /// pushes to the other instances (one try, on its session, see ``announceBeforeStopping()``).
+    /// password is refused, or the schema is newer than this library; returns when cancelled or
+    /// shut down, also before it was ready. On a graceful shutdown its pool closes its connections
+    /// (statements under way fail), and once they have let go (at most 5 seconds) it announces
+    /// its pushes to the other instances on its session (``announceBeforeStopping()``) and stops.
     public func run() async throws {
         defer { end(BackgroundSyncError(.storage, "the PostgreSQL store \(identity) is not running (its run() returned)")) }
         try await withThrowingTaskGroup(of: Void.self) { stopping in
@@ -165,14 +166,14 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             stopping.addTask {
                 // Outside a service group, this waits until `run()` is cancelled.
                 guard (try? await gracefulShutdown()) != nil else { return }
-                // The pool takes no new statement once shutting down: the pushes to announce are
-                // those committed when the statements under way have ended.
+                // The pool closes its connections on the same shutdown and takes no new statement:
+                // the pushes to announce are those committed once the statements cut off let go.
                 await self.waitForStatementsToEnd(atMost: .seconds(5))
                 await self.announceBeforeStopping()
             }
             // The parts end only when cancelled or failing to start; the other task, on a graceful
             // shutdown once it announced, or when cancelled. Either way the store stops, and
-            // throws what the parts threw.
+            // throws a failure to start.
             try await stopping.next()
             stopping.cancelAll()
             try await stopping.waitForAll()
@@ -185,7 +186,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
             group.addTask {
                 await self.client.run()
                 // The pool stops by itself on a graceful shutdown; the store stops when `run()`
-                // says (once it announced what waits, on the session's connection).
+                // cancels it (once it announced its pushes on the session's connection).
                 while !Task.isCancelled { try? await Task.sleep(for: .seconds(3_600)) }
             }
             group.addTask { await self.deadlines.run(every: .milliseconds(250)) }
@@ -201,9 +202,14 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                     throw error
                 }
             } catch {
+                group.cancelAll()
+                // Stopped while starting: no failure of the store's.
+                if Task.isCancelled {
+                    self.end(BackgroundSyncError(.storage, "the PostgreSQL store \(self.identity) stopped before it was ready"))
+                    return
+                }
                 let failure = self.mapError(error, action: "open")
                 self.end(failure)
-                group.cancelAll()
                 throw failure
             }
             group.addTask { await self.keepSession(session) }

@@ -55,3 +55,19 @@ public final class ClosedPort: @unchecked Sendable {
 
     deinit { _ = closeSocket(fd) }
 }
+
+/// A loopback port that takes connections and never answers: the system completes each
+/// connection, nobody reads from it or writes to it. Released when the value goes.
+public final class SilentPort: @unchecked Sendable {
+    // `@unchecked Sendable`: the descriptor is written once in `init` and closed in `deinit`.
+    private let fd: Int32
+    /// The port.
+    public let port: UInt16
+
+    /// Listens on a free loopback port, and never accepts.
+    public init() throws {
+        (fd, port) = try bindLoopbackSocket(port: 0, reuseAddress: false, listening: true)
+    }
+
+    deinit { _ = closeSocket(fd) }
+}

@@ -121,6 +121,11 @@ struct PostgresWakeUpTests {
                     UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "\(index)")),
                     queueName: "stopping", at: .tail, registeringSyncTag: nil)
             }
+            // The listener listens once it hears its own push.
+            _ = try await listener.pushEntry(
+                UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "warm-up")),
+                queueName: "warm-up", at: .tail, registeringSyncTag: nil)
+            try await waitUntil { names.withLock { $0.contains("warm-up") } }
             try await push(0)
             try await waitUntil { producer.announcerProgress.announced == 1 }
             for index in 1..<10 { try await push(index) }
