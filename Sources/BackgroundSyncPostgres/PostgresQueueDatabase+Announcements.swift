@@ -23,7 +23,6 @@ extension PostgresQueueDatabase {
     /// wait for each other. A push made while the session is down is announced once the next session
     /// listens; one made by a process that dies before announcing it is left to the others' poll.
     func announcePush(_ queueName: String) {
-        pushedAny.withLock { $0 = true }
         announcing.withLock { state in
             state.unannounced.insert(queueName)
             state.asked += 1
@@ -142,7 +141,8 @@ extension PostgresQueueDatabase {
     /// instances (an idle `SyncService` that does not poll would otherwise learn of it only with a
     /// later push). Sent again, up to twice, when a push asked for an announcement meanwhile.
     func announceBeforeStopping() async {
-        guard pushedAny.withLock({ $0 }) else { return }
+        // Nothing asked: this instance pushed nothing.
+        guard announcing.withLock({ $0.asked > 0 }) else { return }
         for _ in 0..<3 {
             let asked = announcing.withLock { $0.asked }
             guard await notify("") else { return }

@@ -76,8 +76,6 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
     let announcing = Locked(Announcements())
     /// The shortest time between two rounds of announcements (``announcementInterval``).
     let announcementIntervalValue = Locked(Duration.milliseconds(5))
-    /// Whether this instance pushed anything (``announceBeforeStopping()``).
-    let pushedAny = Locked(false)
     let announcements: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation) =
         AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
 

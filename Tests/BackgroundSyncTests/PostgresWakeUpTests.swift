@@ -14,95 +14,86 @@ import Testing
     "PostgreSQL wake-ups", .timeLimit(.minutes(2)),
     .enabled(if: PostgresTestServer.unavailableReason == nil, Comment(rawValue: PostgresTestServer.unavailableReason ?? "")))
 struct PostgresWakeUpTests {
-    @Test func aPushOnAnotherInstanceWakesAnIdleService() async throws {
+    /// A fresh schema on the shared test server.
+    private func configuration() async throws -> PostgresQueueDatabase.Configuration {
         let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
         var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
         configuration.schema = uniqueSchema("wake")
+        return configuration
+    }
+
+    /// Runs `body` with a producer instance, while a `SyncService` on another instance (which does
+    /// not poll) waits, idle, to replay `queueName` to the server: it has had its start-up round,
+    /// so a push can reach it only through the store's notifications.
+    private func withIdleService(
+        queueName: String, configuration: PostgresQueueDatabase.Configuration? = nil,
+        _ body: (_ producer: PostgresQueueDatabase, RecordingServer, Queue) async throws -> Void
+    ) async throws {
+        let configuration = if let configuration { configuration } else { try await self.configuration() }
         let stores = RunningStores()
         let worker = try await stores.open(configuration)
         let producer = try await stores.open(configuration)
         let server = try RecordingServer()
         // The queue exists before the service starts; it then waits with no poll and no timer due.
-        let queue = try Queue(name: "orders", database: worker)
+        let queue = try Queue(name: queueName, database: worker)
         let service = SyncService(queues: [queue], configuration: .init(connectivity: nil, pollInterval: nil))
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await service.run() }
-            // The producer's push goes straight to its instance (no SyncManager of this process
-            // hears of it): only the store's notification can wake the service.
-            let request = try StorableRequest.fromRequest({
-                var request = URLRequest(url: server.url)
-                request.httpMethod = "POST"
-                request.httpBody = Data("from another host".utf8)
-                return request
-            }())
-            // Pushed after the service's start-up round (which would find the entry by itself):
-            // the push is then one the service can only learn of from the store.
-            try await Task.sleep(for: .milliseconds(300))
-            _ = try await producer.pushEntry(
-                UnidentifiedQueueStoreEntry(requestData: request.toObject()), queueName: "orders", at: .tail,
-                registeringSyncTag: queue.syncTag)
-            var waited = 0
-            while server.bodies.isEmpty && waited < 1_000 {
-                try await Task.sleep(for: .milliseconds(10))
-                waited += 1
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await service.run() }
+                try await Task.sleep(for: .milliseconds(300))
+                try await body(producer, server, queue)
+                group.cancelAll()
             }
-            group.cancelAll()
+        } catch {
+            await stores.stopAll()
+            throw error
         }
         await stores.stopAll()
-        #expect(server.bodies == ["from another host"])
+    }
+
+    @Test func aPushOnAnotherInstanceWakesAnIdleService() async throws {
+        try await withIdleService(queueName: "orders") { producer, server, queue in
+            // The producer's push goes straight to its instance (no SyncManager of this process
+            // hears of it): only the store's notification can wake the service.
+            _ = try await producer.pushEntry(
+                UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "from another host")),
+                queueName: "orders", at: .tail, registeringSyncTag: queue.syncTag)
+            try await waitUntil { !server.bodies.isEmpty }
+            #expect(server.bodies == ["from another host"])
+        }
     }
 
     /// Back-to-back pushes are announced in rounds at least ``PostgresQueueDatabase/announcementInterval``
     /// apart, not one notification per push, and every one of them by a round that went through;
     /// an idle service on another instance delivers every entry.
     @Test func aBurstOfPushesIsAnnouncedInFewRoundsAndCompletely() async throws {
-        let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
-        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
-        configuration.schema = uniqueSchema("wake")
-        let stores = RunningStores()
-        let worker = try await stores.open(configuration)
-        let producer = try await stores.open(configuration)
-        let server = try RecordingServer()
-        let queue = try Queue(name: "burst", database: worker)
-        let service = SyncService(queues: [queue], configuration: .init(connectivity: nil, pollInterval: nil))
         let count = 40
-        var elapsed = Duration.zero
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await service.run() }
-            try await Task.sleep(for: .milliseconds(300))
+        try await withIdleService(queueName: "burst") { producer, server, queue in
             let start = ContinuousClock.now
             for index in 0..<count {
                 _ = try await producer.pushEntry(
                     UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "\(index)")),
                     queueName: "burst", at: .tail, registeringSyncTag: queue.syncTag)
             }
-            elapsed = ContinuousClock.now - start
-            var waited = 0
-            while server.bodies.count < count || producer.announcerProgress.announced < count, waited < 1_000 {
-                try await Task.sleep(for: .milliseconds(10))
-                waited += 1
+            let elapsed = ContinuousClock.now - start
+            try await waitUntil { server.bodies.count == count && producer.announcerProgress.announced == count }
+            let progress = producer.announcerProgress
+            #expect(server.bodies == (0..<count).map { "\($0)" })
+            #expect(progress.asked == count && progress.announced == count, "every push announced: \(progress)")
+            // The first round goes out at once, each later one an interval after the one before;
+            // the last may come an interval after the last push.
+            let most = Int(elapsed / producer.announcementInterval) + 2
+            #expect((1...most).contains(progress.rounds), "\(progress.rounds) rounds for \(count) pushes in \(elapsed)")
+            if let gap = progress.shortestGap {
+                #expect(gap >= producer.announcementInterval, "rounds \(gap) apart")
             }
-            group.cancelAll()
-        }
-        let progress = producer.announcerProgress
-        await stores.stopAll()
-        #expect(server.bodies == (0..<count).map { "\($0)" })
-        #expect(progress.asked == count && progress.announced == count, "every push announced: \(progress)")
-        // The first round goes out at once, each later one an interval after the one before; the
-        // last may come an interval after the last push.
-        let most = Int(elapsed / producer.announcementInterval) + 2
-        #expect((1...most).contains(progress.rounds), "\(progress.rounds) rounds for \(count) pushes in \(elapsed)")
-        if let gap = progress.shortestGap {
-            #expect(gap >= producer.announcementInterval, "rounds \(gap) apart")
         }
     }
 
     /// A store run in a service group that shuts down gracefully announces, before it stops, the
     /// pushes whose round was still to come: another instance hears of them.
     @Test func aGracefulShutdownAnnouncesWhatWaits() async throws {
-        let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
-        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
-        configuration.schema = uniqueSchema("wake")
+        let configuration = try await configuration()
         let stores = RunningStores()
         let listener = try await stores.open(configuration)
         let heard = try #require(listener.pushNotifications())
@@ -145,33 +136,18 @@ struct PostgresWakeUpTests {
     /// `bgsync enqueue` pushes and stops at once: its push still wakes a service that does not poll.
     @Test func aPushByAShortLivedBgsyncWakesAnIdleService() async throws {
         let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
-        let schema = uniqueSchema("wake")
-        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
-        configuration.schema = schema
-        let stores = RunningStores()
-        let worker = try await stores.open(configuration)
-        let server = try RecordingServer()
-        let queue = try Queue(name: "orders", database: worker)
-        let service = SyncService(queues: [queue], configuration: .init(connectivity: nil, pollInterval: nil))
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await service.run() }
-            try await Task.sleep(for: .milliseconds(300))
+        let configuration = try await configuration()
+        try await withIdleService(queueName: "orders", configuration: configuration) { _, server, _ in
             for body in ["first", "second"] {
                 let run = try await bgsync([
                     "enqueue", server.url.absoluteString, "--queue", "orders", "-d", body,
-                    "--db", postgres.url + "?sslmode=disable&schema=\(schema)",
+                    "--db", postgres.url + "?sslmode=disable&schema=\(configuration.schema)",
                 ])
                 #expect(run.status == 0, "\(run.stderr)")
             }
-            var waited = 0
-            while server.bodies.count < 2 && waited < 1_000 {
-                try await Task.sleep(for: .milliseconds(10))
-                waited += 1
-            }
-            group.cancelAll()
+            try await waitUntil { server.bodies.count == 2 }
+            #expect(server.bodies == ["first", "second"])
         }
-        await stores.stopAll()
-        #expect(server.bodies == ["first", "second"])
     }
 
     /// Whether a listener heard the first round's queue, then the stop's notification for every
