@@ -106,8 +106,10 @@ let package = Package(
         // A small HTTP/1.1 server on POSIX sockets, bound to loopback, with fault injection.
         // Used by `bgsync demo` and the tests; not a product.
         .target(name: "LoopbackHTTPServer"),
+        // Programs started with posix_spawn, for tests and the benchmark (not Foundation's Process).
+        .target(name: "ChildProcesses"),
         // A real PostgreSQL server of its own, for tests and the benchmark (Debian's postgresql).
-        .target(name: "PostgresTestServer"),
+        .target(name: "PostgresTestServer", dependencies: ["ChildProcesses"]),
         .executableTarget(
             name: "bgsync",
             dependencies: [
@@ -158,6 +160,7 @@ let package = Package(
                 "BackgroundSyncDashboard",
                 "LoopbackHTTPServer",
                 "PostgresTestServer",
+                "ChildProcesses",
                 "BackgroundSyncTestChild",
                 "bgsync",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),

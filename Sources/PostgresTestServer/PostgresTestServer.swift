@@ -1,3 +1,4 @@
+import ChildProcesses
 import Foundation
 
 #if canImport(Glibc)
@@ -111,49 +112,29 @@ public final class PostgresTestServer: Sendable {
     }
 
     /// Runs a tool and waits for it, its output (stdout and stderr) in a file, not a pipe: the
-    /// server `pg_ctl start` leaves running would hold a pipe open. Spawned and reaped directly
-    /// (`posix_spawn`, `waitpid`): the daemon `pg_ctl` forks must not keep the wait going.
+    /// server `pg_ctl start` leaves running would hold a pipe open. Reaped directly (`waitpid`):
+    /// the daemon `pg_ctl` forks must not keep the wait going, and gets none of this process's
+    /// other descriptors (a test's files, sockets, the pipes of a child another test starts).
     private static func run(_ tool: String, _ arguments: [String]) throws -> String {
         let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-pg-\(UUID().uuidString).out").path
+        guard FileManager.default.createFile(atPath: outputPath, contents: nil, attributes: [.posixPermissions: 0o600]),
+              let output = FileHandle(forWritingAtPath: outputPath) else {
+            throw Failure(message: "cannot create \(outputPath) for the output of \(tool)")
+        }
         defer { try? FileManager.default.removeItem(atPath: outputPath) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // Nothing else of this process's (a test's files, sockets, the pipes of a child another
-        // test starts meanwhile) goes to the server `pg_ctl` forks, which outlives the call: a
-        // pipe it inherited would never reach its end for the test reading it.
-        closeFrom3(&actions)
-        let argv = ([tool] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid = pid_t()
-        let spawned = posix_spawn(&pid, tool, &actions, nil, argv, environ)
-        guard spawned == 0 else { throw Failure(message: "cannot run \(tool): \(String(cString: strerror(spawned)))") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let child: ChildProcess
+        do {
+            defer { try? output.close() }
+            child = try ChildProcess(tool, arguments, standardOutput: .handle(output), standardError: .standardOutput)
+        } catch {
+            throw Failure(message: "\(error)")
+        }
+        child.waitUntilExit()
         let text = String(decoding: FileManager.default.contents(atPath: outputPath) ?? Data(), as: UTF8.self)
-        // Exited normally with status 0 (the wait status's low 7 bits are 0, the exit code above).
-        guard status & 0x7F == 0, (status >> 8) & 0xFF == 0 else {
+        guard child.terminationReason == .exit, child.terminationStatus == 0 else {
             throw Failure(message: "\(URL(fileURLWithPath: tool).lastPathComponent) \(arguments.joined(separator: " ")) failed: \(text)")
         }
         return text
-    }
-
-    /// Adds to `actions` the closing of every descriptor from 3 (glibc's
-    /// `posix_spawn_file_actions_addclosefrom_np`, which Swift's Glibc module does not show); where
-    /// it is missing, the descriptors open now.
-    private static func closeFrom3(_ actions: inout posix_spawn_file_actions_t) {
-        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-        if let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") {
-            _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
-            return
-        }
-        let open = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap(Int32.init)
-        for descriptor in open where descriptor > 2 && fcntl(descriptor, F_GETFD) >= 0 {
-            posix_spawn_file_actions_addclose(&actions, descriptor)
-        }
     }
 
     /// The folder of `initdb` and `pg_ctl`: the newest `/usr/lib/postgresql/<version>/bin`, else

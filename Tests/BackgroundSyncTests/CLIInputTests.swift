@@ -1,4 +1,5 @@
 import BackgroundSync
+import ChildProcesses
 import Foundation
 import Testing
 
@@ -83,19 +84,14 @@ struct CLIInputTests {
     }
 
     @Test func argumentsThatAreNotUTF8AreRefused() async throws {
-        // Process turns Swift strings into UTF-8; a shell passes the raw bytes.
+        // A Swift string is passed as UTF-8; a shell passes the raw bytes.
         let bgsyncPath = builtProductURL("bgsync").path
         for (argument, index) in [(#"-d "$(printf 'abc\377\376')""#, 4), (#"--queue "$(printf 'q\377')" -d x"#, 4)] {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = ["-c", #"exec "$0" enqueue https://api.example.com/posts "# + argument + #" --db "$1""#, bgsyncPath, db]
-            let err = Pipe()
-            process.standardError = err
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
-            let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            #expect(process.terminationStatus == 2, "\(stderr)")
+            let run = try ChildProcess.run(
+                "/bin/sh",
+                ["-c", #"exec "$0" enqueue https://api.example.com/posts "# + argument + #" --db "$1""#, bgsyncPath, db])
+            let stderr = String(decoding: run.stderr, as: UTF8.self)
+            #expect(run.status == 2, "\(stderr)")
             #expect(stderr.contains("argument \(index) ("), "\(stderr)")
             #expect(stderr.contains("is not valid UTF-8; give a binary body with --data-file"), "\(stderr)")
         }

@@ -1,5 +1,6 @@
 import BackgroundSync
 import BackgroundSyncTesting
+import ChildProcesses
 import Foundation
 import LoopbackHTTPServer
 import Testing
@@ -27,53 +28,13 @@ private func bgsyncBlocking(_ arguments: [String], environment: [String: String]
     return try runChild(builtProductURL("bgsync"), arguments, environment: env)
 }
 
-/// A pipe whose descriptors close when any process of the tests' starts another program: a
-/// long-lived child another test starts meanwhile (a PostgreSQL server, a `bgsync run` worker)
-/// must not inherit the end a child writes to, or its reader never sees the end of the file.
-/// Foundation's `Pipe` is inherited on Linux.
-struct ClosedOnExecPipe {
-    let reading: FileHandle
-    let writing: FileHandle
-
-    init() throws {
-        // glibc's pipe2, which Swift's Glibc module does not show: the flag is set as the pipe is made.
-        typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32
-        guard let symbol = dlsym(nil, "pipe2") else { throw POSIXError(.ENOSYS) }
-        var descriptors: [Int32] = [0, 0]
-        guard unsafeBitCast(symbol, to: Pipe2.self)(&descriptors, O_CLOEXEC) == 0 else {
-            throw POSIXError(.init(rawValue: errno) ?? .EIO)
-        }
-        reading = FileHandle(fileDescriptor: descriptors[0], closeOnDealloc: true)
-        writing = FileHandle(fileDescriptor: descriptors[1], closeOnDealloc: true)
-    }
-}
-
 /// Runs a program to its end (stdin is /dev/null) and returns its status and output. Blocks: call
 /// it through ``offCooperativePool(_:)`` from a test.
 func runChild(_ executable: URL, _ arguments: [String], environment: [String: String]) throws -> CLIRun {
-    let process = Process()
-    process.executableURL = executable
-    process.arguments = arguments
-    process.environment = environment
-    let out = try ClosedOnExecPipe()
-    let err = try ClosedOnExecPipe()
-    process.standardOutput = out.writing
-    process.standardError = err.writing
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    // The child has its copies: the ends read see their end of file once it exits.
-    try out.writing.close()
-    try err.writing.close()
-    // Read both pipes while the child runs, so neither fills up.
-    let errData = Box(Data())
-    let reader = Thread { errData.withLock { $0 = err.reading.readDataToEndOfFile() } }
-    reader.start()
-    let outData = out.reading.readDataToEndOfFile()
-    process.waitUntilExit()
-    while !reader.isFinished { usleep(1000) }
+    let run = try ChildProcess.run(executable.path, arguments, environment: environment)
     return CLIRun(
-        status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-        stderr: String(decoding: errData.current, as: UTF8.self))
+        status: run.status, stdout: String(decoding: run.stdout, as: UTF8.self),
+        stderr: String(decoding: run.stderr, as: UTF8.self))
 }
 
 @Suite("bgsync commands, run as a binary", .timeLimit(.minutes(2)))
@@ -212,18 +173,16 @@ struct CLITests {
         for body in ["a", "b", "c"] {
             _ = try await run(["enqueue", server.url.absoluteString, "-d", body, "--queue", "q"])
         }
-        let daemon = Process()
-        daemon.executableURL = builtProductURL("bgsync")
-        daemon.arguments = ["run", "--db", db, "--no-connectivity-monitor", "--poll-interval", "0.2", "--log-level", "debug"]
         let stderr = Pipe()
-        daemon.standardError = stderr
-        daemon.standardOutput = FileHandle.nullDevice
-        try daemon.run()
+        let daemon = try ChildProcess(
+            builtProductURL("bgsync"),
+            ["run", "--db", db, "--no-connectivity-monitor", "--poll-interval", "0.2", "--log-level", "debug"],
+            standardError: .pipe(stderr))
         var log = lines(of: stderr).makeAsyncIterator()
 
         var arrivals = arrived.makeAsyncIterator()
         #expect(await arrivals.next() == 0, "the daemon sends the first entry; the server holds it")
-        kill(daemon.processIdentifier, SIGTERM)
+        daemon.terminate()
         // Release the held request only once the daemon is shutting down: it must wait for it.
         while let line = await log.next(), !line.contains("Shutting down") {}
         release.signal()
@@ -246,22 +205,17 @@ struct CLITests {
             return .hang(.seconds(60))
         }
         _ = try await run(["enqueue", server.url.absoluteString, "-d", "held", "--queue", "q"])
-        let daemon = Process()
-        daemon.executableURL = builtProductURL("bgsync")
-        daemon.arguments = [
+        let daemon = try ChildProcess(builtProductURL("bgsync"), [
             "run", "--db", db, "--no-connectivity-monitor", "--poll-interval", "0.2", "--shutdown-timeout", "1",
-        ]
-        daemon.standardError = FileHandle.nullDevice
-        daemon.standardOutput = FileHandle.nullDevice
-        try daemon.run()
+        ])
         var arrivals = arrived.makeAsyncIterator()
         #expect(await arrivals.next() == 0, "the daemon sends the entry; the server holds it for a minute")
-        kill(daemon.processIdentifier, SIGTERM)
+        daemon.terminate()
         // It stops after the shutdown timeout, not after the server's minute.
         let stopped = try await exited(daemon, within: 30)
         #expect(stopped, "bgsync run still runs 30 s after SIGTERM with --shutdown-timeout 1")
         if !stopped {
-            kill(daemon.processIdentifier, SIGKILL)
+            daemon.send(SIGKILL)
             daemon.waitUntilExit()
         }
         #expect(daemon.terminationStatus == 0)
@@ -326,18 +280,13 @@ struct CLITests {
     /// Another process holds the database's write lock: not bad input, a storage failure (4).
     @Test func aLockedDatabaseIsAStorageFailure() async throws {
         _ = try await run(["enqueue", "https://a.example/x", "-d", "a", "--queue", "q"])
-        let holder = Process()
-        holder.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        holder.arguments = [
+        let (input, output) = (Pipe(), Pipe())
+        let holder = try ChildProcess("/usr/bin/env", [
             "python3", "-c",
             "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
                 + "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read()",
             db,
-        ]
-        let (input, output) = (Pipe(), Pipe())
-        holder.standardInput = input
-        holder.standardOutput = output
-        try holder.run()
+        ], standardInput: .pipe(input), standardOutput: .pipe(output))
         defer {
             try? input.fileHandleForWriting.close()
             holder.waitUntilExit()
@@ -419,12 +368,8 @@ struct CLIBadInputTests {
             }
             // Move the WAL into the main file, so that the file's bytes are the whole database.
             let newer = test.setup == .newerSchema ? " INSERT INTO grdb_migrations VALUES ('v99');" : ""
-            let sqlite = Process()
-            sqlite.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            sqlite.arguments = ["sqlite3", "-cmd", ".timeout 10000", path, "PRAGMA wal_checkpoint(TRUNCATE);" + newer]
-            sqlite.standardOutput = FileHandle.nullDevice
-            try sqlite.run()
-            sqlite.waitUntilExit()
+            try ChildProcess("/usr/bin/env", ["sqlite3", "-cmd", ".timeout 10000", path, "PRAGMA wal_checkpoint(TRUNCATE);" + newer])
+                .waitUntilExit()
             if test.setup == .corrupt {
                 // Keep the 100-byte header, scramble the rest of the first page (the schema).
                 let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))

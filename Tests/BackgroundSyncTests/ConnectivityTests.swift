@@ -1,5 +1,6 @@
 @testable import BackgroundSync
 import BackgroundSyncTesting
+import ChildProcesses
 import Foundation
 import Testing
 #if canImport(FoundationNetworking)
@@ -103,21 +104,13 @@ struct ConnectivityTests {
 
     /// Whether this machine lets us make a network namespace (root, or unprivileged user namespaces).
     static let canCreateNetworkNamespace: Bool = {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
-        process.arguments = ["-n", "true"]
-        guard (try? process.run()) != nil else { return false }
-        process.waitUntilExit()
+        guard let process = try? ChildProcess("/usr/bin/unshare", ["-n", "true"]) else { return false }
         return process.terminationStatus == 0
     }()
 
     private func run(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: arguments[0])
-        process.arguments = Array(arguments.dropFirst())
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "\(arguments.joined(separator: " "))")
+        let run = try ChildProcess.run(arguments[0], Array(arguments.dropFirst()))
+        #expect(run.status == 0, "\(arguments.joined(separator: " ")): \(String(decoding: run.stderr, as: UTF8.self))")
     }
 
     /// The netlink monitor runs in a child process inside a new network namespace (no route), and
@@ -125,11 +118,9 @@ struct ConnectivityTests {
     @Test(.enabled(if: canCreateNetworkNamespace, "needs permission to create a network namespace"))
     func theNetlinkMonitorSeesADefaultRouteAppearAndGo() async throws {
         let output = Pipe()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
-        process.arguments = ["-n", builtProductURL("BackgroundSyncTestChild").path, "connectivity"]
-        process.standardOutput = output
-        try process.run()
+        let process = try ChildProcess(
+            "/usr/bin/unshare", ["-n", builtProductURL("BackgroundSyncTestChild").path, "connectivity"],
+            standardOutput: .pipe(output))
         defer {
             process.terminate()
             process.waitUntilExit()

@@ -1,5 +1,6 @@
 import BackgroundSync
 import BackgroundSyncTesting
+import ChildProcesses
 import Foundation
 import LoopbackHTTPServer
 import Testing
@@ -24,17 +25,13 @@ struct CrashTests {
         return (folder, folder.appendingPathComponent("queue.sqlite").path)
     }
 
-    private func startChild(_ arguments: [String], stdout: Pipe? = nil) throws -> Process {
-        let process = Process()
-        process.executableURL = child
-        process.arguments = arguments
-        if let stdout { process.standardOutput = stdout }
-        try process.run()
-        return process
+    private func startChild(_ arguments: [String], stdout: Pipe? = nil) throws -> ChildProcess {
+        try ChildProcess(
+            child, arguments, standardOutput: stdout.map { .pipe($0) } ?? .inherited, standardError: .inherited)
     }
 
-    private func kill9(_ process: Process) {
-        kill(process.processIdentifier, SIGKILL)
+    private func kill9(_ process: ChildProcess) {
+        process.send(SIGKILL)
         process.waitUntilExit()
     }
 
@@ -141,7 +138,7 @@ struct CrashTests {
                     if chunk.isEmpty { break }
                     output.append(chunk)
                     if !killed, output.split(separator: UInt8(ascii: "\n")).count >= 150 {
-                        kill(process.processIdentifier, SIGKILL)
+                        process.send(SIGKILL)
                         killed = true
                     }
                 }

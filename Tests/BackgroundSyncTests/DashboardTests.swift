@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import BackgroundSync
 import BackgroundSyncDashboard
+import ChildProcesses
 import Foundation
 import Logging
 import LoopbackHTTPServer
@@ -470,14 +471,9 @@ func pushPOST(_ database: any QueueDatabase, _ queue: String, url: String, body:
 
 /// Starts the built `bgsync` with `arguments` (a command that serves HTTP on `127.0.0.1:0`) and
 /// returns it, the base URL it announced, and the announcement (its first line of output).
-func startServingBgsync(_ arguments: [String]) async throws -> (process: Process, base: String, announcement: String) {
-    let process = Process()
-    process.executableURL = builtProductURL("bgsync")
-    process.arguments = arguments
+func startServingBgsync(_ arguments: [String]) async throws -> (process: ChildProcess, base: String, announcement: String) {
     let stdout = Pipe()
-    process.standardOutput = stdout
-    process.standardError = FileHandle.nullDevice
-    try process.run()
+    let process = try ChildProcess(builtProductURL("bgsync"), arguments, standardOutput: .pipe(stdout))
     var output = lines(of: stdout).makeAsyncIterator()
     guard let line = await output.next(),
         let port = line.range(of: "127.0.0.1:").flatMap({ Int(line[$0.upperBound...].prefix { $0.isNumber }) })

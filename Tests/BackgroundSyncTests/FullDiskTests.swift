@@ -1,4 +1,5 @@
 import BackgroundSync
+import ChildProcesses
 import Foundation
 import Testing
 #if canImport(FoundationNetworking)
@@ -124,13 +125,7 @@ final class TinyFileSystem: Sendable {
     }
 
     private static func run(_ tool: String, _ arguments: [String]) -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return -1 }
-        process.waitUntilExit()
+        guard let process = try? ChildProcess(tool, arguments) else { return -1 }
         return process.terminationStatus
     }
 }

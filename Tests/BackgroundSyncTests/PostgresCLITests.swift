@@ -48,7 +48,7 @@ struct PostgresCLITests {
         }
         #expect(try await bgsync(["set-aside", "--db", url, "2", "--reason", "by hand"]).status == 0)
         let (dashboard, base, line) = try await startServingBgsync(["dashboard", "--db", url, "--listen", "127.0.0.1:0"])
-        defer { if dashboard.isRunning { kill(dashboard.processIdentifier, SIGKILL) } }
+        defer { if dashboard.isRunning { dashboard.send(SIGKILL) } }
         #expect(!line.contains("hunter2"), "no password in the announcement: \(line)")
         let client = DashboardTests()
         let list = try await client.get(base + "/")

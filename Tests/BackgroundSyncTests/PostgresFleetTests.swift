@@ -1,4 +1,5 @@
 import BackgroundSync
+import ChildProcesses
 import Foundation
 import LoopbackHTTPServer
 import PostgresTestServer
@@ -15,25 +16,21 @@ import Glibc
 struct PostgresFleetTests {
     /// A `bgsync run` worker process, its log in a file.
     final class Worker: Sendable {
-        let process: Process
+        let process: ChildProcess
         let log: URL
 
         init(url: String, folder: URL, index: Int) throws {
-            process = Process()
-            process.executableURL = builtProductURL("bgsync")
-            process.arguments = [
-                "run", "--db", url, "--concurrent", "bulk=4", "--no-connectivity-monitor", "--poll-interval", "0.5",
-                "--log-level", "info",
-            ]
             log = folder.appendingPathComponent("worker-\(index).log")
             _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = try FileHandle(forWritingTo: log)
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
+            let logFile = try FileHandle(forWritingTo: log)
+            defer { try? logFile.close() }
+            process = try ChildProcess(builtProductURL("bgsync"), [
+                "run", "--db", url, "--concurrent", "bulk=4", "--no-connectivity-monitor", "--poll-interval", "0.5",
+                "--log-level", "info",
+            ], standardError: .handle(logFile))
         }
 
-        func kill(_ signal: Int32) { Glibc.kill(process.processIdentifier, signal) }
+        func kill(_ signal: Int32) { process.send(signal) }
 
         /// Waits for the process to end, off the cooperative pool: up to 30 seconds, then records
         /// an issue and kills it.

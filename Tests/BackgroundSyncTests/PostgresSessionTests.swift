@@ -1,5 +1,6 @@
 import BackgroundSync
 @testable import BackgroundSyncPostgres
+import ChildProcesses
 import Foundation
 import PostgresTestServer
 import Testing
@@ -65,14 +66,9 @@ struct PostgresSessionTests {
 
     /// One value from `psql`, as text.
     static func psql(_ server: PostgresTestServer, _ sql: String) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["psql", "-h", "127.0.0.1", "-p", "\(server.port)", "-U", server.user, "-d", "postgres", "-At", "-c", sql]
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let run = try ChildProcess.run(
+            "/usr/bin/env",
+            ["psql", "-h", "127.0.0.1", "-p", "\(server.port)", "-U", server.user, "-d", "postgres", "-At", "-c", sql])
+        return String(decoding: run.stdout, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }

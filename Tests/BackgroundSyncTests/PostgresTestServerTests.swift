@@ -1,3 +1,4 @@
+import ChildProcesses
 import Foundation
 import PostgresTestServer
 import Testing
@@ -12,17 +13,11 @@ struct PostgresTestServerTests {
     /// `psql` as the server's superuser over TCP; its output, or `nil` if it could not connect.
     private func query(_ server: PostgresTestServer, _ sql: String) async throws -> String? {
         try await offCooperativePool {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/psql")
-            process.arguments = ["-h", "127.0.0.1", "-p", "\(server.port)", "-U", server.user, "-d", "postgres", "-tAc", sql]
-            process.environment = ["PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "5"]
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            let data = output.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return process.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
+            let run = try ChildProcess.run(
+                "/usr/bin/psql",
+                ["-h", "127.0.0.1", "-p", "\(server.port)", "-U", server.user, "-d", "postgres", "-tAc", sql],
+                environment: ["PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "5"])
+            return run.status == 0 ? String(decoding: run.stdout, as: UTF8.self) : nil
         }
     }
 

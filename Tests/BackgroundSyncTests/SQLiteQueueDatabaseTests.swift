@@ -1,5 +1,6 @@
 @testable import BackgroundSync
 import BackgroundSyncTesting
+import ChildProcesses
 import Foundation
 import GRDB
 import Testing
@@ -13,13 +14,9 @@ struct SQLiteQueueDatabaseTests {
     }
 
     private func sqlite(_ path: String, _ sql: String) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         // Waits for a lock the database being closed may still hold (its last checkpoint).
-        process.arguments = ["sqlite3", "-cmd", ".timeout 10000", path, sql]
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        let run = try ChildProcess.run("/usr/bin/env", ["sqlite3", "-cmd", ".timeout 10000", path, sql])
+        #expect(run.status == 0, "\(String(decoding: run.stderr, as: UTF8.self))")
     }
 
     /// GRDB sets a pool's writer to `synchronous=NORMAL` when it enables WAL; pushes must commit

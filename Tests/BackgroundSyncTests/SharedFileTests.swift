@@ -1,3 +1,4 @@
+import ChildProcesses
 import Foundation
 import Testing
 #if canImport(Glibc)
@@ -26,11 +27,8 @@ struct SharedFileTests {
         binary = folder.appendingPathComponent("bgsync").path
         // Copied by `cp`, not in this process: a child another test spawns meanwhile would inherit
         // our open write descriptor, and exec of the copy would fail with "text file busy".
-        let copy = Process()
-        copy.executableURL = URL(fileURLWithPath: "/bin/cp")
-        copy.arguments = [builtProductURL("bgsync").path, binary]
-        try copy.run()
-        copy.waitUntilExit()
+        let copy = try ChildProcess.run("/bin/cp", [builtProductURL("bgsync").path, binary])
+        try #require(copy.status == 0, "cp failed: \(String(decoding: copy.stderr, as: UTF8.self))")
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: binary)
     }
 
@@ -97,12 +95,9 @@ struct SharedFileTests {
 
         // While the owner's daemon holds the file open (its -wal and -shm exist, 0644): the reader
         // reads through them and the owner keeps them.
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        daemon.arguments = ["--reuid=\(Self.owner)", "--regid=\(Self.owner)", "--clear-groups", binary, "run", "--db", db]
-        daemon.standardOutput = FileHandle.nullDevice
-        daemon.standardError = FileHandle.nullDevice
-        try daemon.run()
+        let daemon = try ChildProcess(
+            "/usr/bin/setpriv",
+            ["--reuid=\(Self.owner)", "--regid=\(Self.owner)", "--clear-groups", binary, "run", "--db", db])
         defer {
             daemon.terminate()
             daemon.waitUntilExit()

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import ChildProcesses
 import Foundation
 import Logging
 import NIOCore
@@ -14,7 +15,7 @@ final class HeadlessChromium: Sendable {
     static let executable: String? = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
         .first { FileManager.default.isExecutableFile(atPath: $0) }
 
-    let process: Process
+    let process: ChildProcess
     let profile: URL
     /// `http://127.0.0.1:PORT` of the DevTools endpoint.
     let endpoint: String
@@ -23,17 +24,12 @@ final class HeadlessChromium: Sendable {
     init() async throws {
         guard let executable = Self.executable else { throw POSIXError(.ENOENT) }
         profile = FileManager.default.temporaryDirectory.appendingPathComponent("chromium-\(UUID().uuidString)")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = [
+        let errors = Pipe()
+        let process = try ChildProcess(executable, [
             "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "--remote-allow-origins=*", "--user-data-dir=\(profile.path)",
             "--window-size=1280,900", "about:blank",
-        ]
-        let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        ], standardError: .pipe(errors))
         self.process = process
         // The endpoint's line, or the end of the output (the browser exited), or 60 seconds.
         let found = await withTaskGroup(of: String?.self) { group in
@@ -63,7 +59,7 @@ final class HeadlessChromium: Sendable {
     /// Stops the browser (SIGKILL if it has not ended 10 seconds after SIGTERM) and removes its profile.
     func stop() async {
         if process.isRunning { process.terminate() }
-        if (try? await exited(process, within: 10)) != true { kill(process.processIdentifier, SIGKILL) }
+        if (try? await exited(process, within: 10)) != true { process.send(SIGKILL) }
         _ = try? await exited(process, within: 10)
         try? FileManager.default.removeItem(at: profile)
     }

@@ -1,4 +1,5 @@
 import BackgroundSync
+import ChildProcesses
 import Foundation
 import LoopbackHTTPServer
 #if canImport(FoundationNetworking)
@@ -161,8 +162,7 @@ func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T)
 }
 
 /// Waits up to `seconds` for `process` to end, off the cooperative pool; `true` when it ended.
-/// (`Process.waitUntilExit()` has no bound, and spins a core on a thread without a run loop.)
-func exited(_ process: Process, within seconds: TimeInterval) async throws -> Bool {
+func exited(_ process: ChildProcess, within seconds: TimeInterval) async throws -> Bool {
     try await offCooperativePool { () -> Bool in
         let deadline = Date().addingTimeInterval(seconds)
         while process.isRunning && Date() < deadline { usleep(20_000) }
