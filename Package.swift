@@ -106,7 +106,7 @@ let package = Package(
         // A small HTTP/1.1 server on POSIX sockets, bound to loopback, with fault injection.
         // Used by `bgsync demo` and the tests; not a product.
         .target(name: "LoopbackHTTPServer"),
-        // Programs started with posix_spawn, for tests and the benchmark (not Foundation's Process).
+        // Programs started with posix_spawn, for the tests and PostgresTestServer (not Foundation's Process).
         .target(name: "ChildProcesses"),
         // A real PostgreSQL server of its own, for tests and the benchmark (Debian's postgresql).
         .target(name: "PostgresTestServer", dependencies: ["ChildProcesses"]),

@@ -6,15 +6,17 @@ import Glibc
 import Darwin
 #endif
 
-/// A program started with `posix_spawn` and reaped with `waitpid`, for the tests and the benchmark.
+/// A program started with `posix_spawn` and reaped with `waitpid`, for the tests and
+/// `PostgresTestServer`, on Linux.
 ///
-/// Foundation's `Process` is not used to start programs from a process that holds many files:
-/// on Linux it lists `/proc/self/fd` before every launch with a copy that reads past the end of
-/// glibc's directory buffer, and crashes now and then once some 1,350 descriptors are open (fixed
-/// in swift-corelibs-foundation after Swift 6.3). The child here gets standard input, output and
-/// error as asked and none of this process's other descriptors (`closefrom(3)` in the child), so a
-/// long-lived child (a server, a worker) never holds a pipe or socket a test waits to see closed.
-/// Signals start with their default actions and none blocked, whatever thread spawns it.
+/// The tests use it rather than Foundation's `Process`, which on Linux lists `/proc/self/fd`
+/// before every launch in a way that can crash a process holding many descriptors, as the test
+/// process does. The child gets standard input, output and error as asked and none of this
+/// process's other descriptors (`closefrom(3)` in the child), so a long-lived child (a server, a
+/// worker) never holds a pipe or socket a test waits to see closed. Signals start with their
+/// default actions and none blocked, whatever thread spawns it.
+///
+/// Sendable: everything is a constant but `waitStatus`, which is read and written under `lock`.
 public final class ChildProcess: @unchecked Sendable {
     /// Where one of the child's standard streams goes.
     public enum Stream: Sendable {
@@ -42,12 +44,15 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// A failure to start the program, naming it.
     public struct Failure: Error, CustomStringConvertible {
+        /// What could not be done, and why.
         public let description: String
     }
 
     /// The child's process id.
     public let processIdentifier: pid_t
     private let lock = NSLock()
+    /// The status `waitpid` gave once the program was reaped; reaped only under `lock`, so a
+    /// signal sent under it never reaches a reused process id.
     private var waitStatus: Int32?
 
     /// Starts `executable` with `arguments` (`argv[1...]`) and `environment` (this process's when
@@ -60,12 +65,12 @@ public final class ChildProcess: @unchecked Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        Self.add(standardInput, as: 0, reading: true, to: &actions)
-        Self.add(standardOutput, as: 1, reading: false, to: &actions)
+        try Self.add(standardInput, as: 0, reading: true, to: &actions)
+        try Self.add(standardOutput, as: 1, reading: false, to: &actions)
         if case .standardOutput = standardError {
-            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+            try Self.check(posix_spawn_file_actions_adddup2(&actions, 1, 2), "give standard error")
         } else {
-            Self.add(standardError, as: 2, reading: false, to: &actions)
+            try Self.add(standardError, as: 2, reading: false, to: &actions)
         }
         Self.closeFrom3(&actions)
 
@@ -111,18 +116,25 @@ public final class ChildProcess: @unchecked Sendable {
 
     private static func add(
         _ stream: Stream, as descriptor: Int32, reading: Bool, to actions: inout posix_spawn_file_actions_t
-    ) {
+    ) throws {
+        let what = "give descriptor \(descriptor)"
         switch stream {
         case .inherited:
             break
-        case .nullDevice, .standardOutput:
-            posix_spawn_file_actions_addopen(&actions, descriptor, "/dev/null", reading ? O_RDONLY : O_WRONLY, 0)
+        case .nullDevice:
+            try check(posix_spawn_file_actions_addopen(&actions, descriptor, "/dev/null", reading ? O_RDONLY : O_WRONLY, 0), what)
+        case .standardOutput:
+            throw Failure(description: "cannot \(what): .standardOutput is for standard error only")
         case .handle(let handle):
-            posix_spawn_file_actions_adddup2(&actions, handle.fileDescriptor, descriptor)
+            try check(posix_spawn_file_actions_adddup2(&actions, handle.fileDescriptor, descriptor), what)
         case .pipe(let pipe):
             let end = reading ? pipe.fileHandleForReading : pipe.fileHandleForWriting
-            posix_spawn_file_actions_adddup2(&actions, end.fileDescriptor, descriptor)
+            try check(posix_spawn_file_actions_adddup2(&actions, end.fileDescriptor, descriptor), what)
         }
+    }
+
+    private static func check(_ result: Int32, _ what: String) throws {
+        guard result == 0 else { throw Failure(description: "cannot \(what): \(String(cString: strerror(result)))") }
     }
 
     /// Adds to `actions` the closing of every descriptor from 3 (glibc's
@@ -142,28 +154,39 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// Whether the program still runs.
     public var isRunning: Bool {
-        if lock.withLock({ waitStatus }) != nil { return false }
-        var status: Int32 = 0
-        let result = waitpid(processIdentifier, &status, WNOHANG)
-        if result == processIdentifier {
-            lock.withLock { waitStatus = status }
-            return false
-        }
-        // 0: still running; -1 (ECHILD): another thread has just reaped it.
-        return result == 0
+        lock.withLock { reapIfEnded() }
     }
 
     /// Blocks until the program ends.
     public func waitUntilExit() {
-        while lock.withLock({ waitStatus }) == nil {
-            var status: Int32 = 0
-            let result = waitpid(processIdentifier, &status, 0)
-            if result == processIdentifier {
-                lock.withLock { waitStatus = status }
-            } else if result < 0 && errno != EINTR {
-                // Another thread reaped it and is about to record its status.
-                usleep(1_000)
+        while lock.withLock({ reapIfEnded() }) {
+            // Waits for the end without reaping (`WNOWAIT`): the reaping is `reapIfEnded`'s.
+            var info = siginfo_t()
+            if waitid(P_PID, id_t(processIdentifier), &info, WEXITED | WNOWAIT) < 0 && errno != EINTR {
+                // Reaped by something else than this object: its status is lost.
+                lock.withLock { if waitStatus == nil { waitStatus = Self.unknownStatus } }
+                return
             }
+        }
+    }
+
+    /// Exit status 255, for a program something else reaped.
+    private static let unknownStatus: Int32 = 0xFF << 8
+
+    /// Reaps the program if it has ended; returns whether it still runs. Called under `lock`.
+    private func reapIfEnded() -> Bool {
+        if waitStatus != nil { return false }
+        var status: Int32 = 0
+        switch waitpid(processIdentifier, &status, WNOHANG) {
+        case 0:
+            return true
+        case processIdentifier:
+            waitStatus = status
+            return false
+        default:
+            if errno == EINTR { return true }
+            waitStatus = Self.unknownStatus
+            return false
         }
     }
 
@@ -179,7 +202,8 @@ public final class ChildProcess: @unchecked Sendable {
         send(SIGTERM)
     }
 
-    /// The exit status, or the number of the signal that ended the program; waits for its end.
+    /// The exit status, or the number of the signal that ended the program; waits for its end
+    /// (check ``isRunning`` first where the program may never end).
     public var terminationStatus: Int32 {
         let status = endStatus()
         return status & 0x7F == 0 ? (status >> 8) & 0xFF : status & 0x7F
@@ -225,7 +249,8 @@ extension ChildProcess {
     }
 }
 
-/// A value one thread sets and another waits for.
+/// A value one thread sets and another waits for. Sendable: `value` is read and written under
+/// `condition`.
 private final class ThreadResult<Value: Sendable>: @unchecked Sendable {
     private let condition = NSCondition()
     private var value: Value?

@@ -117,11 +117,11 @@ public final class PostgresTestServer: Sendable {
     /// other descriptors (a test's files, sockets, the pipes of a child another test starts).
     private static func run(_ tool: String, _ arguments: [String]) throws -> String {
         let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-pg-\(UUID().uuidString).out").path
+        defer { try? FileManager.default.removeItem(atPath: outputPath) }
         guard FileManager.default.createFile(atPath: outputPath, contents: nil, attributes: [.posixPermissions: 0o600]),
               let output = FileHandle(forWritingAtPath: outputPath) else {
             throw Failure(message: "cannot create \(outputPath) for the output of \(tool)")
         }
-        defer { try? FileManager.default.removeItem(atPath: outputPath) }
         let child: ChildProcess
         do {
             defer { try? output.close() }

@@ -65,6 +65,53 @@ struct ChildProcessTests {
         #expect(!child.isRunning)
     }
 
+    @Test func standardErrorCanGoWhereStandardOutputGoes() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("bgsync-child-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(FileManager.default.createFile(atPath: path, contents: nil))
+        let file = try #require(FileHandle(forWritingAtPath: path))
+        let child = try ChildProcess(
+            "/bin/sh", ["-c", "echo out; echo err >&2; echo out again"], standardOutput: .handle(file),
+            standardError: .standardOutput)
+        try file.close()
+        #expect(try await exited(child, within: 20))
+        #expect(String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self) == "out\nerr\nout again\n")
+    }
+
+    @Test func standardInputCanComeFromAPipe() async throws {
+        let (input, output) = (Pipe(), Pipe())
+        let child = try ChildProcess("/bin/cat", [], standardInput: .pipe(input), standardOutput: .pipe(output))
+        input.fileHandleForWriting.write(Data("through cat\n".utf8))
+        try input.fileHandleForWriting.close()
+        let text = try await offCooperativePool { output.fileHandleForReading.readDataToEndOfFile() }
+        #expect(String(decoding: text, as: UTF8.self) == "through cat\n")
+        #expect(try await exited(child, within: 20))
+    }
+
+    @Test func withoutAnEnvironmentTheChildHasThisProcesss() async throws {
+        let path = try #require(ProcessInfo.processInfo.environment["PATH"])
+        let run = try await offCooperativePool { try ChildProcess.run("/usr/bin/env", []) }
+        #expect(String(decoding: run.stdout, as: UTF8.self).split(separator: "\n").contains("PATH=\(path)"[...]))
+    }
+
+    /// A signal this process ignores is not ignored by the child (`SigIgn` of its `/proc/self/status`,
+    /// one bit per signal).
+    @Test func theChildStartsWithNoSignalIgnored() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        let run = try await offCooperativePool { try ChildProcess.run("/bin/grep", ["SigIgn", "/proc/self/status"]) }
+        let text = String(decoding: run.stdout, as: UTF8.self)
+        let mask = try #require(UInt64(text.dropFirst("SigIgn:\t".count).prefix(16), radix: 16), "\(text)")
+        #expect(mask & (1 << UInt64(SIGPIPE - 1)) == 0, "\(text)")
+    }
+
+    @Test func standardOutputIsOnlyForStandardError() {
+        #expect {
+            try ChildProcess("/bin/true", [], standardOutput: .standardOutput)
+        } throws: { error in
+            "\(error)" == "cannot give descriptor 1: .standardOutput is for standard error only"
+        }
+    }
+
     @Test func aMissingProgramIsAnErrorNamingIt() {
         #expect {
             try ChildProcess("/nonexistent/program", [])

@@ -299,7 +299,7 @@ struct DashboardTests {
         #expect(try await bgsync(["enqueue", server.url.absoluteString, "-d", "a", "--queue", "q", "--db", db]).status == 0)
         let (daemon, base, line) = try await startServingBgsync(
             ["run", "--db", db, "--no-connectivity-monitor", "--poll-interval", "0.1", "--listen", "127.0.0.1:0"])
-        defer { if daemon.isRunning { daemon.terminate() } }
+        defer { if daemon.isRunning { daemon.send(SIGKILL) } }
         #expect(line.hasPrefix("bgsync run: /metrics and /healthz: http://127.0.0.1:"), "\(line)")
         #expect(try await get(base + "/healthz").body == "ok\n")
         // The daemon delivers the entry; its own counter says so.
@@ -314,8 +314,9 @@ struct DashboardTests {
         #expect(server.bodies == ["a"])
         #expect(try await get(base + "/").status == 404, "no pages on a daemon's port")
         daemon.terminate()
-        #expect(try await exited(daemon, within: 30))
-        #expect(daemon.terminationStatus == 0)
+        let stopped = try await exited(daemon, within: 30)
+        #expect(stopped, "bgsync still runs 30 s after SIGTERM")
+        if stopped { #expect(daemon.terminationStatus == 0) }
     }
 
     // MARK: Safety

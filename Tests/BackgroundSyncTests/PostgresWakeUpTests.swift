@@ -31,13 +31,13 @@ struct PostgresWakeUpTests {
     ) async throws {
         let configuration = if let configuration { configuration } else { try await self.configuration() }
         let stores = RunningStores()
-        let worker = try await stores.open(configuration)
-        let producer = try await stores.open(configuration)
-        let server = try RecordingServer()
-        // The queue exists before the service starts; it then waits with no poll and no timer due.
-        let queue = try Queue(name: queueName, database: worker)
-        let service = SyncService(queues: [queue], configuration: .init(connectivity: nil, pollInterval: nil))
         do {
+            let worker = try await stores.open(configuration)
+            let producer = try await stores.open(configuration)
+            let server = try RecordingServer()
+            // The queue exists before the service starts; it then waits with no poll and no timer due.
+            let queue = try Queue(name: queueName, database: worker)
+            let service = SyncService(queues: [queue], configuration: .init(connectivity: nil, pollInterval: nil))
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await service.run() }
                 try await Task.sleep(for: .milliseconds(300))
@@ -95,37 +95,42 @@ struct PostgresWakeUpTests {
     @Test func aGracefulShutdownAnnouncesWhatWaits() async throws {
         let configuration = try await configuration()
         let stores = RunningStores()
-        let listener = try await stores.open(configuration)
-        let heard = try #require(listener.pushNotifications())
-        let producer = try PostgresQueueDatabase(configuration: configuration)
-        // Only the first push's round goes out before the shutdown.
-        producer.announcementInterval = .seconds(60)
-        let group = ServiceGroup(services: [producer], logger: Logger(label: "test"))
-        let server = try RecordingServer()
         let names = Locked<[String]>([])
         var (before, after) = ((asked: 0, announced: 0), (asked: 0, announced: 0))
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { for await name in heard { names.withLock { $0.append(name) } } }
-            tasks.addTask { try await group.run() }
-            func push(_ index: Int) async throws {
-                _ = try await producer.pushEntry(
-                    UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "\(index)")),
-                    queueName: "stopping", at: .tail, registeringSyncTag: nil)
+        do {
+            let listener = try await stores.open(configuration)
+            let heard = try #require(listener.pushNotifications())
+            let producer = try PostgresQueueDatabase(configuration: configuration)
+            // Only the first push's round goes out before the shutdown.
+            producer.announcementInterval = .seconds(60)
+            let group = ServiceGroup(services: [producer], logger: Logger(label: "test"))
+            let server = try RecordingServer()
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { for await name in heard { names.withLock { $0.append(name) } } }
+                tasks.addTask { try await group.run() }
+                func push(_ index: Int) async throws {
+                    _ = try await producer.pushEntry(
+                        UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "\(index)")),
+                        queueName: "stopping", at: .tail, registeringSyncTag: nil)
+                }
+                // The listener listens once it hears its own push.
+                _ = try await listener.pushEntry(
+                    UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "warm-up")),
+                    queueName: "warm-up", at: .tail, registeringSyncTag: nil)
+                try await waitUntil { names.withLock { $0.contains("warm-up") } }
+                try await push(0)
+                try await waitUntil { producer.announcerProgress.announced == 1 }
+                for index in 1..<10 { try await push(index) }
+                before = (producer.announcerProgress.asked, producer.announcerProgress.announced)
+                await group.triggerGracefulShutdown()
+                try await tasks.next()
+                after = (producer.announcerProgress.asked, producer.announcerProgress.announced)
+                try await waitUntil { Self.heardTheStop(names.withLock { $0 }) }
+                tasks.cancelAll()
             }
-            // The listener listens once it hears its own push.
-            _ = try await listener.pushEntry(
-                UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "warm-up")),
-                queueName: "warm-up", at: .tail, registeringSyncTag: nil)
-            try await waitUntil { names.withLock { $0.contains("warm-up") } }
-            try await push(0)
-            try await waitUntil { producer.announcerProgress.announced == 1 }
-            for index in 1..<10 { try await push(index) }
-            before = (producer.announcerProgress.asked, producer.announcerProgress.announced)
-            await group.triggerGracefulShutdown()
-            try await tasks.next()
-            after = (producer.announcerProgress.asked, producer.announcerProgress.announced)
-            try await waitUntil { Self.heardTheStop(names.withLock { $0 }) }
-            tasks.cancelAll()
+        } catch {
+            await stores.stopAll()
+            throw error
         }
         await stores.stopAll()
         #expect(before == (10, 1), "one round before the shutdown: \(before)")
