@@ -11,6 +11,9 @@ extension PostgresQueueDatabase {
         /// the first of them a round that went through covered.
         var asked = 0
         var announced = 0
+        /// A push was started, answered or not: one whose answer never came (the store stopping
+        /// cut it off) may have stored its entry without asking for an announcement.
+        var pushStarted = false
         /// How many rounds were sent, with or without success, and the shortest time between two.
         var rounds = 0
         var shortestGap: Duration?
@@ -135,14 +138,20 @@ extension PostgresQueueDatabase {
         }
     }
 
+    /// Notes that a push starts (see ``Announcements/pushStarted``).
+    func notePushStarted() {
+        announcing.withLock { $0.pushStarted = true }
+    }
+
     /// For an instance about to stop (``withDatabase(_:logger:_:)`` once its body returned,
-    /// ``run()`` on a graceful shutdown): if it pushed anything, one more notification for every
-    /// queue, so that a push whose own notification the stop would cut off still wakes the other
-    /// instances (an idle `SyncService` that does not poll would otherwise learn of it only with a
-    /// later push). Sent again, up to twice, when a push asked for an announcement meanwhile.
+    /// ``run()`` on a graceful shutdown): if it started a push, one more notification for every
+    /// queue, so that a push whose own notification the stop would cut off (or whose answer it
+    /// cut off) still wakes the other instances (an idle `SyncService` that does not poll would
+    /// otherwise learn of it only with a later push). Sent again, up to twice, when a push asked
+    /// for an announcement meanwhile.
     func announceBeforeStopping() async {
-        // Nothing asked: this instance pushed nothing.
-        guard announcing.withLock({ $0.asked > 0 }) else { return }
+        // No push started: this instance stored no entry.
+        guard announcing.withLock({ $0.pushStarted }) else { return }
         for _ in 0..<3 {
             let asked = announcing.withLock { $0.asked }
             guard await notify("") else { return }

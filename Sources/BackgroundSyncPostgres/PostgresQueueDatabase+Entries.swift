@@ -70,6 +70,7 @@ extension PostgresQueueDatabase {
         // the statement started; the new entry is added to it. The other instances are notified
         // after the commit, apart (see `announcePush`). Pushes at the tail of a known queue share
         // their statement with the concurrent ones of this instance (see `PushBatcher`).
+        notePushStarted()
         let knownQueue = knownQueues.withLock { $0.contains(queueName) }
         let now = Date().timeIntervalSince1970
         if knownQueue && end == .tail && BatchedPushRow.fits(entry) {
@@ -119,6 +120,7 @@ extension PostgresQueueDatabase {
         guard let recordKey = entry.recordKey else {
             throw BackgroundSyncError(.invalidRequest, "an entry saved by record key needs a record key")
         }
+        notePushStarted()
         let values = Self.contentValues(entry)
         let lockKey = Int64(bitPattern: Self.stableHash("\(configuration.schema)\u{0}\(queueName)\u{0}\(recordKey)"))
         let now = Date().timeIntervalSince1970

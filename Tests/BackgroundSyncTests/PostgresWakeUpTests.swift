@@ -138,6 +138,45 @@ struct PostgresWakeUpTests {
         #expect(Self.heardTheStop(names.withLock { $0 }), "what the other instance heard: \(names.withLock { $0 })")
     }
 
+    /// An instance that started a push and got no answer for it (here the server refuses the
+    /// entry; a stop can also cut an answer off) still sends the stop's notification: the push
+    /// asked for no announcement, but may have stored its entry.
+    @Test func aPushWithoutAnswerIsStillAnnouncedAtTheStop() async throws {
+        let configuration = try await configuration()
+        let stores = RunningStores()
+        let names = Locked<[String]>([])
+        do {
+            let listener = try await stores.open(configuration)
+            let heard = try #require(listener.pushNotifications())
+            let server = try RecordingServer()
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { for await name in heard { names.withLock { $0.append(name) } } }
+                _ = try await listener.pushEntry(
+                    UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "warm-up")),
+                    queueName: "warm-up", at: .tail, registeringSyncTag: nil)
+                try await waitUntil { names.withLock { $0.contains("warm-up") } }
+                try await PostgresQueueDatabase.withDatabase(configuration) { producer in
+                    var refused = try postRequest(to: server, "refused")
+                    refused.url += "\u{0}"
+                    let push = await Result {
+                        try await producer.pushEntry(
+                            UnidentifiedQueueStoreEntry(requestData: refused), queueName: "refused", at: .tail,
+                            registeringSyncTag: nil)
+                    }
+                    #expect(throws: BackgroundSyncError.self) { try push.get() }
+                    #expect(producer.announcerProgress.asked == 0)
+                }
+                try await waitUntil { Self.heardAfterWarmUp(names.withLock { $0 }) }
+                tasks.cancelAll()
+            }
+        } catch {
+            await stores.stopAll()
+            throw error
+        }
+        await stores.stopAll()
+        #expect(Self.heardAfterWarmUp(names.withLock { $0 }), "what the other instance heard: \(names.withLock { $0 })")
+    }
+
     /// `bgsync enqueue` pushes and stops at once: its push still wakes a service that does not poll.
     @Test func aPushByAShortLivedBgsyncWakesAnIdleService() async throws {
         let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
@@ -159,6 +198,12 @@ struct PostgresWakeUpTests {
     /// queue (an empty name; one also comes when its own session starts listening).
     private static func heardTheStop(_ names: [String]) -> Bool {
         guard let first = names.firstIndex(of: "stopping") else { return false }
+        return names[(first + 1)...].contains("")
+    }
+
+    /// Whether a listener heard its warm-up push, then a notification for every queue.
+    private static func heardAfterWarmUp(_ names: [String]) -> Bool {
+        guard let first = names.firstIndex(of: "warm-up") else { return false }
         return names[(first + 1)...].contains("")
     }
 
