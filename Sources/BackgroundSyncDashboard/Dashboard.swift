@@ -172,6 +172,8 @@ public struct Dashboard: Service {
                         button: "Requeue", cancel: DashboardPages.queueLink(name, state: .dead)))
                 }
                 let moved = try await database.requeueDeadEntries(queueName: name, ids: id.map { [$0] })
+                // As `Queue.requeueAllDeadLetters()` does: the services running the queue replay it.
+                if moved > 0 { try await database.registerSyncTag(Queue.syncTag(forQueueNamed: name), at: Date()) }
                 return .done(DashboardPages.queueLink(name, state: .dead, notice: "requeued-\(moved)"))
             }
         }

@@ -3,9 +3,11 @@ import Foundation
 import PostgresNIO
 
 extension PostgresQueueDatabase {
+    /// Requeued entries are announced to the other instances as a push is.
     @discardableResult
     public func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int {
-        try await write("update") { connection in
+        notePushStarted()
+        let requeued = try await write("update") { connection in
             try await self.count(connection, """
                 UPDATE {s}.entry SET state = 'pending', attempts = 0, next_attempt_at = NULL, lease_owner = NULL,
                 lease_expires_at = NULL, lease_session = NULL, last_status = NULL, last_error = NULL,
@@ -13,6 +15,8 @@ extension PostgresQueueDatabase {
                 WHERE queue_name = $1 AND state = 'dead' AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
                 """, binds(queueName, ids))
         }
+        if requeued > 0 { announcePush(queueName) }
+        return requeued
     }
 
     @discardableResult
@@ -46,12 +50,15 @@ extension PostgresQueueDatabase {
         }
     }
 
+    /// A registration made apart from a push (a requeue's) is announced to the other instances for
+    /// every queue: their services run the syncs of registered tags when they hear of it.
     public func registerSyncTag(_ tag: String, at date: Date) async throws {
         try await write("write to") { connection in
             try await self.rows(
                 connection, self.sql(Self.registerTag(tag: 1, at: 2, table: "{s}.sync_registration")),
                 binds(tag, date.timeIntervalSince1970))
         }
+        announcePush("")
     }
 
     public func unregisterSyncTag(_ tag: String) async throws {

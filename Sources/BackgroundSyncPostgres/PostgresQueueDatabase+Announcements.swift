@@ -138,7 +138,7 @@ extension PostgresQueueDatabase {
         }
     }
 
-    /// Notes that a push starts (see ``Announcements/pushStarted``).
+    /// Notes that a push (or a requeue) starts (see ``Announcements/pushStarted``).
     func notePushStarted() {
         announcing.withLock { $0.pushStarted = true }
     }

@@ -72,7 +72,7 @@ public final class ChildProcess: @unchecked Sendable {
         } else {
             try Self.add(standardError, as: 2, reading: false, to: &actions)
         }
-        Self.closeFrom3(&actions)
+        try Self.closeFrom3(&actions)
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -140,15 +140,15 @@ public final class ChildProcess: @unchecked Sendable {
     /// Adds to `actions` the closing of every descriptor from 3 (glibc's
     /// `posix_spawn_file_actions_addclosefrom_np`, which Swift's Glibc module does not show); where
     /// it is missing, of the descriptors open now.
-    private static func closeFrom3(_ actions: inout posix_spawn_file_actions_t) {
+    private static func closeFrom3(_ actions: inout posix_spawn_file_actions_t) throws {
         typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
         if let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") {
-            _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
+            try check(unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3), "close the other descriptors")
             return
         }
         let open = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap(Int32.init)
         for descriptor in open where descriptor > 2 && fcntl(descriptor, F_GETFD) >= 0 {
-            posix_spawn_file_actions_addclose(&actions, descriptor)
+            try check(posix_spawn_file_actions_addclose(&actions, descriptor), "close descriptor \(descriptor)")
         }
     }
 

@@ -166,6 +166,7 @@ struct DashboardTests {
         let id = try await push(database, "posts")
         try await database.setAsideEntries(
             queueName: "posts", ids: [id], failure: ReplayFailure(kind: .httpStatus, status: 500, message: "HTTP 500"))
+        try await database.unregisterSyncTag("background-sync:posts")
         try await withDashboard(database) { base in
             let list = try await get(base + "/queue?name=posts&state=dead")
             let token = try #require(list.formToken)
@@ -176,6 +177,7 @@ struct DashboardTests {
             #expect(done.status == 303)
             #expect(done.headers["Location"].first == "/queue?name=posts&state=dead&notice=requeued-1")
             #expect(try await database.entry(id: id)?.state == .pending)
+            #expect(try await database.syncTags() == ["background-sync:posts"], "the queue's sync is registered again")
             let after = try await get(base + (done.headers["Location"].first ?? "/"))
             #expect(after.body.contains("Requeued 1 dead letter."))
         }

@@ -27,6 +27,7 @@ struct PostgresWakeUpTests {
     /// so a push can reach it only through the store's notifications.
     private func withIdleService(
         queueName: String, configuration: PostgresQueueDatabase.Configuration? = nil,
+        before: (_ producer: PostgresQueueDatabase, RecordingServer) async throws -> Void = { _, _ in },
         _ body: (_ producer: PostgresQueueDatabase, RecordingServer, Queue) async throws -> Void
     ) async throws {
         let configuration = if let configuration { configuration } else { try await self.configuration() }
@@ -35,6 +36,7 @@ struct PostgresWakeUpTests {
             let worker = try await stores.open(configuration)
             let producer = try await stores.open(configuration)
             let server = try RecordingServer()
+            try await before(producer, server)
             // The queue exists before the service starts; it then waits with no poll and no timer due.
             let queue = try Queue(name: queueName, database: worker)
             let service = SyncService(queues: [queue], configuration: .init(connectivity: nil, pollInterval: nil))
@@ -60,6 +62,25 @@ struct PostgresWakeUpTests {
                 queueName: "orders", at: .tail, registeringSyncTag: queue.syncTag)
             try await waitUntil { !server.bodies.isEmpty }
             #expect(server.bodies == ["from another host"])
+        }
+    }
+
+    /// A dead letter requeued on another instance, and its queue's sync registered there (as
+    /// `Queue.requeueAllDeadLetters()` and `bgsync requeue` do), wakes an idle service.
+    @Test func aRequeueOnAnotherInstanceWakesAnIdleService() async throws {
+        try await withIdleService(queueName: "orders") { producer, server in
+            // A dead letter before the service starts: nothing replays it.
+            let pushed = try await producer.pushEntry(
+                UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "set aside")),
+                queueName: "orders", at: .tail, registeringSyncTag: nil)
+            let failure = ReplayFailure(kind: .httpStatus, status: 400, message: "refused")
+            #expect(try await producer.setAsideEntries(queueName: "orders", ids: [pushed.id], failure: failure) == 1)
+        } _: { producer, server, queue in
+            #expect(server.bodies.isEmpty)
+            #expect(try await producer.requeueDeadEntries(queueName: "orders", ids: nil) == 1)
+            try await producer.registerSyncTag(queue.syncTag, at: Date())
+            try await waitUntil { !server.bodies.isEmpty }
+            #expect(server.bodies == ["set aside"])
         }
     }
 
@@ -113,11 +134,7 @@ struct PostgresWakeUpTests {
                         UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "\(index)")),
                         queueName: "stopping", at: .tail, registeringSyncTag: nil)
                 }
-                // The listener listens once it hears its own push.
-                _ = try await listener.pushEntry(
-                    UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "warm-up")),
-                    queueName: "warm-up", at: .tail, registeringSyncTag: nil)
-                try await waitUntil { names.withLock { $0.contains("warm-up") } }
+                try await warmUp(listener, server, heard: names)
                 try await push(0)
                 try await waitUntil { producer.announcerProgress.announced == 1 }
                 for index in 1..<10 { try await push(index) }
@@ -151,10 +168,7 @@ struct PostgresWakeUpTests {
             let server = try RecordingServer()
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { for await name in heard { names.withLock { $0.append(name) } } }
-                _ = try await listener.pushEntry(
-                    UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "warm-up")),
-                    queueName: "warm-up", at: .tail, registeringSyncTag: nil)
-                try await waitUntil { names.withLock { $0.contains("warm-up") } }
+                try await warmUp(listener, server, heard: names)
                 try await PostgresQueueDatabase.withDatabase(configuration) { producer in
                     var refused = try postRequest(to: server, "refused")
                     refused.url += "\u{0}"
@@ -199,6 +213,21 @@ struct PostgresWakeUpTests {
     private static func heardTheStop(_ names: [String]) -> Bool {
         guard let first = names.firstIndex(of: "stopping") else { return false }
         return names[(first + 1)...].contains("")
+    }
+
+    /// Pushes to the queue `warm-up` on `listener` until `listener` hears it (10 seconds at
+    /// most): from then on it listens.
+    private func warmUp(_ listener: PostgresQueueDatabase, _ server: RecordingServer, heard names: Locked<[String]>) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        repeat {
+            _ = try await listener.pushEntry(
+                UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "warm-up")),
+                queueName: "warm-up", at: .tail, registeringSyncTag: nil)
+            let asked = ContinuousClock.now
+            while !names.withLock({ $0.contains("warm-up") }), ContinuousClock.now - asked < .milliseconds(500) {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        } while !names.withLock({ $0.contains("warm-up") }) && ContinuousClock.now < deadline
     }
 
     /// Whether a listener heard its warm-up push, then a notification for every queue.

@@ -30,6 +30,14 @@ public actor Queue {
     static let minimumLeaseDuration: Duration = .seconds(1)
     /// The sync tag of the queue: `background-sync:<name>`.
     public nonisolated let syncTag: String
+
+    /// The sync tag of the queue named `name` (its ``syncTag``): `background-sync:` and the name.
+    /// A tool that changes a store without a `Queue` (requeueing dead letters, say) registers
+    /// it so that the services running the queue replay it.
+    public static func syncTag(forQueueNamed name: String) -> String {
+        "background-sync:" + name
+    }
+
     /// The options the queue was created with.
     public nonisolated let options: QueueOptions
     /// The database holding the entries.
@@ -88,7 +96,7 @@ public actor Queue {
         }
         let database = try database ?? SQLiteQueueDatabase.shared()
         self.name = name
-        self.syncTag = "background-sync:" + name
+        self.syncTag = Self.syncTag(forQueueNamed: name)
         self.options = options
         self.database = database
         self.transport = transport
