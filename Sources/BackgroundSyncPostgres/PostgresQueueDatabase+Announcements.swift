@@ -33,6 +33,15 @@ extension PostgresQueueDatabase {
         announcements.continuation.yield()
     }
 
+    /// Announces a push that failed, unless the server refused its statement (rolled back: see
+    /// ``wasRefused(_:)`` and ``isRetryable(_:)``): a push whose answer was lost (the connection
+    /// closed, the answer cut off) may have stored its entry, and a notification for nothing only
+    /// costs the other instances a look.
+    func announceFailedPush(_ queueName: String, _ error: any Error) {
+        if let error = error as? PSQLError, Self.wasRefused(error) || Self.isRetryable(error) { return }
+        announcePush(queueName)
+    }
+
     /// The shortest time between two rounds of announcements (see ``announce()``): 5 ms, changed
     /// only by tests.
     @_spi(Testing) public var announcementInterval: Duration {

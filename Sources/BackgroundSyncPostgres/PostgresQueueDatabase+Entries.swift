@@ -91,7 +91,12 @@ extension PostgresQueueDatabase {
             FROM inserted
             """)
         let result = try await write("write to", singleStatement: true) { connection in
-            try await self.rows(connection, statement, bindings)
+            do {
+                return try await self.rows(connection, statement, bindings)
+            } catch {
+                self.announceFailedPush(queueName, error)
+                throw error
+            }
         }
         knownQueues.withLock { _ = $0.insert(queueName) }
         return try pushed(result, queueName: queueName)
@@ -124,45 +129,49 @@ extension PostgresQueueDatabase {
         let values = Self.contentValues(entry)
         let lockKey = Int64(bitPattern: Self.stableHash("\(configuration.schema)\u{0}\(queueName)\u{0}\(recordKey)"))
         let now = Date().timeIntervalSince1970
-        let saved = try await write("write to") { connection in
-            // Saves of one record wait for each other: two first saves must not both insert.
-            try await self.rows(connection, "SELECT pg_advisory_xact_lock($1)", binds(lockKey))
-            if let syncTag {
-                try await self.rows(
-                    connection, self.sql(Self.registerTag(tag: 1, at: 2, table: "{s}.sync_registration")), binds(syncTag, now))
+        // A failed save is announced whatever the error (one from its commit comes here mapped):
+        // it may have stored its entry.
+        let saved = await Result {
+            try await write("write to") { connection in
+                // Saves of one record wait for each other: two first saves must not both insert.
+                try await self.rows(connection, "SELECT pg_advisory_xact_lock($1)", binds(lockKey))
+                if let syncTag {
+                    try await self.rows(
+                        connection, self.sql(Self.registerTag(tag: 1, at: 2, table: "{s}.sync_registration")), binds(syncTag, now))
+                }
+                try await self.ensureQueue(queueName, connection)
+                let last = try await self.rows(connection, self.sql("""
+                    SELECT id, lease_owner, \(Self.leaseHolds(now: 3)) FROM {s}.entry
+                    WHERE queue_name = $1 AND record_key = $2 ORDER BY position DESC LIMIT 1 FOR UPDATE OF entry
+                    """), binds(queueName, recordKey, now)).first
+                let id: Int64
+                if let last, case let (lastID, owner, holds) = try last.decode((Int64, String?, Bool).self),
+                    !Self.isHeld(holds: holds, owner: owner)
+                {
+                    let assignments = Self.contentColumns.split(separator: ",").enumerated().map { index, column in
+                        "\(column.trimmingCharacters(in: .whitespacesAndNewlines)) = $\(index + 2)"
+                    }.joined(separator: ", ")
+                    try await self.rows(connection, self.sql("""
+                        UPDATE {s}.entry SET \(assignments), state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+                        lease_session = NULL WHERE id = $1
+                        """), binds([lastID] as [any Bindable] + values))
+                    id = lastID
+                } else {
+                    let inserted = try await self.rows(connection, self.sql("""
+                        INSERT INTO {s}.entry(queue_name, position, \(Self.contentColumns))
+                        VALUES ($1, nextval('\(self.prefix)tail_position'), \(Self.placeholders(from: 2, count: Self.contentColumnCount)))
+                        RETURNING id
+                        """), binds([queueName] as [any Bindable] + values))
+                    id = try inserted[0].decode(Int64.self)
+                }
+                let size = try await self.rows(connection, self.sql("""
+                    SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1
+                    """), binds(queueName))
+                return PushedEntry(id: id, size: Int(try size[0].decode(Int64.self)))
             }
-            try await self.ensureQueue(queueName, connection)
-            let last = try await self.rows(connection, self.sql("""
-                SELECT id, lease_owner, \(Self.leaseHolds(now: 3)) FROM {s}.entry
-                WHERE queue_name = $1 AND record_key = $2 ORDER BY position DESC LIMIT 1 FOR UPDATE OF entry
-                """), binds(queueName, recordKey, now)).first
-            let id: Int64
-            if let last, case let (lastID, owner, holds) = try last.decode((Int64, String?, Bool).self),
-                !Self.isHeld(holds: holds, owner: owner)
-            {
-                let assignments = Self.contentColumns.split(separator: ",").enumerated().map { index, column in
-                    "\(column.trimmingCharacters(in: .whitespacesAndNewlines)) = $\(index + 2)"
-                }.joined(separator: ", ")
-                try await self.rows(connection, self.sql("""
-                    UPDATE {s}.entry SET \(assignments), state = 'pending', lease_owner = NULL, lease_expires_at = NULL,
-                    lease_session = NULL WHERE id = $1
-                    """), binds([lastID] as [any Bindable] + values))
-                id = lastID
-            } else {
-                let inserted = try await self.rows(connection, self.sql("""
-                    INSERT INTO {s}.entry(queue_name, position, \(Self.contentColumns))
-                    VALUES ($1, nextval('\(self.prefix)tail_position'), \(Self.placeholders(from: 2, count: Self.contentColumnCount)))
-                    RETURNING id
-                    """), binds([queueName] as [any Bindable] + values))
-                id = try inserted[0].decode(Int64.self)
-            }
-            let size = try await self.rows(connection, self.sql("""
-                SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1
-                """), binds(queueName))
-            return PushedEntry(id: id, size: Int(try size[0].decode(Int64.self)))
         }
         announcePush(queueName)
-        return saved
+        return try saved.get()
     }
 
     public func deleteEntries(queueName: String, recordKey: String) async throws -> Int {

@@ -16,7 +16,8 @@ import PostgresNIO
 /// before. A batch the server refuses for its data (an entry it cannot store) is written again one
 /// push per statement, so that the bad one fails alone. A batch whose outcome is unknown (the
 /// connection was lost) fails every push in it, as a lone push would: writing them again could
-/// store them twice. The pushes of an instance are written one batch at a time: a batch that waits
+/// store them twice. Its queues are announced all the same (see
+/// ``PostgresQueueDatabase/announceFailedPush(_:_:)``), as a lone push's is. The pushes of an instance are written one batch at a time: a batch that waits
 /// for a lock (a tag being unregistered, a queue's count row another transaction updates) holds
 /// the instance's other pushes until it is done.
 final class PushBatcher: Sendable {
@@ -326,7 +327,9 @@ extension PostgresQueueDatabase {
         } catch let error as PSQLError where Self.isRetryable(error) {
             return .notSent
         } catch {
-            return progress.withLock { $0.written } ? .failed(mapError(error, action: "write to")) : .notSent
+            guard progress.withLock({ $0.written }) else { return .notSent }
+            announceFailedPush(push.queueName, error)
+            return .failed(mapError(error, action: "write to"))
         }
     }
 
@@ -360,7 +363,12 @@ extension PostgresQueueDatabase {
     private func pushAlone(_ push: PushBatcher.Push) async throws -> PushedEntry {
         let bindings = Self.pushBindings(push.entry, queueName: push.queueName, syncTag: push.syncTag, at: push.at)
         let result = try await transaction("write to", singleStatement: true) { connection in
-            try await self.rows(connection, PushAtTail.self, bindings)
+            do {
+                return try await self.rows(connection, PushAtTail.self, bindings)
+            } catch {
+                self.announceFailedPush(push.queueName, error)
+                throw error
+            }
         }
         return try pushed(result, queueName: push.queueName)
     }
@@ -376,6 +384,9 @@ extension PostgresQueueDatabase {
                     return try await self.rows(connection, PushBatch.self, bindings)
                 } catch let error as PSQLError where Self.wasRefused(error) {
                     return nil  // nothing was written
+                } catch {
+                    for name in Set(batch.map(\.0.queueName)) { self.announceFailedPush(name, error) }
+                    throw error
                 }
             }
         }
@@ -414,7 +425,7 @@ extension PostgresQueueDatabase {
     /// Whether the server refused the statement for its data (SQLSTATE classes 22, data exception,
     /// and 23, integrity constraint violation): one of the entries, which alone will fail again.
     /// The statement, its own transaction, was rolled back.
-    private static func wasRefused(_ error: PSQLError) -> Bool {
+    static func wasRefused(_ error: PSQLError) -> Bool {
         guard let state = error.serverInfo?[.sqlState] else { return false }
         return state.hasPrefix("22") || state.hasPrefix("23")
     }

@@ -186,7 +186,7 @@ struct CLITests {
         // Release the held request only once the daemon is shutting down: it must wait for it.
         while let line = await log.next(), !line.contains("Shutting down") {}
         release.signal()
-        daemon.waitUntilExit()
+        try await awaitExit(daemon, within: 30, "bgsync run after SIGTERM")
         #expect(daemon.terminationStatus == 0)
 
         let delivered = Set(server.bodies)

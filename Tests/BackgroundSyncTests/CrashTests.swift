@@ -172,8 +172,8 @@ struct CrashTests {
 
         let first = try startChild(["drain", path, queueName, "\(concurrency)"])
         let second = try startChild(["drain", path, queueName, "\(concurrency)"])
-        first.waitUntilExit()
-        second.waitUntilExit()
+        try await awaitExit(first, within: 120, "the first drain")
+        try await awaitExit(second, within: 120, "the second drain")
         #expect(first.terminationStatus == 0 && second.terminationStatus == 0)
 
         let bodies = server.bodies

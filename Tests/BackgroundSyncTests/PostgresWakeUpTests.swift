@@ -1,4 +1,5 @@
 import BackgroundSync
+import ChildProcesses
 @_spi(Testing) import BackgroundSyncPostgres
 import Foundation
 import Logging
@@ -111,30 +112,51 @@ struct PostgresWakeUpTests {
         }
     }
 
+    /// Runs `body` while an instance of the store listens for notifications, warmed up (it heard
+    /// its own push to `warm-up`), with a server to address requests to; returns the queue names
+    /// the listener heard, in order, once `heard` holds for them (10 seconds at most).
+    private func withListener(
+        _ configuration: PostgresQueueDatabase.Configuration, until heard: @escaping ([String]) -> Bool,
+        _ body: (_ server: RecordingServer) async throws -> Void
+    ) async throws -> [String] {
+        let stores = RunningStores()
+        let names = Locked<[String]>([])
+        do {
+            let listener = try await stores.open(configuration)
+            let notifications = try #require(listener.pushNotifications())
+            let server = try RecordingServer()
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { for await name in notifications { names.withLock { $0.append(name) } } }
+                try await warmUp(listener, server, heard: names)
+                try await body(server)
+                try await waitUntil { heard(names.withLock { $0 }) }
+                tasks.cancelAll()
+            }
+        } catch {
+            await stores.stopAll()
+            throw error
+        }
+        await stores.stopAll()
+        return names.withLock { $0 }
+    }
+
     /// A store run in a service group that shuts down gracefully announces, before it stops, the
     /// pushes whose round was still to come: another instance hears of them.
     @Test func aGracefulShutdownAnnouncesWhatWaits() async throws {
         let configuration = try await configuration()
-        let stores = RunningStores()
-        let names = Locked<[String]>([])
         var (before, after) = ((asked: 0, announced: 0), (asked: 0, announced: 0))
-        do {
-            let listener = try await stores.open(configuration)
-            let heard = try #require(listener.pushNotifications())
+        let names = try await withListener(configuration, until: Self.heardTheStop) { server in
             let producer = try PostgresQueueDatabase(configuration: configuration)
             // Only the first push's round goes out before the shutdown.
             producer.announcementInterval = .seconds(60)
             let group = ServiceGroup(services: [producer], logger: Logger(label: "test"))
-            let server = try RecordingServer()
             try await withThrowingTaskGroup(of: Void.self) { tasks in
-                tasks.addTask { for await name in heard { names.withLock { $0.append(name) } } }
                 tasks.addTask { try await group.run() }
                 func push(_ index: Int) async throws {
                     _ = try await producer.pushEntry(
                         UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "\(index)")),
                         queueName: "stopping", at: .tail, registeringSyncTag: nil)
                 }
-                try await warmUp(listener, server, heard: names)
                 try await push(0)
                 try await waitUntil { producer.announcerProgress.announced == 1 }
                 for index in 1..<10 { try await push(index) }
@@ -142,17 +164,11 @@ struct PostgresWakeUpTests {
                 await group.triggerGracefulShutdown()
                 try await tasks.next()
                 after = (producer.announcerProgress.asked, producer.announcerProgress.announced)
-                try await waitUntil { Self.heardTheStop(names.withLock { $0 }) }
-                tasks.cancelAll()
             }
-        } catch {
-            await stores.stopAll()
-            throw error
         }
-        await stores.stopAll()
         #expect(before == (10, 1), "one round before the shutdown: \(before)")
         #expect(after == (10, 10), "every push announced at the stop: \(after)")
-        #expect(Self.heardTheStop(names.withLock { $0 }), "what the other instance heard: \(names.withLock { $0 })")
+        #expect(Self.heardTheStop(names), "what the other instance heard: \(names)")
     }
 
     /// An instance that started a push and got no answer for it (here the server refuses the
@@ -160,35 +176,87 @@ struct PostgresWakeUpTests {
     /// asked for no announcement, but may have stored its entry.
     @Test func aPushWithoutAnswerIsStillAnnouncedAtTheStop() async throws {
         let configuration = try await configuration()
-        let stores = RunningStores()
-        let names = Locked<[String]>([])
-        do {
-            let listener = try await stores.open(configuration)
-            let heard = try #require(listener.pushNotifications())
-            let server = try RecordingServer()
-            try await withThrowingTaskGroup(of: Void.self) { tasks in
-                tasks.addTask { for await name in heard { names.withLock { $0.append(name) } } }
-                try await warmUp(listener, server, heard: names)
-                try await PostgresQueueDatabase.withDatabase(configuration) { producer in
-                    var refused = try postRequest(to: server, "refused")
-                    refused.url += "\u{0}"
-                    let push = await Result {
-                        try await producer.pushEntry(
-                            UnidentifiedQueueStoreEntry(requestData: refused), queueName: "refused", at: .tail,
-                            registeringSyncTag: nil)
-                    }
-                    #expect(throws: BackgroundSyncError.self) { try push.get() }
-                    #expect(producer.announcerProgress.asked == 0)
+        let names = try await withListener(configuration, until: Self.heardAfterWarmUp) { server in
+            try await PostgresQueueDatabase.withDatabase(configuration) { producer in
+                var refused = try postRequest(to: server, "refused")
+                refused.url += "\u{0}"
+                let push = await Result {
+                    try await producer.pushEntry(
+                        UnidentifiedQueueStoreEntry(requestData: refused), queueName: "refused", at: .tail,
+                        registeringSyncTag: nil)
                 }
-                try await waitUntil { Self.heardAfterWarmUp(names.withLock { $0 }) }
-                tasks.cancelAll()
+                #expect(throws: BackgroundSyncError.self) { try push.get() }
+                #expect(producer.announcerProgress.asked == 0)
             }
-        } catch {
-            await stores.stopAll()
-            throw error
         }
-        await stores.stopAll()
-        #expect(Self.heardAfterWarmUp(names.withLock { $0 }), "what the other instance heard: \(names.withLock { $0 })")
+        #expect(Self.heardAfterWarmUp(names), "what the other instance heard: \(names)")
+    }
+
+    /// A push whose connection is lost while its statement runs may have stored its entry: it is
+    /// announced all the same, and another instance hears of its queue. The push waits for its
+    /// tag's registration lock, held by a `psql` session, until its backend is terminated. A push
+    /// to a queue the instance pushed to before takes the batched way (see `PushBatcher`), the
+    /// first one the other.
+    @Test(arguments: [false, true])
+    func aPushWhoseConnectionIsLostIsAnnounced(queueKnown: Bool) async throws {
+        let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
+        let configuration = try await configuration()
+        let holder = "bgsync-holder-\(configuration.schema)"
+        let tag = "lost-\(configuration.schema)"
+        let lock = try ChildProcess("/usr/bin/env", [
+            "psql", "host=127.0.0.1 port=\(postgres.port) user=\(postgres.user) dbname=postgres application_name=\(holder)",
+            "-c", "SELECT pg_advisory_xact_lock(hashtextextended('bgsync registration ' || '\(tag)', 0)), pg_sleep(60)",
+        ], standardOutput: .nullDevice, standardError: .nullDevice)
+        defer {
+            lock.send(SIGKILL)
+            lock.waitUntilExit()
+        }
+        let sql = { (text: String) in try await offCooperativePool { try PostgresSessionTests.psql(postgres, text) } }
+        let asked = Locked<Int?>(nil)
+        // The names the listener hears: `lost` for the push before, then for the lost one.
+        let expected = Array(repeating: "lost", count: queueKnown ? 2 : 1)
+        let names = try await withListener(configuration, until: { $0.filter { $0 == "lost" } == expected }) { server in
+            try await waitFor("the lock held") {
+                try await sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = '\(holder)' AND wait_event = 'PgSleep'") == "1"
+            }
+            try await PostgresQueueDatabase.withDatabase(configuration) { producer in
+                if queueKnown {
+                    _ = try await producer.pushEntry(
+                        UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "before")), queueName: "lost",
+                        at: .tail, registeringSyncTag: nil)
+                }
+                try await withThrowingTaskGroup(of: Void.self) { tasks in
+                    tasks.addTask {
+                        let push = await Result {
+                            try await producer.pushEntry(
+                                UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "lost")), queueName: "lost",
+                                at: .tail, registeringSyncTag: tag)
+                        }
+                        #expect(throws: BackgroundSyncError.self) { try push.get() }
+                        asked.withLock { $0 = producer.announcerProgress.asked }
+                    }
+                    try await waitFor("the push waiting for the lock") {
+                        try await sql("""
+                            SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                            AND ((classid::bigint << 32) | objid::bigint) = hashtextextended('bgsync registration ' || '\(tag)', 0)
+                            """) == "1"
+                    }
+                    try await tasks.waitForAll()
+                }
+            }
+        }
+        _ = try? await sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '\(holder)'")
+        #expect(asked.withLock { $0 } == expected.count, "the failed push asked for an announcement")
+        #expect(names.filter { $0 == "lost" } == expected, "what the other instance heard: \(names)")
+    }
+
+    /// Waits until `condition` holds, 10 seconds at most; fails naming `what` otherwise.
+    private func waitFor(_ what: String, _ condition: () async throws -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while try await !condition() {
+            guard ContinuousClock.now < deadline else { throw WaitTimedOut(what: what) }
+            try await Task.sleep(for: .milliseconds(20))
+        }
     }
 
     /// `bgsync enqueue` pushes and stops at once: its push still wakes a service that does not poll.
@@ -249,4 +317,10 @@ struct PostgresWakeUpTests {
         request.httpBody = Data(body.utf8)
         return try StorableRequest.fromRequest(request).toObject()
     }
+}
+
+/// A condition a test waited for did not come.
+private struct WaitTimedOut: Error, CustomStringConvertible {
+    let what: String
+    var description: String { "\(what): not within 10 seconds" }
 }

@@ -2,6 +2,7 @@ import BackgroundSync
 import ChildProcesses
 import Foundation
 import LoopbackHTTPServer
+import Testing
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -168,6 +169,19 @@ func exited(_ process: ChildProcess, within seconds: TimeInterval) async throws 
         while process.isRunning && Date() < deadline { usleep(20_000) }
         return !process.isRunning
     }
+}
+
+/// Waits up to `seconds` for `process` to end; a process still running then is killed (SIGKILL)
+/// and the test fails, naming `what`. Returns whether it ended by itself.
+@discardableResult
+func awaitExit(
+    _ process: ChildProcess, within seconds: TimeInterval, _ what: String, sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> Bool {
+    if try await exited(process, within: seconds) { return true }
+    process.send(SIGKILL)
+    try await offCooperativePool { process.waitUntilExit() }
+    Issue.record("\(what) still ran after \(seconds) s: killed", sourceLocation: sourceLocation)
+    return false
 }
 
 /// A PostgreSQL schema name no other test uses: `prefix` and a UUID's hex digits.
