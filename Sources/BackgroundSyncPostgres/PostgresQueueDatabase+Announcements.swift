@@ -19,7 +19,8 @@ extension PostgresQueueDatabase {
         var shortestGap: Duration?
     }
 
-    /// Tells the other instances that a queue was pushed to, once the push committed: the
+    /// Tells the other instances that a queue was pushed to, once the push committed (or failed
+    /// with its outcome unknown, see ``announceFailedPush(_:_:)``): the
     /// announcer sends the `NOTIFY`s apart from the pushes, on the session's connection, a burst of
     /// pushes making one notification per queue. A `NOTIFY` in the push's own transaction would
     /// hold PostgreSQL's notification lock through that commit's flush, and concurrent pushes would
@@ -33,13 +34,23 @@ extension PostgresQueueDatabase {
         announcements.continuation.yield()
     }
 
-    /// Announces a push that failed, unless the server refused its statement (rolled back: see
-    /// ``wasRefused(_:)`` and ``isRetryable(_:)``): a push whose answer was lost (the connection
-    /// closed, the answer cut off) may have stored its entry, and a notification for nothing only
+    /// Announces a push whose statement failed with its outcome unknown (see
+    /// ``outcomeIsUnknown(_:)``): it may have stored its entry, and a notification for nothing only
     /// costs the other instances a look.
     func announceFailedPush(_ queueName: String, _ error: any Error) {
-        if let error = error as? PSQLError, Self.wasRefused(error) || Self.isRetryable(error) { return }
-        announcePush(queueName)
+        if Self.outcomeIsUnknown(error) { announcePush(queueName) }
+    }
+
+    /// Whether a statement that failed with `error` may still have committed: the connection
+    /// closed or broke (PostgresNIO's own errors), the server ended the session (SQLSTATE 57P01 to
+    /// 57P03) or reported a connection failure (class 08), or an error not from PostgresNIO (the
+    /// answer cut off and not found again, a connection found closed before the statement). Any
+    /// other error the server sent for a statement in a transaction of its own means it was
+    /// rolled back.
+    static func outcomeIsUnknown(_ error: any Error) -> Bool {
+        guard let error = error as? PSQLError else { return true }
+        guard let state = error.serverInfo?[.sqlState] else { return true }
+        return state.hasPrefix("08") || ["57P01", "57P02", "57P03"].contains(state)
     }
 
     /// The shortest time between two rounds of announcements (see ``announce()``): 5 ms, changed

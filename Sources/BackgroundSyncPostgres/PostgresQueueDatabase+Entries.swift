@@ -113,9 +113,10 @@ extension PostgresQueueDatabase {
     /// The entry a push statement returned (its id and the queue's size), announced to the other
     /// instances.
     func pushed(_ result: [PostgresRow], queueName: String) throws -> PushedEntry {
+        // Committed, whatever its rows say.
+        announcePush(queueName)
         guard let row = result.first else { throw BackgroundSyncError(.storage, "the push returned no entry") }
         let (id, size) = try row.decode((Int64, Int64).self)
-        announcePush(queueName)
         return PushedEntry(id: id, size: Int(size))
     }
 
@@ -129,10 +130,12 @@ extension PostgresQueueDatabase {
         let values = Self.contentValues(entry)
         let lockKey = Int64(bitPattern: Self.stableHash("\(configuration.schema)\u{0}\(queueName)\u{0}\(recordKey)"))
         let now = Date().timeIntervalSince1970
-        // A failed save is announced whatever the error (one from its commit comes here mapped):
-        // it may have stored its entry.
+        // A save that failed once its statements went out is announced whatever the error (one
+        // from its commit comes here mapped): it may have stored its entry.
+        let sent = Locked(false)
         let saved = await Result {
             try await write("write to") { connection in
+                sent.withLock { $0 = true }
                 // Saves of one record wait for each other: two first saves must not both insert.
                 try await self.rows(connection, "SELECT pg_advisory_xact_lock($1)", binds(lockKey))
                 if let syncTag {
@@ -170,7 +173,7 @@ extension PostgresQueueDatabase {
                 return PushedEntry(id: id, size: Int(try size[0].decode(Int64.self)))
             }
         }
-        announcePush(queueName)
+        if sent.withLock({ $0 }) { announcePush(queueName) }
         return try saved.get()
     }
 

@@ -17,9 +17,10 @@ import PostgresNIO
 /// push per statement, so that the bad one fails alone. A batch whose outcome is unknown (the
 /// connection was lost) fails every push in it, as a lone push would: writing them again could
 /// store them twice. Its queues are announced all the same (see
-/// ``PostgresQueueDatabase/announceFailedPush(_:_:)``), as a lone push's is. The pushes of an instance are written one batch at a time: a batch that waits
-/// for a lock (a tag being unregistered, a queue's count row another transaction updates) holds
-/// the instance's other pushes until it is done.
+/// ``PostgresQueueDatabase/announceFailedPush(_:_:)``), as a lone push's is. The pushes of an
+/// instance are written one batch at a time: a batch that waits for a lock (a tag being
+/// unregistered, a queue's count row another transaction updates) holds the instance's other
+/// pushes until it is done.
 final class PushBatcher: Sendable {
     /// A push waiting to be written.
     struct Push: Sendable {
@@ -214,6 +215,9 @@ enum BatchedPushRow {
 }
 
 extension PostgresQueueDatabase {
+    /// How many pushes wait for the batcher's next statement, for tests.
+    @_spi(Testing) public var waitingPushes: Int { pushBatcher.waitingCount }
+
     /// Writes a push at the tail of a known queue through ``PushBatcher`` (one that
     /// ``BatchedPushRow/fits(_:)``).
     func pushBatched(_ push: PushBatcher.Push) async throws -> PushedEntry {
@@ -425,7 +429,7 @@ extension PostgresQueueDatabase {
     /// Whether the server refused the statement for its data (SQLSTATE classes 22, data exception,
     /// and 23, integrity constraint violation): one of the entries, which alone will fail again.
     /// The statement, its own transaction, was rolled back.
-    static func wasRefused(_ error: PSQLError) -> Bool {
+    private static func wasRefused(_ error: PSQLError) -> Bool {
         guard let state = error.serverInfo?[.sqlState] else { return false }
         return state.hasPrefix("22") || state.hasPrefix("23")
     }

@@ -186,8 +186,9 @@ struct CLITests {
         // Release the held request only once the daemon is shutting down: it must wait for it.
         while let line = await log.next(), !line.contains("Shutting down") {}
         release.signal()
-        try await awaitExit(daemon, within: 30, "bgsync run after SIGTERM")
-        #expect(daemon.terminationStatus == 0)
+        if try await awaitExit(daemon, within: 30, "bgsync run after SIGTERM") {
+            #expect(daemon.terminationStatus == 0)
+        }
 
         let delivered = Set(server.bodies)
         #expect(delivered.contains("a"), "the send in flight finished")

@@ -171,9 +171,9 @@ struct PostgresWakeUpTests {
         #expect(Self.heardTheStop(names), "what the other instance heard: \(names)")
     }
 
-    /// An instance that started a push and got no answer for it (here the server refuses the
-    /// entry; a stop can also cut an answer off) still sends the stop's notification: the push
-    /// asked for no announcement, but may have stored its entry.
+    /// An instance that started a push which asked for no announcement (here the server refuses
+    /// the entry; a stop can also cut a push's answer off before it asks) still sends the stop's
+    /// notification: a push that started may have stored its entry.
     @Test func aPushWithoutAnswerIsStillAnnouncedAtTheStop() async throws {
         let configuration = try await configuration()
         let names = try await withListener(configuration, until: Self.heardAfterWarmUp) { server in
@@ -192,62 +192,107 @@ struct PostgresWakeUpTests {
         #expect(Self.heardAfterWarmUp(names), "what the other instance heard: \(names)")
     }
 
+    /// The ways a push is written (see `PushBatcher`), for ``aPushWhoseConnectionIsLostIsAnnounced(_:)``.
+    enum PushWay: CaseIterable, Sendable {
+        /// The first push to a queue: its own statement, through the store's task.
+        case unbatched
+        /// A push to a known queue while none contends: written in its caller's task.
+        case direct
+        /// One more push arriving meanwhile: written alone by the batcher's drain.
+        case alone
+        /// Two more: written in one statement by the drain.
+        case batch
+
+        /// The pushes made at once, and the statements that carry them.
+        var pushes: Int { self == .batch ? 3 : self == .alone ? 2 : 1 }
+        var statements: Int { pushes == 1 ? 1 : 2 }
+    }
+
     /// A push whose connection is lost while its statement runs may have stored its entry: it is
-    /// announced all the same, and another instance hears of its queue. The push waits for its
-    /// tag's registration lock, held by a `psql` session, until its backend is terminated. A push
-    /// to a queue the instance pushed to before takes the batched way (see `PushBatcher`), the
-    /// first one the other.
-    @Test(arguments: [false, true])
-    func aPushWhoseConnectionIsLostIsAnnounced(queueKnown: Bool) async throws {
+    /// announced all the same, and another instance hears of its queue. The pushes wait for their
+    /// tag's registration lock, held by a `psql` session, and each statement's backend is
+    /// terminated in turn.
+    @Test(arguments: PushWay.allCases)
+    func aPushWhoseConnectionIsLostIsAnnounced(_ way: PushWay) async throws {
         let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
         let configuration = try await configuration()
         let holder = "bgsync-holder-\(configuration.schema)"
         let tag = "lost-\(configuration.schema)"
+        // The server ends the holder's session soon after `psql` is killed.
+        var environment = ProcessInfo.processInfo.environment
+        environment["PGOPTIONS"] = "-c client_connection_check_interval=100"
         let lock = try ChildProcess("/usr/bin/env", [
             "psql", "host=127.0.0.1 port=\(postgres.port) user=\(postgres.user) dbname=postgres application_name=\(holder)",
-            "-c", "SELECT pg_advisory_xact_lock(hashtextextended('bgsync registration ' || '\(tag)', 0)), pg_sleep(60)",
-        ], standardOutput: .nullDevice, standardError: .nullDevice)
-        defer {
-            lock.send(SIGKILL)
-            lock.waitUntilExit()
-        }
+            "-c", "SELECT pg_advisory_xact_lock(hashtextextended('bgsync registration ' || '\(tag)', 0)), pg_sleep(30)",
+        ], environment: environment, standardOutput: .nullDevice, standardError: .nullDevice)
         let sql = { (text: String) in try await offCooperativePool { try PostgresSessionTests.psql(postgres, text) } }
-        let asked = Locked<Int?>(nil)
-        // The names the listener hears: `lost` for the push before, then for the lost one.
-        let expected = Array(repeating: "lost", count: queueKnown ? 2 : 1)
-        let names = try await withListener(configuration, until: { $0.filter { $0 == "lost" } == expected }) { server in
-            try await waitFor("the lock held") {
-                try await sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = '\(holder)' AND wait_event = 'PgSleep'") == "1"
-            }
-            try await PostgresQueueDatabase.withDatabase(configuration) { producer in
-                if queueKnown {
-                    _ = try await producer.pushEntry(
-                        UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "before")), queueName: "lost",
-                        at: .tail, registeringSyncTag: nil)
-                }
-                try await withThrowingTaskGroup(of: Void.self) { tasks in
-                    tasks.addTask {
-                        let push = await Result {
-                            try await producer.pushEntry(
-                                UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "lost")), queueName: "lost",
-                                at: .tail, registeringSyncTag: tag)
-                        }
-                        #expect(throws: BackgroundSyncError.self) { try push.get() }
-                        asked.withLock { $0 = producer.announcerProgress.asked }
-                    }
-                    try await waitFor("the push waiting for the lock") {
-                        try await sql("""
-                            SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
-                            AND ((classid::bigint << 32) | objid::bigint) = hashtextextended('bgsync registration ' || '\(tag)', 0)
-                            """) == "1"
-                    }
-                    try await tasks.waitForAll()
-                }
-            }
+        // The sessions waiting for the tag's registration lock (a key of `bigint`, as pg_locks splits it).
+        let waitingForTheLock = """
+            FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+            AND ((classid::bigint << 32) | objid::bigint) = hashtextextended('bgsync registration ' || '\(tag)', 0)
+            """
+        let endHolder = {
+            lock.send(SIGKILL)
+            _ = try? await sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '\(holder)'")
+            _ = try? await offCooperativePool { lock.waitUntilExit() }
         }
-        _ = try? await sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '\(holder)'")
-        #expect(asked.withLock { $0 } == expected.count, "the failed push asked for an announcement")
-        #expect(names.filter { $0 == "lost" } == expected, "what the other instance heard: \(names)")
+        let asked = Locked(0)
+        let ended = Locked(0)
+        let names: [String]
+        do {
+            // The listener hears `lost` for the push before (to a known queue), then for the lost ones.
+            let least = way == .unbatched ? 1 : 2
+            names = try await withListener(configuration, until: { $0.filter { $0 == "lost" }.count >= least }) { server in
+                try await waitFor("the lock held") {
+                    try await sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = '\(holder)' AND wait_event = 'PgSleep'") == "1"
+                }
+                try await PostgresQueueDatabase.withDatabase(configuration) { producer in
+                    if way != .unbatched {
+                        _ = try await producer.pushEntry(
+                            UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "before")), queueName: "lost",
+                            at: .tail, registeringSyncTag: nil)
+                    }
+                    try await withThrowingTaskGroup(of: Void.self) { tasks in
+                        for index in 0..<way.pushes {
+                            tasks.addTask {
+                                let push = await Result {
+                                    try await producer.pushEntry(
+                                        UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "lost \(index)")),
+                                        queueName: "lost", at: .tail, registeringSyncTag: tag)
+                                }
+                                #expect(throws: BackgroundSyncError.self) { try push.get() }
+                                ended.withLock { $0 += 1 }
+                            }
+                            // The first push holds the statement; the others wait for it in the batcher.
+                            if index == 0 {
+                                try await waitFor("the first push waiting for the lock") {
+                                    try await sql("SELECT count(*) \(waitingForTheLock)") == "1"
+                                }
+                            } else {
+                                try await waitFor("\(index) pushes waiting in the batcher") { producer.waitingPushes == index }
+                            }
+                        }
+                        // Ends the backend of each statement waiting for the lock, in turn, until every
+                        // push failed. (The batcher's statement may also fail at once, on the pool's
+                        // connection to the first one's ended session: an outcome as unknown.)
+                        try await waitFor("every push ended") {
+                            _ = try await sql("SELECT count(pg_terminate_backend(pid)) \(waitingForTheLock)")
+                            return ended.withLock { $0 } == way.pushes
+                        }
+                        try await tasks.waitForAll()
+                    }
+                    asked.withLock { $0 = producer.announcerProgress.asked }
+                }
+            }
+        } catch {
+            await endHolder()
+            throw error
+        }
+        await endHolder()
+        // One announcement per failed statement, besides the push before.
+        let before = way == .unbatched ? 0 : 1
+        #expect(asked.withLock { $0 } == before + way.statements, "the failed pushes asked for announcements")
+        #expect(names.filter { $0 == "lost" }.count >= before + 1, "what the other instance heard: \(names)")
     }
 
     /// Waits until `condition` holds, 10 seconds at most; fails naming `what` otherwise.

@@ -163,11 +163,17 @@ func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T)
 }
 
 /// Waits up to `seconds` for `process` to end, off the cooperative pool; `true` when it ended.
+/// A cancelled caller stops waiting at once.
 func exited(_ process: ChildProcess, within seconds: TimeInterval) async throws -> Bool {
-    try await offCooperativePool { () -> Bool in
-        let deadline = Date().addingTimeInterval(seconds)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        return !process.isRunning
+    let cancelled = Locked(false)
+    return try await withTaskCancellationHandler {
+        try await offCooperativePool { () -> Bool in
+            let deadline = Date().addingTimeInterval(seconds)
+            while process.isRunning && Date() < deadline && !cancelled.withLock({ $0 }) { usleep(20_000) }
+            return !process.isRunning
+        }
+    } onCancel: {
+        cancelled.withLock { $0 = true }
     }
 }
 
@@ -180,7 +186,7 @@ func awaitExit(
     if try await exited(process, within: seconds) { return true }
     process.send(SIGKILL)
     try await offCooperativePool { process.waitUntilExit() }
-    Issue.record("\(what) still ran after \(seconds) s: killed", sourceLocation: sourceLocation)
+    Issue.record("\(what) still ran after \(Int(seconds)) s: killed", sourceLocation: sourceLocation)
     return false
 }
 
