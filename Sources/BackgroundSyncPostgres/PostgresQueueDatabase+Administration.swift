@@ -3,17 +3,23 @@ import Foundation
 import PostgresNIO
 
 extension PostgresQueueDatabase {
-    /// Requeued entries are announced to the other instances as a push is.
+    /// Requeued entries are announced to the other instances as a push is (also when the
+    /// statement's outcome is unknown, see ``announceFailedPush(_:_:)``).
     @discardableResult
     public func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int {
         notePushStarted()
         let requeued = try await write("update") { connection in
-            try await self.count(connection, """
-                UPDATE {s}.entry SET state = 'pending', attempts = 0, next_attempt_at = NULL, lease_owner = NULL,
-                lease_expires_at = NULL, lease_session = NULL, last_status = NULL, last_error = NULL,
-                last_response_excerpt = NULL, last_failure_kind = NULL
-                WHERE queue_name = $1 AND state = 'dead' AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
-                """, binds(queueName, ids))
+            do {
+                return try await self.count(connection, """
+                    UPDATE {s}.entry SET state = 'pending', attempts = 0, next_attempt_at = NULL, lease_owner = NULL,
+                    lease_expires_at = NULL, lease_session = NULL, last_status = NULL, last_error = NULL,
+                    last_response_excerpt = NULL, last_failure_kind = NULL
+                    WHERE queue_name = $1 AND state = 'dead' AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
+                    """, binds(queueName, ids))
+            } catch {
+                self.announceFailedPush(queueName, error)
+                throw error
+            }
         }
         if requeued > 0 { announcePush(queueName) }
         return requeued
@@ -51,12 +57,18 @@ extension PostgresQueueDatabase {
     }
 
     /// A registration made apart from a push (a requeue's) is announced to the other instances for
-    /// every queue: their services run the syncs of registered tags when they hear of it.
+    /// every queue (also when the statement's outcome is unknown): their services run the syncs of
+    /// registered tags when they hear of it.
     public func registerSyncTag(_ tag: String, at date: Date) async throws {
         try await write("write to") { connection in
-            try await self.rows(
-                connection, self.sql(Self.registerTag(tag: 1, at: 2, table: "{s}.sync_registration")),
-                binds(tag, date.timeIntervalSince1970))
+            do {
+                try await self.rows(
+                    connection, self.sql(Self.registerTag(tag: 1, at: 2, table: "{s}.sync_registration")),
+                    binds(tag, date.timeIntervalSince1970))
+            } catch {
+                self.announceFailedPush("", error)
+                throw error
+            }
         }
         announcePush("")
     }

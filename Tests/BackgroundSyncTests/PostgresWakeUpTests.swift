@@ -218,13 +218,7 @@ struct PostgresWakeUpTests {
         let configuration = try await configuration()
         let holder = "bgsync-holder-\(configuration.schema)"
         let tag = "lost-\(configuration.schema)"
-        // The server ends the holder's session soon after `psql` is killed.
-        var environment = ProcessInfo.processInfo.environment
-        environment["PGOPTIONS"] = "-c client_connection_check_interval=100"
-        let lock = try ChildProcess("/usr/bin/env", [
-            "psql", "host=127.0.0.1 port=\(postgres.port) user=\(postgres.user) dbname=postgres application_name=\(holder)",
-            "-c", "SELECT pg_advisory_xact_lock(hashtextextended('bgsync registration ' || '\(tag)', 0)), pg_sleep(30)",
-        ], environment: environment, standardOutput: .nullDevice, standardError: .nullDevice)
+        let lock = Locked<ChildProcess?>(nil)
         let sql = { (text: String) in try await offCooperativePool { try PostgresSessionTests.psql(postgres, text) } }
         // The sessions waiting for the tag's registration lock (a key of `bigint`, as pg_locks splits it).
         let waitingForTheLock = """
@@ -232,9 +226,10 @@ struct PostgresWakeUpTests {
             AND ((classid::bigint << 32) | objid::bigint) = hashtextextended('bgsync registration ' || '\(tag)', 0)
             """
         let endHolder = {
-            lock.send(SIGKILL)
+            guard let process = lock.withLock({ $0 }) else { return }
+            process.send(SIGKILL)
             _ = try? await sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '\(holder)'")
-            _ = try? await offCooperativePool { lock.waitUntilExit() }
+            _ = try? await offCooperativePool { process.waitUntilExit() }
         }
         let asked = Locked(0)
         let ended = Locked(0)
@@ -243,6 +238,14 @@ struct PostgresWakeUpTests {
             // The listener hears `lost` for the push before (to a known queue), then for the lost ones.
             let least = way == .unbatched ? 1 : 2
             names = try await withListener(configuration, until: { $0.filter { $0 == "lost" }.count >= least }) { server in
+                // The server ends the holder's session soon after `psql` is killed.
+                var environment = ProcessInfo.processInfo.environment
+                environment["PGOPTIONS"] = "-c client_connection_check_interval=100"
+                let process = try ChildProcess("/usr/bin/env", [
+                    "psql", "host=127.0.0.1 port=\(postgres.port) user=\(postgres.user) dbname=postgres application_name=\(holder)",
+                    "-c", "SELECT pg_advisory_xact_lock(hashtextextended('bgsync registration ' || '\(tag)', 0)), pg_sleep(120)",
+                ], environment: environment, standardOutput: .nullDevice, standardError: .nullDevice)
+                lock.withLock { $0 = process }
                 try await waitFor("the lock held") {
                     try await sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = '\(holder)' AND wait_event = 'PgSleep'") == "1"
                 }
