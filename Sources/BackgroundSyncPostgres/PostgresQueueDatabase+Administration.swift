@@ -9,16 +9,13 @@ extension PostgresQueueDatabase {
     public func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int {
         notePushStarted()
         let requeued = try await write("update") { connection in
-            do {
-                return try await self.count(connection, """
+            try await self.announcingFailure(of: [queueName]) {
+                try await self.count(connection, """
                     UPDATE {s}.entry SET state = 'pending', attempts = 0, next_attempt_at = NULL, lease_owner = NULL,
                     lease_expires_at = NULL, lease_session = NULL, last_status = NULL, last_error = NULL,
                     last_response_excerpt = NULL, last_failure_kind = NULL
                     WHERE queue_name = $1 AND state = 'dead' AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
                     """, binds(queueName, ids))
-            } catch {
-                self.announceFailedPush(queueName, error)
-                throw error
             }
         }
         if requeued > 0 { announcePush(queueName) }
@@ -61,13 +58,10 @@ extension PostgresQueueDatabase {
     /// registered tags when they hear of it.
     public func registerSyncTag(_ tag: String, at date: Date) async throws {
         try await write("write to") { connection in
-            do {
+            try await self.announcingFailure(of: [""]) {
                 try await self.rows(
                     connection, self.sql(Self.registerTag(tag: 1, at: 2, table: "{s}.sync_registration")),
                     binds(tag, date.timeIntervalSince1970))
-            } catch {
-                self.announceFailedPush("", error)
-                throw error
             }
         }
         announcePush("")

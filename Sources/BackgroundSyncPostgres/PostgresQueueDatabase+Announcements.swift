@@ -41,6 +41,17 @@ extension PostgresQueueDatabase {
         if Self.outcomeIsUnknown(error) { announcePush(queueName) }
     }
 
+    /// Runs a statement that pushes to `queueNames` (or makes their entries pending); when it
+    /// fails, announces them as ``announceFailedPush(_:_:)`` does, and rethrows.
+    func announcingFailure<T>(of queueNames: some Collection<String>, _ statement: () async throws -> T) async throws -> T {
+        do {
+            return try await statement()
+        } catch {
+            for name in Set(queueNames) { announceFailedPush(name, error) }
+            throw error
+        }
+    }
+
     /// Whether a statement that failed with `error` may still have committed: the connection
     /// closed or broke (PostgresNIO's own errors), the server ended the session (SQLSTATE 57P01 to
     /// 57P03) or reported a connection failure (class 08), or an error not from PostgresNIO (the

@@ -91,12 +91,7 @@ extension PostgresQueueDatabase {
             FROM inserted
             """)
         let result = try await write("write to", singleStatement: true) { connection in
-            do {
-                return try await self.rows(connection, statement, bindings)
-            } catch {
-                self.announceFailedPush(queueName, error)
-                throw error
-            }
+            try await self.announcingFailure(of: [queueName]) { try await self.rows(connection, statement, bindings) }
         }
         knownQueues.withLock { _ = $0.insert(queueName) }
         return try pushed(result, queueName: queueName)

@@ -367,12 +367,7 @@ extension PostgresQueueDatabase {
     private func pushAlone(_ push: PushBatcher.Push) async throws -> PushedEntry {
         let bindings = Self.pushBindings(push.entry, queueName: push.queueName, syncTag: push.syncTag, at: push.at)
         let result = try await transaction("write to", singleStatement: true) { connection in
-            do {
-                return try await self.rows(connection, PushAtTail.self, bindings)
-            } catch {
-                self.announceFailedPush(push.queueName, error)
-                throw error
-            }
+            try await self.announcingFailure(of: [push.queueName]) { try await self.rows(connection, PushAtTail.self, bindings) }
         }
         return try pushed(result, queueName: push.queueName)
     }
@@ -385,12 +380,11 @@ extension PostgresQueueDatabase {
         let outcome: Result<[PostgresRow]?, any Error> = await Result {
             try await transaction("write to", singleStatement: true) { connection in
                 do {
-                    return try await self.rows(connection, PushBatch.self, bindings)
+                    return try await self.announcingFailure(of: batch.map(\.0.queueName)) {
+                        try await self.rows(connection, PushBatch.self, bindings)
+                    }
                 } catch let error as PSQLError where Self.wasRefused(error) {
                     return nil  // nothing was written
-                } catch {
-                    for name in Set(batch.map(\.0.queueName)) { self.announceFailedPush(name, error) }
-                    throw error
                 }
             }
         }
