@@ -8,7 +8,7 @@ extension PostgresQueueDatabase {
     @discardableResult
     public func requeueDeadEntries(queueName: String, ids: [Int64]?) async throws -> Int {
         notePushStarted()
-        let requeued = try await write("update") { connection in
+        let requeued = try await write("update", singleStatement: true) { connection in
             try await self.announcingFailure(of: [queueName]) {
                 try await self.count(connection, """
                     UPDATE {s}.entry SET state = 'pending', attempts = 0, next_attempt_at = NULL, lease_owner = NULL,
@@ -57,7 +57,7 @@ extension PostgresQueueDatabase {
     /// every queue (also when the statement's outcome is unknown): their services run the syncs of
     /// registered tags when they hear of it.
     public func registerSyncTag(_ tag: String, at date: Date) async throws {
-        try await write("write to") { connection in
+        try await write("write to", singleStatement: true) { connection in
             try await self.announcingFailure(of: [""]) {
                 try await self.rows(
                     connection, self.sql(Self.registerTag(tag: 1, at: 2, table: "{s}.sync_registration")),

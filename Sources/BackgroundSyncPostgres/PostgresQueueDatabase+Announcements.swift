@@ -52,12 +52,12 @@ extension PostgresQueueDatabase {
         }
     }
 
-    /// Whether a statement that failed with `error` may still have committed: the connection
-    /// closed or broke (PostgresNIO's own errors), the server ended the session (SQLSTATE 57P01 to
-    /// 57P03) or reported a connection failure (class 08), or an error not from PostgresNIO (the
-    /// answer cut off and not found again, a connection found closed before the statement). Any
-    /// other error the server sent for a statement in a transaction of its own means it was
-    /// rolled back.
+    /// Whether a statement in a transaction of its own that failed with `error` may still have
+    /// committed: the connection closed or broke (PostgresNIO's own errors), the server ended the
+    /// session (SQLSTATE 57P01 to 57P03) or reported a connection failure (class 08), or an error
+    /// not from PostgresNIO (the answer cut off and not found again; also a connection found
+    /// closed before the statement went out, counted as unknown to be safe). Any other error the
+    /// server sent means the statement was rolled back.
     static func outcomeIsUnknown(_ error: any Error) -> Bool {
         guard let error = error as? PSQLError else { return true }
         guard let state = error.serverInfo?[.sqlState] else { return true }

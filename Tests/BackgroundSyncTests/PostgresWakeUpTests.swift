@@ -256,31 +256,37 @@ struct PostgresWakeUpTests {
                             at: .tail, registeringSyncTag: nil)
                     }
                     try await withThrowingTaskGroup(of: Void.self) { tasks in
-                        for index in 0..<way.pushes {
-                            tasks.addTask {
-                                let push = await Result {
-                                    try await producer.pushEntry(
-                                        UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "lost \(index)")),
-                                        queueName: "lost", at: .tail, registeringSyncTag: tag)
+                        do {
+                            for index in 0..<way.pushes {
+                                tasks.addTask {
+                                    let push = await Result {
+                                        try await producer.pushEntry(
+                                            UnidentifiedQueueStoreEntry(requestData: try postRequest(to: server, "lost \(index)")),
+                                            queueName: "lost", at: .tail, registeringSyncTag: tag)
+                                    }
+                                    #expect(throws: BackgroundSyncError.self) { try push.get() }
+                                    ended.withLock { $0 += 1 }
                                 }
-                                #expect(throws: BackgroundSyncError.self) { try push.get() }
-                                ended.withLock { $0 += 1 }
-                            }
-                            // The first push holds the statement; the others wait for it in the batcher.
-                            if index == 0 {
-                                try await waitFor("the first push waiting for the lock") {
-                                    try await sql("SELECT count(*) \(waitingForTheLock)") == "1"
+                                // The first push holds the statement; the others wait for it in the batcher.
+                                if index == 0 {
+                                    try await waitFor("the first push waiting for the lock") {
+                                        try await sql("SELECT count(*) \(waitingForTheLock)") == "1"
+                                    }
+                                } else {
+                                    try await waitFor("\(index) pushes waiting in the batcher") { producer.waitingPushes == index }
                                 }
-                            } else {
-                                try await waitFor("\(index) pushes waiting in the batcher") { producer.waitingPushes == index }
                             }
-                        }
-                        // Ends the backend of each statement waiting for the lock, in turn, until every
-                        // push failed. (The batcher's statement may also fail at once, on the pool's
-                        // connection to the first one's ended session: an outcome as unknown.)
-                        try await waitFor("every push ended") {
-                            _ = try await sql("SELECT count(pg_terminate_backend(pid)) \(waitingForTheLock)")
-                            return ended.withLock { $0 } == way.pushes
+                            // Ends the backend of each statement waiting for the lock, in turn, until every
+                            // push failed. (The batcher's statement may also fail at once, on the pool's
+                            // connection to the first one's ended session: an outcome as unknown.)
+                            try await waitFor("every push ended") {
+                                _ = try await sql("SELECT count(pg_terminate_backend(pid)) \(waitingForTheLock)")
+                                return ended.withLock { $0 } == way.pushes
+                            }
+                        } catch {
+                            // The pushes wait for the lock until its holder ends.
+                            await endHolder()
+                            throw error
                         }
                         try await tasks.waitForAll()
                     }

@@ -186,6 +186,7 @@ func awaitExit(
     if try await exited(process, within: seconds) { return true }
     process.send(SIGKILL)
     try await offCooperativePool { process.waitUntilExit() }
+    if Task.isCancelled { return false }
     Issue.record("\(what) still ran after \(Int(seconds)) s: killed", sourceLocation: sourceLocation)
     return false
 }
