@@ -20,14 +20,17 @@ import FoundationNetworking
 ///   size read, the count trigger) run by a bare `PostgresClient` as a prepared statement;
 /// - `store pushEntry`: ``PostgresQueueDatabase/pushEntry(_:queueName:at:registeringSyncTag:)``;
 /// - `Queue.pushRequest, request built`: a `Queue` push of a `URLRequest` built before timing;
-/// - `Queue.pushRequest`: the figure's subject, which builds its `URLRequest` in the timed part.
+/// - `Queue.pushRequest`: the figure's subject, which builds its `URLRequest` in the timed part;
+/// - `raw insert, store's pool`: the baseline on a `PostgresClient` whose pool is set as the
+///   store's (one connection kept open, no keep-alive): what those settings alone give a raw
+///   insert.
 ///
-/// `PGSPLIT_ONLY=N` (0 to 5, in the order above) runs layer N alone, back to back, and prints its
+/// `PGSPLIT_ONLY=N` (0 to 6, in the order above) runs layer N alone, back to back, and prints its
 /// time, CPU time and context switches without a ratio. ``PerfControl`` records all the rounds.
 struct PostgresSplitDiagnostic {
     let quick: Bool
     /// The layers' numbers, for `PGSPLIT_ONLY`.
-    static let layers = 0..<6
+    static let layers = 0..<7
 
     func run(log: (String) -> Void) async throws {
         guard PostgresTestServer.unavailableReason == nil else {
@@ -40,15 +43,20 @@ struct PostgresSplitDiagnostic {
         let url = server.url + "?sslmode=disable"
         try await PostgresQueueDatabase.withDatabase(.init(url: url + "&schema=bench_split"), logger: logger) { database in
             let client = PostgresClient(configuration: try PostgresQueueDatabase.Configuration(url: url).rawClientConfiguration())
+            var tuned = try PostgresQueueDatabase.Configuration(url: url).rawClientConfiguration()
+            tuned.options.minimumConnections = 1
+            tuned.options.keepAliveBehavior = nil
+            let tunedClient = PostgresClient(configuration: tuned)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await client.run() }
+                group.addTask { await tunedClient.run() }
                 defer { group.cancelAll() }
-                try await measure(database: database, client: client, log: log)
+                try await measure(database: database, client: client, tunedClient: tunedClient, log: log)
             }
         }
     }
 
-    private func measure(database: PostgresQueueDatabase, client: PostgresClient, log: (String) -> Void) async throws {
+    private func measure(database: PostgresQueueDatabase, client: PostgresClient, tunedClient: PostgresClient, log: (String) -> Void) async throws {
         _ = try await client.query("""
             CREATE TABLE raw_request (id bigserial PRIMARY KEY, url text NOT NULL, method text NOT NULL,
             headers text NOT NULL, body bytea, queued_at float8 NOT NULL)
@@ -72,6 +80,12 @@ struct PostgresSplitDiagnostic {
             }),
             ("Queue.pushRequest, request built", { try await queue.pushRequest(request) }),
             ("Queue.pushRequest", { try await queue.pushRequest(EnqueueBenchmark.request(0)) }),
+            ("raw insert, store's pool", {
+                _ = try await tunedClient.query("""
+                    INSERT INTO raw_request (url, method, headers, body, queued_at)
+                    VALUES (\(RawInsert.url), 'POST', \(RawInsert.headers), \(EnqueueBenchmark.body), \(Date().timeIntervalSince1970))
+                    """)
+            }),
         ]
         for _ in 0..<100 {
             for layer in layers { try await layer.1() }

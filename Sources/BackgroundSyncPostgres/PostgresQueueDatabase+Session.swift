@@ -45,42 +45,75 @@ extension PostgresQueueDatabase {
         _ = lost.close() as EventLoopFuture<Void>
     }
 
-    /// Returns once `connection` failed a check — a `SELECT 1`, every
-    /// ``Configuration/sessionCheckInterval``, not answered within a third of it (at least 5
-    /// seconds; `silent` is set), or refused — having dropped the session and closed the
-    /// connection, which ends its listening; or when cancelled.
+    /// Returns once `connection` failed a check (see ``check(_:failing:)``), every
+    /// ``Configuration/sessionCheckInterval`` — having dropped the session and closed the
+    /// connection, which ends its listening (`silent` is set when the check went unanswered); or
+    /// when cancelled.
     private func checkSession(_ connection: PostgresConnection, silent: Locked<Bool>) async {
-        let interval = configuration.sessionCheckInterval
-        let patience = max(interval / 3, .seconds(5))
-        enum Check { case answered, refused, unanswered }
         while true {
-            do { try await Task.sleep(for: interval) } catch { return }
-            let check = await withTaskGroup(of: Check.self) { group in
-                group.addTask {
-                    let answered = try? await self.onLoop(of: connection) {
-                        try self.ensureOpen(connection)
-                        return try await self.rows(connection, "SELECT 1").count
-                    }
-                    return answered == nil ? .refused : .answered
+            do { try await Task.sleep(for: configuration.sessionCheckInterval) } catch { return }
+            let check = await check(connection) { check in
+                // No lease may name this session's key from now on.
+                if check == .unanswered { silent.withLock { $0 = true } }
+                session.withLock { current in
+                    if current?.connection === connection { current = nil }
                 }
-                group.addTask {
-                    try? await Task.sleep(for: patience)
-                    return .unanswered
-                }
-                let first = await group.next() ?? .unanswered
-                if first != .answered && !Task.isCancelled {
-                    // No lease may name this session's key from now on; the statement still waiting
-                    // for an answer ends when its connection closes, and so does the listening.
-                    if first == .unanswered { silent.withLock { $0 = true } }
-                    session.withLock { current in
-                        if current?.connection === connection { current = nil }
-                    }
-                    _ = connection.close() as EventLoopFuture<Void>
-                }
-                group.cancelAll()
-                return first
             }
             if Task.isCancelled || check != .answered { return }
+        }
+    }
+
+    /// What a ``check(_:failing:)`` found.
+    enum ConnectionCheck {
+        case answered, refused, unanswered
+    }
+
+    /// Checks `connection` with a `SELECT 1`, answered within a third of
+    /// ``Configuration/sessionCheckInterval`` (at least 5 seconds), refused, or unanswered. A
+    /// connection that fails the check while the caller is not cancelled is closed, once `failing`
+    /// ran: a connection dropped on the way without a word (a NAT or a load balancer ending an
+    /// idle flow) would otherwise keep a statement waiting for its answer for many minutes. The
+    /// unanswered `SELECT 1` ends with the connection.
+    func check(_ connection: PostgresConnection, failing: (ConnectionCheck) -> Void = { _ in }) async -> ConnectionCheck {
+        let patience = max(configuration.sessionCheckInterval / 3, .seconds(5))
+        return await withTaskGroup(of: ConnectionCheck.self) { group in
+            group.addTask {
+                let answered = try? await self.onLoop(of: connection) {
+                    try self.ensureOpen(connection)
+                    return try await self.rows(connection, "SELECT 1").count
+                }
+                return answered == nil ? .refused : .answered
+            }
+            group.addTask {
+                try? await Task.sleep(for: patience)
+                return .unanswered
+            }
+            let first = await group.next() ?? .unanswered
+            if first != .answered && !Task.isCancelled {
+                failing(first)
+                _ = connection.close() as EventLoopFuture<Void>
+            }
+            group.cancelAll()
+            return first
+        }
+    }
+
+    /// Checks a pooled connection (see ``check(_:failing:)``) whenever no statement succeeded on
+    /// one for ``Configuration/sessionCheckInterval``, until cancelled; a connection that fails
+    /// its check is closed, and the pool opens another. The pool keeps its first connection open
+    /// and lends it first whenever it is free, so this is the one checked; the others close
+    /// after a minute unused (see `Configuration.clientConfiguration()`).
+    func keepPoolAlive() async {
+        let interval = configuration.sessionCheckInterval
+        while true {
+            do { try await Task.sleep(for: interval) } catch { return }
+            let idle = poolUse.withLock { use in use.lastSuccess.map { ContinuousClock.now - $0 >= interval } ?? true }
+            guard idle else { continue }
+            // While the server is down, this waits for a connection like any statement, and a
+            // failed check is counted no success.
+            _ = try? await leasing { connection in
+                guard await self.check(connection) == .answered else { throw CancellationError() }
+            }
         }
     }
 

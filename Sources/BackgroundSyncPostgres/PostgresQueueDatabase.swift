@@ -211,6 +211,7 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
                 throw failure
             }
             group.addTask { await self.keepSession(session) }
+            group.addTask { await self.keepPoolAlive() }
             group.addTask { await self.announce() }
             group.addTask {
                 await withDiscardingTaskGroup { writes in

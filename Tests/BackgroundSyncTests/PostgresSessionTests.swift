@@ -64,6 +64,48 @@ struct PostgresSessionTests {
         await stores.stopAll()
     }
 
+    /// A pooled connection whose server stops answering while the store idles (its backend stopped
+    /// with SIGSTOP) is closed by the store's own check, so that the next statement gets a live
+    /// connection instead of waiting on it.
+    @Test func aPooledConnectionThatStopsAnsweringIsReplaced() async throws {
+        let postgres = try await offCooperativePool { try PostgresTestServer.shared() }
+        var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
+        configuration.schema = uniqueSchema("poolcheck")
+        configuration.sessionCheckInterval = .seconds(1)
+        // One pooled connection: the one checked is the one stopped.
+        configuration.maximumConnections = 1
+        let stores = RunningStores()
+        let database = try await stores.open(configuration)
+        let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/x", method: "POST"))
+        _ = try await database.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
+        let backend = { @Sendable in
+            try await database.read("read") { connection in
+                (connection.id, try await database.rows(connection, "SELECT pg_backend_pid()").first?.decode(Int32.self))
+            }
+        }
+        let (stoppedID, pid) = try await backend()
+        guard let pid else {
+            Issue.record("no backend pid")
+            await stores.stopAll()
+            return
+        }
+        kill(pid, SIGSTOP)
+        var closed = false
+        for _ in 0..<2_000 where !closed {
+            closed = !database.poolUse.withLock { $0.open.contains(stoppedID) }
+            if !closed { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        kill(pid, SIGCONT)
+        #expect(closed, "the stopped connection closed within 20 seconds")
+        if closed {
+            _ = try await database.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
+            let (id, newPID) = try await backend()
+            #expect(id != stoppedID && newPID != pid)
+            #expect(try await database.countEntries(queueName: "q", state: .pending) == 2)
+        }
+        await stores.stopAll()
+    }
+
     /// One value from `psql`, as text.
     static func psql(_ server: PostgresTestServer, _ sql: String) throws -> String {
         let run = try ChildProcess.run(
