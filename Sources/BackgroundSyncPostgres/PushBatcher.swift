@@ -163,28 +163,49 @@ enum BatchedPushRow {
             && withoutNUL(entry.idempotencyKey) && withoutNUL(entry.recordKey) && withoutNUL(entry.lastFailure?.message)
     }
 
-    /// The JSON of an entry pushed to `queueName` (one that ``fits(_:)``).
-    static func json(_ entry: UnidentifiedQueueStoreEntry, queueName: String, syncTag: String?) -> String {
-        let data = entry.requestData
-        var out = "{"
-        func key(_ name: String) {
-            if out.utf8.count > 1 { out += "," }
-            out += "\"" + name + "\":"
+    /// The JSON array of the entries of `pushes` (each one that ``fits(_:)``).
+    static func json(_ pushes: [PushBatcher.Push]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(pushes.reduce(2) { size, push in
+            size + 600 + push.entry.requestData.url.utf8.count + (push.entry.requestData.body?.count ?? 0) * 4 / 3
+        })
+        out.append(UInt8(ascii: "["))
+        for (index, push) in pushes.enumerated() {
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            append(push.entry, queueName: push.queueName, syncTag: push.syncTag, to: &out)
         }
-        func string(_ name: String, _ value: String?) {
+        out.append(UInt8(ascii: "]"))
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends the JSON object of an entry pushed to `queueName`, in UTF-8.
+    private static func append(_ entry: UnidentifiedQueueStoreEntry, queueName: String, syncTag: String?, to out: inout [UInt8]) {
+        let data = entry.requestData
+        out.append(UInt8(ascii: "{"))
+        var first = true
+        func key(_ name: StaticString) {
+            if !first { out.append(UInt8(ascii: ",")) }
+            first = false
+            out.append(UInt8(ascii: "\""))
+            name.withUTF8Buffer { out.append(contentsOf: $0) }
+            out.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
+        }
+        func string(_ name: StaticString, _ value: String?) {
             guard let value else { return }
             key(name)
             FlatJSON.appendString(value, to: &out)
         }
-        func bytes(_ name: String, _ value: Data?) {
+        func bytes(_ name: StaticString, _ value: Data?) {
             guard let value else { return }
             key(name)
-            out += "\"" + value.base64EncodedString() + "\""
+            out.append(UInt8(ascii: "\""))
+            out.append(contentsOf: value.base64EncodedData())
+            out.append(UInt8(ascii: "\""))
         }
-        func number(_ name: String, _ value: (some LosslessStringConvertible)?) {
+        func number(_ name: StaticString, _ value: (some LosslessStringConvertible)?) {
             guard let value else { return }
             key(name)
-            out += value.description  // a finite Double's description is the shortest that reads back exactly
+            out.append(contentsOf: value.description.utf8)  // a finite Double's description is the shortest that reads back exactly
         }
         let failure = entry.lastFailure
         string("q", queueName)
@@ -209,8 +230,7 @@ enum BatchedPushRow {
         number("last_status", failure?.status.map(Int64.init))
         string("last_error", failure?.message)
         bytes("last_response_excerpt", failure?.responseExcerpt)
-        out += "}"
-        return out
+        out.append(UInt8(ascii: "}"))
     }
 }
 
@@ -374,9 +394,7 @@ extension PostgresQueueDatabase {
 
     /// Pushes in one statement; when the server refuses it, each alone.
     private func writeBatch(_ batch: [(PushBatcher.Push, UnsafeContinuation<PushedEntry, any Error>)]) async {
-        let rows = batch.map { push, _ in BatchedPushRow.json(push.entry, queueName: push.queueName, syncTag: push.syncTag) }
-        let json = "[" + rows.joined(separator: ",") + "]"
-        let bindings = binds(json, batch[0].0.at)
+        let bindings = binds(BatchedPushRow.json(batch.map(\.0)), batch[0].0.at)
         let outcome: Result<[PostgresRow]?, any Error> = await Result {
             try await transaction("write to", singleStatement: true) { connection in
                 do {

@@ -24,24 +24,41 @@ enum SecretSealer {
     /// Splits `url` into the URL without its user information (`user:password@`) and that
     /// information, if any. The rest of the URL is kept byte for byte.
     static func splitUserInfo(_ url: String) -> (url: String, userInfo: String?) {
-        guard let authority = authorityRange(url), let at = url[authority].lastIndex(of: "@") else { return (url, nil) }
-        let userInfo = String(url[authority.lowerBound..<at])
-        return (String(url[..<authority.lowerBound]) + String(url[url.index(after: at)...]), userInfo)
+        let utf8 = url.utf8
+        guard let authority = authorityRange(url), let at = utf8[authority].lastIndex(of: UInt8(ascii: "@")) else {
+            return (url, nil)
+        }
+        let userInfo = text(utf8[authority.lowerBound..<at])
+        return (text(utf8[..<authority.lowerBound]) + text(utf8[utf8.index(after: at)...]), userInfo)
     }
 
     /// `url` with `userInfo` put back in front of its host.
     static func insertUserInfo(_ userInfo: String, into url: String) -> String {
         guard let authority = authorityRange(url) else { return url }
-        return String(url[..<authority.lowerBound]) + userInfo + "@" + String(url[authority.lowerBound...])
+        return text(url.utf8[..<authority.lowerBound]) + userInfo + "@" + text(url.utf8[authority.lowerBound...])
     }
 
-    /// Where the authority (`user:password@host:port`) of an absolute URL is: after `://`, up to
-    /// the first `/`, `?` or `#`.
+    /// Where the authority (`user:password@host:port`) of an absolute URL is: after the first
+    /// `://`, up to the first `/`, `?` or `#`. Found in the UTF-8 bytes (the delimiters are
+    /// ASCII), so that the parts around it are cut byte for byte.
     private static func authorityRange(_ url: String) -> Range<String.Index>? {
-        guard let separator = url.range(of: "://") else { return nil }
-        let start = separator.upperBound
-        let end = url[start...].firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? url.endIndex
+        let utf8 = url.utf8
+        let (colon, slash) = (UInt8(ascii: ":"), UInt8(ascii: "/"))
+        var index = utf8.startIndex
+        var start: String.Index?
+        while start == nil, let found = utf8[index...].firstIndex(of: colon) {
+            let rest = utf8[utf8.index(after: found)...]
+            if rest.starts(with: [slash, slash]) { start = utf8.index(found, offsetBy: 3) }
+            index = utf8.index(after: found)
+        }
+        guard let start else { return nil }
+        let end = utf8[start...].firstIndex { $0 == slash || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") } ?? utf8.endIndex
         return start..<end
+    }
+
+    /// The text of bytes of a string cut at ASCII characters.
+    private static func text(_ bytes: Substring.UTF8View) -> String {
+        String(Substring(bytes))
     }
 
     /// Splits `headers` into the fields that may be stored and the secret ones.
