@@ -43,8 +43,8 @@ extension PostgresQueueDatabase {
         /// must fit PostgreSQL's 63). Default: `background_sync`.
         public var schema: String
         /// The most connections the store's pool opens (one more holds the instance's session
-        /// lock and listens for pushes). The pool keeps one open; the others close after a minute
-        /// unused. Default: 20.
+        /// lock and listens for pushes). The pool keeps one open (none when this is 1); the others
+        /// close once unused for ``sessionCheckInterval`` (at most a minute). Default: 20.
         public var maximumConnections: Int
         /// How long to wait for a connection to be established. Default: 10 seconds.
         public var connectTimeout: Duration
@@ -53,8 +53,8 @@ extension PostgresQueueDatabase {
         /// third of this (at least 5 seconds) is closed and a new session connected. A connection dropped on the way
         /// without a word (a NAT or a load balancer ending an idle flow) would otherwise wait for
         /// notifications forever, while the server may end the session and free its claims. The
-        /// pool's connection is checked the same way when no statement ran on the pool for this
-        /// long, so that the next statement does not wait on a dropped one.
+        /// pool's connection is checked the same way once no statement succeeded on the pool for
+        /// this long, so that the next statement does not wait on a dropped one.
         /// Default: 30 seconds; at least 1 second.
         public var sessionCheckInterval: Duration
 
@@ -256,11 +256,14 @@ extension PostgresQueueDatabase {
             // PostgresNIO's pool arms a connection's keep-alive timer (and, past its minimum
             // connections, its idle timer) each time the connection comes back, each timer a task
             // of its own started by the pool's task: for a statement as short as a push, that
-            // costs the client more than the statement. So the pool keeps one connection open,
-            // which it lends first whenever it is free, and the store checks it itself when it
-            // idles (`keepPoolAlive()`); the others close after the pool's idle timeout.
-            configuration.options.minimumConnections = 1
+            // costs the client more than the statement. So the pool keeps one connection open
+            // (PostgresNIO wants fewer than the maximum), which it lends first whenever it is
+            // free, and the store checks it itself when it idles (`keepPoolAlive()`); the others
+            // close once unused for a check's interval, before a NAT or a load balancer that ends
+            // idle flows would drop them.
+            configuration.options.minimumConnections = maximumConnections > 1 ? 1 : 0
             configuration.options.keepAliveBehavior = nil
+            configuration.options.connectionIdleTimeout = min(.seconds(60), sessionCheckInterval)
             // The store's prepared statements name its tables without the schema; their plans are
             // made once per connection.
             configuration.options.additionalStartupParameters = [

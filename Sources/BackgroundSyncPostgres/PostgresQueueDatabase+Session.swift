@@ -52,14 +52,14 @@ extension PostgresQueueDatabase {
     private func checkSession(_ connection: PostgresConnection, silent: Locked<Bool>) async {
         while true {
             do { try await Task.sleep(for: configuration.sessionCheckInterval) } catch { return }
-            let check = await check(connection) { check in
+            let outcome = await check(connection) { outcome in
                 // No lease may name this session's key from now on.
-                if check == .unanswered { silent.withLock { $0 = true } }
+                if outcome == .unanswered { silent.withLock { $0 = true } }
                 session.withLock { current in
                     if current?.connection === connection { current = nil }
                 }
             }
-            if Task.isCancelled || check != .answered { return }
+            if Task.isCancelled || outcome != .answered { return }
         }
     }
 
@@ -70,10 +70,11 @@ extension PostgresQueueDatabase {
 
     /// Checks `connection` with a `SELECT 1`, answered within a third of
     /// ``Configuration/sessionCheckInterval`` (at least 5 seconds), refused, or unanswered. A
-    /// connection that fails the check while the caller is not cancelled is closed, once `failing`
-    /// ran: a connection dropped on the way without a word (a NAT or a load balancer ending an
-    /// idle flow) would otherwise keep a statement waiting for its answer for many minutes. The
-    /// unanswered `SELECT 1` ends with the connection.
+    /// connection that fails the check is closed, after `failing` ran (unless the caller was
+    /// cancelled, which also ends the check and closes the connection): a connection dropped on
+    /// the way without a word (a NAT or a load balancer ending an idle flow) would otherwise keep
+    /// a statement waiting for its answer for many minutes. The unanswered `SELECT 1` ends with
+    /// the connection.
     func check(_ connection: PostgresConnection, failing: (ConnectionCheck) -> Void = { _ in }) async -> ConnectionCheck {
         let patience = max(configuration.sessionCheckInterval / 3, .seconds(5))
         return await withTaskGroup(of: ConnectionCheck.self) { group in
@@ -89,8 +90,8 @@ extension PostgresQueueDatabase {
                 return .unanswered
             }
             let first = await group.next() ?? .unanswered
-            if first != .answered && !Task.isCancelled {
-                failing(first)
+            if first != .answered {
+                if !Task.isCancelled { failing(first) }
                 _ = connection.close() as EventLoopFuture<Void>
             }
             group.cancelAll()
@@ -98,21 +99,33 @@ extension PostgresQueueDatabase {
         }
     }
 
-    /// Checks a pooled connection (see ``check(_:failing:)``) whenever no statement succeeded on
-    /// one for ``Configuration/sessionCheckInterval``, until cancelled; a connection that fails
-    /// its check is closed, and the pool opens another. The pool keeps its first connection open
-    /// and lends it first whenever it is free, so this is the one checked; the others close
-    /// after a minute unused (see `Configuration.clientConfiguration()`).
+    /// Checks a pooled connection (see ``check(_:failing:)``) once no statement succeeded on one
+    /// for ``Configuration/sessionCheckInterval``, until cancelled; a connection that fails its
+    /// check is closed. The pool keeps its first connection open and lends it first whenever it is
+    /// free, so this is the one checked; the others close once unused for that interval (see
+    /// `Configuration.clientConfiguration()`). No check is made while a statement runs on the
+    /// pool: its connection is busy, and a check would take another one.
     func keepPoolAlive() async {
         let interval = configuration.sessionCheckInterval
+        var due = ContinuousClock.now + interval
         while true {
-            do { try await Task.sleep(for: interval) } catch { return }
-            let idle = poolUse.withLock { use in use.lastSuccess.map { ContinuousClock.now - $0 >= interval } ?? true }
-            guard idle else { continue }
-            // While the server is down, this waits for a connection like any statement, and a
-            // failed check is counted no success.
+            do { try await Task.sleep(until: due, clock: .continuous) } catch { return }
+            let (lastSuccess, busy) = poolUse.withLock { ($0.lastSuccess, $0.leased > 0) }
+            if let lastSuccess, lastSuccess + interval > .now {
+                due = lastSuccess + interval
+                continue
+            }
+            due = .now + interval
+            if busy { continue }
+            // While the server is down, this waits for a connection like any statement; a failed
+            // check is counted no success.
             _ = try? await leasing { connection in
-                guard await self.check(connection) == .answered else { throw CancellationError() }
+                let outcome = await self.check(connection) { outcome in
+                    self.logger.warning("closing a pooled PostgreSQL connection that failed a check (\(outcome))")
+                }
+                guard outcome == .answered else {
+                    throw BackgroundSyncError(.storeUnreachable, "a pooled connection failed its check")
+                }
             }
         }
     }

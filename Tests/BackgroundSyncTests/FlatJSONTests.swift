@@ -9,6 +9,7 @@ struct FlatJSONTests {
         ["content-type": "application/json"],
         ["quote": #"say "hi""#, "back\\slash": "a\\b", "lines": "one\ntwo\r\tthree", "control": "\u{1}\u{1f}"],
         ["unicode": "café — 日本語 🚀", "empty": ""],
+        ["mixed": "é\"日本\n🚀\\\u{7}e\u{301}", "ké\ty": "\u{1f}ü"],
     ] as [[String: String]])
     func decodesBackToTheSameDictionary(object: [String: String]) throws {
         let text = FlatJSON.encode(object)
@@ -46,6 +47,12 @@ struct FlatJSONTests {
     ])
     func refusesWhatIsNotAnObjectOfStrings(text: String) {
         #expect(throws: (any Error).self) { try FlatJSON.decode(text) }
+    }
+
+    /// Escapes are written byte by byte: multi-byte characters go through as they are, next to
+    /// the escaped ones.
+    @Test func escapesNextToMultiByteCharacters() {
+        #expect(FlatJSON.encode(["k": "é\"日\n🚀\\\u{7}"]) == #"{"k":"é\"日\n🚀\\\u0007"}"#)
     }
 
     @Test func keysAreSorted() {

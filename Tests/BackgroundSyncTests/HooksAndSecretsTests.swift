@@ -1,4 +1,4 @@
-@testable import BackgroundSync
+import BackgroundSync
 import BackgroundSyncTesting
 import Crypto
 import Foundation
@@ -205,30 +205,5 @@ struct HooksAndSecretsTests {
         await queue.resume()
         #expect(!(await queue.isPaused))
         #expect(try await queue.replayRequests().delivered == 2)
-    }
-}
-
-@Suite("User information in URLs")
-struct UserInfoTests {
-    /// The user information is the authority's part before its last `@`; the rest of the URL is
-    /// kept byte for byte, and putting the information back gives the URL again.
-    @Test(arguments: [
-        ("https://user:pw@a.example/p", "https://a.example/p", "user:pw"),
-        ("https://u:p%40ss@a.example:8443/p?q=1#f", "https://a.example:8443/p?q=1#f", "u:p%40ss"),
-        ("https://a.example/p@q?r=s://t@u", "https://a.example/p@q?r=s://t@u", nil),
-        ("https://a@b@c.example", "https://c.example", "a@b"),
-        ("mailto:x@a.example", "mailto:x@a.example", nil),
-        ("https://ü:é@a.example/日本?ü", "https://a.example/日本?ü", "ü:é"),
-        ("https://a.example", "https://a.example", nil),
-        ("", "", nil),
-    ] as [(String, String, String?)])
-    func splitsAndPutsBack(url: String, stripped: String, userInfo: String?) {
-        let split = SecretSealer.splitUserInfo(url)
-        #expect(split.url == stripped)
-        #expect(split.userInfo == userInfo)
-        #expect(Array(split.url.utf8) == Array(stripped.utf8))
-        if let info = split.userInfo {
-            #expect(Array(SecretSealer.insertUserInfo(info, into: split.url).utf8) == Array(url.utf8))
-        }
     }
 }

@@ -72,8 +72,9 @@ struct PostgresSessionTests {
         var configuration = try PostgresQueueDatabase.Configuration(url: postgres.url + "?sslmode=disable")
         configuration.schema = uniqueSchema("poolcheck")
         configuration.sessionCheckInterval = .seconds(1)
-        // One pooled connection: the one checked is the one stopped.
-        configuration.maximumConnections = 1
+        // The pool keeps its first connection open (the others close once unused for the
+        // interval), lends it first, and the store checks it: the one used here, one at a time.
+        configuration.maximumConnections = 2
         let stores = RunningStores()
         let database = try await stores.open(configuration)
         let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/x", method: "POST"))
@@ -90,6 +91,8 @@ struct PostgresSessionTests {
             return
         }
         kill(pid, SIGSTOP)
+        // Whatever happens next, the shared server's backend runs again.
+        defer { kill(pid, SIGCONT) }
         var closed = false
         for _ in 0..<2_000 where !closed {
             closed = !database.poolUse.withLock { $0.open.contains(stoppedID) }

@@ -38,20 +38,20 @@ enum SecretSealer {
         return text(url.utf8[..<authority.lowerBound]) + userInfo + "@" + text(url.utf8[authority.lowerBound...])
     }
 
-    /// Where the authority (`user:password@host:port`) of an absolute URL is: after the first
-    /// `://`, up to the first `/`, `?` or `#`. Found in the UTF-8 bytes (the delimiters are
-    /// ASCII), so that the parts around it are cut byte for byte.
+    /// Where the authority (`user:password@host:port`) of an absolute URL is: after its scheme
+    /// and `://`, up to the first `/`, `?` or `#`; `nil` for a URL without a scheme followed by
+    /// `//`. Found in the UTF-8 bytes (the delimiters are ASCII), so that the parts around it are
+    /// cut byte for byte.
     private static func authorityRange(_ url: String) -> Range<String.Index>? {
         let utf8 = url.utf8
-        let (colon, slash) = (UInt8(ascii: ":"), UInt8(ascii: "/"))
-        var index = utf8.startIndex
-        var start: String.Index?
-        while start == nil, let found = utf8[index...].firstIndex(of: colon) {
-            let rest = utf8[utf8.index(after: found)...]
-            if rest.starts(with: [slash, slash]) { start = utf8.index(found, offsetBy: 3) }
-            index = utf8.index(after: found)
-        }
-        guard let start else { return nil }
+        let slash = UInt8(ascii: "/")
+        // RFC 3986: a letter, then letters, digits, `+`, `-` and `.`, up to the first `:`.
+        guard let colon = utf8.firstIndex(of: UInt8(ascii: ":")), colon > utf8.startIndex,
+            utf8[utf8.startIndex].isASCIILetter,
+            utf8[..<colon].allSatisfy({ $0.isASCIILetter || $0.isASCIIDigit || $0 == 0x2B || $0 == 0x2D || $0 == 0x2E }),
+            utf8[utf8.index(after: colon)...].starts(with: [slash, slash])
+        else { return nil }
+        let start = utf8.index(colon, offsetBy: 3)
         let end = utf8[start...].firstIndex { $0 == slash || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") } ?? utf8.endIndex
         return start..<end
     }
@@ -85,4 +85,9 @@ enum SecretSealer {
         let box = try AES.GCM.SealedBox(combined: sealed)
         return try JSONDecoder().decode([String: String].self, from: try AES.GCM.open(box, using: key))
     }
+}
+
+extension UInt8 {
+    fileprivate var isASCIILetter: Bool { (0x41...0x5A).contains(self) || (0x61...0x7A).contains(self) }
+    fileprivate var isASCIIDigit: Bool { (0x30...0x39).contains(self) }
 }

@@ -14,7 +14,7 @@ package enum FlatJSON {
     }
 
     /// Appends `object` as a JSON object (keys sorted), in UTF-8.
-    package static func append(_ object: [String: String], to out: inout [UInt8]) {
+    private static func append(_ object: [String: String], to out: inout [UInt8]) {
         out.append(UInt8(ascii: "{"))
         for (index, key) in object.keys.sorted().enumerated() {
             if index > 0 { out.append(UInt8(ascii: ",")) }
