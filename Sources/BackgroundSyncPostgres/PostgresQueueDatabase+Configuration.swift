@@ -54,7 +54,8 @@ extension PostgresQueueDatabase {
         /// without a word (a NAT or a load balancer ending an idle flow) would otherwise wait for
         /// notifications forever, while the server may end the session and free its claims. The
         /// pool's connection is checked the same way once no statement succeeded on the pool for
-        /// this long, so that the next statement does not wait on a dropped one.
+        /// this long, so that the next statement does not wait on a dropped one, and its other
+        /// connections close once unused this long (at most a minute).
         /// Default: 30 seconds; at least 1 second.
         public var sessionCheckInterval: Duration
 

@@ -103,14 +103,20 @@ extension PostgresQueueDatabase {
     /// for ``Configuration/sessionCheckInterval``, until cancelled; a connection that fails its
     /// check is closed. The pool keeps its first connection open and lends it first whenever it is
     /// free, so this is the one checked; the others close once unused for that interval (see
-    /// `Configuration.clientConfiguration()`). No check is made while a statement runs on the
-    /// pool: its connection is busy, and a check would take another one.
+    /// `Configuration.clientConfiguration()`). No check is made while statements run on every
+    /// connection the store knows open: a check would take another one. A pool of one connection keeps none
+    /// open (its connection closes once unused for the interval), and has none checked.
     func keepPoolAlive() async {
         let interval = configuration.sessionCheckInterval
         var due = ContinuousClock.now + interval
         while true {
             do { try await Task.sleep(until: due, clock: .continuous) } catch { return }
-            let (lastSuccess, busy) = poolUse.withLock { ($0.lastSuccess, $0.leased > 0) }
+            // Returning would end the store's parts: a pool with nothing to check waits, too.
+            guard configuration.maximumConnections > 1 else {
+                due = .now + .seconds(3_600)
+                continue
+            }
+            let (lastSuccess, busy) = poolUse.withLock { ($0.lastSuccess, $0.leased > 0 && $0.leased >= $0.open.count) }
             if let lastSuccess, lastSuccess + interval > .now {
                 due = lastSuccess + interval
                 continue
@@ -121,7 +127,8 @@ extension PostgresQueueDatabase {
             // check is counted no success.
             _ = try? await leasing { connection in
                 let outcome = await self.check(connection) { outcome in
-                    self.logger.warning("closing a pooled PostgreSQL connection that failed a check (\(outcome))")
+                    self.logger.info(
+                        "closing a pooled PostgreSQL connection that failed a check", metadata: ["check": "\(outcome)"])
                 }
                 guard outcome == .answered else {
                     throw BackgroundSyncError(.storeUnreachable, "a pooled connection failed its check")

@@ -78,6 +78,11 @@ struct PostgresSessionTests {
         let stores = RunningStores()
         let database = try await stores.open(configuration)
         let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/x", method: "POST"))
+        // Connections other than the kept one close once unused for the interval: then a push
+        // (a fresh success, so no check for a second) and the backend's lease both get the kept one.
+        for _ in 0..<1_000 where database.poolUse.withLock({ $0.open.count }) > 1 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
         _ = try await database.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
         let backend = { @Sendable in
             try await database.read("read") { connection in
@@ -85,6 +90,7 @@ struct PostgresSessionTests {
             }
         }
         let (stoppedID, pid) = try await backend()
+        #expect(database.poolUse.withLock { $0.open } == [stoppedID], "the connection stopped is the one the pool keeps")
         guard let pid else {
             Issue.record("no backend pid")
             await stores.stopAll()

@@ -17,6 +17,13 @@ struct UserInfoTests {
         ("https://u:p@\u{301}a.example/", "https://\u{301}a.example/", "u:p"),
         ("https://u:p@a.example/\u{301}x", "https://a.example/\u{301}x", "u:p"),
         ("https://e\u{301}:p@a.example/", "https://a.example/", "e\u{301}:p"),
+        ("HTTPS://u:p@a.example/", "HTTPS://a.example/", "u:p"),
+        ("svn+ssh://u@a.example/r", "svn+ssh://a.example/r", "u"),
+        ("http://u:p@[::1]:80/x@y", "http://[::1]:80/x@y", "u:p"),
+        ("://u:p@h/", "://u:p@h/", nil),
+        ("1http://u:p@h/", "1http://u:p@h/", nil),
+        ("http:/u:p@h/", "http:/u:p@h/", nil),
+        ("http:", "http:", nil),
         ("https://a.example", "https://a.example", nil),
         ("", "", nil),
     ] as [(String, String, String?)])

@@ -48,7 +48,7 @@ enum SecretSealer {
         // RFC 3986: a letter, then letters, digits, `+`, `-` and `.`, up to the first `:`.
         guard let colon = utf8.firstIndex(of: UInt8(ascii: ":")), colon > utf8.startIndex,
             utf8[utf8.startIndex].isASCIILetter,
-            utf8[..<colon].allSatisfy({ $0.isASCIILetter || $0.isASCIIDigit || $0 == 0x2B || $0 == 0x2D || $0 == 0x2E }),
+            utf8[..<colon].allSatisfy({ $0.isASCIILetter || $0.isASCIIDigit || [UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ".")].contains($0) }),
             utf8[utf8.index(after: colon)...].starts(with: [slash, slash])
         else { return nil }
         let start = utf8.index(colon, offsetBy: 3)
