@@ -197,9 +197,7 @@ extension PostgresQueueDatabase {
         public static func redacting(_ url: String) -> String {
             guard let schemeEnd = url.range(of: "://") else {
                 let scheme = url.prefix { $0 != ":" }
-                let isScheme = scheme.first?.isLetter == true
-                    && scheme.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "+.-".contains($0)) }
-                return isScheme && scheme.count < url.count ? scheme + ":***" : "***"
+                return URLScheme.isValid(scheme) && scheme.count < url.count ? scheme + ":***" : "***"
             }
             var text = url
             if let at = text[schemeEnd.upperBound...].lastIndex(of: "@"),

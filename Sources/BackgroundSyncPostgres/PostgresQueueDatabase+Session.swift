@@ -107,15 +107,15 @@ extension PostgresQueueDatabase {
     /// connection the store knows open: a check would take another one. A pool of one connection keeps none
     /// open (its connection closes once unused for the interval), and has none checked.
     func keepPoolAlive() async {
+        // Returning would end the store's parts: a pool with nothing to check waits until cancelled.
+        guard configuration.maximumConnections > 1 else {
+            while (try? await Task.sleep(for: .seconds(3_600))) != nil {}
+            return
+        }
         let interval = configuration.sessionCheckInterval
         var due = ContinuousClock.now + interval
         while true {
             do { try await Task.sleep(until: due, clock: .continuous) } catch { return }
-            // Returning would end the store's parts: a pool with nothing to check waits, too.
-            guard configuration.maximumConnections > 1 else {
-                due = .now + .seconds(3_600)
-                continue
-            }
             let (lastSuccess, busy) = poolUse.withLock { ($0.lastSuccess, $0.leased > 0 && $0.leased >= $0.open.count) }
             if let lastSuccess, lastSuccess + interval > .now {
                 due = lastSuccess + interval

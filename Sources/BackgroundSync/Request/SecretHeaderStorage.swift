@@ -45,10 +45,7 @@ enum SecretSealer {
     private static func authorityRange(_ url: String) -> Range<String.Index>? {
         let utf8 = url.utf8
         let slash = UInt8(ascii: "/")
-        // RFC 3986: a letter, then letters, digits, `+`, `-` and `.`, up to the first `:`.
-        guard let colon = utf8.firstIndex(of: UInt8(ascii: ":")), colon > utf8.startIndex,
-            utf8[utf8.startIndex].isASCIILetter,
-            utf8[..<colon].allSatisfy({ $0.isASCIILetter || $0.isASCIIDigit || [UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ".")].contains($0) }),
+        guard let colon = utf8.firstIndex(of: UInt8(ascii: ":")), URLScheme.isValid(url[..<colon]),
             utf8[utf8.index(after: colon)...].starts(with: [slash, slash])
         else { return nil }
         let start = utf8.index(colon, offsetBy: 3)
@@ -85,9 +82,4 @@ enum SecretSealer {
         let box = try AES.GCM.SealedBox(combined: sealed)
         return try JSONDecoder().decode([String: String].self, from: try AES.GCM.open(box, using: key))
     }
-}
-
-extension UInt8 {
-    fileprivate var isASCIILetter: Bool { (0x41...0x5A).contains(self) || (0x61...0x7A).contains(self) }
-    fileprivate var isASCIIDigit: Bool { (0x30...0x39).contains(self) }
 }

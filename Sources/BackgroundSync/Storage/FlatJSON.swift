@@ -9,12 +9,6 @@ package enum FlatJSON {
     package static func encode(_ object: [String: String]) -> String {
         var out: [UInt8] = []
         out.reserveCapacity(object.reduce(2) { $0 + $1.key.utf8.count + $1.value.utf8.count + 6 })
-        append(object, to: &out)
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    /// Appends `object` as a JSON object (keys sorted), in UTF-8.
-    private static func append(_ object: [String: String], to out: inout [UInt8]) {
         out.append(UInt8(ascii: "{"))
         for (index, key) in object.keys.sorted().enumerated() {
             if index > 0 { out.append(UInt8(ascii: ",")) }
@@ -23,6 +17,7 @@ package enum FlatJSON {
             appendString(object[key] ?? "", to: &out)
         }
         out.append(UInt8(ascii: "}"))
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// Appends `text` as a JSON string, in UTF-8: `"` and `\` escaped, and the control

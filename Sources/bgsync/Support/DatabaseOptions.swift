@@ -40,9 +40,7 @@ struct DatabaseOptions: ParsableArguments {
             return "the database URL must start with postgres:// or postgresql:// (no quotes or spaces around it)"
         }
         let scheme = lowered.prefix { $0 != ":" && $0 != "/" }
-        if scheme.count < lowered.count, lowered.dropFirst(scheme.count).hasPrefix(":"), !scheme.isEmpty,
-            scheme.allSatisfy({ $0.isLetter || $0.isNumber || "+.-".contains($0) }), scheme.first!.isLetter
-        {
+        if scheme.count < lowered.count, lowered.dropFirst(scheme.count).hasPrefix(":"), URLScheme.isValid(scheme) {
             return scheme.hasPrefix("postgres")
                 ? "the database URL must start with postgres:// or postgresql://"
                 : "--db (or $BGSYNC_DB) takes a file path or a postgres:// URL, not a \(scheme): URL (write ./NAME for a file whose name has a colon)"
