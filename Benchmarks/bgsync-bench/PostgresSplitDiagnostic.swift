@@ -166,9 +166,12 @@ private struct PushStatement: PostgresPreparedStatement {
             VALUES ($1, nextval('bench_split.tail_position'), true, $4, 'POST', $5, $6, 60, 0, true, true, NULL, $3, NULL,
                 $7, NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL)
             RETURNING id, queue_name),
+        bumped AS (
+            UPDATE bench_split.queue_count SET pending = pending + 1 WHERE queue_name = $1 AND shard = pg_backend_pid() % 16
+            RETURNING 1),
         counted AS (
             INSERT INTO bench_split.queue_count AS c (queue_name, shard, pending, dead)
-            SELECT queue_name, pg_backend_pid() % 16, count(*), 0 FROM inserted GROUP BY queue_name
+            SELECT $1, pg_backend_pid() % 16, 1, 0 WHERE NOT EXISTS (SELECT FROM bumped)
             ON CONFLICT (queue_name, shard) DO UPDATE SET pending = c.pending + EXCLUDED.pending)
         SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM bench_split.queue_count WHERE queue_name = $1) + 1
         FROM inserted

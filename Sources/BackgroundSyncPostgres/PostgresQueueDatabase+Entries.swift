@@ -85,7 +85,7 @@ extension PostgresQueueDatabase {
                 INSERT INTO {s}.entry(queue_name, position, counted, \(Self.contentColumns))
                 VALUES ($1, \(position), true, \(Self.placeholders(from: 4, count: Self.contentColumnCount)))
                 RETURNING id, queue_name),
-            \(Self.countPushed(table: "{s}.queue_count")),
+            \(Self.countOnePush(queue: 1, table: "{s}.queue_count")),
             registration AS (\(Self.registerTag(tag: 2, at: 3, table: "{s}.sync_registration")))
             SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM {s}.queue_count WHERE queue_name = $1) + 1
             FROM inserted

@@ -139,6 +139,24 @@ extension PostgresQueueDatabase {
         """
     }
 
+    /// The clause of a one-entry push statement that counts its entry, in queue `$queue`, as
+    /// ``countPushed(table:)`` does. The count row is updated in place when it exists, which costs
+    /// the server less than an `INSERT … ON CONFLICT DO UPDATE` (that one also writes a lock record
+    /// to the WAL); only a session's first push to a queue inserts it (`counted`, which also takes
+    /// the row over when another session inserted it meanwhile). One row, so no lock order to keep
+    /// among count rows.
+    static func countOnePush(queue: Int, table: String) -> String {
+        """
+        bumped AS (
+            UPDATE \(table) SET pending = pending + 1 WHERE queue_name = $\(queue) AND shard = pg_backend_pid() % 16
+            RETURNING 1),
+        counted AS (
+            INSERT INTO \(table) AS c (queue_name, shard, pending, dead)
+            SELECT $\(queue), pg_backend_pid() % 16, 1, 0 WHERE NOT EXISTS (SELECT FROM bumped)
+            ON CONFLICT (queue_name, shard) DO UPDATE SET pending = c.pending + EXCLUDED.pending)
+        """
+    }
+
     /// Brings the schema up to date, under a transaction-level advisory lock: instances that start
     /// together wait for the first one's migration, then find nothing to do. A schema already up to
     /// date is only read: a role that may use the tables but not create anything opens it.

@@ -45,7 +45,7 @@ extension PostgresQueueDatabase {
                 INSERT INTO entry(queue_name, position, counted, \(contentColumns))
                 VALUES ($1, nextval('tail_position'), true, \(placeholders(from: 4, count: contentColumnCount)))
                 RETURNING id, queue_name),
-            \(countPushed(table: "queue_count")),
+            \(countOnePush(queue: 1, table: "queue_count")),
             registration AS (\(registerTag(tag: 2, at: 3, table: "sync_registration")))
             SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM queue_count WHERE queue_name = $1) + 1
             FROM inserted
