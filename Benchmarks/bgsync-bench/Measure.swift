@@ -11,10 +11,11 @@ extension Duration {
     }
 }
 
-/// The middle value.
+/// The middle value; for an even count, the mean of the two middle values.
 func median(_ values: [Double]) -> Double {
     let sorted = values.sorted()
-    return sorted[sorted.count / 2]
+    let middle = sorted.count / 2
+    return sorted.count.isMultiple(of: 2) ? (sorted[middle - 1] + sorted[middle]) / 2 : sorted[middle]
 }
 
 /// The median of the rounds' ratios `subject[i] / baseline[i]`.

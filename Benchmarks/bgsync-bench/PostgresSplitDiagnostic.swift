@@ -16,8 +16,8 @@ import FoundationNetworking
 ///
 /// - `raw insert`: the figure's baseline (`PostgresClient.query`, an unnamed statement);
 /// - `raw insert, prepared`: the same as a prepared statement;
-/// - `push statement, prepared`: the store's push statement (the entry, the registration, the
-///   size read, the count trigger) run by a bare `PostgresClient` as a prepared statement;
+/// - `push statement, prepared`: the store's push statement (the entry, the queue's count, the
+///   registration, the size read) run by a bare `PostgresClient` as a prepared statement;
 /// - `store pushEntry`: ``PostgresQueueDatabase/pushEntry(_:queueName:at:registeringSyncTag:)``;
 /// - `Queue.pushRequest, request built`: a `Queue` push of a `URLRequest` built before timing;
 /// - `Queue.pushRequest`: the figure's subject, which builds its `URLRequest` in the timed part;
@@ -154,11 +154,7 @@ private struct PushStatement: PostgresPreparedStatement {
     static let key = "00000000-0000-0000-0000-000000000000"
     static let headerFields = ["content-type": "application/json", "idempotency-key": key]
     static let sql = """
-        WITH registration AS (
-            INSERT INTO bench_split.sync_registration(tag, registered_at) SELECT $2::text, $3::double precision
-            WHERE pg_advisory_xact_lock_shared(hashtextextended('bgsync registration ' || $2::text, 0))::text = ''
-            ON CONFLICT (tag) DO NOTHING),
-        inserted AS (
+        WITH inserted AS (
             INSERT INTO bench_split.entry(queue_name, position, counted, url, method, headers, body, timeout_interval,
                 cache_policy, handles_cookies, allows_cellular, main_document_url, queued_at, metadata,
                 idempotency_key, sealed_secrets, record_key, attempts, next_attempt_at, last_failure_kind,
@@ -172,7 +168,11 @@ private struct PushStatement: PostgresPreparedStatement {
         counted AS (
             INSERT INTO bench_split.queue_count AS c (queue_name, shard, pending, dead)
             SELECT $1, pg_backend_pid() % 16, 1, 0 WHERE NOT EXISTS (SELECT FROM bumped)
-            ON CONFLICT (queue_name, shard) DO UPDATE SET pending = c.pending + EXCLUDED.pending)
+            ON CONFLICT (queue_name, shard) DO UPDATE SET pending = c.pending + EXCLUDED.pending),
+        registration AS (
+            INSERT INTO bench_split.sync_registration(tag, registered_at) SELECT $2::text, $3::double precision
+            WHERE pg_advisory_xact_lock_shared(hashtextextended('bgsync registration ' || $2::text, 0))::text = ''
+            ON CONFLICT (tag) DO NOTHING)
         SELECT inserted.id, (SELECT coalesce(sum(pending), 0)::bigint FROM bench_split.queue_count WHERE queue_name = $1) + 1
         FROM inserted
         """

@@ -108,9 +108,10 @@ extension PostgresQueueDatabase {
 
     /// The compatible changes, applied after the migrations, in order.
     static let compatibleChanges: [CompatibleChange] = [
-        // The hot pushes count their entries in their own statement (``countPushed(table:)``),
-        // which costs the server less than the trigger's call, and mark their rows `counted`. Any
-        // other insert, by this version or an older one, is counted by the trigger.
+        // The hot pushes count their entries in their own statement (``countPushed(table:)``,
+        // ``countOnePush(queue:table:)``), which costs the server less than the trigger's call,
+        // and mark their rows `counted`. Any other insert, by this version or an older one, is
+        // counted by the trigger.
         CompatibleChange(
             isInPlace: "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'counted' AND NOT attisdropped)",
             statements: [
@@ -140,11 +141,12 @@ extension PostgresQueueDatabase {
     }
 
     /// The clause of a one-entry push statement that counts its entry, in queue `$queue`, as
-    /// ``countPushed(table:)`` does. The count row is updated in place when it exists, which costs
-    /// the server less than an `INSERT … ON CONFLICT DO UPDATE` (that one also writes a lock record
-    /// to the WAL); only a session's first push to a queue inserts it (`counted`, which also takes
-    /// the row over when another session inserted it meanwhile). One row, so no lock order to keep
-    /// among count rows.
+    /// ``countPushed(table:)`` does, and listed before the registration clause as that one is (the
+    /// same lock order). The shard's count row is updated in place when it exists, which costs the
+    /// server less than an `INSERT … ON CONFLICT DO UPDATE` (that one also writes a tuple-lock
+    /// record to the WAL); it is inserted only when the shard has no row for the queue yet
+    /// (`counted`, which updates the row instead when another session of the shard inserted it
+    /// meanwhile). One row, so no order to keep among count rows.
     static func countOnePush(queue: Int, table: String) -> String {
         """
         bumped AS (
