@@ -128,7 +128,7 @@ extension PostgresQueueDatabase {
                 if session.withLock({ $0 != nil }) {
                     failures += 1
                     if failures == 1 {
-                        logger.warning("cannot notify the other instances of pushes; trying again, less and less often")
+                        logger.info("cannot notify the other instances of pushes; trying again, less and less often")
                     }
                     announcements.continuation.yield()
                 }

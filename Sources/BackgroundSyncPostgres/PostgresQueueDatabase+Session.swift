@@ -41,7 +41,7 @@ extension PostgresQueueDatabase {
             return connection
         }
         guard let lost else { return }
-        logger.warning("the PostgreSQL server no longer holds this instance's session lock; connecting again")
+        logger.info("the PostgreSQL server no longer holds this instance's session lock; connecting again")
         _ = lost.close() as EventLoopFuture<Void>
     }
 
@@ -180,11 +180,11 @@ extension PostgresQueueDatabase {
                     }
                 } catch {
                     if !Task.isCancelled && !silent.withLock({ $0 }) {
-                        logger.warning("lost the PostgreSQL session; connecting again", metadata: ["error": "\(describe(error))"])
+                        logger.info("lost the PostgreSQL session; connecting again", metadata: ["error": "\(describe(error))"])
                     }
                 }
                 if silent.withLock({ $0 }) {
-                    logger.warning("the PostgreSQL session did not answer a check in time; connecting again")
+                    logger.info("the PostgreSQL session did not answer a check in time; connecting again")
                 }
                 session.withLock { $0 = nil }
                 try? await current.close()
@@ -200,7 +200,7 @@ extension PostgresQueueDatabase {
                 connection = try await openSession()
             } catch {
                 if !Task.isCancelled {
-                    logger.warning("cannot open the PostgreSQL session", metadata: ["error": "\(describe(error))"])
+                    logger.info("cannot open the PostgreSQL session", metadata: ["error": "\(describe(error))"])
                 }
             }
         }
