@@ -305,17 +305,6 @@ public final class PostgresQueueDatabase: QueueDatabase, Service {
 
 }
 
-extension Result where Failure == any Error {
-    /// The outcome of an async throwing closure.
-    init(catching body: () async throws -> Success) async {
-        do {
-            self = .success(try await body())
-        } catch {
-            self = .failure(error)
-        }
-    }
-}
-
 /// How many pushes a store wrote in their callers' tasks, by outcome (see
 /// ``PostgresQueueDatabase/directPushCounts``).
 @_spi(Testing) public struct DirectPushCounts: Sendable {

@@ -25,6 +25,11 @@ public final class PostgresTestServer: Sendable {
 
     /// A `postgres://` URL to the `postgres` database.
     public var url: String { "postgres://\(user)@127.0.0.1:\(port)/postgres" }
+    /// A role that must give its password (SCRAM), ``rolePassword``, for tests of a password refused;
+    /// it may create schemas in the `postgres` database.
+    public static let passwordRole = "bgsync_password"
+    /// The password of ``passwordRole``.
+    public static let rolePassword = "right-password"
 
     /// Why a server cannot be started here (no PostgreSQL binaries), or `nil`.
     public static var unavailableReason: String? {
@@ -49,7 +54,25 @@ public final class PostgresTestServer: Sendable {
         port = try Self.freePort()
         let data = directory.appendingPathComponent("data").path
         try command("initdb", ["-D", data, "-U", user, "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+        try requirePassword(data: data)
         try start()
+        try command("psql", [
+            "-h", directory.path, "-p", "\(port)", "-U", user, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c",
+            "CREATE ROLE \(Self.passwordRole) LOGIN PASSWORD '\(Self.rolePassword)'; GRANT CREATE ON DATABASE postgres TO \(Self.passwordRole)",
+        ])
+    }
+
+    /// Makes ``passwordRole`` log in with its password over TCP: the first matching line of
+    /// `pg_hba.conf` wins, so the line goes before `initdb`'s (which trust every login). The file
+    /// is rewritten in place, keeping its owner.
+    private func requirePassword(data: String) throws {
+        let path = data + "/pg_hba.conf"
+        guard let rules = FileManager.default.contents(atPath: path), let handle = FileHandle(forWritingAtPath: path) else {
+            throw Failure(message: "cannot read and write \(path)")
+        }
+        defer { try? handle.close() }
+        try handle.truncate(atOffset: 0)
+        try handle.write(contentsOf: Data("host all \(Self.passwordRole) 127.0.0.1/32 scram-sha-256\n".utf8) + rules)
     }
 
     /// One server for the whole test process, started on first use and stopped (and removed) when

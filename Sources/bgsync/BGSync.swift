@@ -1,4 +1,5 @@
 import ArgumentParser
+import BackgroundSyncPostgres
 import Foundation
 
 /// `bgsync`: inspect and drive swift-background-sync queues from the command line.
@@ -50,9 +51,13 @@ struct BGSync: AsyncParsableCommand {
             // Help and version go to stdout as ArgumentParser prints them.
             guard status != .success else { exit(withError: error) }
             var message = fullMessage(for: error)
-            // ArgumentParser echoes a whole argument, or the value after its `=`.
+            // ArgumentParser echoes a whole argument, or the value after its `=`: a database URL
+            // given where none is expected (without --db) is echoed without its password.
             for argument in CommandLine.arguments.dropFirst() {
                 let parts = [argument] + (argument.firstIndex(of: "=").map { [String(argument[argument.index(after: $0)...])] } ?? [])
+                for part in parts where ["postgres:", "postgresql:"].contains(where: part.lowercased().hasPrefix) {
+                    message = message.replacingOccurrences(of: part, with: PostgresQueueDatabase.Configuration.redacting(part))
+                }
                 for part in parts where escapingControlCharacters(part) != part {
                     message = message.replacingOccurrences(of: part, with: escapingControlCharacters(part))
                 }

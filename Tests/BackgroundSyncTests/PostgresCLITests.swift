@@ -72,6 +72,11 @@ struct PostgresCLITests {
         #expect(bad.status == 2, "\(bad.stderr)")
         #expect(bad.stderr.contains("port 99999 is out of range"), "\(bad.stderr)")
         #expect(!bad.stderr.contains("secret"), "\(bad.stderr)")
+        // A URL given without --db: ArgumentParser's error echoes it, without the password.
+        let stray = try await bgsync(["list", "postgres://u:secret@127.0.0.1/db"])
+        #expect(stray.status != 0)
+        #expect(stray.stderr.contains("postgres://u:***@127.0.0.1/db"), "\(stray.stderr)")
+        #expect(!stray.stderr.contains("secret"), "\(stray.stderr)")
         let schema = try await bgsync(["queues", "--db", server.url + "?schema=Robert'); DROP TABLE x;--"])
         #expect(schema.status == 2, "\(schema.stderr)")
         // A port nobody listens on: refused.
@@ -85,5 +90,23 @@ struct PostgresCLITests {
         let role = try await bgsync(["queues", "--db", "postgres://nobody:pw@127.0.0.1:\(server.port)/postgres?sslmode=disable"])
         #expect(role.status == 6, "\(role.stderr)")
         #expect(!role.stderr.contains("pw@"), "\(role.stderr)")
+    }
+
+    @Test func aWrongPasswordIsAOneLineErrorWithoutThePassword() async throws {
+        let server = try await offCooperativePool { try PostgresTestServer.shared() }
+        let role = PostgresTestServer.passwordRole
+        let wrong = try await bgsync(
+            ["queues", "--db", "postgres://\(role):wrong-secret@127.0.0.1:\(server.port)/postgres?sslmode=disable"])
+        #expect(wrong.status == 6, "\(wrong.stderr)")
+        #expect(wrong.stderr.split(separator: "\n").count == 1, "\(wrong.stderr)")
+        #expect(wrong.stderr.contains("password authentication failed"), "\(wrong.stderr)")
+        #expect(!wrong.stderr.contains("wrong-secret"), "\(wrong.stderr)")
+        // The right one opens the store: the refusal above was the password's.
+        let right = try await bgsync([
+            "enqueue", "--db",
+            "postgres://\(role):\(PostgresTestServer.rolePassword)@127.0.0.1:\(server.port)/postgres?sslmode=disable&schema=\(uniqueSchema("pw"))",
+            "--queue", "orders", "-d", "one", "http://127.0.0.1:9/x",
+        ])
+        #expect(right.status == 0, "\(right.stderr)")
     }
 }

@@ -11,7 +11,8 @@ struct Run: AsyncParsableCommand {
         abstract: "Replay every queue of the database automatically, as a daemon.",
         discussion: """
             Runs a SyncService over the database: at start, when a request is queued (by any \
-            process: a SQLite file is polled; a PostgreSQL store notifies), when connectivity \
+            process: a PostgreSQL store notifies; either store is also polled, every \
+            --poll-interval seconds), when connectivity \
             returns (netlink on Linux) and when a backoff ends. Logs to stderr. SIGTERM or SIGINT \
             stops it gracefully: sends in flight finish (for --shutdown-timeout seconds at most, \
             then they are cancelled), their entries are deleted or stay queued, nothing is lost. Started on several hosts with one postgres:// URL, the daemons form a \
@@ -98,7 +99,7 @@ struct Run: AsyncParsableCommand {
                 throw CLIError("--token needs --listen")
             }
             // A database that fails while the daemon runs ends it with its own status, as any command.
-            try await database.withDatabase(.create) { db in
+            try await database.withDatabase(.create, logger: logger) { db in
                 let limits = try inFlightLimits()
                 let service = SyncService(
                     database: db,

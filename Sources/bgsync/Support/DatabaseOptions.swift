@@ -68,14 +68,21 @@ struct DatabaseOptions: ParsableArguments {
     }
 
     /// Runs `body` with the database in force: a SQLite file opened for `access`, or a PostgreSQL
-    /// store running for the duration of the call (its schema created or migrated on the way).
-    func withDatabase<T: Sendable>(_ access: Access, _ body: (any QueueDatabase) async throws -> T) async throws -> T {
+    /// store running for the duration of the call (its schema created or migrated on the way),
+    /// logging to `logger` (the daemon's), or only its errors when `nil` (a one-shot command
+    /// reports its own).
+    func withDatabase<T: Sendable>(
+        _ access: Access, logger: Logger? = nil, _ body: (any QueueDatabase) async throws -> T
+    ) async throws -> T {
         let path = try checkedPath()
         guard isPostgres else { return try await body(try open(access)) }
-        var logger = Logger(label: "bgsync.postgres")
-        logger.logLevel = .error
+        let storeLogger = logger ?? {
+            var quiet = Logger(label: "bgsync.postgres")
+            quiet.logLevel = .error
+            return quiet
+        }()
         return try await PostgresQueueDatabase.withDatabase(
-            try PostgresQueueDatabase.Configuration(url: path), logger: logger, body)
+            try PostgresQueueDatabase.Configuration(url: path), logger: storeLogger, body)
     }
 
     /// How a command uses the database.
