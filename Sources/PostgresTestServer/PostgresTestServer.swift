@@ -56,9 +56,13 @@ public final class PostgresTestServer: Sendable {
         try command("initdb", ["-D", data, "-U", user, "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"])
         try requirePassword(data: data)
         try start()
+        // SCRAM, as `pg_hba.conf` asks: PostgreSQL 12 and 13 would store an md5 hash by default.
         try command("psql", [
-            "-h", directory.path, "-p", "\(port)", "-U", user, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c",
-            "CREATE ROLE \(Self.passwordRole) LOGIN PASSWORD '\(Self.rolePassword)'; GRANT CREATE ON DATABASE postgres TO \(Self.passwordRole)",
+            "-X", "-h", directory.path, "-p", "\(port)", "-U", user, "-d", "postgres", "-c",
+            """
+            SET password_encryption = 'scram-sha-256'; CREATE ROLE \(Self.passwordRole) LOGIN PASSWORD '\(Self.rolePassword)';
+            GRANT CREATE ON DATABASE postgres TO \(Self.passwordRole)
+            """,
         ])
     }
 

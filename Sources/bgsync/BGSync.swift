@@ -55,11 +55,10 @@ struct BGSync: AsyncParsableCommand {
             // given where none is expected (without --db) is echoed without its password.
             for argument in CommandLine.arguments.dropFirst() {
                 let parts = [argument] + (argument.firstIndex(of: "=").map { [String(argument[argument.index(after: $0)...])] } ?? [])
-                for part in parts where ["postgres:", "postgresql:"].contains(where: part.lowercased().hasPrefix) {
-                    message = message.replacingOccurrences(of: part, with: PostgresQueueDatabase.Configuration.redacting(part))
-                }
-                for part in parts where escapingControlCharacters(part) != part {
-                    message = message.replacingOccurrences(of: part, with: escapingControlCharacters(part))
+                for part in parts {
+                    let isDatabaseURL = ["postgres:", "postgresql:"].contains(where: part.lowercased().hasPrefix)
+                    let shown = escapingControlCharacters(isDatabaseURL ? PostgresQueueDatabase.Configuration.redacting(part) : part)
+                    if shown != part { message = message.replacingOccurrences(of: part, with: shown) }
                 }
             }
             if !message.isEmpty { FileHandle.standardError.write(Data((message + "\n").utf8)) }

@@ -77,6 +77,9 @@ struct PostgresCLITests {
         #expect(stray.status != 0)
         #expect(stray.stderr.contains("postgres://u:***@127.0.0.1/db"), "\(stray.stderr)")
         #expect(!stray.stderr.contains("secret"), "\(stray.stderr)")
+        // Its control characters escaped too.
+        let escaped = try await bgsync(["list", "postgres://u:secret@127.0.0.1/db\u{1B}]0;x\u{07}"])
+        #expect(!escaped.stderr.contains("secret") && !escaped.stderr.contains("\u{1B}"), "\(escaped.stderr.debugDescription)")
         let schema = try await bgsync(["queues", "--db", server.url + "?schema=Robert'); DROP TABLE x;--"])
         #expect(schema.status == 2, "\(schema.stderr)")
         // A port nobody listens on: refused.

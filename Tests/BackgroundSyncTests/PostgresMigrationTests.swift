@@ -27,25 +27,31 @@ struct PostgresMigrationTests {
             for _ in 0..<4 { group.addTask { await Result { try await stores.open(configuration) } } }
             return await group.reduce(into: []) { $0.append($1) }
         }
-        var databases: [PostgresQueueDatabase] = []
-        for result in opened {
-            switch result {
-            case .success(let database): databases.append(database)
-            case .failure(let error): Issue.record("an instance failed to open: \(error)")
+        // The stores stop whatever the checks throw: four connected instances would otherwise
+        // stay on the shared server until the process exits.
+        let checked = await Result {
+            var databases: [PostgresQueueDatabase] = []
+            for result in opened {
+                switch result {
+                case .success(let database): databases.append(database)
+                case .failure(let error): Issue.record("an instance failed to open: \(error)")
+                }
             }
+            for (index, database) in databases.enumerated() {
+                let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/\(index)", method: "POST"))
+                _ = try await database.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
+            }
+            if let first = databases.first {
+                #expect(try await first.countEntries(queueName: "q", state: .pending) == databases.count)
+            }
+            let versions = try await offCooperativePool {
+                try PostgresSessionTests.psql(
+                    postgres, "SELECT string_agg(version, ',' ORDER BY version) FROM \(configuration.schema).schema_migration")
+            }
+            #expect(versions == PostgresQueueDatabase.migrations.map(\.version).sorted().joined(separator: ","))
         }
-        for (index, database) in databases.enumerated() {
-            let entry = UnidentifiedQueueStoreEntry(requestData: .init(url: "https://a.example/\(index)", method: "POST"))
-            _ = try await database.pushEntry(entry, queueName: "q", at: .tail, registeringSyncTag: nil)
-        }
-        if let first = databases.first {
-            #expect(try await first.countEntries(queueName: "q", state: .pending) == databases.count)
-        }
-        let versions = try await offCooperativePool {
-            try PostgresSessionTests.psql(postgres, "SELECT string_agg(version, ',' ORDER BY version) FROM \(configuration.schema).schema_migration")
-        }
-        #expect(versions == PostgresQueueDatabase.migrations.map(\.version).sorted().joined(separator: ","))
         await stores.stopAll()
+        try checked.get()
     }
 
     /// A schema with a migration this version does not know is refused with `schemaTooNew`, the

@@ -13,7 +13,8 @@ import ServiceLifecycle
 ///   their schedule,
 /// - when the head entry's backoff ends (the retry timer),
 /// - when another process pushes to a store that tells of it (``QueueDatabase/pushNotifications()``:
-///   PostgreSQL's `NOTIFY`), and at each ``Configuration/pollInterval`` otherwise.
+///   PostgreSQL's `NOTIFY`), and at each ``Configuration/pollInterval`` when one is set (the only
+///   way to see other processes' pushes to a store that does not tell of them).
 ///
 /// `lastChance` is set when the head entry's next attempt is its last (``RetryPolicy/maxAttempts``).
 /// Registrations live in the database, so a restarted service resumes them. On graceful shutdown it
