@@ -7,7 +7,8 @@ extension ReplayRunner {
     /// claims; the first failure that must stop the replay (a retry, a pause) stops every worker
     /// from taking more, and is thrown once the sends in flight are resolved.
     func replayConcurrently(
-        _ claims: any ReplayClaims, maxInFlight: Int, summary: inout ReplaySummary
+        _ claims: any ReplayClaims, preparer: (any PreparingReplayClaims)?, maxInFlight: Int,
+        summary: inout ReplaySummary
     ) async throws {
         let failure = Locked<BackgroundSyncError?>(nil)
         // A graceful shutdown stopped a worker that had an entry to send.
@@ -31,7 +32,8 @@ extension ReplayRunner {
                             if Task.isShuttingDownGracefully { stopped.withLock { $0 = true } }
                             break
                         }
-                        let outcome = try await replay(entry, claims: claims)
+                        let outcome = try await replay(
+                            entry, claims: claims, prepared: preparer?.preparedRequest(for: entry))
                         if case .stop(let error) = outcome {
                             failure.withLock { $0 = $0 ?? error }
                         }

@@ -4,14 +4,16 @@ import FoundationNetworking
 #endif
 
 extension ReplayRunner {
-    /// Sends one claimed entry, classifies the answer and records the outcome on `claims`:
+    /// Sends one claimed entry, classifies the answer and records the outcome on `claims`
+    /// (`prepared`: its stored request, built already by the claims, if they did):
     /// expired → deleted; cannot be rebuilt → dead letter; a `requestWillFetch` plugin or the
     /// `requestWillReplay` hook threw, or no response came → retry; a response → what ``QueueOptions/classifier`` decides. A delivery is
     /// reported (event, metrics, ``QueueOptions/requestDidReplay``) before this returns. Throws only
     /// when the store fails; the entry then goes back at ``ReplayClaims/finish()`` or when its
     /// lease expires. Nothing is lost either way.
     func replay(
-        _ entry: QueueStoreEntry, claims: any ReplayClaims, credentialsRefreshed: Bool = false
+        _ entry: QueueStoreEntry, claims: any ReplayClaims, prepared: StorableRequest? = nil,
+        credentialsRefreshed: Bool = false
     ) async throws -> ReplayOutcome {
         if isExpired(entry) {
             try await claims.complete(entry)
@@ -27,7 +29,7 @@ extension ReplayRunner {
         var outgoing: Outgoing
         do {
             if plugins.isEmpty && options.requestWillReplay == nil && entry.sealedSecrets == nil {
-                outgoing = .stored(try StorableRequest(requestData: entry.requestData))
+                outgoing = .stored(try prepared ?? StorableRequest(requestData: entry.requestData))
             } else {
                 outgoing = .built(try capture.rebuild(entry))
             }
@@ -79,7 +81,7 @@ extension ReplayRunner {
                 underlying: nil, claims: claims)
         case .pauseForAuthentication:
             if !credentialsRefreshed, let hook = options.onAuthenticationRequired, await hook(entry, response) {
-                return try await replay(entry, claims: claims, credentialsRefreshed: true)
+                return try await replay(entry, claims: claims, prepared: prepared, credentialsRefreshed: true)
             }
             try await claims.release(entry, failure: failure, nextAttemptAt: nil)
             control.pause(status: response.status)

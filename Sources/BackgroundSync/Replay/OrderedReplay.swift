@@ -13,7 +13,9 @@ extension ReplayRunner {
     /// asked for while the current one is in flight, so that the store's work (leasing ahead,
     /// deleting deliveries, checking) overlaps the send; the current entry is resolved, and
     /// ``QueueOptions/requestDidReplay`` has run, before the next one is prepared.
-    func replayInOrder(_ claims: any ReplayClaims, summary: inout ReplaySummary) async throws {
+    func replayInOrder(
+        _ claims: any ReplayClaims, preparer: (any PreparingReplayClaims)?, summary: inout ReplaySummary
+    ) async throws {
         var next = try await claims.next()
         var handedOutAt = options.clock.now
         while case .claimed(let entry) = next, !mustStop {
@@ -30,12 +32,12 @@ extension ReplayRunner {
             let outcome: ReplayOutcome
             if let ready = claims.nextLeasedAhead(checkedWithin: Self.leaseCheckAge) {
                 // Handed out now, and back at `finish()` if the replay stops before sending it.
-                outcome = try await replay(entry, claims: claims)
+                outcome = try await replay(entry, claims: claims, prepared: preparer?.preparedRequest(for: entry))
                 next = .claimed(ready)
             } else {
                 async let following = claims.next()
                 do {
-                    outcome = try await replay(entry, claims: claims)
+                    outcome = try await replay(entry, claims: claims, prepared: preparer?.preparedRequest(for: entry))
                 } catch {
                     // The entry the next claim handed out goes back with the others at `finish()`.
                     _ = try? await following

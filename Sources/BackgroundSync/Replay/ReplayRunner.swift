@@ -101,13 +101,16 @@ struct ReplayRunner: Sendable {
         let claims = database.claims(
             queueName: queueName, order: order, owner: owner, leaseDuration: options.leaseDuration,
             clock: options.clock)
+        // Stored requests sent as they are can be built by the claims ahead of their sends.
+        let preparer = claims as? any PreparingReplayClaims
+        if control.requestPlugins.isEmpty && options.requestWillReplay == nil { preparer?.prepareRequests() }
         var summary = ReplaySummary()
         let result: Result<Void, any Error>
         do {
             if case .concurrent(let limit) = order {
-                try await replayConcurrently(claims, maxInFlight: limit, summary: &summary)
+                try await replayConcurrently(claims, preparer: preparer, maxInFlight: limit, summary: &summary)
             } else {
-                try await replayInOrder(claims, summary: &summary)
+                try await replayInOrder(claims, preparer: preparer, summary: &summary)
             }
             result = .success(())
         } catch {

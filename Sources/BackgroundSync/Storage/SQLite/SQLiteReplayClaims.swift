@@ -14,8 +14,12 @@ import GRDB
 /// another, is skipped. A check reads the following entries with it (up to
 /// ``SQLiteQueueDatabase/leaseCheckLimit`` in one statement), and notes when each was found
 /// leased, as a lease does: ``nextLeasedAhead(checkedWithin:)`` hands out, without a read, an
-/// entry found leased recently enough for its caller.
-final class SQLiteReplayClaims: ReplayClaims {
+/// entry found leased recently enough for its caller. Once asked to (``prepareRequests()``), a
+/// lease also rebuilds and checks the requests of the entries it leased, after its commit, in the
+/// task that asked for the lease: for an ordered replay that task runs during a send, so the
+/// replay takes each request ready (``preparedRequest(for:)``) instead of building it between
+/// two sends.
+final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
     /// How many entries an ordered replay leases at a time, at first and whenever the server is
     /// slow. The price of batching: a process that dies mid-replay may send again the delivered
     /// entries of the batch (each with its `Idempotency-Key`), and other processes list them
@@ -52,6 +56,11 @@ final class SQLiteReplayClaims: ReplayClaims {
         /// How many entries the next lease of an ordered replay asks for.
         var orderedBatch = orderedLeaseAhead
         var finished = false
+        /// Whether leases build the requests of the entries they lease (``prepareRequests()``).
+        var preparing = false
+        /// The requests the leases built, by entry id, until taken; each lease of an entry replaces
+        /// its request (with nothing when it could not be built).
+        var prepared: [Int64: StorableRequest] = [:]
     }
 
     /// What one lease commit does.
@@ -64,6 +73,8 @@ final class SQLiteReplayClaims: ReplayClaims {
         /// The ordered replay was to restart from the head (restored if the commit fails).
         var restartingFromHead: Bool
         var limit: Int
+        /// Builds the requests of the entries it leases.
+        var preparing: Bool
     }
 
     private let database: SQLiteQueueDatabase
@@ -216,7 +227,7 @@ final class SQLiteReplayClaims: ReplayClaims {
         state.leasing = true
         var work = LeaseWork(
             deleting: state.delivered, givingBack: [], givingBackLeasedAt: nil, excluding: state.handedOut,
-            restartingFromHead: state.restartFromHead, limit: limit)
+            restartingFromHead: state.restartFromHead, limit: limit, preparing: state.preparing)
         if givingBackAll {
             (work.givingBack, work.givingBackLeasedAt) = (state.leased.removeAll(), state.leasedAt)
             state.leasedAt = nil
@@ -255,6 +266,14 @@ final class SQLiteReplayClaims: ReplayClaims {
         } catch {
             outcome = .failure(error)
         }
+        // Outside the lock: built for a few dozen entries at a time, while the replay sends.
+        var requests: [(id: Int64, request: StorableRequest?)] = []
+        if work.preparing, case .success(let leased) = outcome {
+            requests = leased.entries.map { entry in
+                // An entry with sealed secret fields is rebuilt with them by the replay.
+                (entry.id, entry.sealedSecrets == nil ? try? StorableRequest(requestData: entry.requestData) : nil)
+            }
+        }
         let waiters = state.withLock { state -> [UnsafeContinuation<Void, Never>] in
             state.leasing = false
             switch outcome {
@@ -263,6 +282,7 @@ final class SQLiteReplayClaims: ReplayClaims {
                 state.leasedAt = state.leased.isEmpty ? now : min(state.leasedAt ?? now, now)
                 state.leased.append(contentsOf: leased.entries)
                 for entry in leased.entries { state.checkedAt[entry.id] = now }
+                for (id, request) in requests { state.prepared[id] = request }
                 state.drained = leased.entries.count < work.limit
                 state.lastLeased = leased.entries.count
             case .failure:
@@ -281,6 +301,14 @@ final class SQLiteReplayClaims: ReplayClaims {
         let leased = try outcome.get()
         database.forgetDeliveries(work.deleting, of: queueName)
         return (leased.busy.map { .busy(owner: $0.owner, until: $0.until) }, leased.entries.map(\.id))
+    }
+
+    func prepareRequests() {
+        state.withLock { $0.preparing = true }
+    }
+
+    func preparedRequest(for entry: QueueStoreEntry) -> StorableRequest? {
+        state.withLock { $0.prepared.removeValue(forKey: entry.id) }
     }
 
     func complete(_ entry: QueueStoreEntry) async throws {
@@ -326,6 +354,7 @@ final class SQLiteReplayClaims: ReplayClaims {
                 state.leased = LeasedAhead()
                 state.checkedAt = [:]
                 state.handedOut = []
+                state.prepared = [:]
             }
             return (state.delivered, state.leased.entries.map(\.id) + state.handedOut)
         }
