@@ -5,7 +5,7 @@ import Foundation
 /// deadline has come, and ``sleepers`` lets a test wait until the code under test is asleep.
 ///
 /// A replay on this clock trusts its checks of entries leased ahead for as long as the clock
-/// stands still (a replay uses a check up to 5 ms old): a test that deletes or sets aside an entry
+/// stands still (a replay uses a check up to 20 ms old): a test that deletes or sets aside an entry
 /// while a replay runs, and expects it not to be sent, advances the clock by more than that first.
 public final class ManualWallClock: WallClock, @unchecked Sendable {
     // `@unchecked Sendable`: all state is behind `lock`.

@@ -3,10 +3,12 @@ import Foundation
 extension ReplayRunner {
     /// How old a check of an entry leased ahead may be for a replay to take it without asking the
     /// store (``ReplayClaims/nextLeasedAhead(checkedWithin:)``). A deletion or set-aside made this
-    /// long before a worker takes the entry stops its send; in order, where the next entry is taken
-    /// before the current one is sent (as ``ReplayClaims/next()`` would be during that send), this
-    /// long plus the current send.
-    static let leaseCheckAge: Duration = .milliseconds(5)
+    /// long before a worker takes the entry stops its send; one made later may not (in order, where
+    /// the next entry is taken before the current one is sent, this long plus the current send),
+    /// just as one made during a send cannot stop it. Shorter than a send over a network, so a slow
+    /// server has each entry checked during the send before it; a fast one (loopback, a LAN) has a
+    /// check every few dozen entries, each a read of the store that competes with the sends.
+    static let leaseCheckAge: Duration = .milliseconds(20)
 
     /// One entry at a time, in queue order, stopping at the first that must be retried. The next
     /// entry is taken before the current one is sent when the claims have it ready, and otherwise
