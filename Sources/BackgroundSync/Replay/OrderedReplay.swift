@@ -5,9 +5,9 @@ extension ReplayRunner {
     /// store (``ReplayClaims/nextLeasedAhead(checkedWithin:)``). A deletion or set-aside made this
     /// long before a worker takes the entry stops its send; one made later may not (in order, where
     /// the next entry is taken before the current one is sent, this long plus the current send),
-    /// just as one made during a send cannot stop it. Shorter than a send over a network, so a slow
-    /// server has each entry checked during the send before it; a fast one (loopback, a LAN) has a
-    /// check every few dozen entries, each a read of the store that competes with the sends.
+    /// just as one made during a send cannot stop it. A server that takes longer than this to answer
+    /// has each entry checked during the send before it; a faster one (loopback, a LAN) has a check
+    /// every few dozen entries at most, each a read of the store that competes with the sends.
     static let leaseCheckAge: Duration = .milliseconds(20)
 
     /// One entry at a time, in queue order, stopping at the first that must be retried. The next

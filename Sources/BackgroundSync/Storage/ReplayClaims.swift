@@ -101,18 +101,3 @@ extension ReplayClaims {
     /// `nil`: every entry comes from ``ReplayClaims/next()``.
     public func nextLeasedAhead(checkedWithin maxCheckAge: Duration) -> QueueStoreEntry? { nil }
 }
-
-/// Claims that can build the requests of the entries they lease ahead, away from the sends: the
-/// replay then takes each entry's request ready instead of rebuilding and checking it from
-/// ``QueueStoreEntry/requestData`` between two sends.
-protocol PreparingReplayClaims: ReplayClaims {
-    /// From now on, the requests of the entries leased are built (with
-    /// ``StorableRequest/init(requestData:)``); called before the first ``ReplayClaims/next()``, by
-    /// a replay that sends stored requests as they are (no plugins, no `requestWillReplay` hook).
-    func prepareRequests()
-
-    /// Takes the request built for an entry handed out, if there is one: `nil` when none was
-    /// built (the entry has sealed secret fields, its request could not be built, or it was taken
-    /// already), and the replay builds it.
-    func preparedRequest(for entry: QueueStoreEntry) -> StorableRequest?
-}

@@ -16,7 +16,7 @@ import GRDB
 /// leased, as a lease does: ``nextLeasedAhead(checkedWithin:)`` hands out, without a read, an
 /// entry found leased recently enough for its caller. Once asked to (``prepareRequests()``), a
 /// lease also rebuilds and checks the requests of the entries it leased, after its commit, in the
-/// task that asked for the lease: for an ordered replay that task runs during a send, so the
+/// task that asked for the lease: in an ordered replay that task runs during a send, so the
 /// replay takes each request ready (``preparedRequest(for:)``) instead of building it between
 /// two sends.
 final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
@@ -58,9 +58,12 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
         var finished = false
         /// Whether leases build the requests of the entries they lease (``prepareRequests()``).
         var preparing = false
-        /// The requests the leases built, by entry id, until taken; each lease of an entry replaces
-        /// its request (with nothing when it could not be built).
+        /// The requests the leases built, by entry id, until taken, or until the entry is given back
+        /// or found no longer leased; each lease of an entry replaces its request (with nothing
+        /// when it could not be built).
         var prepared: [Int64: StorableRequest] = [:]
+        /// How many requests ``preparedRequest(for:)`` handed out.
+        var preparedTaken = 0
     }
 
     /// What one lease commit does.
@@ -125,6 +128,7 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
                 if valid.contains(entry.id) { return .claimed(entry) }
                 state.withLock { state in
                     state.handedOut.remove(entry.id)
+                    state.prepared[entry.id] = nil
                     // In order, nothing may be sent past it (it may be pending again, or held by
                     // someone else): lease again from the head.
                     if case .ordered = order { state.restartFromHead = true }
@@ -230,6 +234,9 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
             restartingFromHead: state.restartFromHead, limit: limit, preparing: state.preparing)
         if givingBackAll {
             (work.givingBack, work.givingBackLeasedAt) = (state.leased.removeAll(), state.leasedAt)
+            // A lease that takes them again builds their requests again (the replay builds those
+            // of entries restored by a lease that failed).
+            for entry in work.givingBack { state.prepared[entry.id] = nil }
             state.leasedAt = nil
             state.checkedAt = [:]
             state.restartFromHead = false
@@ -266,7 +273,8 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
         } catch {
             outcome = .failure(error)
         }
-        // Outside the lock: built for a few dozen entries at a time, while the replay sends.
+        // Outside the lock: built for a few dozen entries at a time (in an ordered replay, while it
+        // sends).
         var requests: [(id: Int64, request: StorableRequest?)] = []
         if work.preparing, case .success(let leased) = outcome {
             requests = leased.entries.map { entry in
@@ -308,8 +316,15 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
     }
 
     func preparedRequest(for entry: QueueStoreEntry) -> StorableRequest? {
-        state.withLock { $0.prepared.removeValue(forKey: entry.id) }
+        state.withLock { state in
+            let request = state.prepared.removeValue(forKey: entry.id)
+            if request != nil { state.preparedTaken += 1 }
+            return request
+        }
     }
+
+    /// How many prepared requests the replay took (for tests).
+    var preparedRequestsTaken: Int { state.withLock { $0.preparedTaken } }
 
     func complete(_ entry: QueueStoreEntry) async throws {
         // Noted under the claims' lock: a lease that takes the delivery for deletion (and forgets
