@@ -10,11 +10,6 @@ import FoundationNetworking
 /// would build, taken once, never one for an entry the replay must rebuild itself.
 @Suite("Requests built by the leases of a SQLite replay")
 struct ReplayPreparationTests {
-    private func sqlite(_ path: String, _ sql: String) throws {
-        let run = try ChildProcess.run("/usr/bin/env", ["sqlite3", "-cmd", ".timeout 10000", path, sql])
-        #expect(run.status == 0, "\(String(decoding: run.stderr, as: UTF8.self))")
-    }
-
     /// Three entries on a file: a plain one, one with sealed secret fields, and one whose URL was
     /// damaged on disk; the claims of an ordered replay of them, and the file's path.
     private func claimsOverThreeEntries(preparing: Bool) async throws -> (SQLiteReplayClaims, String) {

@@ -13,12 +13,6 @@ struct SQLiteQueueDatabaseTests {
         return folder
     }
 
-    private func sqlite(_ path: String, _ sql: String) throws {
-        // Waits for a lock the database being closed may still hold (its last checkpoint).
-        let run = try ChildProcess.run("/usr/bin/env", ["sqlite3", "-cmd", ".timeout 10000", path, sql])
-        #expect(run.status == 0, "\(String(decoding: run.stderr, as: UTF8.self))")
-    }
-
     /// GRDB sets a pool's writer to `synchronous=NORMAL` when it enables WAL; pushes must commit
     /// with the configured mode (FULL: synced before the call returns), while replay bookkeeping
     /// commits with NORMAL.

@@ -25,10 +25,9 @@ extension ReplayRunner {
             if let record = entry.recordKey { return "record \(record) (entry \(entry.id))" }
             return "entry \(entry.id) (\(entry.requestData.method) \(MaskedRequest.url(entry.requestData.url)))"
         }
-        let plugins = control.requestPlugins
         var outgoing: Outgoing
         do {
-            if plugins.isEmpty && options.requestWillReplay == nil && entry.sealedSecrets == nil {
+            if sendsStoredRequestsAsTheyAre && entry.sealedSecrets == nil {
                 outgoing = .stored(try prepared ?? StorableRequest(requestData: entry.requestData))
             } else {
                 outgoing = .built(try capture.rebuild(entry))
@@ -38,6 +37,7 @@ extension ReplayRunner {
             return try await deadLetter(entry, failure, claims: claims)
         }
         if case .built(var request) = outgoing {
+            let plugins = control.requestPlugins
             var stage = "a requestWillFetch plugin"
             do {
                 for plugin in plugins { request = try await plugin.requestWillFetch(request) }

@@ -103,7 +103,7 @@ struct ReplayRunner: Sendable {
             clock: options.clock)
         // Stored requests sent as they are can be built by the claims ahead of their sends.
         let preparer = claims as? any PreparingReplayClaims
-        if control.requestPlugins.isEmpty && options.requestWillReplay == nil { preparer?.prepareRequests() }
+        if sendsStoredRequestsAsTheyAre { preparer?.prepareRequests() }
         var summary = ReplaySummary()
         let result: Result<Void, any Error>
         do {
@@ -124,6 +124,10 @@ struct ReplayRunner: Sendable {
         try Task.checkCancellation()
         return summary
     }
+
+    /// Whether nothing changes a stored request before it is sent: no `requestWillFetch` plugins,
+    /// no `requestWillReplay` hook (an entry's sealed secret fields still change its own).
+    var sendsStoredRequestsAsTheyAre: Bool { control.requestPlugins.isEmpty && options.requestWillReplay == nil }
 
     /// Whether the replay must take no more entries: cancellation, a graceful shutdown, or a pause
     /// (a 401/403 met by another send of a concurrent replay).

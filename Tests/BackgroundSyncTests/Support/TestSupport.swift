@@ -195,3 +195,11 @@ func awaitExit(
 func uniqueSchema(_ prefix: String) -> String {
     prefix + "_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
 }
+
+/// Runs one SQL text on a database file with the `sqlite3` command, as another process would (to
+/// damage a row, or change one behind a store's back); waits for a lock the file may still be
+/// under (a closing database's last checkpoint).
+func sqlite(_ path: String, _ sql: String) throws {
+    let run = try ChildProcess.run("/usr/bin/env", ["sqlite3", "-cmd", ".timeout 10000", path, sql])
+    #expect(run.status == 0, "\(String(decoding: run.stderr, as: UTF8.self))")
+}
