@@ -141,7 +141,9 @@ public struct AsyncHTTPClientTransport: HTTPTransport {
         var body = Data()
         let limit = configuration.maxResponseBodySize
         for try await chunk in response.body where body.count < limit {
-            body.append(contentsOf: chunk.readableBytesView.prefix(limit - body.count))
+            // Copied from the buffer's bytes at once (a `ByteBufferView` would go through
+            // `Data`'s generic append).
+            chunk.withUnsafeReadableBytes { bytes in body.append(contentsOf: bytes.prefix(limit - body.count)) }
         }
         return ServerResponse(
             status: Int(response.status.code),

@@ -15,12 +15,12 @@ struct LeasedAheadTests {
 
     @Test func handsOutInOrderAcrossAppendsAndReclaims() {
         var leased = LeasedAhead()
-        #expect(leased.isEmpty && leased.first == nil && leased.popFirst() == nil)
+        #expect(leased.isEmpty && leased.firstID == nil && leased.popFirst() == nil)
         leased.append(contentsOf: entries(1...40))
         var handedOut: [Int64] = []
         // Past the point where the storage ahead is reclaimed, with entries still behind.
         for _ in 0..<25 { handedOut.append(leased.popFirst()!.id) }
-        #expect(leased.count == 15 && leased.first?.id == 26)
+        #expect(leased.count == 15 && leased.firstID == 26)
         leased.append(contentsOf: entries(41...50))
         #expect(leased.entries.map(\.id) == Array(26...50))
         while let entry = leased.popFirst() { handedOut.append(entry.id) }

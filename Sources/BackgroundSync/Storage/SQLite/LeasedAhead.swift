@@ -13,7 +13,8 @@ struct LeasedAhead {
     var entries: ArraySlice<QueueStoreEntry> { storage[head...] }
     var isEmpty: Bool { head == storage.count }
     var count: Int { storage.count - head }
-    var first: QueueStoreEntry? { isEmpty ? nil : storage[head] }
+    /// The first entry's id (without a copy of the entry).
+    var firstID: Int64? { isEmpty ? nil : storage[head].id }
 
     /// Takes the first entry out.
     mutating func popFirst() -> QueueStoreEntry? {

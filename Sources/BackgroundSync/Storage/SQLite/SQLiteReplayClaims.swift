@@ -163,9 +163,9 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
         return state.withLock { state in
             // What `next()` would take now without a lease, found leased recently enough (an age
             // below zero, the clock gone back, counts as too old).
-            guard !state.finished, takesLeasedAhead(state, now: now), let first = state.leased.first,
+            guard !state.finished, takesLeasedAhead(state, now: now), let first = state.leased.firstID,
                 let leasedAt = state.leasedAt, now >= leasedAt,
-                let checkedAt = state.checkedAt[first.id], now >= checkedAt,
+                let checkedAt = state.checkedAt[first], now >= checkedAt,
                 now.timeIntervalSince(checkedAt) <= maxCheckAge.timeInterval
             else { return nil }
             return handOutLeasedAhead(&state)
