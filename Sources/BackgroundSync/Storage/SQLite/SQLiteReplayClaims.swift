@@ -14,7 +14,9 @@ import GRDB
 /// another, is skipped. A check reads the following entries with it (up to
 /// ``SQLiteQueueDatabase/leaseCheckLimit`` in one statement), and notes when each was found
 /// leased, as a lease does: ``nextLeasedAhead(checkedWithin:)`` hands out, without a read, an
-/// entry found leased recently enough for its caller. Once asked to (``prepareRequests()``), a
+/// entry found leased recently enough for its caller; an ordered replay whose last few entries
+/// leased ahead were found too long ago leases again from the head instead (``renewsTail(_:)``).
+/// Once asked to (``prepareRequests()``), a
 /// lease also rebuilds and checks the requests of the entries it leased, after its commit, in the
 /// task that asked for the lease: in an ordered replay that task runs during a send, so the
 /// replay takes each request ready (``preparedRequest(for:)``) instead of building it between
