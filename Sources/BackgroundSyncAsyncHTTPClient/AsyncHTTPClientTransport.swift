@@ -141,9 +141,12 @@ public struct AsyncHTTPClientTransport: HTTPTransport {
         var body = Data()
         let limit = configuration.maxResponseBodySize
         for try await chunk in response.body where body.count < limit {
-            // Copied from the buffer's bytes at once (a `ByteBufferView` would go through
-            // `Data`'s generic append).
-            chunk.withUnsafeReadableBytes { bytes in body.append(contentsOf: bytes.prefix(limit - body.count)) }
+            // Copied from the buffer's bytes at once (a collection would go through `Data`'s
+            // generic append, which starts with a dynamic cast).
+            chunk.withUnsafeReadableBytes { bytes in
+                guard let base = bytes.baseAddress else { return }
+                body.append(base.assumingMemoryBound(to: UInt8.self), count: min(bytes.count, limit - body.count))
+            }
         }
         return ServerResponse(
             status: Int(response.status.code),

@@ -79,9 +79,13 @@ struct OrderedLeaseTailTests {
 
     /// An entry of the tail deleted by another process (here the `sqlite3` tool) is not handed out.
     @Test func anEntryOfTheTailDeletedMeanwhileIsSkipped() async throws {
-        let (claims, database, _, ids) = try await replayAtTheTailOfItsFirstBatch()
+        let (claims, database, clock, ids) = try await replayAtTheTailOfItsFirstBatch()
         try sqlite(database.path, "DELETE FROM entry WHERE id = \(ids[7])")
-        var rest: [Int64] = []
+        guard case .claimed(let seventh) = try await claims.next() else { throw Expectation("7th") }
+        let expiries = try await leaseExpiries(database)
+        #expect(expiries[ids[6]] == clock.now.timeIntervalSince1970 + 100, "found by a lease, not a check")
+        var rest: [Int64] = [seventh.id]
+        try await claims.complete(seventh)
         while case .claimed(let entry) = try await claims.next() {
             rest.append(entry.id)
             try await claims.complete(entry)
@@ -94,7 +98,7 @@ struct OrderedLeaseTailTests {
     @Test func afterAnEntryWentBackTheTailIsCheckedNotLeasedAgain() async throws {
         let (claims, database, clock, ids) = try await replayAtTheTailOfItsFirstBatch(failing: 4)
         guard case .claimed(let seventh) = try await claims.next() else { throw Expectation("7th") }
-        #expect(seventh.id == ids[6], "the failed entry is not taken again by this replay")
+        #expect(seventh.id == ids[6], "the failed entry is not taken again by this next()")
         let expiries = try await leaseExpiries(database)
         #expect(expiries[ids[6]] == clock.now.timeIntervalSince1970 - 10 + 100, "checked, not leased again")
         try await claims.finish()

@@ -14,13 +14,12 @@ import GRDB
 /// another, is skipped. A check reads the following entries with it (up to
 /// ``SQLiteQueueDatabase/leaseCheckLimit`` in one statement), and notes when each was found
 /// leased, as a lease does: ``nextLeasedAhead(checkedWithin:)`` hands out, without a read, an
-/// entry found leased recently enough for its caller; an ordered replay whose last few entries
-/// leased ahead were found too long ago leases again from the head instead (``renewsTail(_:)``).
-/// Once asked to (``prepareRequests()``), a
-/// lease also rebuilds and checks the requests of the entries it leased, after its commit, in the
-/// task that asked for the lease: in an ordered replay that task runs during a send, so the
-/// replay takes each request ready (``preparedRequest(for:)``) instead of building it between
-/// two sends.
+/// entry found leased recently enough for its caller. When the last quarter of an ordered
+/// replay's batch or less is left, ``next()`` leases again from the head instead of checking
+/// (``renewsTail(_:)``). Once asked to (``prepareRequests()``), a lease also rebuilds and checks
+/// the requests of the entries it leased, after its commit, in the task that asked for the lease:
+/// in an ordered replay that task runs during a send, so the replay takes each request ready
+/// (``preparedRequest(for:)``) instead of building it between two sends.
 final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
     /// How many entries an ordered replay leases at a time, at first and whenever the server is
     /// slow. The price of batching: a process that dies mid-replay may send again the delivered
@@ -80,6 +79,8 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
         var excluding: Set<Int64>
         /// The ordered replay was to restart from the head (restored if the commit fails).
         var restartingFromHead: Bool
+        /// An entry had gone back since the previous lease started (restored if the commit fails).
+        var releasedBefore: Bool
         var limit: Int
         /// Builds the requests of the entries it leases.
         var preparing: Bool
@@ -188,12 +189,16 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
         }
     }
 
-    /// Whether an ordered replay leases again from the head, taking back the few entries left of
-    /// its batch, rather than checking them one read at a time. ``next()`` hands out an entry
-    /// leased ahead only when ``nextLeasedAhead(checkedWithin:)`` found it checked too long ago:
-    /// at the end of a batch that takes longer to send than that age, a lease (due a few entries
-    /// later anyway) finds them as a check would, for two row writes each instead of a read of the
-    /// store. A batch's last quarter at most, so a slow server's entries are still checked.
+    /// Whether ``next()`` of an ordered replay leases again from the head, taking back the few
+    /// entries left of its batch with the next ones, rather than checking them with a read. An
+    /// ordered replayer calls ``next()`` for an entry leased ahead only when
+    /// ``nextLeasedAhead(checkedWithin:)`` found it checked too long ago, which at the end of a
+    /// batch that takes longer to send than that age happens to each of its last entries: the
+    /// lease finds them as a check would, for two row writes each instead of a read that reloads
+    /// the check connection's pages, and the batch's next lease comes that many entries earlier.
+    /// Only for the last quarter of a batch at most, so a slow server's entries are still checked
+    /// (each batch then takes one commit per three quarters of its entries instead of one per
+    /// batch); and not after an entry went back, which a lease from the head would take again.
     private func renewsTail(_ state: State) -> Bool {
         guard case .ordered = order, !state.restartFromHead, !state.releasedSinceLease else { return false }
         return state.leased.count <= state.lastLeased / 4
@@ -223,7 +228,7 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
         switch order {
         case .ordered:
             if state.leasing { return .wait }
-            // The previous batch went out whole, or but for its tail (nothing given back, not
+            // The previous batch went out whole, or but for its tail (no entry went back, not
             // stale): `leasedAt` is when it was leased, and all of it but the tail and the entry in
             // flight was sent since.
             if !stale, !state.restartFromHead, state.lastLeased == state.orderedBatch, let previous = state.leasedAt {
@@ -247,10 +252,11 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
     /// entries leased ahead when they are all to be leased again, lease up to `limit` more.
     private func startLease(_ state: inout State, limit: Int, givingBackAll: Bool) -> LeaseWork {
         state.leasing = true
-        state.releasedSinceLease = false
         var work = LeaseWork(
             deleting: state.delivered, givingBack: [], givingBackLeasedAt: nil, excluding: state.handedOut,
-            restartingFromHead: state.restartFromHead, limit: limit, preparing: state.preparing)
+            restartingFromHead: state.restartFromHead, releasedBefore: state.releasedSinceLease, limit: limit,
+            preparing: state.preparing)
+        state.releasedSinceLease = false
         if givingBackAll {
             (work.givingBack, work.givingBackLeasedAt) = (state.leased.removeAll(), state.leasedAt)
             // A lease that takes them again builds their requests again (the replay builds those
@@ -317,6 +323,7 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
                 // the time it was leased.
                 state.leased = LeasedAhead(work.givingBack + state.leased.entries)
                 state.restartFromHead = state.restartFromHead || work.restartingFromHead
+                state.releasedSinceLease = state.releasedSinceLease || work.releasedBefore
                 if let leasedAt = work.givingBackLeasedAt {
                     state.leasedAt = min(state.leasedAt ?? leasedAt, leasedAt)
                 }
