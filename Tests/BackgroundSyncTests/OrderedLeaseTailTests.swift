@@ -30,7 +30,8 @@ struct OrderedLeaseTailTests {
             guard case .claimed(let entry) = try await claims.next() else { throw Expectation(index) }
             #expect(entry.id == ids[index])
             if index == failing {
-                try await claims.release(entry, failure: ReplayFailure(kind: .noResponse, message: "refused"), nextAttemptAt: nil)
+                let failure = ReplayFailure(kind: .noResponse, message: "refused")
+                try await claims.release(entry, failure: failure, nextAttemptAt: nil)
             } else {
                 try await claims.complete(entry)
             }

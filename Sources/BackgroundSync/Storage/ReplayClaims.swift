@@ -91,10 +91,10 @@ public protocol ReplayClaims: AnyObject, Sendable {
     /// as handed out (``finish()`` gives it back if unresolved). It returns `nil` wherever
     /// ``next()`` would write or wait first: a lease to make, or one under way that ``next()``
     /// would wait for, an ordered replay to restart from the head after an entry went back
-    /// untouched (a lease that ``next()`` makes instead of a check, for an entry found too long
-    /// ago, is not one of them). An ordered replayer calls it before each send, and starts a task to call
-    /// ``next()`` during the send only when it returns `nil`; a concurrent one calls it before
-    /// ``next()``. The default returns `nil`.
+    /// untouched (a lease that ``next()`` makes in place of a check is not one of them). An
+    /// ordered replayer calls it before each send, and starts a task to call ``next()`` during
+    /// the send only when it returns `nil`; a concurrent one calls it before ``next()``. The
+    /// default returns `nil`.
     func nextLeasedAhead(checkedWithin maxCheckAge: Duration) -> QueueStoreEntry?
 }
 
