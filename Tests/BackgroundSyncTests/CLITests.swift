@@ -369,8 +369,7 @@ struct CLIBadInputTests {
             }
             // Move the WAL into the main file, so that the file's bytes are the whole database.
             let newer = test.setup == .newerSchema ? " INSERT INTO grdb_migrations VALUES ('v99');" : ""
-            try ChildProcess("/usr/bin/env", ["sqlite3", "-cmd", ".timeout 10000", path, "PRAGMA wal_checkpoint(TRUNCATE);" + newer])
-                .waitUntilExit()
+            try sqlite(path, "PRAGMA wal_checkpoint(TRUNCATE);" + newer)
             if test.setup == .corrupt {
                 // Keep the 100-byte header, scramble the rest of the first page (the schema).
                 let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))

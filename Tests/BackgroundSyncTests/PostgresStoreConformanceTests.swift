@@ -33,15 +33,23 @@ struct PostgresStoreConformanceTests {
 final class RunningStores: Sendable {
     private let tasks = Locked<[Task<Void, any Error>]>([])
 
-    /// Opens an instance and waits until it is ready (a first push-free read).
-    func open(_ configuration: PostgresQueueDatabase.Configuration) async throws -> PostgresQueueDatabase {
+    /// Opens an instance and waits until it is ready (a first push-free read, made up to
+    /// `attempts` times while the server cannot be reached).
+    func open(_ configuration: PostgresQueueDatabase.Configuration, attempts: Int = 1) async throws -> PostgresQueueDatabase {
         var logger = Logger(label: "test.postgres")
         logger.logLevel = .warning
         let database = try PostgresQueueDatabase(configuration: configuration, logger: logger)
         let task = Task { try await database.run() }
         tasks.withLock { $0.append(task) }
-        _ = try await database.syncTags()
-        return database
+        var attempt = 1
+        while true {
+            do {
+                _ = try await database.syncTags()
+                return database
+            } catch let error as BackgroundSyncError where error.code == .storeUnreachable && attempt < attempts {
+                attempt += 1
+            }
+        }
     }
 
     func stopAll() async {

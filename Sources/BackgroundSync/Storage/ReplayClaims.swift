@@ -89,12 +89,11 @@ public protocol ReplayClaims: AnyObject, Sendable {
     /// Everything else ``next()`` keeps, it keeps: it returns only the entry ``next()`` would
     /// return now, with at least half of `leaseDuration` left on its lease, and that entry counts
     /// as handed out (``finish()`` gives it back if unresolved). It returns `nil` wherever
-    /// ``next()`` would write or wait first: a lease to make, or one under way that ``next()``
+    /// ``next()`` must write or wait first: a lease to make, or one under way that ``next()``
     /// would wait for, an ordered replay to restart from the head after an entry went back
-    /// untouched (a lease that ``next()`` makes in place of a check is not one of them). An
-    /// ordered replayer calls it before each send, and starts a task to call ``next()`` during
-    /// the send only when it returns `nil`; a concurrent one calls it before ``next()``. The
-    /// default returns `nil`.
+    /// untouched. An ordered replayer calls it before each send, and starts a task to call
+    /// ``next()`` during the send only when it returns `nil`; a concurrent one calls it before
+    /// ``next()``. The default returns `nil`.
     func nextLeasedAhead(checkedWithin maxCheckAge: Duration) -> QueueStoreEntry?
 }
 

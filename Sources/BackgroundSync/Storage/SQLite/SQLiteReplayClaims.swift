@@ -194,8 +194,11 @@ final class SQLiteReplayClaims: ReplayClaims, PreparingReplayClaims {
     /// ordered replayer calls ``next()`` for an entry leased ahead only when
     /// ``nextLeasedAhead(checkedWithin:)`` found it checked too long ago, which at the end of a
     /// batch that takes longer to send than that age happens to each of its last entries: the
-    /// lease finds them as a check would, for two row writes each instead of a read that reloads
-    /// the check connection's pages, and the batch's next lease comes that many entries earlier.
+    /// lease finds them as a check would, for two row writes, a read and a rebuilt request each
+    /// on the writer's connection instead of a read that reloads the check connection's pages,
+    /// and the batch's next lease comes that many entries earlier. A tail entry checked recently
+    /// enough is still handed out by ``nextLeasedAhead(checkedWithin:)``: this lease is never one
+    /// that ``next()`` must make first.
     /// Only for the last quarter of a batch at most, so a slow server's entries are still checked
     /// (each batch then takes one commit per three quarters of its entries instead of one per
     /// batch); and not after an entry went back, which a lease from the head would take again.
